@@ -1,0 +1,366 @@
+//! The loop pool: one OS thread per loop, pinned to its core, each owning a tokio current-thread runtime,
+//! its HTTP acceptor and an `Executor` (for Python apps: an asyncio event loop) that runs handlers.
+//!
+//! Invariants:
+//! - An executor is created, used and closed on its own thread; it never moves (`Rc`, not `Arc`).
+//! - A request handed to another loop travels as a `Job` over that loop's channel and its response comes
+//!   back over a oneshot to the connection's own thread; the sender never blocks a thread, it awaits.
+//! - Shutdown is two-phase: every loop stops accepting and drains its connections, but keeps running
+//!   jobs from other loops until *all* loops have drained, so no accepted request is lost to a hand-off.
+
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+
+use bytes::Bytes;
+use tokio::sync::{oneshot, watch};
+
+use crate::config::Config;
+use crate::router::{EndpointId, Router};
+use crate::routing::{Chooser, InFlight, LoadTable};
+use crate::server;
+
+pub type LocalBoxFuture<T> = Pin<Box<dyn Future<Output = T>>>;
+
+/// A request as the executor sees it: fully read, routed, and `Send` so it can be handed to another loop.
+pub struct HttpRequest {
+    pub method: http::Method,
+    pub uri: http::Uri,
+    pub version: http::Version,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+    pub params: Vec<(String, String)>,
+    pub client: Option<SocketAddr>,
+    pub server: SocketAddr,
+}
+
+/// A complete response.
+pub struct HttpResponse {
+    pub status: http::StatusCode,
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    pub body: Bytes,
+}
+
+impl HttpResponse {
+    pub fn new(status: u16, content_type: &'static str, body: impl Into<Bytes>) -> Self {
+        HttpResponse {
+            status: http::StatusCode::from_u16(status)
+                .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR),
+            headers: vec![(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static(content_type),
+            )],
+            body: body.into(),
+        }
+    }
+
+    pub fn text(status: u16, body: &'static str) -> Self {
+        Self::new(status, "text/plain; charset=utf-8", Bytes::from_static(body.as_bytes()))
+    }
+
+    pub fn internal_error() -> Self {
+        Self::text(500, "Internal Server Error")
+    }
+}
+
+/// Runs endpoints on one loop thread. Created on that thread by its `ExecutorFactory`.
+pub trait Executor: 'static {
+    type Endpoint: Send + Sync + 'static;
+
+    /// Runs `endpoint` for `request`. The returned future resolves on this thread.
+    fn call(&self, endpoint: &Self::Endpoint, request: HttpRequest) -> LocalBoxFuture<HttpResponse>;
+
+    /// Background work the executor needs for its whole life (for Python: driving the asyncio loop).
+    /// Dropped (cancelled) when the loop stops.
+    fn drive(self: Rc<Self>) -> LocalBoxFuture<()>;
+
+    /// Releases the executor's resources, on its own thread, after all requests have finished.
+    fn close(&self);
+}
+
+pub trait ExecutorFactory: Send + Sync + 'static {
+    type Endpoint: Send + Sync + 'static;
+    type Executor: Executor<Endpoint = Self::Endpoint>;
+
+    /// Wraps the whole life of a loop thread (for Python: attach the thread to the interpreter once).
+    fn run_thread(&self, body: &mut dyn FnMut()) {
+        body()
+    }
+
+    /// Creates the loop's executor on the loop thread, inside its tokio runtime.
+    fn create(&self, loop_index: usize) -> Result<Self::Executor, String>;
+}
+
+/// A request handed from the loop that read it to the loop that runs it.
+pub struct Job {
+    pub endpoint: EndpointId,
+    pub request: HttpRequest,
+    pub reply: oneshot::Sender<HttpResponse>,
+    pub in_flight: InFlight,
+}
+
+/// What every loop shares: the routes, the endpoint table, the load counters and the job channels.
+pub struct Shared<E> {
+    pub router: Router,
+    pub endpoints: Vec<E>,
+    pub load: Arc<LoadTable>,
+    pub jobs: Vec<async_channel::Sender<Job>>,
+    pub config: Config,
+    /// Loops that have not yet drained their own connections during shutdown.
+    draining: AtomicUsize,
+    all_drained: watch::Sender<bool>,
+}
+
+/// What one loop thread owns.
+pub struct LoopContext<X: Executor> {
+    pub index: usize,
+    pub executor: Rc<X>,
+    pub shared: Arc<Shared<X::Endpoint>>,
+    pub chooser: Chooser,
+    pub local_addr: SocketAddr,
+}
+
+impl<X: Executor> LoopContext<X> {
+    /// Runs a routed request on the loop the policy picks and returns its response on this thread.
+    pub async fn dispatch(&self, endpoint: EndpointId, request: HttpRequest) -> HttpResponse {
+        let target = self.chooser.choose();
+        let in_flight = self.shared.load.track(target);
+        if target == self.index {
+            let response = self
+                .executor
+                .call(&self.shared.endpoints[endpoint], request)
+                .await;
+            drop(in_flight);
+            return response;
+        }
+        let (reply, response) = oneshot::channel();
+        let job = Job {
+            endpoint,
+            request,
+            reply,
+            in_flight,
+        };
+        if self.shared.jobs[target].send(job).await.is_err() {
+            return HttpResponse::text(503, "Service Unavailable");
+        }
+        response
+            .await
+            .unwrap_or_else(|_| HttpResponse::internal_error())
+    }
+}
+
+#[derive(Debug)]
+pub enum PoolError {
+    Bind(String),
+    Spawn(String),
+    LoopStart { index: usize, message: String },
+}
+
+impl fmt::Display for PoolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PoolError::Bind(message) => f.write_str(message),
+            PoolError::Spawn(message) => write!(f, "could not start a loop thread: {message}"),
+            PoolError::LoopStart { index, message } => {
+                write!(f, "loop {index} failed to start: {message}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for PoolError {}
+
+/// A started pool. `stop` asks every loop to shut down; `join` waits for them.
+pub struct RunningPool {
+    threads: Vec<JoinHandle<()>>,
+    stop: watch::Sender<bool>,
+    pub local_addr: SocketAddr,
+}
+
+impl RunningPool {
+    pub fn stop(&self) {
+        self.stop.send_replace(true);
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.threads.iter().all(|t| t.is_finished())
+    }
+
+    pub fn join(self) {
+        for thread in self.threads {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Binds the listeners, starts one pinned thread per loop and returns once every loop is serving.
+pub fn start<F: ExecutorFactory>(
+    config: Config,
+    router: Router,
+    endpoints: Vec<F::Endpoint>,
+    factory: Arc<F>,
+) -> Result<RunningPool, PoolError> {
+    let loops = config.loops();
+    let listeners = server::bind_listeners(&config.host, config.port, loops)?;
+    let local_addr = listeners[0]
+        .local_addr()
+        .map_err(|e| PoolError::Bind(e.to_string()))?;
+    let (senders, receivers): (Vec<_>, Vec<_>) = (0..loops)
+        .map(|_| async_channel::bounded::<Job>(4096))
+        .unzip();
+    let (stop, _) = watch::channel(false);
+    let (all_drained, _) = watch::channel(false);
+    let shared = Arc::new(Shared {
+        router,
+        endpoints,
+        load: LoadTable::new(loops),
+        jobs: senders,
+        config,
+        draining: AtomicUsize::new(loops),
+        all_drained,
+    });
+    let (ready_tx, ready_rx) = mpsc::channel::<(usize, Result<(), String>)>();
+    let mut threads = Vec::with_capacity(loops);
+    for ((index, listener), jobs) in listeners.into_iter().enumerate().zip(receivers) {
+        let shared = Arc::clone(&shared);
+        let factory = Arc::clone(&factory);
+        let stop = stop.subscribe();
+        let ready = ready_tx.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("percore-loop-{index}"))
+            .spawn(move || {
+                let core = shared.config.cores[index];
+                core_affinity::set_for_current(core_affinity::CoreId { id: core });
+                let mut run = Some((shared, listener, jobs, stop, ready));
+                factory.run_thread(&mut || {
+                    if let Some((shared, listener, jobs, stop, ready)) = run.take() {
+                        run_loop(index, &*factory, shared, listener, jobs, stop, ready);
+                    }
+                });
+            })
+            .map_err(|e| PoolError::Spawn(e.to_string()))?;
+        threads.push(thread);
+    }
+    drop(ready_tx);
+    let pool = RunningPool {
+        threads,
+        stop,
+        local_addr,
+    };
+    for _ in 0..loops {
+        match ready_rx.recv() {
+            Ok((_, Ok(()))) => {}
+            Ok((index, Err(message))) => {
+                pool.stop();
+                pool.join();
+                return Err(PoolError::LoopStart { index, message });
+            }
+            Err(_) => {
+                pool.stop();
+                pool.join();
+                return Err(PoolError::Spawn("a loop thread exited during start-up".into()));
+            }
+        }
+    }
+    Ok(pool)
+}
+
+fn run_loop<F: ExecutorFactory>(
+    index: usize,
+    factory: &F,
+    shared: Arc<Shared<F::Endpoint>>,
+    listener: std::net::TcpListener,
+    jobs: async_channel::Receiver<Job>,
+    mut stop: watch::Receiver<bool>,
+    ready: mpsc::Sender<(usize, Result<(), String>)>,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            let _ = ready.send((index, Err(format!("tokio runtime: {e}"))));
+            return;
+        }
+    };
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, async move {
+        let executor = match factory.create(index) {
+            Ok(executor) => Rc::new(executor),
+            Err(message) => {
+                let _ = ready.send((index, Err(message)));
+                return;
+            }
+        };
+        let listener = match listener
+            .set_nonblocking(true)
+            .and_then(|_| tokio::net::TcpListener::from_std(listener))
+        {
+            Ok(listener) => listener,
+            Err(e) => {
+                let _ = ready.send((index, Err(format!("listener: {e}"))));
+                executor.close();
+                return;
+            }
+        };
+        let context = Rc::new(LoopContext {
+            index,
+            executor: Rc::clone(&executor),
+            chooser: Chooser::new(shared.config.routing, index, Arc::clone(&shared.load)),
+            local_addr: listener
+                .local_addr()
+                .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0))),
+            shared: Arc::clone(&shared),
+        });
+        let driver = tokio::task::spawn_local(Rc::clone(&executor).drive());
+        let job_runner = tokio::task::spawn_local(run_jobs(Rc::clone(&executor), Arc::clone(&shared), jobs));
+        let _ = ready.send((index, Ok(())));
+
+        let connections = server::accept_until_stopped(listener, Rc::clone(&context), &mut stop).await;
+        let _ = tokio::time::timeout(shared.config.shutdown_timeout, connections.all_closed()).await;
+
+        if shared.draining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            shared.all_drained.send_replace(true);
+        }
+        let mut all_drained = shared.all_drained.subscribe();
+        let _ = tokio::time::timeout(
+            shared.config.shutdown_timeout,
+            all_drained.wait_for(|drained| *drained),
+        )
+        .await;
+        job_runner.abort();
+        driver.abort();
+        let _ = job_runner.await;
+        let _ = driver.await;
+        drop(context);
+        executor.close();
+    });
+}
+
+async fn run_jobs<X: Executor>(
+    executor: Rc<X>,
+    shared: Arc<Shared<X::Endpoint>>,
+    jobs: async_channel::Receiver<Job>,
+) {
+    while let Ok(job) = jobs.recv().await {
+        let executor = Rc::clone(&executor);
+        let shared = Arc::clone(&shared);
+        tokio::task::spawn_local(async move {
+            let Job {
+                endpoint,
+                request,
+                reply,
+                in_flight,
+            } = job;
+            let response = executor.call(&shared.endpoints[endpoint], request).await;
+            drop(in_flight);
+            let _ = reply.send(response);
+        });
+    }
+}

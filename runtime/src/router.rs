@@ -1,0 +1,177 @@
+//! Path routing in Rust: a matchit tree from path to the endpoints registered for each method.
+//!
+//! Invariant: a request that matches no path (404) or no method on a matched path (405, with `Allow`) is
+//! answered from here without entering Python. Conflicting registrations fail at startup, never at request time.
+
+use std::fmt;
+
+use http::Method;
+
+/// An index into the server's endpoint table.
+pub type EndpointId = usize;
+
+#[derive(Default)]
+struct MethodTable {
+    entries: Vec<(Method, EndpointId)>,
+}
+
+#[derive(Default)]
+pub struct Router {
+    tree: matchit::Router<usize>,
+    tables: Vec<MethodTable>,
+    /// Path as registered, per table, for error messages.
+    paths: Vec<String>,
+}
+
+pub enum Lookup {
+    Found {
+        endpoint: EndpointId,
+        params: Vec<(String, String)>,
+    },
+    NotFound,
+    MethodNotAllowed {
+        allow: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouterError {
+    Conflict { path: String, reason: String },
+    Duplicate { method: String, path: String },
+}
+
+impl fmt::Display for RouterError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RouterError::Conflict { path, reason } => {
+                write!(f, "route {path:?} cannot be registered: {reason}")
+            }
+            RouterError::Duplicate { method, path } => {
+                write!(f, "route {method} {path} is registered twice")
+            }
+        }
+    }
+}
+
+impl std::error::Error for RouterError {}
+
+impl Router {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn insert(
+        &mut self,
+        method: Method,
+        path: &str,
+        endpoint: EndpointId,
+    ) -> Result<(), RouterError> {
+        let table = match self.tree.at(path) {
+            // Same path text registered before (a different method): reuse its table. A different
+            // pattern that happens to match this literal text (e.g. `/a/{x}` vs `/a/{y}`) is a conflict
+            // that matchit reports below.
+            Ok(found) if self.paths[*found.value] == path => *found.value,
+            _ => {
+                let index = self.tables.len();
+                self.tree
+                    .insert(path, index)
+                    .map_err(|err| RouterError::Conflict {
+                        path: path.to_owned(),
+                        reason: err.to_string(),
+                    })?;
+                self.tables.push(MethodTable::default());
+                self.paths.push(path.to_owned());
+                index
+            }
+        };
+        let entries = &mut self.tables[table].entries;
+        if entries.iter().any(|(m, _)| *m == method) {
+            return Err(RouterError::Duplicate {
+                method: method.to_string(),
+                path: path.to_owned(),
+            });
+        }
+        entries.push((method, endpoint));
+        Ok(())
+    }
+
+    pub fn lookup(&self, method: &Method, path: &str) -> Lookup {
+        let Ok(found) = self.tree.at(path) else {
+            return Lookup::NotFound;
+        };
+        let table = &self.tables[*found.value];
+        match table.entries.iter().find(|(m, _)| m == method) {
+            Some((_, endpoint)) => Lookup::Found {
+                endpoint: *endpoint,
+                params: found
+                    .params
+                    .iter()
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .collect(),
+            },
+            None => Lookup::MethodNotAllowed {
+                allow: table
+                    .entries
+                    .iter()
+                    .map(|(m, _)| m.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn found(lookup: Lookup) -> (EndpointId, Vec<(String, String)>) {
+        match lookup {
+            Lookup::Found { endpoint, params } => (endpoint, params),
+            _ => panic!("expected a match"),
+        }
+    }
+
+    #[test]
+    fn matches_static_and_parameter_paths() {
+        let mut router = Router::new();
+        router.insert(Method::GET, "/users/{id}", 0).unwrap();
+        router.insert(Method::GET, "/users/me", 1).unwrap();
+        router.insert(Method::POST, "/users/{id}", 2).unwrap();
+        assert_eq!(
+            found(router.lookup(&Method::GET, "/users/42")),
+            (0, vec![("id".into(), "42".into())])
+        );
+        assert_eq!(found(router.lookup(&Method::GET, "/users/me")), (1, vec![]));
+        assert_eq!(found(router.lookup(&Method::POST, "/users/7")).0, 2);
+    }
+
+    #[test]
+    fn unknown_path_is_not_found_and_wrong_method_lists_allowed() {
+        let mut router = Router::new();
+        router.insert(Method::GET, "/items", 0).unwrap();
+        router.insert(Method::PUT, "/items", 1).unwrap();
+        assert!(matches!(
+            router.lookup(&Method::GET, "/nope"),
+            Lookup::NotFound
+        ));
+        match router.lookup(&Method::DELETE, "/items") {
+            Lookup::MethodNotAllowed { allow } => assert_eq!(allow, "GET, PUT"),
+            _ => panic!("expected 405"),
+        }
+    }
+
+    #[test]
+    fn conflicts_and_duplicates_fail_at_registration() {
+        let mut router = Router::new();
+        router.insert(Method::GET, "/a/{x}", 0).unwrap();
+        assert!(matches!(
+            router.insert(Method::GET, "/a/{y}", 1),
+            Err(RouterError::Conflict { .. })
+        ));
+        assert!(matches!(
+            router.insert(Method::GET, "/a/{x}", 2),
+            Err(RouterError::Duplicate { .. })
+        ));
+    }
+}

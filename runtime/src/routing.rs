@@ -1,0 +1,209 @@
+//! Which loop runs a request: the routing policies and the per-loop in-flight counters they read.
+//!
+//! Invariants: a loop's counter is raised when a request is assigned to it and lowered exactly once when
+//! that request's response is ready (`InFlight` guard), whichever thread finishes it. Counters sit on
+//! their own cache lines so loops raising their own counters do not contend.
+
+use std::cell::Cell;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use crate::config::ConfigError;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RoutingPolicy {
+    /// Run on the loop that read the request: no hand-off at all.
+    Local,
+    /// Each loop hands its requests to every loop in turn, starting with itself.
+    RoundRobin,
+    /// The loop with the fewest in-flight requests; ties go to the loop that read the request.
+    LeastLoaded,
+}
+
+impl RoutingPolicy {
+    pub fn name(self) -> &'static str {
+        match self {
+            RoutingPolicy::Local => "local",
+            RoutingPolicy::RoundRobin => "round-robin",
+            RoutingPolicy::LeastLoaded => "least-loaded",
+        }
+    }
+}
+
+impl fmt::Display for RoutingPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for RoutingPolicy {
+    type Err = ConfigError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.trim().to_ascii_lowercase().replace('_', "-").as_str() {
+            "local" => Ok(RoutingPolicy::Local),
+            "round-robin" | "roundrobin" => Ok(RoutingPolicy::RoundRobin),
+            "least-loaded" | "leastloaded" => Ok(RoutingPolicy::LeastLoaded),
+            _ => Err(ConfigError::BadRoutingPolicy(text.to_owned())),
+        }
+    }
+}
+
+#[repr(align(128))]
+#[derive(Default)]
+struct PaddedCounter(AtomicUsize);
+
+/// In-flight request counts, one per loop, shared by every loop.
+pub struct LoadTable {
+    counters: Box<[PaddedCounter]>,
+}
+
+impl LoadTable {
+    pub fn new(loops: usize) -> Arc<Self> {
+        Arc::new(LoadTable {
+            counters: (0..loops).map(|_| PaddedCounter::default()).collect(),
+        })
+    }
+
+    pub fn loops(&self) -> usize {
+        self.counters.len()
+    }
+
+    pub fn in_flight(&self, loop_index: usize) -> usize {
+        self.counters[loop_index].0.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request against `loop_index` until the returned guard is dropped.
+    pub fn track(self: &Arc<Self>, loop_index: usize) -> InFlight {
+        self.counters[loop_index].0.fetch_add(1, Ordering::Relaxed);
+        InFlight {
+            table: Arc::clone(self),
+            loop_index,
+        }
+    }
+}
+
+pub struct InFlight {
+    table: Arc<LoadTable>,
+    loop_index: usize,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.table.counters[self.loop_index]
+            .0
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One loop's view of the policy. Not shared between threads: round-robin keeps its cursor per loop so
+/// choosing a loop touches no shared cache line.
+pub struct Chooser {
+    policy: RoutingPolicy,
+    own_index: usize,
+    table: Arc<LoadTable>,
+    cursor: Cell<usize>,
+}
+
+impl Chooser {
+    pub fn new(policy: RoutingPolicy, own_index: usize, table: Arc<LoadTable>) -> Self {
+        Chooser {
+            policy,
+            own_index,
+            table,
+            cursor: Cell::new(own_index),
+        }
+    }
+
+    pub fn choose(&self) -> usize {
+        let loops = self.table.loops();
+        if loops == 1 {
+            return 0;
+        }
+        match self.policy {
+            RoutingPolicy::Local => self.own_index,
+            RoutingPolicy::RoundRobin => {
+                let next = self.cursor.get();
+                self.cursor.set((next + 1) % loops);
+                next
+            }
+            RoutingPolicy::LeastLoaded => {
+                let mut best = self.own_index;
+                let mut best_load = self.table.in_flight(best);
+                for index in 0..loops {
+                    if best_load == 0 {
+                        break;
+                    }
+                    let load = self.table.in_flight(index);
+                    if load < best_load {
+                        best = index;
+                        best_load = load;
+                    }
+                }
+                best
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_names_round_trip() {
+        for policy in [
+            RoutingPolicy::Local,
+            RoutingPolicy::RoundRobin,
+            RoutingPolicy::LeastLoaded,
+        ] {
+            assert_eq!(policy.name().parse::<RoutingPolicy>().unwrap(), policy);
+        }
+        assert!("fastest".parse::<RoutingPolicy>().is_err());
+    }
+
+    #[test]
+    fn local_always_stays_home() {
+        let table = LoadTable::new(3);
+        let chooser = Chooser::new(RoutingPolicy::Local, 2, table.clone());
+        let _busy = table.track(2);
+        assert!((0..10).all(|_| chooser.choose() == 2));
+    }
+
+    #[test]
+    fn round_robin_visits_every_loop_in_turn_starting_home() {
+        let table = LoadTable::new(3);
+        let chooser = Chooser::new(RoutingPolicy::RoundRobin, 1, table);
+        let picks: Vec<usize> = (0..6).map(|_| chooser.choose()).collect();
+        assert_eq!(picks, vec![1, 2, 0, 1, 2, 0]);
+    }
+
+    #[test]
+    fn least_loaded_avoids_busy_loops_and_prefers_home_on_ties() {
+        let table = LoadTable::new(3);
+        let chooser = Chooser::new(RoutingPolicy::LeastLoaded, 0, table.clone());
+        assert_eq!(chooser.choose(), 0);
+        let busy_home = table.track(0);
+        let busy_one = table.track(1);
+        assert_eq!(chooser.choose(), 2);
+        let _busy_two = table.track(2);
+        let _busy_two_again = table.track(2);
+        assert_eq!(chooser.choose(), 0, "tie between 0 and 1 goes home");
+        drop(busy_one);
+        assert_eq!(chooser.choose(), 1);
+        drop(busy_home);
+        assert_eq!(chooser.choose(), 0);
+    }
+
+    #[test]
+    fn in_flight_guard_counts_until_dropped() {
+        let table = LoadTable::new(2);
+        let guard = table.track(1);
+        assert_eq!(table.in_flight(1), 1);
+        let moved = std::thread::spawn(move || drop(guard));
+        moved.join().unwrap();
+        assert_eq!(table.in_flight(1), 0);
+    }
+}

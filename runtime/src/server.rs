@@ -1,0 +1,204 @@
+//! HTTP on each loop: the per-loop SO_REUSEPORT listeners, Hyper HTTP/1.1 connections with keep-alive,
+//! and the request path from bytes on a socket to a routed `HttpRequest` and back.
+//!
+//! Why one SO_REUSEPORT listener per loop: each loop accepts on its own socket, so accepting never crosses
+//! threads and no loop wakes for another's connection. The kernel spreads new connections over the
+//! listeners by a hash of the connection's addresses; a single long-lived connection stays on one loop,
+//! which is what the routing policies (hand-off per request) correct for.
+//!
+//! Invariant: 404 and 405 are answered here, before any executor (Python) is involved.
+
+use std::cell::Cell;
+use std::convert::Infallible;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::rc::Rc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::sync::{watch, Notify};
+
+use crate::pool::{Executor, HttpRequest, HttpResponse, LoopContext, PoolError};
+use crate::router::Lookup;
+
+const LISTEN_BACKLOG: i32 = 1024;
+
+fn resolve(host: &str, port: u16) -> Result<SocketAddr, PoolError> {
+    (host, port)
+        .to_socket_addrs()
+        .map_err(|e| PoolError::Bind(format!("cannot resolve host {host:?}: {e}")))?
+        .next()
+        .ok_or_else(|| PoolError::Bind(format!("host {host:?} has no address")))
+}
+
+fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
+}
+
+/// Binds one listener per loop on the same address.
+///
+/// SO_REUSEPORT would let us silently share a port with another process of the same user, so the port
+/// is first probed with a plain (non-reuseport) bind: if anything else holds it, that fails with
+/// "address in use" and we report it instead of splitting traffic with a stranger.
+pub fn bind_listeners(
+    host: &str,
+    port: u16,
+    loops: usize,
+) -> Result<Vec<std::net::TcpListener>, PoolError> {
+    let mut addr = resolve(host, port)?;
+    let busy = |addr: SocketAddr, e: std::io::Error| {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            PoolError::Bind(format!("address {addr} is already in use"))
+        } else {
+            PoolError::Bind(format!("cannot listen on {addr}: {e}"))
+        }
+    };
+    let mut listeners = Vec::with_capacity(loops);
+    {
+        let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+            .map_err(|e| busy(addr, e))?;
+        probe.set_reuse_address(true).map_err(|e| busy(addr, e))?;
+        probe.bind(&addr.into()).map_err(|e| busy(addr, e))?;
+        if port == 0 {
+            // Let the kernel pick once, then every loop listens on that same port.
+            let picked = probe
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_socket())
+                .ok_or_else(|| PoolError::Bind("cannot read the bound address".into()))?;
+            addr.set_port(picked.port());
+        }
+    }
+    for _ in 0..loops {
+        listeners.push(reuseport_listener(addr).map_err(|e| busy(addr, e))?);
+    }
+    Ok(listeners)
+}
+
+/// Counts a loop's open connections so shutdown can wait for them to finish.
+#[derive(Default)]
+pub struct Connections {
+    open: Cell<usize>,
+    closed: Notify,
+}
+
+impl Connections {
+    pub async fn all_closed(&self) {
+        while self.open.get() > 0 {
+            self.closed.notified().await;
+        }
+    }
+}
+
+struct ConnectionGuard(Rc<Connections>);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.open.set(self.0.open.get() - 1);
+        if self.0.open.get() == 0 {
+            self.0.closed.notify_waiters();
+        }
+    }
+}
+
+/// Accepts and serves connections until `stop` turns true; returns the tracker of connections still open.
+/// Those are told to finish their current request and close (graceful shutdown).
+pub async fn accept_until_stopped<X: Executor>(
+    listener: tokio::net::TcpListener,
+    context: Rc<LoopContext<X>>,
+    stop: &mut watch::Receiver<bool>,
+) -> Rc<Connections> {
+    let connections = Rc::new(Connections::default());
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.wait_for(|stopped| *stopped) => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            // Transient (EMFILE, ECONNABORTED, ...): back off briefly instead of spinning.
+            Err(_) => {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        connections.open.set(connections.open.get() + 1);
+        let guard = ConnectionGuard(Rc::clone(&connections));
+        let context = Rc::clone(&context);
+        let mut stop = stop.clone();
+        tokio::task::spawn_local(async move {
+            let _guard = guard;
+            let service = service_fn(move |request| {
+                let context = Rc::clone(&context);
+                async move { Ok::<_, Infallible>(handle(request, context, peer).await) }
+            });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                _ = stop.wait_for(|stopped| *stopped) => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+        });
+    }
+    drop(listener);
+    connections
+}
+
+async fn handle<X: Executor>(
+    request: hyper::Request<Incoming>,
+    context: Rc<LoopContext<X>>,
+    peer: SocketAddr,
+) -> hyper::Response<Full<Bytes>> {
+    let (parts, body) = request.into_parts();
+    let response = match context.shared.router.lookup(&parts.method, parts.uri.path()) {
+        Lookup::NotFound => HttpResponse::text(404, "Not Found"),
+        Lookup::MethodNotAllowed { allow } => {
+            let mut response = HttpResponse::text(405, "Method Not Allowed");
+            if let Ok(value) = http::HeaderValue::from_str(&allow) {
+                response.headers.push((http::header::ALLOW, value));
+            }
+            response
+        }
+        Lookup::Found { endpoint, params } => match body.collect().await {
+            Err(_) => HttpResponse::text(400, "Bad Request: unreadable body"),
+            Ok(collected) => {
+                let request = HttpRequest {
+                    method: parts.method,
+                    uri: parts.uri,
+                    version: parts.version,
+                    headers: parts.headers,
+                    body: collected.to_bytes(),
+                    params,
+                    client: Some(peer),
+                    server: context.local_addr,
+                };
+                context.dispatch(endpoint, request).await
+            }
+        },
+    };
+    into_hyper(response)
+}
+
+fn into_hyper(response: HttpResponse) -> hyper::Response<Full<Bytes>> {
+    let mut out = hyper::Response::new(Full::new(response.body));
+    *out.status_mut() = response.status;
+    let headers = out.headers_mut();
+    for (name, value) in response.headers {
+        headers.append(name, value);
+    }
+    out
+}

@@ -1,0 +1,182 @@
+//! The loop pool over real sockets with a plain-Rust executor: pinning, routing policies, 404/405,
+//! hand-off and shutdown, without Python.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use _runtime::config::{available_cores, Config, LoopCount};
+use _runtime::pool::{self, Executor, ExecutorFactory, HttpRequest, HttpResponse, LocalBoxFuture};
+use _runtime::router::Router;
+use _runtime::routing::RoutingPolicy;
+
+/// Endpoints: 0 = report where it ran, 1 = report after a 400 ms sleep.
+struct Where {
+    index: usize,
+}
+
+impl Executor for Where {
+    type Endpoint = usize;
+
+    fn call(&self, endpoint: &usize, request: HttpRequest) -> LocalBoxFuture<HttpResponse> {
+        let index = self.index;
+        let slow = *endpoint == 1;
+        let params: Vec<String> = request.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        Box::pin(async move {
+            if slow {
+                tokio::time::sleep(Duration::from_millis(400)).await;
+            }
+            let cpu = unsafe { libc::sched_getcpu() };
+            let body = format!("loop={index} cpu={cpu} {}", params.join(","));
+            HttpResponse::new(200, "text/plain", body)
+        })
+    }
+
+    fn drive(self: Rc<Self>) -> LocalBoxFuture<()> {
+        Box::pin(std::future::pending())
+    }
+
+    fn close(&self) {}
+}
+
+struct WhereFactory;
+
+impl ExecutorFactory for WhereFactory {
+    type Endpoint = usize;
+    type Executor = Where;
+
+    fn create(&self, loop_index: usize) -> Result<Where, String> {
+        Ok(Where { index: loop_index })
+    }
+}
+
+fn start(loops: usize, routing: RoutingPolicy) -> pool::RunningPool {
+    let config = Config::new("127.0.0.1", 0, LoopCount::Fixed(loops), routing).unwrap();
+    let mut router = Router::new();
+    router.insert(http::Method::GET, "/where/{name}", 0).unwrap();
+    router.insert(http::Method::GET, "/slow", 1).unwrap();
+    pool::start(config, router, vec![0, 1], Arc::new(WhereFactory)).unwrap()
+}
+
+fn get(stream: &mut TcpStream, path: &str) -> (u16, String) {
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
+    read_response(stream)
+}
+
+fn read_response(stream: &mut TcpStream) -> (u16, String) {
+    let mut buffer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut chunk).unwrap();
+        assert!(n > 0, "connection closed early");
+        buffer.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buffer).to_string();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let head = &text[..end];
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length: ").map(|v| v.trim().parse().unwrap()))
+                .unwrap_or(0);
+            if buffer.len() >= end + 4 + length {
+                let status = head[9..12].parse().unwrap();
+                return (status, text[end + 4..end + 4 + length].to_string());
+            }
+        }
+    }
+}
+
+fn connect(addr: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream
+}
+
+#[test]
+fn loops_are_pinned_and_round_robin_reaches_every_loop() {
+    let pool = start(2, RoutingPolicy::RoundRobin);
+    let cores = available_cores();
+    let mut stream = connect(pool.local_addr);
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..6 {
+        let (status, body) = get(&mut stream, "/where/x");
+        assert_eq!(status, 200);
+        let loop_index: usize = body.split_whitespace().next().unwrap()[5..].parse().unwrap();
+        let cpu: usize = body.split_whitespace().nth(1).unwrap()[4..].parse().unwrap();
+        assert_eq!(cpu, cores[loop_index % cores.len()], "loop {loop_index} ran on cpu {cpu}");
+        assert!(body.ends_with("name=x"));
+        seen.insert(loop_index);
+    }
+    assert_eq!(seen.len(), 2);
+    pool.stop();
+    pool.join();
+}
+
+#[test]
+fn local_policy_keeps_a_connection_on_its_loop() {
+    let pool = start(2, RoutingPolicy::Local);
+    let mut stream = connect(pool.local_addr);
+    let first = get(&mut stream, "/where/a").1;
+    let loop_of = |body: &str| body.split_whitespace().next().unwrap().to_string();
+    for _ in 0..5 {
+        assert_eq!(loop_of(&get(&mut stream, "/where/a").1), loop_of(&first));
+    }
+    pool.stop();
+    pool.join();
+}
+
+#[test]
+fn least_loaded_steers_new_requests_away_from_a_busy_loop() {
+    let pool = start(2, RoutingPolicy::LeastLoaded);
+    let mut slow = connect(pool.local_addr);
+    write!(slow, "GET /slow HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    // Whichever loop reads these, the one busy with /slow has one in flight and the other none.
+    let mut fast = connect(pool.local_addr);
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..4 {
+        seen.insert(get(&mut fast, "/where/b").1.split_whitespace().next().unwrap().to_string());
+    }
+    let (status, slow_body) = read_response(&mut slow);
+    assert_eq!(status, 200);
+    let slow_loop = slow_body.split_whitespace().next().unwrap().to_string();
+    assert_eq!(seen.len(), 1);
+    assert!(!seen.contains(&slow_loop), "fast requests went to the busy loop {slow_loop}");
+    pool.stop();
+    pool.join();
+}
+
+#[test]
+fn unknown_path_and_wrong_method_are_answered_by_the_router() {
+    let pool = start(1, RoutingPolicy::Local);
+    let mut stream = connect(pool.local_addr);
+    assert_eq!(get(&mut stream, "/nope").0, 404);
+    write!(stream, "POST /slow HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n").unwrap();
+    assert_eq!(read_response(&mut stream).0, 405);
+    pool.stop();
+    pool.join();
+}
+
+#[test]
+fn stop_finishes_in_flight_requests_and_joins_quickly() {
+    let pool = start(2, RoutingPolicy::RoundRobin);
+    let mut slow = connect(pool.local_addr);
+    write!(slow, "GET /slow HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let started = Instant::now();
+    pool.stop();
+    let (status, _) = read_response(&mut slow);
+    assert_eq!(status, 200, "the in-flight request is answered, not dropped");
+    pool.join();
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn a_busy_port_is_reported() {
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = holder.local_addr().unwrap().port();
+    let config = Config::new("127.0.0.1", port, LoopCount::Fixed(1), RoutingPolicy::Local).unwrap();
+    let err = pool::start(config, Router::new(), vec![], Arc::new(WhereFactory)).err().unwrap();
+    assert!(err.to_string().contains("already in use"), "{err}");
+}
