@@ -88,7 +88,7 @@ pub trait ExecutorFactory: Send + Sync + 'static {
     type Executor: Executor<Endpoint = Self::Endpoint>;
 
     /// Wraps the whole life of a loop thread (for Python: attach the thread to the interpreter once).
-    fn run_thread(&self, body: &mut dyn FnMut()) {
+    fn run_thread(&self, body: &mut (dyn FnMut() + Send)) {
         body()
     }
 

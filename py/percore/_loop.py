@@ -1,0 +1,83 @@
+"""The asyncio event loop each percore loop thread owns.
+
+percore's Rust side drives this loop from the thread's tokio runtime: it waits on the selector's epoll
+fd (and the next timer) itself, then runs one asyncio iteration. So the selector here must never block,
+and the loop must look "running" to handlers (``get_running_loop()``, ``is_running()``) for as long as
+the thread serves, exactly as if ``run_forever()`` were on the stack.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import selectors
+import sys
+import threading
+from asyncio import events
+
+_DefaultSelector = getattr(selectors, "EpollSelector", selectors.DefaultSelector)
+
+
+class _NonBlockingSelector(_DefaultSelector):
+    """A selector whose ``select`` only collects events that are already there; tokio does the waiting."""
+
+    def select(self, timeout: float | None = None):
+        return super().select(0)
+
+
+class LoopThreadEventLoop(asyncio.SelectorEventLoop):
+    """A selector event loop stepped by percore's Rust driver instead of ``run_forever``."""
+
+    def __init__(self) -> None:
+        super().__init__(_NonBlockingSelector())
+        self._percore_old_agen_hooks = None
+
+    def _percore_enter(self) -> None:
+        """Make this the running loop of the current thread (what ``run_forever`` does before looping)."""
+        self._check_closed()
+        self._check_running()
+        self._set_coroutine_origin_tracking(self._debug)
+        self._percore_old_agen_hooks = sys.get_asyncgen_hooks()
+        self._thread_id = threading.get_ident()
+        sys.set_asyncgen_hooks(
+            firstiter=self._asyncgen_firstiter_hook, finalizer=self._asyncgen_finalizer_hook
+        )
+        events._set_running_loop(self)
+
+    def _percore_timeout(self) -> float | None:
+        """Seconds until this loop must run again: 0 if callbacks are ready, None if only I/O can wake it."""
+        # There is no run_forever to break out of: a stop() request only means "run once more".
+        self._stopping = False
+        if self._ready:
+            return 0.0
+        if not self._scheduled:
+            return None
+        return max(0.0, self._scheduled[0]._when - self.time())
+
+    def _percore_close(self) -> None:
+        """Cancel what is left, let it unwind, and close the loop on its own thread."""
+        try:
+            tasks = [task for task in asyncio.all_tasks(self) if not task.done()]
+            for task in tasks:
+                task.cancel()
+            for _ in range(10):
+                if not self._ready and not any(not task.done() for task in tasks):
+                    break
+                self._run_once()
+        finally:
+            self._stopping = False
+            self._thread_id = None
+            events._set_running_loop(None)
+            self._set_coroutine_origin_tracking(False)
+            if self._percore_old_agen_hooks is not None:
+                sys.set_asyncgen_hooks(*self._percore_old_agen_hooks)
+                self._percore_old_agen_hooks = None
+            asyncio.set_event_loop(None)
+            self.close()
+
+
+def new_running_loop() -> LoopThreadEventLoop:
+    """Create the calling thread's loop and make it that thread's running (and current) loop."""
+    loop = LoopThreadEventLoop()
+    asyncio.set_event_loop(loop)
+    loop._percore_enter()
+    return loop

@@ -1,0 +1,81 @@
+"""The ``runtime`` command: ``runtime serve MODULE:ATTR [--loops auto|N] [--routing ...]``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from . import _logging
+from .app import App
+from .exceptions import AppLoadError, PercoreError
+from .server import ServerConfig, serve
+
+ROUTING_POLICIES = ("local", "round-robin", "least-loaded")
+
+
+def load_app(target: str) -> App:
+    """Import ``MODULE:ATTR`` (ATTR may be dotted) and return the app it names."""
+    module_name, _, attribute = target.partition(":")
+    if not module_name or not attribute:
+        raise AppLoadError(f"expected MODULE:ATTR (e.g. examples.hello:api), got {target!r}")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name and module_name.startswith(error.name):
+            raise AppLoadError(f"cannot import module {module_name!r}: {error}") from None
+        raise AppLoadError(f"importing {module_name!r} failed: {type(error).__name__}: {error}") from error
+    except Exception as error:
+        raise AppLoadError(f"importing {module_name!r} failed: {type(error).__name__}: {error}") from error
+    app = module
+    for part in attribute.split("."):
+        try:
+            app = getattr(app, part)
+        except AttributeError:
+            raise AppLoadError(f"module {module_name!r} has no attribute {attribute!r}") from None
+    if not isinstance(app, App):
+        raise AppLoadError(
+            f"{target} is a {type(app).__name__}, not a percore.App (ASGI apps are not supported yet)"
+        )
+    return app
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="runtime", description="percore: a thread-per-core Python web runtime")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("serve", help="serve an app")
+    run.add_argument("app", metavar="MODULE:ATTR", help="the app to serve, e.g. examples.hello:api")
+    run.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    run.add_argument("--port", type=int, default=8000, help="port to bind (default 8000)")
+    run.add_argument(
+        "--loops", default="auto", help="'auto' (one per CPU in the affinity mask) or a count (default auto)"
+    )
+    run.add_argument("--routing", choices=ROUTING_POLICIES, default="local", help="default local")
+    run.add_argument(
+        "--log-level", default="info", choices=("critical", "error", "warning", "info", "debug")
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = _parser().parse_args(argv)
+    _logging.configure(arguments.log_level)
+    try:
+        app = load_app(arguments.app)
+        config = ServerConfig(
+            host=arguments.host, port=arguments.port, loops=arguments.loops, routing=arguments.routing
+        )
+        serve(app, config)
+    except PercoreError as error:
+        if arguments.log_level == "debug" and error.__cause__ is not None:
+            _logging.logger.exception("details")
+        print(f"runtime: error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""Running an app on the loop pool from Python: ``Server`` wraps the Rust pool, ``serve`` runs it until
+Ctrl-C or SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import sysconfig
+import threading
+from dataclasses import dataclass
+
+from . import _loop, _runtime
+from ._logging import log_handler_error, logger
+from .app import App
+from .responses import Response
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    loops: str = "auto"
+    routing: str = "local"
+
+
+def free_threaded_build() -> bool:
+    return bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
+
+
+def gil_enabled() -> bool:
+    is_enabled = getattr(sys, "_is_gil_enabled", None)
+    return True if is_enabled is None else bool(is_enabled())
+
+
+class Server:
+    """The loop pool serving one app. ``start()`` returns once every loop is accepting."""
+
+    def __init__(self, app: App, config: ServerConfig | None = None) -> None:
+        self.config = config or ServerConfig()
+        self._server = _runtime.Server(
+            app.routes,
+            host=self.config.host,
+            port=self.config.port,
+            loops=str(self.config.loops),
+            routing=self.config.routing,
+            loop_factory=_loop.new_running_loop,
+            response_class=Response,
+            on_error=log_handler_error,
+        )
+
+    def start(self) -> None:
+        self._server.start()
+
+    @property
+    def port(self) -> int | None:
+        return self._server.port
+
+    @property
+    def host(self) -> str | None:
+        return self._server.host
+
+    @property
+    def cores(self) -> list[int]:
+        return self._server.cores
+
+    def banner(self) -> str:
+        version = sys.version.split()[0]
+        build = "free-threaded" if free_threaded_build() else "GIL"
+        gil = "enabled" if gil_enabled() else "disabled"
+        pins = ", ".join(f"{index}→cpu{core}" for index, core in enumerate(self.cores))
+        return (
+            f"percore {_runtime.__version__} | Python {version} ({build} build, GIL {gil} at runtime) | "
+            f"{len(self.cores)} loop(s) pinned [{pins}] | routing {self._server.routing} | "
+            f"http://{self.host}:{self.port}"
+        )
+
+    def wait(self, timeout: float) -> bool:
+        return self._server.wait(timeout)
+
+    def stop(self) -> None:
+        self._server.stop()
+
+    def join(self) -> None:
+        self._server.join()
+
+
+def serve(app: App, config: ServerConfig | None = None) -> None:
+    """Serve until SIGINT or SIGTERM, then stop every loop (finishing in-flight requests)."""
+    server = Server(app, config)
+    server.start()
+    logger.info("%s", server.banner())
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    try:
+        # Short waits so the main thread returns to Python and runs signal handlers promptly.
+        while not server.wait(0.2):
+            pass
+    except KeyboardInterrupt:
+        logger.info("stopping: finishing in-flight requests")
+    finally:
+        server.stop()
+        server.join()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    logger.info("stopped")
+
+
+def _raise_keyboard_interrupt(signum, frame):
+    raise KeyboardInterrupt

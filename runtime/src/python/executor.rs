@@ -1,0 +1,356 @@
+//! The Python executor of one loop thread: an asyncio event loop driven from the thread's tokio runtime,
+//! and the call path from a routed request to a handler and back.
+//!
+//! How the two loops share one thread: the asyncio loop is created with a selector that never blocks
+//! (`percore._loop`). Its epoll fd is registered with tokio (`AsyncFd`), so tokio wakes when any asyncio
+//! socket, the loop's self-pipe (`call_soon_threadsafe`) or a timer needs attention, and then runs one
+//! asyncio iteration (`_run_once`). Handlers are called directly from the connection task; a coroutine is
+//! stepped in place (`RequestTask`) and only involves the asyncio loop if it suspends.
+//!
+//! Invariants: the thread is attached to the interpreter once for its whole life (`run_thread`) and
+//! re-enters it only around Python work (`Python::attach` on an existing thread state is a cheap state
+//! change); nothing here waits while attached, so GIL builds never deadlock and 3.13t's stop-the-world
+//! pauses never wait on a parked loop. Python objects that are re-used on every request are created once.
+
+use std::cell::{Cell, RefCell};
+use std::os::fd::{AsRawFd, RawFd};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pyo3::ffi;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyString, PyTuple};
+use tokio::io::unix::AsyncFd;
+use tokio::sync::{oneshot, Notify};
+
+use super::request::Request;
+use super::response::to_response;
+use super::task::RequestTask;
+use crate::pool::{Executor, ExecutorFactory, HttpRequest, HttpResponse, LocalBoxFuture};
+
+/// One registered route's handler, analysed once at startup.
+pub struct Endpoint {
+    pub function: Py<PyAny>,
+    /// Interned keyword names for the path parameters the handler takes.
+    pub path_params: Vec<Py<PyString>>,
+    /// The keyword to pass the `Request` as, if the handler asks for it.
+    pub request_param: Option<Py<PyString>>,
+    pub status_code: u16,
+    /// "GET /users/{id}", for logs.
+    pub name: String,
+}
+
+/// What a loop's executor and its in-flight `RequestTask`s share.
+pub struct LoopShared {
+    pub event_loop: Py<PyAny>,
+    pub cancelled_error_type: Py<PyAny>,
+    response_class: Py<PyAny>,
+    on_error: Py<PyAny>,
+}
+
+impl LoopShared {
+    /// The handler's return value as a response; a value that cannot be sent becomes a logged 500.
+    pub fn respond(
+        &self,
+        py: Python<'_>,
+        value: &Bound<'_, PyAny>,
+        status_code: u16,
+        name: &str,
+    ) -> HttpResponse {
+        match to_response(value, status_code, self.response_class.bind(py)) {
+            Ok(response) => response,
+            Err(err) => self.fail(py, &err, name),
+        }
+    }
+
+    /// Logs a handler failure with its traceback (through `percore`'s logger) and answers 500.
+    pub fn fail(&self, py: Python<'_>, err: &PyErr, name: &str) -> HttpResponse {
+        if let Err(log_err) = self.on_error.call1(py, (name, err.value(py))) {
+            log_err.print(py);
+        }
+        HttpResponse::internal_error()
+    }
+}
+
+struct SelectorFd(RawFd);
+
+impl AsRawFd for SelectorFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
+    }
+}
+
+pub struct PyExecutor {
+    index: usize,
+    shared: Arc<LoopShared>,
+    /// `loop._ready`: the deque of callbacks to run; created once by asyncio and never replaced.
+    ready: Py<PyAny>,
+    /// Length of `loop._scheduled` when the driver last computed its timeout.
+    scheduled_seen: Cell<isize>,
+    selector: RefCell<Option<AsyncFd<SelectorFd>>>,
+    wake: Notify,
+}
+
+fn object_len(object: &Bound<'_, PyAny>) -> isize {
+    // SAFETY: attached, live object; a failure (-1) only means "treat as non-empty".
+    let len = unsafe { ffi::PyObject_Size(object.as_ptr()) };
+    if len < 0 {
+        unsafe { ffi::PyErr_Clear() };
+    }
+    len
+}
+
+impl PyExecutor {
+    fn start(
+        &self,
+        py: Python<'_>,
+        endpoint: &Endpoint,
+        request: HttpRequest,
+    ) -> Result<HttpResponse, oneshot::Receiver<HttpResponse>> {
+        // Every request runs in its own copy of the thread's base context, so contextvars never leak.
+        // SAFETY: attached; returns a new reference or NULL with an exception set.
+        let context = unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent()) };
+        let context = match context {
+            Ok(context) => context,
+            Err(err) => return Ok(self.shared.fail(py, &err, &endpoint.name)),
+        };
+        let called = self.call_handler(py, endpoint, request, &context);
+        let value = match called {
+            Ok(value) => value,
+            Err(err) => return Ok(self.shared.fail(py, &err, &endpoint.name)),
+        };
+        // SAFETY: attached, live object.
+        if unsafe { ffi::PyCoro_CheckExact(value.as_ptr()) } == 0 {
+            return Ok(self
+                .shared
+                .respond(py, &value, endpoint.status_code, &endpoint.name));
+        }
+        let (reply, mut response) = oneshot::channel();
+        let task = RequestTask::new(
+            py,
+            value.unbind(),
+            Arc::clone(&self.shared),
+            context.unbind(),
+            endpoint.status_code,
+            endpoint.name.clone(),
+            reply,
+        );
+        match task {
+            Ok(task) => RequestTask::step(&task, None),
+            Err(err) => return Ok(self.shared.fail(py, &err, &endpoint.name)),
+        }
+        match response.try_recv() {
+            Ok(response) => Ok(response),
+            Err(oneshot::error::TryRecvError::Empty) => Err(response),
+            Err(oneshot::error::TryRecvError::Closed) => Ok(HttpResponse::internal_error()),
+        }
+    }
+
+    fn call_handler<'py>(
+        &self,
+        py: Python<'py>,
+        endpoint: &Endpoint,
+        request: HttpRequest,
+        context: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let function = endpoint.function.bind(py);
+        let kwargs = if endpoint.path_params.is_empty() && endpoint.request_param.is_none() {
+            None
+        } else {
+            let kwargs = PyDict::new(py);
+            for (name, value) in &request.params {
+                if let Some(key) = endpoint
+                    .path_params
+                    .iter()
+                    .find(|key| key.bind(py).to_str().is_ok_and(|k| k == name))
+                {
+                    kwargs.set_item(key.bind(py), value)?;
+                }
+            }
+            if let Some(key) = &endpoint.request_param {
+                kwargs.set_item(key.bind(py), Request::new(request, self.index))?;
+            }
+            Some(kwargs)
+        };
+        // SAFETY: attached; the context is this request's own and not entered anywhere else.
+        if unsafe { ffi::PyContext_Enter(context.as_ptr()) } != 0 {
+            return Err(PyErr::fetch(py));
+        }
+        let result = match &kwargs {
+            None => function.call0(),
+            Some(kwargs) => function.call(PyTuple::empty(py), Some(kwargs)),
+        };
+        if unsafe { ffi::PyContext_Exit(context.as_ptr()) } != 0 {
+            return Err(PyErr::fetch(py));
+        }
+        result
+    }
+
+    /// A handler may have scheduled asyncio work (`create_task`, `call_later`) without suspending; the
+    /// driver must then look at the loop again instead of sleeping on its old deadline.
+    fn wake_driver_if_needed(&self, py: Python<'_>) {
+        let event_loop = self.shared.event_loop.bind(py);
+        let scheduled = event_loop
+            .getattr(intern!(py, "_scheduled"))
+            .map(|s| object_len(&s))
+            .unwrap_or(-1);
+        if object_len(self.ready.bind(py)) != 0 || scheduled != self.scheduled_seen.get() {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Seconds until asyncio needs to run again: 0 when callbacks are ready, None when only I/O can wake it.
+    fn asyncio_timeout(&self, py: Python<'_>) -> Option<Duration> {
+        let event_loop = self.shared.event_loop.bind(py);
+        let timeout = event_loop.call_method0(intern!(py, "_percore_timeout"));
+        if let Ok(scheduled) = event_loop.getattr(intern!(py, "_scheduled")) {
+            self.scheduled_seen.set(object_len(&scheduled));
+        }
+        match timeout.and_then(|t| t.extract::<Option<f64>>()) {
+            Ok(Some(seconds)) => Some(Duration::from_secs_f64(seconds.max(0.0))),
+            Ok(None) => None,
+            Err(err) => {
+                err.print(py);
+                Some(Duration::from_millis(10))
+            }
+        }
+    }
+
+    fn run_asyncio_once(&self, py: Python<'_>) {
+        let event_loop = self.shared.event_loop.bind(py);
+        if let Err(err) = event_loop.call_method0(intern!(py, "_run_once")) {
+            err.print(py);
+        }
+    }
+}
+
+fn has_pending_events(fd: RawFd) -> bool {
+    let mut poll = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, zero timeout.
+    unsafe { libc::poll(&mut poll, 1, 0) > 0 }
+}
+
+impl Executor for PyExecutor {
+    type Endpoint = Endpoint;
+
+    fn call(&self, endpoint: &Endpoint, request: HttpRequest) -> LocalBoxFuture<HttpResponse> {
+        let started = Python::attach(|py| {
+            let started = self.start(py, endpoint, request);
+            self.wake_driver_if_needed(py);
+            started
+        });
+        match started {
+            Ok(response) => Box::pin(std::future::ready(response)),
+            Err(pending) => Box::pin(async move {
+                pending
+                    .await
+                    .unwrap_or_else(|_| HttpResponse::internal_error())
+            }),
+        }
+    }
+
+    fn drive(self: Rc<Self>) -> LocalBoxFuture<()> {
+        Box::pin(async move {
+            loop {
+                let timeout = Python::attach(|py| self.asyncio_timeout(py));
+                let selector = self.selector.borrow();
+                let Some(selector) = selector.as_ref() else {
+                    return;
+                };
+                let mut readiness = None;
+                if timeout == Some(Duration::ZERO) {
+                    // Ready callbacks: run them, but let connections progress between iterations.
+                    tokio::task::yield_now().await;
+                } else {
+                    let sleep = async {
+                        match timeout {
+                            Some(timeout) => tokio::time::sleep(timeout).await,
+                            None => std::future::pending().await,
+                        }
+                    };
+                    tokio::select! {
+                        ready = selector.readable() => readiness = ready.ok(),
+                        _ = self.wake.notified() => {}
+                        _ = sleep => {}
+                    }
+                }
+                Python::attach(|py| self.run_asyncio_once(py));
+                // asyncio's fds are level-triggered inside its epoll; tokio sees the epoll fd
+                // edge-triggered, so only forget readiness once the inner epoll is really empty.
+                if let Some(mut readiness) = readiness {
+                    if !has_pending_events(selector.as_raw_fd()) {
+                        readiness.clear_ready();
+                    }
+                }
+            }
+        })
+    }
+
+    fn close(&self) {
+        // Deregister from tokio before asyncio closes the epoll fd.
+        drop(self.selector.borrow_mut().take());
+        Python::attach(|py| {
+            let event_loop = self.shared.event_loop.bind(py);
+            if let Err(err) = event_loop.call_method0(intern!(py, "_percore_close")) {
+                err.print(py);
+            }
+        });
+    }
+}
+
+pub struct PyExecutorFactory {
+    /// `percore._loop.new_running_loop`: creates this thread's asyncio loop and makes it the running loop.
+    pub loop_factory: Py<PyAny>,
+    pub response_class: Py<PyAny>,
+    pub on_error: Py<PyAny>,
+}
+
+impl ExecutorFactory for PyExecutorFactory {
+    type Endpoint = Endpoint;
+    type Executor = PyExecutor;
+
+    fn run_thread(&self, body: &mut (dyn FnMut() + Send)) {
+        // Attach once for the thread's life (creates its thread state), then detach: Python work re-enters
+        // with `Python::attach`, which on an existing thread state is a cheap state switch.
+        Python::attach(|py| py.detach(body));
+    }
+
+    fn create(&self, loop_index: usize) -> Result<PyExecutor, String> {
+        Python::attach(|py| -> PyResult<PyExecutor> {
+            let event_loop = self.loop_factory.call0(py)?;
+            let bound = event_loop.bind(py);
+            let ready = bound.getattr(intern!(py, "_ready"))?.unbind();
+            let fd: RawFd = bound
+                .getattr(intern!(py, "_selector"))?
+                .call_method0(intern!(py, "fileno"))?
+                .extract()?;
+            // SAFETY: the fd stays open until `close`, which drops this registration before asyncio
+            // closes its selector.
+            let selector = unsafe {
+                AsyncFd::register_with_interest(SelectorFd(fd), tokio::io::Interest::READABLE)
+            }
+            .map_err(|e| pyo3::exceptions::PyOSError::new_err(e.to_string()))?;
+            let cancelled_error_type = py.import("asyncio")?.getattr("CancelledError")?.unbind();
+            Ok(PyExecutor {
+                index: loop_index,
+                shared: Arc::new(LoopShared {
+                    event_loop,
+                    cancelled_error_type,
+                    response_class: self.response_class.clone_ref(py),
+                    on_error: self.on_error.clone_ref(py),
+                }),
+                ready,
+                scheduled_seen: Cell::new(0),
+                selector: RefCell::new(Some(selector)),
+                wake: Notify::new(),
+            })
+        })
+        .map_err(|err| Python::attach(|py| super::describe(py, &err)))
+    }
+}

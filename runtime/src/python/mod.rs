@@ -1,0 +1,69 @@
+//! The one PyO3 bridge: every `#[pyclass]`, `#[pyfunction]` and Python conversion lives under here.
+//! The module declares itself free-threading safe (`gil_used = false`), so importing it on 3.13t keeps
+//! the GIL disabled.
+
+mod executor;
+mod request;
+mod response;
+mod serialize;
+mod server;
+mod task;
+
+use pyo3::create_exception;
+use pyo3::exceptions::PyException;
+use pyo3::prelude::*;
+
+create_exception!(percore, PercoreError, PyException, "Base class of every percore error.");
+create_exception!(percore, ConfigurationError, PercoreError, "Invalid server or app configuration.");
+create_exception!(percore, StartupError, PercoreError, "The server could not start (e.g. the port is busy).");
+
+/// One line describing a Python exception, for errors that cross into plain Rust.
+fn describe(py: Python<'_>, err: &PyErr) -> String {
+    let type_name = err
+        .get_type(py)
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "Exception".into());
+    format!("{type_name}: {}", err.value(py))
+}
+
+/// The RequestTask being stepped on this thread (for `loop`, when given), else None.
+#[pyfunction]
+#[pyo3(signature = (event_loop=None))]
+fn current_request_task(
+    py: Python<'_>,
+    event_loop: Option<&Bound<'_, PyAny>>,
+) -> Option<Py<task::RequestTask>> {
+    task::current(py, event_loop)
+}
+
+/// Serialises a value exactly as a handler's return value would be (JSON bytes).
+#[pyfunction]
+fn dumps<'py>(
+    py: Python<'py>,
+    value: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, pyo3::types::PyBytes>> {
+    Ok(pyo3::types::PyBytes::new(py, &serialize::to_json(value)?))
+}
+
+/// The CPU ids in this process's affinity mask.
+#[pyfunction]
+fn available_cores() -> Vec<usize> {
+    crate::config::available_cores()
+}
+
+#[pymodule(gil_used = false)]
+fn _runtime(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_class::<server::Server>()?;
+    m.add_class::<request::Request>()?;
+    m.add_class::<task::RequestTask>()?;
+    m.add_function(wrap_pyfunction!(current_request_task, m)?)?;
+    m.add_function(wrap_pyfunction!(dumps, m)?)?;
+    m.add_function(wrap_pyfunction!(available_cores, m)?)?;
+    m.add("PercoreError", py.get_type::<PercoreError>())?;
+    m.add("ConfigurationError", py.get_type::<ConfigurationError>())?;
+    m.add("StartupError", py.get_type::<StartupError>())?;
+    Ok(())
+}

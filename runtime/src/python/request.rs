@@ -1,0 +1,126 @@
+//! `percore.Request`: read-only access to the request a handler is running for. Python objects are built
+//! only for the fields a handler actually reads.
+
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
+
+use crate::pool::HttpRequest;
+
+#[pyclass(frozen, module = "percore", name = "Request")]
+pub struct Request {
+    inner: HttpRequest,
+    loop_index: usize,
+}
+
+impl Request {
+    pub fn new(inner: HttpRequest, loop_index: usize) -> Self {
+        Request { inner, loop_index }
+    }
+}
+
+#[pymethods]
+impl Request {
+    /// The HTTP method, e.g. "GET".
+    #[getter]
+    fn method(&self) -> &str {
+        self.inner.method.as_str()
+    }
+
+    /// The path, percent-encoded as received.
+    #[getter]
+    fn path(&self) -> &str {
+        self.inner.uri.path()
+    }
+
+    /// The raw query string without '?', "" when absent.
+    #[getter]
+    fn query_string(&self) -> &str {
+        self.inner.uri.query().unwrap_or("")
+    }
+
+    /// The request target as received: path and query.
+    #[getter]
+    fn url(&self) -> String {
+        self.inner.uri.to_string()
+    }
+
+    #[getter]
+    fn http_version(&self) -> &'static str {
+        match self.inner.version {
+            http::Version::HTTP_10 => "1.0",
+            http::Version::HTTP_2 => "2",
+            _ => "1.1",
+        }
+    }
+
+    /// Headers as a list of (name, value) pairs in the order received, names lower-case, duplicates kept.
+    #[getter]
+    fn header_list<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let pairs = PyList::empty(py);
+        for (name, value) in &self.inner.headers {
+            let value = String::from_utf8_lossy(value.as_bytes());
+            pairs.append(PyTuple::new(py, [name.as_str(), value.as_ref()])?)?;
+        }
+        Ok(pairs)
+    }
+
+    /// Headers as a dict of lower-case name to value; repeated headers are joined with ", ".
+    #[getter]
+    fn headers<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let headers = PyDict::new(py);
+        for name in self.inner.headers.keys() {
+            let values: Vec<String> = self
+                .inner
+                .headers
+                .get_all(name)
+                .iter()
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .collect();
+            headers.set_item(name.as_str(), values.join(", "))?;
+        }
+        Ok(headers)
+    }
+
+    /// The path parameters matched by the route, as strings.
+    #[getter]
+    fn path_params<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let params = PyDict::new(py);
+        for (name, value) in &self.inner.params {
+            params.set_item(name, value)?;
+        }
+        Ok(params)
+    }
+
+    /// The whole request body.
+    #[getter]
+    fn body<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.inner.body)
+    }
+
+    /// The body decoded as UTF-8 (invalid bytes replaced).
+    fn text<'py>(&self, py: Python<'py>) -> Bound<'py, PyString> {
+        PyString::new(py, &String::from_utf8_lossy(&self.inner.body))
+    }
+
+    /// (host, port) of the peer.
+    #[getter]
+    fn client(&self) -> Option<(String, u16)> {
+        self.inner.client.map(|a| (a.ip().to_string(), a.port()))
+    }
+
+    /// (host, port) this server accepted the connection on.
+    #[getter]
+    fn server(&self) -> (String, u16) {
+        (self.inner.server.ip().to_string(), self.inner.server.port())
+    }
+
+    /// The index of the loop running this request.
+    #[getter]
+    fn loop_index(&self) -> usize {
+        self.loop_index
+    }
+
+    fn __repr__(&self) -> String {
+        format!("<Request {} {}>", self.inner.method, self.inner.uri)
+    }
+}

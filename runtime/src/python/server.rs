@@ -1,0 +1,172 @@
+//! `percore._runtime.Server`: the Python handle on a loop pool — built from the app's routes, started,
+//! waited on (in short slices so the main thread can take Ctrl-C) and stopped.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use pyo3::prelude::*;
+use pyo3::types::PyString;
+
+use super::executor::{Endpoint, PyExecutorFactory};
+use super::{ConfigurationError, StartupError};
+use crate::config::{Config, LoopCount};
+use crate::pool::{self, RunningPool};
+use crate::router::Router;
+use crate::routing::RoutingPolicy;
+
+/// A route as the Python app describes it.
+#[derive(FromPyObject)]
+pub struct RouteSpec {
+    method: String,
+    path: String,
+    function: Py<PyAny>,
+    path_params: Vec<String>,
+    request_param: Option<String>,
+    status_code: u16,
+}
+
+struct Prepared {
+    router: Router,
+    endpoints: Vec<Endpoint>,
+}
+
+#[pyclass(frozen, module = "percore._runtime")]
+pub struct Server {
+    config: Config,
+    prepared: Mutex<Option<Prepared>>,
+    factory: Arc<PyExecutorFactory>,
+    running: Mutex<Option<RunningPool>>,
+    address: Mutex<Option<SocketAddr>>,
+}
+
+fn config_error(err: impl std::fmt::Display) -> PyErr {
+    ConfigurationError::new_err(err.to_string())
+}
+
+#[pymethods]
+impl Server {
+    #[new]
+    #[pyo3(signature = (routes, *, host, port, loops, routing, loop_factory, response_class, on_error))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        routes: Vec<RouteSpec>,
+        host: &str,
+        port: u16,
+        loops: &str,
+        routing: &str,
+        loop_factory: Py<PyAny>,
+        response_class: Py<PyAny>,
+        on_error: Py<PyAny>,
+    ) -> PyResult<Self> {
+        let loops = LoopCount::parse(loops).map_err(config_error)?;
+        let routing: RoutingPolicy = routing.parse().map_err(config_error)?;
+        let config = Config::new(host, port, loops, routing).map_err(config_error)?;
+        let mut router = Router::new();
+        let mut endpoints = Vec::with_capacity(routes.len());
+        for route in routes {
+            let method = http::Method::from_bytes(route.method.to_ascii_uppercase().as_bytes())
+                .map_err(|_| config_error(format!("invalid HTTP method {:?}", route.method)))?;
+            router
+                .insert(method.clone(), &route.path, endpoints.len())
+                .map_err(config_error)?;
+            endpoints.push(Endpoint {
+                function: route.function,
+                path_params: route
+                    .path_params
+                    .iter()
+                    .map(|name| PyString::intern(py, name).unbind())
+                    .collect(),
+                request_param: route
+                    .request_param
+                    .map(|name| PyString::intern(py, &name).unbind()),
+                status_code: route.status_code,
+                name: format!("{method} {}", route.path),
+            });
+        }
+        Ok(Server {
+            config,
+            prepared: Mutex::new(Some(Prepared { router, endpoints })),
+            factory: Arc::new(PyExecutorFactory {
+                loop_factory,
+                response_class,
+                on_error,
+            }),
+            running: Mutex::new(None),
+            address: Mutex::new(None),
+        })
+    }
+
+    /// Binds the listeners and starts every loop; returns once all of them are serving.
+    fn start(&self, py: Python<'_>) -> PyResult<()> {
+        let prepared = self
+            .prepared
+            .lock()
+            .unwrap()
+            .take()
+            .ok_or_else(|| StartupError::new_err("this server was already started"))?;
+        let config = self.config.clone();
+        let factory = Arc::clone(&self.factory);
+        // Detached: each loop thread attaches to create its asyncio loop while we wait for it.
+        let pool = py
+            .detach(|| pool::start(config, prepared.router, prepared.endpoints, factory))
+            .map_err(|e| StartupError::new_err(e.to_string()))?;
+        *self.address.lock().unwrap() = Some(pool.local_addr);
+        *self.running.lock().unwrap() = Some(pool);
+        Ok(())
+    }
+
+    /// Waits up to `timeout` seconds for the pool to stop; True once every loop has exited.
+    fn wait(&self, py: Python<'_>, timeout: f64) -> bool {
+        let deadline = Instant::now() + Duration::from_secs_f64(timeout.max(0.0));
+        py.detach(|| loop {
+            let finished = self
+                .running
+                .lock()
+                .unwrap()
+                .as_ref()
+                .is_none_or(RunningPool::is_finished);
+            if finished || Instant::now() >= deadline {
+                return finished;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        })
+    }
+
+    /// Asks every loop to stop accepting, finish in-flight requests and exit.
+    fn stop(&self) {
+        if let Some(pool) = self.running.lock().unwrap().as_ref() {
+            pool.stop();
+        }
+    }
+
+    /// Waits for every loop thread to exit.
+    fn join(&self, py: Python<'_>) {
+        let pool = self.running.lock().unwrap().take();
+        if let Some(pool) = pool {
+            py.detach(|| pool.join());
+        }
+    }
+
+    #[getter]
+    fn host(&self) -> Option<String> {
+        self.address.lock().unwrap().map(|a| a.ip().to_string())
+    }
+
+    #[getter]
+    fn port(&self) -> Option<u16> {
+        self.address.lock().unwrap().map(|a| a.port())
+    }
+
+    /// The core each loop is pinned to, by loop index.
+    #[getter]
+    fn cores(&self) -> Vec<usize> {
+        self.config.cores.clone()
+    }
+
+    #[getter]
+    fn routing(&self) -> &'static str {
+        self.config.routing.name()
+    }
+}
