@@ -32,13 +32,20 @@ class Route:
     status_code: int
 
 
+def _names_request(annotation: Any) -> bool:
+    return isinstance(annotation, str) and annotation.split(".")[-1] == "Request"
+
+
 def _analyse(method: str, path: str, function: Callable[..., Any], status_code: int) -> Route:
     where = f"{method} {path} ({getattr(function, '__qualname__', function)!r})"
     if not path.startswith("/"):
         raise ConfigurationError(f"route {where}: path must start with '/'")
     in_path = _PATH_PARAM.findall(path)
     try:
-        signature = inspect.signature(function)
+        try:
+            signature = inspect.signature(function, eval_str=True)
+        except NameError:  # an annotation names something not importable here: read them as text
+            signature = inspect.signature(function)
     except (TypeError, ValueError) as error:
         raise ConfigurationError(f"route {where}: cannot read the handler's signature: {error}") from None
     takes_any_keyword = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
@@ -51,7 +58,7 @@ def _analyse(method: str, path: str, function: Callable[..., Any], status_code: 
             if parameter.kind is parameter.POSITIONAL_ONLY:
                 raise ConfigurationError(f"route {where}: path parameter {name!r} cannot be positional-only")
             continue
-        if name == "request" or parameter.annotation in (Request, "Request"):
+        if name == "request" or parameter.annotation is Request or _names_request(parameter.annotation):
             request_param = name
             continue
         if parameter.default is parameter.empty:

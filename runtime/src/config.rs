@@ -92,7 +92,10 @@ impl fmt::Display for ConfigError {
         match self {
             ConfigError::ZeroLoops => write!(f, "--loops must be at least 1 (or 'auto')"),
             ConfigError::BadLoopCount(text) => {
-                write!(f, "--loops expects 'auto' or a positive integer, got {text:?}")
+                write!(
+                    f,
+                    "--loops expects 'auto' or a positive integer, got {text:?}"
+                )
             }
             ConfigError::BadRoutingPolicy(text) => write!(
                 f,
@@ -123,8 +126,7 @@ mod tests {
 
     #[test]
     fn auto_uses_every_core_in_the_affinity_mask() {
-        let config =
-            Config::new("127.0.0.1", 0, LoopCount::Auto, RoutingPolicy::Local).unwrap();
+        let config = Config::new("127.0.0.1", 0, LoopCount::Auto, RoutingPolicy::Local).unwrap();
         assert_eq!(config.cores, available_cores());
     }
 

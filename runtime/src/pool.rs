@@ -60,7 +60,11 @@ impl HttpResponse {
     }
 
     pub fn text(status: u16, body: &'static str) -> Self {
-        Self::new(status, "text/plain; charset=utf-8", Bytes::from_static(body.as_bytes()))
+        Self::new(
+            status,
+            "text/plain; charset=utf-8",
+            Bytes::from_static(body.as_bytes()),
+        )
     }
 
     pub fn internal_error() -> Self {
@@ -73,7 +77,8 @@ pub trait Executor: 'static {
     type Endpoint: Send + Sync + 'static;
 
     /// Runs `endpoint` for `request`. The returned future resolves on this thread.
-    fn call(&self, endpoint: &Self::Endpoint, request: HttpRequest) -> LocalBoxFuture<HttpResponse>;
+    fn call(&self, endpoint: &Self::Endpoint, request: HttpRequest)
+        -> LocalBoxFuture<HttpResponse>;
 
     /// Background work the executor needs for its whole life (for Python: driving the asyncio loop).
     /// Dropped (cancelled) when the loop stops.
@@ -263,7 +268,9 @@ pub fn start<F: ExecutorFactory>(
             Err(_) => {
                 pool.stop();
                 pool.join();
-                return Err(PoolError::Spawn("a loop thread exited during start-up".into()));
+                return Err(PoolError::Spawn(
+                    "a loop thread exited during start-up".into(),
+                ));
             }
         }
     }
@@ -319,11 +326,14 @@ fn run_loop<F: ExecutorFactory>(
             shared: Arc::clone(&shared),
         });
         let driver = tokio::task::spawn_local(Rc::clone(&executor).drive());
-        let job_runner = tokio::task::spawn_local(run_jobs(Rc::clone(&executor), Arc::clone(&shared), jobs));
+        let job_runner =
+            tokio::task::spawn_local(run_jobs(Rc::clone(&executor), Arc::clone(&shared), jobs));
         let _ = ready.send((index, Ok(())));
 
-        let connections = server::accept_until_stopped(listener, Rc::clone(&context), &mut stop).await;
-        let _ = tokio::time::timeout(shared.config.shutdown_timeout, connections.all_closed()).await;
+        let connections =
+            server::accept_until_stopped(listener, Rc::clone(&context), &mut stop).await;
+        let _ =
+            tokio::time::timeout(shared.config.shutdown_timeout, connections.all_closed()).await;
 
         if shared.draining.fetch_sub(1, Ordering::AcqRel) == 1 {
             shared.all_drained.send_replace(true);

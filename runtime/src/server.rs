@@ -164,7 +164,11 @@ async fn handle<X: Executor>(
     peer: SocketAddr,
 ) -> hyper::Response<Full<Bytes>> {
     let (parts, body) = request.into_parts();
-    let response = match context.shared.router.lookup(&parts.method, parts.uri.path()) {
+    let response = match context
+        .shared
+        .router
+        .lookup(&parts.method, parts.uri.path())
+    {
         Lookup::NotFound => HttpResponse::text(404, "Not Found"),
         Lookup::MethodNotAllowed { allow } => {
             let mut response = HttpResponse::text(405, "Method Not Allowed");

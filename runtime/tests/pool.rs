@@ -23,7 +23,11 @@ impl Executor for Where {
     fn call(&self, endpoint: &usize, request: HttpRequest) -> LocalBoxFuture<HttpResponse> {
         let index = self.index;
         let slow = *endpoint == 1;
-        let params: Vec<String> = request.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let params: Vec<String> = request
+            .params
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
         Box::pin(async move {
             if slow {
                 tokio::time::sleep(Duration::from_millis(400)).await;
@@ -55,7 +59,9 @@ impl ExecutorFactory for WhereFactory {
 fn start(loops: usize, routing: RoutingPolicy) -> pool::RunningPool {
     let config = Config::new("127.0.0.1", 0, LoopCount::Fixed(loops), routing).unwrap();
     let mut router = Router::new();
-    router.insert(http::Method::GET, "/where/{name}", 0).unwrap();
+    router
+        .insert(http::Method::GET, "/where/{name}", 0)
+        .unwrap();
     router.insert(http::Method::GET, "/slow", 1).unwrap();
     pool::start(config, router, vec![0, 1], Arc::new(WhereFactory)).unwrap()
 }
@@ -77,7 +83,11 @@ fn read_response(stream: &mut TcpStream) -> (u16, String) {
             let head = &text[..end];
             let length: usize = head
                 .lines()
-                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length: ").map(|v| v.trim().parse().unwrap()))
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(|v| v.trim().parse().unwrap())
+                })
                 .unwrap_or(0);
             if buffer.len() >= end + 4 + length {
                 let status = head[9..12].parse().unwrap();
@@ -89,7 +99,9 @@ fn read_response(stream: &mut TcpStream) -> (u16, String) {
 
 fn connect(addr: SocketAddr) -> TcpStream {
     let stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     stream
 }
 
@@ -102,9 +114,17 @@ fn loops_are_pinned_and_round_robin_reaches_every_loop() {
     for _ in 0..6 {
         let (status, body) = get(&mut stream, "/where/x");
         assert_eq!(status, 200);
-        let loop_index: usize = body.split_whitespace().next().unwrap()[5..].parse().unwrap();
-        let cpu: usize = body.split_whitespace().nth(1).unwrap()[4..].parse().unwrap();
-        assert_eq!(cpu, cores[loop_index % cores.len()], "loop {loop_index} ran on cpu {cpu}");
+        let loop_index: usize = body.split_whitespace().next().unwrap()[5..]
+            .parse()
+            .unwrap();
+        let cpu: usize = body.split_whitespace().nth(1).unwrap()[4..]
+            .parse()
+            .unwrap();
+        assert_eq!(
+            cpu,
+            cores[loop_index % cores.len()],
+            "loop {loop_index} ran on cpu {cpu}"
+        );
         assert!(body.ends_with("name=x"));
         seen.insert(loop_index);
     }
@@ -136,13 +156,23 @@ fn least_loaded_steers_new_requests_away_from_a_busy_loop() {
     let mut fast = connect(pool.local_addr);
     let mut seen = std::collections::BTreeSet::new();
     for _ in 0..4 {
-        seen.insert(get(&mut fast, "/where/b").1.split_whitespace().next().unwrap().to_string());
+        seen.insert(
+            get(&mut fast, "/where/b")
+                .1
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .to_string(),
+        );
     }
     let (status, slow_body) = read_response(&mut slow);
     assert_eq!(status, 200);
     let slow_loop = slow_body.split_whitespace().next().unwrap().to_string();
     assert_eq!(seen.len(), 1);
-    assert!(!seen.contains(&slow_loop), "fast requests went to the busy loop {slow_loop}");
+    assert!(
+        !seen.contains(&slow_loop),
+        "fast requests went to the busy loop {slow_loop}"
+    );
     pool.stop();
     pool.join();
 }
@@ -152,7 +182,11 @@ fn unknown_path_and_wrong_method_are_answered_by_the_router() {
     let pool = start(1, RoutingPolicy::Local);
     let mut stream = connect(pool.local_addr);
     assert_eq!(get(&mut stream, "/nope").0, 404);
-    write!(stream, "POST /slow HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n").unwrap();
+    write!(
+        stream,
+        "POST /slow HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n"
+    )
+    .unwrap();
     assert_eq!(read_response(&mut stream).0, 405);
     pool.stop();
     pool.join();
@@ -167,7 +201,10 @@ fn stop_finishes_in_flight_requests_and_joins_quickly() {
     let started = Instant::now();
     pool.stop();
     let (status, _) = read_response(&mut slow);
-    assert_eq!(status, 200, "the in-flight request is answered, not dropped");
+    assert_eq!(
+        status, 200,
+        "the in-flight request is answered, not dropped"
+    );
     pool.join();
     assert!(started.elapsed() < Duration::from_secs(5));
 }
@@ -177,6 +214,8 @@ fn a_busy_port_is_reported() {
     let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = holder.local_addr().unwrap().port();
     let config = Config::new("127.0.0.1", port, LoopCount::Fixed(1), RoutingPolicy::Local).unwrap();
-    let err = pool::start(config, Router::new(), vec![], Arc::new(WhereFactory)).err().unwrap();
+    let err = pool::start(config, Router::new(), vec![], Arc::new(WhereFactory))
+        .err()
+        .unwrap();
     assert!(err.to_string().contains("already in use"), "{err}");
 }

@@ -13,9 +13,24 @@ use pyo3::create_exception;
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
 
-create_exception!(percore, PercoreError, PyException, "Base class of every percore error.");
-create_exception!(percore, ConfigurationError, PercoreError, "Invalid server or app configuration.");
-create_exception!(percore, StartupError, PercoreError, "The server could not start (e.g. the port is busy).");
+create_exception!(
+    percore,
+    PercoreError,
+    PyException,
+    "Base class of every percore error."
+);
+create_exception!(
+    percore,
+    ConfigurationError,
+    PercoreError,
+    "Invalid server or app configuration."
+);
+create_exception!(
+    percore,
+    StartupError,
+    PercoreError,
+    "The server could not start (e.g. the port is busy)."
+);
 
 /// One line describing a Python exception, for errors that cross into plain Rust.
 fn describe(py: Python<'_>, err: &PyErr) -> String {

@@ -29,7 +29,10 @@ pub fn to_response(
 ) -> PyResult<HttpResponse> {
     if let Ok(text) = value.cast_exact::<PyString>() {
         let body = Bytes::copy_from_slice(text.to_str()?.as_bytes());
-        return Ok(with_status(HttpResponse::new(200, TEXT, body), default_status)?);
+        return Ok(with_status(
+            HttpResponse::new(200, TEXT, body),
+            default_status,
+        )?);
     }
     if let Ok(bytes) = value.cast::<PyBytes>() {
         let body = Bytes::copy_from_slice(bytes.as_bytes());

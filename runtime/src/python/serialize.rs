@@ -21,7 +21,9 @@ impl Serialize for Json<'_, '_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let value = self.value;
         if self.depth > MAX_DEPTH {
-            return Err(S::Error::custom("JSON nesting is too deep (recursive structure?)"));
+            return Err(S::Error::custom(
+                "JSON nesting is too deep (recursive structure?)",
+            ));
         }
         // Exact-type checks first: they are pointer compares, and cover nearly every response.
         if let Ok(text) = value.cast_exact::<PyString>() {

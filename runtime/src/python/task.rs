@@ -84,7 +84,9 @@ fn send(py: Python<'_>, coroutine: &Bound<'_, PyAny>) -> Step {
         ffi::PySendResult::PYGEN_RETURN => {
             Step::Returned(unsafe { Bound::from_owned_ptr(py, result) }.unbind())
         }
-        ffi::PySendResult::PYGEN_NEXT => Step::Yielded(unsafe { Bound::from_owned_ptr(py, result) }.unbind()),
+        ffi::PySendResult::PYGEN_NEXT => {
+            Step::Yielded(unsafe { Bound::from_owned_ptr(py, result) }.unbind())
+        }
         _ => Step::Raised(PyErr::fetch(py)),
     }
 }
@@ -150,7 +152,9 @@ impl RequestTask {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Runs the coroutine until it suspends or finishes, as `asyncio.Task.__step` does.
@@ -182,8 +186,7 @@ impl RequestTask {
         match stepped {
             Ok(Step::Returned(value)) => Self::finish(slf, Outcome::Returned(value)),
             Ok(Step::Raised(err)) => {
-                if err.is_instance(py, &this.shared.cancelled_error_type.bind(py).clone())
-                {
+                if err.is_instance(py, &this.shared.cancelled_error_type.bind(py).clone()) {
                     Self::finish(slf, Outcome::Cancelled)
                 } else {
                     Self::finish(slf, Outcome::Raised(err))
@@ -256,11 +259,14 @@ impl RequestTask {
         let scheduled = match error {
             None => event_loop.call_method1(intern!(py, "call_soon"), (slf,)),
             Some(error) => {
-                let step_with_error = slf
-                    .getattr(intern!(py, "_step_with_error"))
-                    .and_then(|step| {
-                        event_loop.call_method1(intern!(py, "call_soon"), (step, error.into_value(py)))
-                    });
+                let step_with_error =
+                    slf.getattr(intern!(py, "_step_with_error"))
+                        .and_then(|step| {
+                            event_loop.call_method1(
+                                intern!(py, "call_soon"),
+                                (step, error.into_value(py)),
+                            )
+                        });
                 step_with_error
             }
         };
@@ -273,7 +279,10 @@ impl RequestTask {
         let py = slf.py();
         let this = slf.get();
         let response = match &outcome {
-            Outcome::Returned(value) => this.shared.respond(py, value.bind(py), this.status_code, &this.name),
+            Outcome::Returned(value) => {
+                this.shared
+                    .respond(py, value.bind(py), this.status_code, &this.name)
+            }
             Outcome::Raised(err) => this.shared.fail(py, err, &this.name),
             Outcome::Cancelled => this.shared.fail(
                 py,
@@ -287,7 +296,10 @@ impl RequestTask {
             state.coroutine = None;
             state.waiter = None;
             state.outcome = outcome;
-            (state.reply.take(), std::mem::take(&mut state.done_callbacks))
+            (
+                state.reply.take(),
+                std::mem::take(&mut state.done_callbacks),
+            )
         };
         if let Some(reply) = reply {
             let _ = reply.send(response);

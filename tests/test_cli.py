@@ -1,0 +1,74 @@
+"""`runtime serve` as a user types it: the banner, and one clear line for every start-up mistake."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from .conftest import FREE_THREADED, ROOT, ServerProcess
+
+
+def run_cli(*args: str, timeout: float = 20) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run(
+        [sys.executable, "-m", "percore", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def assert_one_clear_line(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("runtime: error: ")
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("target", "fragment"),
+    [
+        ("no_such_module:api", "cannot import module 'no_such_module'"),
+        ("tests.apps.runtime_app:nope", "has no attribute 'nope'"),
+        ("tests.apps.runtime_app:asyncio", "not a percore.App"),
+        ("tests.apps.runtime_app", "expected MODULE:ATTR"),
+    ],
+)
+def test_a_bad_app_target_exits_with_one_line(target, fragment):
+    assert_one_clear_line(run_cli("serve", target), fragment)
+
+
+def test_zero_loops_exits_with_one_line():
+    assert_one_clear_line(run_cli("serve", "tests.apps.runtime_app:api", "--loops", "0"), "--loops")
+
+
+def test_a_busy_port_exits_with_one_line():
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        result = run_cli("serve", "tests.apps.runtime_app:api", "--port", str(port))
+    assert_one_clear_line(result, "already in use", str(port))
+
+
+def test_the_banner_says_what_is_running():
+    server = ServerProcess("tests.apps.runtime_app:api", "--loops", "2", "--routing", "least-loaded").start()
+    code = server.stop()
+    assert code == 0
+    banner = next(line for line in server.stderr.splitlines() if "loop(s)" in line)
+    assert sys.version.split()[0] in banner
+    assert ("free-threaded build" if FREE_THREADED else "GIL build") in banner
+    assert ("GIL disabled" if FREE_THREADED else "GIL enabled") in banner
+    assert "2 loop(s)" in banner
+    assert "routing least-loaded" in banner
+    assert f"http://127.0.0.1:{server.port}" in banner
+
+
+def test_python_dash_m_and_console_script_are_the_same_command():
+    result = run_cli("--help")
+    assert result.returncode == 0
+    assert "serve" in result.stdout
