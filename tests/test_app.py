@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import pytest
-
 import percore
+import pytest
 from percore._runtime import Server
 from percore.server import ServerConfig
 

@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -15,7 +16,12 @@ from .conftest import FREE_THREADED, ROOT, ServerProcess
 def run_cli(*args: str, timeout: float = 20) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     return subprocess.run(
-        [sys.executable, "-m", "percore", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "percore", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -57,9 +63,11 @@ def test_a_busy_port_exits_with_one_line():
 
 def test_the_banner_says_what_is_running():
     server = ServerProcess("tests.apps.runtime_app:api", "--loops", "2", "--routing", "least-loaded").start()
+    assert server.get("/where").status == 200
+    time.sleep(0.2)  # the banner is logged just after the listeners open
     code = server.stop()
     assert code == 0
-    banner = next(line for line in server.stderr.splitlines() if "loop(s)" in line)
+    banner = next((line for line in server.stderr.splitlines() if "loop(s)" in line), server.stderr)
     assert sys.version.split()[0] in banner
     assert ("free-threaded build" if FREE_THREADED else "GIL build") in banner
     assert ("GIL disabled" if FREE_THREADED else "GIL enabled") in banner

@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 import math
 
-import pytest
-
 import percore
+import pytest
 from percore._runtime import dumps
 
 APP = "tests.apps.responses_app:api"
@@ -18,7 +17,7 @@ APP = "tests.apps.responses_app:api"
     [
         {"message": "Hello, World!"},
         [1, 2.5, True, False, None, "x"],
-        {"nested": {"list": [{"a": []}], "unicode": "héllo ✓ \u2028", "escape": "\"\\\n\t"}},
+        {"nested": {"list": [{"a": []}], "unicode": "héllo ✓ \u2028", "escape": '"\\\n\t'}},
         {"big": 2**63 - 1, "negative": -(2**63), "unsigned": 2**64 - 1},
         (1, 2),
         {},

@@ -11,7 +11,6 @@ import signal
 import time
 
 import pytest
-
 from percore._runtime import available_cores
 
 from .conftest import FREE_THREADED
@@ -157,7 +156,9 @@ def test_path_params_query_and_body_reach_the_handler(serve):
     client = server.client()
     for _ in range(2):
         assert client.get("/echo/ada?x=1&y=2").json() == {"name": "ada", "method": "GET", "query": "x=1&y=2"}
-        reply = client.request("POST", "/echo/bob", body=b'{"a": 1}', headers={"Content-Type": "application/json"})
+        reply = client.request(
+            "POST", "/echo/bob", body=b'{"a": 1}', headers={"Content-Type": "application/json"}
+        )
         assert reply.json() == {"name": "bob", "body": '{"a": 1}', "content_type": "application/json"}
 
 

@@ -8,9 +8,7 @@ logger = logging.getLogger("percore")
 
 
 def log_handler_error(route: str, error: BaseException) -> None:
-    logger.error(
-        "Exception in handler for %s", route, exc_info=(type(error), error, error.__traceback__)
-    )
+    logger.error("Exception in handler for %s", route, exc_info=(type(error), error, error.__traceback__))
 
 
 def configure(level: str) -> None:

@@ -44,7 +44,9 @@ def load_app(target: str) -> App:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="runtime", description="percore: a thread-per-core Python web runtime")
+    parser = argparse.ArgumentParser(
+        prog="runtime", description="percore: a thread-per-core Python web runtime"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("serve", help="serve an app")
     run.add_argument("app", metavar="MODULE:ATTR", help="the app to serve, e.g. examples.hello:api")
@@ -54,9 +56,7 @@ def _parser() -> argparse.ArgumentParser:
         "--loops", default="auto", help="'auto' (one per CPU in the affinity mask) or a count (default auto)"
     )
     run.add_argument("--routing", choices=ROUTING_POLICIES, default="local", help="default local")
-    run.add_argument(
-        "--log-level", default="info", choices=("critical", "error", "warning", "info", "debug")
-    )
+    run.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     return parser
 
 

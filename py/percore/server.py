@@ -87,12 +87,13 @@ class Server:
 def serve(app: App, config: ServerConfig | None = None) -> None:
     """Serve until SIGINT or SIGTERM, then stop every loop (finishing in-flight requests)."""
     server = Server(app, config)
-    server.start()
-    logger.info("%s", server.banner())
     previous = None
     if threading.current_thread() is threading.main_thread():
+        # Installed before the port opens, so a SIGTERM at any point stops the server cleanly.
         previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
+        server.start()
+        logger.info("%s", server.banner())
         # Short waits so the main thread returns to Python and runs signal handlers promptly.
         while not server.wait(0.2):
             pass

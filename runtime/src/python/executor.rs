@@ -89,7 +89,7 @@ pub struct PyExecutor {
     ready: Py<PyAny>,
     /// Length of `loop._scheduled` when the driver last computed its timeout.
     scheduled_seen: Cell<isize>,
-    selector: RefCell<Option<AsyncFd<SelectorFd>>>,
+    selector: RefCell<Option<Rc<AsyncFd<SelectorFd>>>>,
     wake: Notify,
 }
 
@@ -259,8 +259,7 @@ impl Executor for PyExecutor {
         Box::pin(async move {
             loop {
                 let timeout = Python::attach(|py| self.asyncio_timeout(py));
-                let selector = self.selector.borrow();
-                let Some(selector) = selector.as_ref() else {
+                let Some(selector) = self.selector.borrow().clone() else {
                     return;
                 };
                 let mut readiness = None;
@@ -293,7 +292,8 @@ impl Executor for PyExecutor {
     }
 
     fn close(&self) {
-        // Deregister from tokio before asyncio closes the epoll fd.
+        // Deregister from tokio before asyncio closes the epoll fd (the driver, which held the other
+        // reference, has been cancelled by now).
         drop(self.selector.borrow_mut().take());
         Python::attach(|py| {
             let event_loop = self.shared.event_loop.bind(py);
@@ -347,7 +347,7 @@ impl ExecutorFactory for PyExecutorFactory {
                 }),
                 ready,
                 scheduled_seen: Cell::new(0),
-                selector: RefCell::new(Some(selector)),
+                selector: RefCell::new(Some(Rc::new(selector))),
                 wake: Notify::new(),
             })
         })

@@ -27,12 +27,9 @@ pub fn to_response(
     default_status: u16,
     response_class: &Bound<'_, PyAny>,
 ) -> PyResult<HttpResponse> {
-    if let Ok(text) = value.cast_exact::<PyString>() {
+    if let Ok(text) = value.cast::<PyString>() {
         let body = Bytes::copy_from_slice(text.to_str()?.as_bytes());
-        return Ok(with_status(
-            HttpResponse::new(200, TEXT, body),
-            default_status,
-        )?);
+        return with_status(HttpResponse::new(200, TEXT, body), default_status);
     }
     if let Ok(bytes) = value.cast::<PyBytes>() {
         let body = Bytes::copy_from_slice(bytes.as_bytes());
@@ -45,10 +42,6 @@ pub fn to_response(
     }
     if value.is_instance(response_class)? {
         return explicit_response(value);
-    }
-    if let Ok(text) = value.cast::<PyString>() {
-        let body = Bytes::copy_from_slice(text.to_str()?.as_bytes());
-        return with_status(HttpResponse::new(200, TEXT, body), default_status);
     }
     let body = to_json(value)?;
     with_status(HttpResponse::new(200, JSON, body), default_status)

@@ -27,7 +27,7 @@ impl Serialize for Json<'_, '_> {
         }
         // Exact-type checks first: they are pointer compares, and cover nearly every response.
         if let Ok(text) = value.cast_exact::<PyString>() {
-            return serializer.serialize_str(&text.to_str().map_err(S::Error::custom)?);
+            return serializer.serialize_str(text.to_str().map_err(S::Error::custom)?);
         }
         if let Ok(dict) = value.cast::<PyDict>() {
             let mut map = serializer.serialize_map(Some(dict.len()))?;
@@ -73,7 +73,7 @@ impl Serialize for Json<'_, '_> {
             return serializer.serialize_f64(n);
         }
         if let Ok(text) = value.cast::<PyString>() {
-            return serializer.serialize_str(&text.to_str().map_err(S::Error::custom)?);
+            return serializer.serialize_str(text.to_str().map_err(S::Error::custom)?);
         }
         if let Ok(tuple) = value.cast::<PyTuple>() {
             let mut seq = serializer.serialize_seq(Some(tuple.len()))?;

@@ -339,10 +339,7 @@ impl RequestTask {
     fn __call__(slf: &Bound<'_, Self>, future: Option<&Bound<'_, PyAny>>) {
         let py = slf.py();
         let error = match future {
-            Some(future) => match future.call_method0(intern!(py, "result")) {
-                Ok(_) => None,
-                Err(err) => Some(err),
-            },
+            Some(future) => future.call_method0(intern!(py, "result")).err(),
             None => None,
         };
         Self::step(slf, error);
