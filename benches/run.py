@@ -35,6 +35,7 @@ LOAD_CORE = "0"
 @dataclass
 class Contender:
     name: str
+    port: int
     command: list[str]
     endpoints: list[str]
     env: dict[str, str] = field(default_factory=dict)
@@ -50,15 +51,27 @@ def contenders(port: int) -> list[Contender]:
     found = []
     baseline = os.environ.get("HYPER_BASELINE")
     if baseline:
-        found.append(Contender("hyper (pure Rust, the limit)", [baseline, str(port)], ["/json"]))
+        found.append(Contender("hyper (pure Rust, the limit)", port, [baseline, str(port)], ["/json"]))
     for key, label in [("PERCORE_PYTHON_NOGIL", "3.13t"), ("PERCORE_PYTHON_GIL", "3.13 GIL")]:
         python = os.environ.get(key)
         if python:
             found.append(
                 Contender(
                     f"percore native, 1 loop ({label})",
-                    [python, "-m", "percore", "serve", "benches.apps.native:api", "--port", str(port)]
-                    + ["--loops", "1", "--log-level", "warning"],
+                    port,
+                    [
+                        python,
+                        "-m",
+                        "percore",
+                        "serve",
+                        "benches.apps.native:api",
+                        "--port",
+                        str(port),
+                        "--loops",
+                        "1",
+                        "--log-level",
+                        "warning",
+                    ],
                     ["/json", "/plaintext", "/users/42?q=x"],
                 )
             )
@@ -105,8 +118,7 @@ def wrk(url: str, duration: int, connections: int) -> dict:
 
 
 def measure(contender: Contender, args) -> dict:
-    port = int(contender.command[contender.command.index("--port") + 1]) if "--port" in contender.command else None
-    port = port or int(contender.command[-1])
+    port = contender.port
     env = dict(os.environ, PYTHONPATH=str(ROOT), **contender.env)
     process = subprocess.Popen(
         ["taskset", "-c", SERVER_CORE, *contender.command],
@@ -133,7 +145,8 @@ def measure(contender: Contender, args) -> dict:
                 "errors": sum(run["non_2xx"] for run in runs),
                 "runs": runs,
             }
-            print(f"  {contender.name:40} {endpoint:16} {results[endpoint]['median_rps']:>10.0f} req/s", flush=True)
+            rate = results[endpoint]["median_rps"]
+            print(f"  {contender.name:40} {endpoint:16} {rate:>10.0f} req/s", flush=True)
     finally:
         process.terminate()
         try:
@@ -155,8 +168,11 @@ def machine() -> dict:
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "commit": commit,
         "cpu": next(
-            (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-             if line.startswith("model name")),
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
             platform.processor(),
         ),
         "cores": os.cpu_count(),
@@ -164,7 +180,8 @@ def machine() -> dict:
         "wrk": version(["wrk", "--version"]) or "wrk",
         "rustc": version(["rustc", "--version"]),
         "pythons": {
-            key: version([os.environ[key], "-VV"]) for key in ("PERCORE_PYTHON_NOGIL", "PERCORE_PYTHON_GIL")
+            key: version([os.environ[key], "-VV"])
+            for key in ("PERCORE_PYTHON_NOGIL", "PERCORE_PYTHON_GIL")
             if os.environ.get(key)
         },
     }
@@ -188,7 +205,9 @@ def table(results: dict) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--runs", type=int, default=3)

@@ -2,7 +2,8 @@
 
 percore runs a request's coroutine without an ``asyncio.Task`` (see ``runtime/src/python/task.rs``):
 on 3.13t, asyncio records the current task in one process-wide dict, and writing it twice per request
-from every loop is shared mutable state that kills scaling (measured: two threads slower than one). So the request task is recorded per thread, in Rust, and
+from every loop is shared mutable state that kills scaling (measured: two threads slower than one).
+So the request task is recorded per thread, in Rust, and
 ``current_task`` is wrapped to consult it when asyncio knows of no task. Real asyncio Tasks created by
 handlers are unaffected. Installed when ``percore`` is imported, before the app (and libraries such as
 anyio that bind ``current_task`` at import) is loaded.
