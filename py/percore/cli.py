@@ -7,16 +7,18 @@ import importlib
 import os
 import sys
 
+from typing import Any
+
 from . import _logging
-from .app import App
+from ._asgi import INTERFACES, choose_interface
 from .exceptions import AppLoadError, PercoreError
 from .server import ServerConfig, serve
 
 ROUTING_POLICIES = ("local", "round-robin", "least-loaded")
 
 
-def load_app(target: str) -> App:
-    """Import ``MODULE:ATTR`` (ATTR may be dotted) and return the app it names."""
+def load_app(target: str) -> Any:
+    """Import ``MODULE:ATTR`` (ATTR may be dotted) and return the object it names."""
     module_name, _, attribute = target.partition(":")
     if not module_name or not attribute:
         raise AppLoadError(f"expected MODULE:ATTR (e.g. examples.hello:api), got {target!r}")
@@ -36,10 +38,6 @@ def load_app(target: str) -> App:
             app = getattr(app, part)
         except AttributeError:
             raise AppLoadError(f"module {module_name!r} has no attribute {attribute!r}") from None
-    if not isinstance(app, App):
-        raise AppLoadError(
-            f"{target} is a {type(app).__name__}, not a percore.App (ASGI apps are not supported yet)"
-        )
     return app
 
 
@@ -56,6 +54,16 @@ def _parser() -> argparse.ArgumentParser:
         "--loops", default="auto", help="'auto' (one per CPU in the affinity mask) or a count (default auto)"
     )
     run.add_argument("--routing", choices=ROUTING_POLICIES, default="local", help="default local")
+    run.add_argument(
+        "--interface",
+        choices=INTERFACES,
+        default="auto",
+        help="auto (default): a percore.App natively, any other ASGI 3 callable as ASGI",
+    )
+    run.add_argument("--root-path", default="", help="ASGI root_path, for apps mounted below a prefix")
+    run.add_argument(
+        "--no-lifespan", action="store_true", help="do not run the ASGI lifespan protocol on the loops"
+    )
     run.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     return parser
 
@@ -66,8 +74,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         app = load_app(arguments.app)
         config = ServerConfig(
-            host=arguments.host, port=arguments.port, loops=arguments.loops, routing=arguments.routing
+            host=arguments.host,
+            port=arguments.port,
+            loops=arguments.loops,
+            routing=arguments.routing,
+            interface=arguments.interface,
+            root_path=arguments.root_path,
+            lifespan=not arguments.no_lifespan,
         )
+        choose_interface(app, config.interface)
         serve(app, config)
     except PercoreError as error:
         if arguments.log_level == "debug" and error.__cause__ is not None:

@@ -9,7 +9,10 @@ import sysconfig
 import threading
 from dataclasses import dataclass
 
+from typing import Any
+
 from . import _loop, _runtime
+from ._asgi import Lifespan, choose_interface
 from ._logging import log_handler_error, logger
 from .app import App
 from .responses import Response
@@ -21,6 +24,9 @@ class ServerConfig:
     port: int = 8000
     loops: str = "auto"
     routing: str = "local"
+    interface: str = "auto"
+    root_path: str = ""
+    lifespan: bool = True
 
 
 def free_threaded_build() -> bool:
@@ -35,17 +41,22 @@ def gil_enabled() -> bool:
 class Server:
     """The loop pool serving one app. ``start()`` returns once every loop is accepting."""
 
-    def __init__(self, app: App, config: ServerConfig | None = None) -> None:
-        self.config = config or ServerConfig()
+    def __init__(self, app: App | Any, config: ServerConfig | None = None) -> None:
+        self.config = config = config or ServerConfig()
+        self.interface = choose_interface(app, config.interface)
+        asgi = self.interface == "asgi"
         self._server = _runtime.Server(
-            app.routes,
-            host=self.config.host,
-            port=self.config.port,
-            loops=str(self.config.loops),
-            routing=self.config.routing,
+            [] if asgi else app.routes,
+            host=config.host,
+            port=config.port,
+            loops=str(config.loops),
+            routing=config.routing,
             loop_factory=_loop.new_running_loop,
             response_class=Response,
             on_error=log_handler_error,
+            asgi_app=app if asgi else None,
+            root_path=config.root_path,
+            lifecycle=(lambda: Lifespan(app)) if asgi and config.lifespan else None,
         )
 
     def start(self) -> None:
@@ -70,7 +81,7 @@ class Server:
         pins = ", ".join(f"{index}→cpu{core}" for index, core in enumerate(self.cores))
         return (
             f"percore {_runtime.__version__} | Python {version} ({build} build, GIL {gil} at runtime) | "
-            f"{len(self.cores)} loop(s) pinned [{pins}] | routing {self._server.routing} | "
+            f"{self.interface} app | {len(self.cores)} loop(s) pinned [{pins}] | routing {self._server.routing} | "
             f"http://{self.host}:{self.port}"
         )
 
@@ -84,7 +95,7 @@ class Server:
         self._server.join()
 
 
-def serve(app: App, config: ServerConfig | None = None) -> None:
+def serve(app: App | Any, config: ServerConfig | None = None) -> None:
     """Serve until SIGINT or SIGTERM, then stop every loop (finishing in-flight requests)."""
     server = Server(app, config)
     previous = None

@@ -13,12 +13,12 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 
 use bytes::Bytes;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{oneshot, watch, Notify};
 
 use crate::config::Config;
 use crate::router::{EndpointId, Router};
@@ -27,23 +27,114 @@ use crate::server;
 
 pub type LocalBoxFuture<T> = Pin<Box<dyn Future<Output = T>>>;
 
-/// A request as the executor sees it: fully read, routed, and `Send` so it can be handed to another loop.
+/// A request's body: already read (small bodies are collected before dispatch), or still arriving.
+pub enum RequestBody {
+    Full(Bytes),
+    Streaming(hyper::body::Incoming),
+}
+
+impl RequestBody {
+    /// The body if it has been read whole (always, for endpoints that do not stream their body).
+    pub fn full(&self) -> &[u8] {
+        match self {
+            RequestBody::Full(bytes) => bytes,
+            RequestBody::Streaming(_) => &[],
+        }
+    }
+
+    /// The whole body, reading what has not arrived yet.
+    pub async fn collect(self) -> Result<Bytes, hyper::Error> {
+        use http_body_util::BodyExt;
+        match self {
+            RequestBody::Full(bytes) => Ok(bytes),
+            RequestBody::Streaming(incoming) => Ok(incoming.collect().await?.to_bytes()),
+        }
+    }
+}
+
+/// A one-way flag that can be awaited from any thread: set once, never cleared.
+#[derive(Default)]
+pub struct Latch {
+    set: AtomicBool,
+    notify: Notify,
+}
+
+impl Latch {
+    pub fn is_set(&self) -> bool {
+        self.set.load(Ordering::Acquire)
+    }
+
+    /// Resolves once the latch is set.
+    pub async fn wait(&self) {
+        loop {
+            let notified = self.notify.notified();
+            if self.is_set() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    pub fn set(&self) {
+        self.set.store(true, Ordering::Release);
+        self.notify.notify_waiters();
+    }
+}
+
+/// Sets the request's `client_gone` latch if dropped before `delivered`: hyper dropped the request's
+/// future because the client went away.
+struct DisconnectGuard {
+    client_gone: Arc<Latch>,
+    delivered: bool,
+}
+
+impl Drop for DisconnectGuard {
+    fn drop(&mut self) {
+        if !self.delivered {
+            self.client_gone.set();
+        }
+    }
+}
+
+/// A request as the executor sees it: routed, and `Send` so it can be handed to another loop.
 pub struct HttpRequest {
     pub method: http::Method,
     pub uri: http::Uri,
     pub version: http::Version,
     pub headers: http::HeaderMap,
-    pub body: Bytes,
+    pub body: RequestBody,
     pub params: Vec<(String, String)>,
     pub client: Option<SocketAddr>,
     pub server: SocketAddr,
+    /// Set when the client goes away before its response is ready.
+    pub client_gone: Arc<Latch>,
 }
 
-/// A complete response.
+/// Chunks of a streamed response body. The executor keeps the sender: dropping it ends the body, an
+/// `Err` aborts the connection (the client must not mistake a failed stream for a complete one).
+pub type BodyChunks = tokio::sync::mpsc::Receiver<Result<Bytes, StreamAborted>>;
+
+#[derive(Debug)]
+pub struct StreamAborted(pub String);
+
+impl fmt::Display for StreamAborted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "response stream aborted: {}", self.0)
+    }
+}
+
+impl std::error::Error for StreamAborted {}
+
+pub enum ResponseBody {
+    Full(Bytes),
+    Stream(BodyChunks),
+}
+
+/// A response: status and headers, and a body that is either complete or streamed.
 pub struct HttpResponse {
     pub status: http::StatusCode,
     pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
-    pub body: Bytes,
+    pub body: ResponseBody,
 }
 
 impl HttpResponse {
@@ -55,7 +146,7 @@ impl HttpResponse {
                 http::header::CONTENT_TYPE,
                 http::HeaderValue::from_static(content_type),
             )],
-            body: body.into(),
+            body: ResponseBody::Full(body.into()),
         }
     }
 
@@ -76,6 +167,11 @@ impl HttpResponse {
 pub trait Executor: 'static {
     type Endpoint: Send + Sync + 'static;
 
+    /// Whether `endpoint` reads the request body as it arrives; if not, the server reads it whole first.
+    fn streams_request_body(_endpoint: &Self::Endpoint) -> bool {
+        false
+    }
+
     /// Runs `endpoint` for `request`. The returned future resolves on this thread.
     fn call(&self, endpoint: &Self::Endpoint, request: HttpRequest)
         -> LocalBoxFuture<HttpResponse>;
@@ -83,6 +179,17 @@ pub trait Executor: 'static {
     /// Background work the executor needs for its whole life (for Python: driving the asyncio loop).
     /// Dropped (cancelled) when the loop stops.
     fn drive(self: Rc<Self>) -> LocalBoxFuture<()>;
+
+    /// Runs once before the loop accepts connections, with `drive` already running (for ASGI apps:
+    /// lifespan startup). An error stops the server before it serves anything.
+    fn startup(self: Rc<Self>) -> LocalBoxFuture<Result<(), String>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    /// Runs once after the loop's connections have drained, with `drive` still running.
+    fn shutdown(self: Rc<Self>) -> LocalBoxFuture<()> {
+        Box::pin(std::future::ready(()))
+    }
 
     /// Releases the executor's resources, on its own thread, after all requests have finished.
     fn close(&self);
@@ -133,6 +240,16 @@ pub struct LoopContext<X: Executor> {
 impl<X: Executor> LoopContext<X> {
     /// Runs a routed request on the loop the policy picks and returns its response on this thread.
     pub async fn dispatch(&self, endpoint: EndpointId, request: HttpRequest) -> HttpResponse {
+        let mut guard = DisconnectGuard {
+            client_gone: Arc::clone(&request.client_gone),
+            delivered: false,
+        };
+        let response = self.run_somewhere(endpoint, request).await;
+        guard.delivered = true;
+        response
+    }
+
+    async fn run_somewhere(&self, endpoint: EndpointId, request: HttpRequest) -> HttpResponse {
         let target = self.chooser.choose();
         let in_flight = self.shared.load.track(target);
         if target == self.index {
@@ -326,6 +443,18 @@ fn run_loop<F: ExecutorFactory>(
             shared: Arc::clone(&shared),
         });
         let driver = tokio::task::spawn_local(Rc::clone(&executor).drive());
+        if let Err(message) = Rc::clone(&executor).startup().await {
+            let _ = ready.send((index, Err(message)));
+            // Count as drained so the loops that did start are not kept waiting for this one.
+            if shared.draining.fetch_sub(1, Ordering::AcqRel) == 1 {
+                shared.all_drained.send_replace(true);
+            }
+            driver.abort();
+            let _ = driver.await;
+            drop(context);
+            executor.close();
+            return;
+        }
         let job_runner =
             tokio::task::spawn_local(run_jobs(Rc::clone(&executor), Arc::clone(&shared), jobs));
         let _ = ready.send((index, Ok(())));
@@ -345,8 +474,13 @@ fn run_loop<F: ExecutorFactory>(
         )
         .await;
         job_runner.abort();
-        driver.abort();
         let _ = job_runner.await;
+        let _ = tokio::time::timeout(
+            shared.config.shutdown_timeout,
+            Rc::clone(&executor).shutdown(),
+        )
+        .await;
+        driver.abort();
         let _ = driver.await;
         drop(context);
         executor.close();

@@ -21,6 +21,8 @@ pub struct Router {
     tables: Vec<MethodTable>,
     /// Path as registered, per table, for error messages.
     paths: Vec<String>,
+    /// Every request goes here (an ASGI app does its own routing).
+    catch_all: Option<EndpointId>,
 }
 
 pub enum Lookup {
@@ -60,6 +62,14 @@ impl Router {
         Self::default()
     }
 
+    /// A router that sends every method and path to `endpoint`.
+    pub fn catch_all(endpoint: EndpointId) -> Self {
+        Router {
+            catch_all: Some(endpoint),
+            ..Self::default()
+        }
+    }
+
     pub fn insert(
         &mut self,
         method: Method,
@@ -96,6 +106,12 @@ impl Router {
     }
 
     pub fn lookup(&self, method: &Method, path: &str) -> Lookup {
+        if let Some(endpoint) = self.catch_all {
+            return Lookup::Found {
+                endpoint,
+                params: Vec::new(),
+            };
+        }
         let Ok(found) = self.tree.at(path) else {
             return Lookup::NotFound;
         };
@@ -158,6 +174,18 @@ mod tests {
         match router.lookup(&Method::DELETE, "/items") {
             Lookup::MethodNotAllowed { allow } => assert_eq!(allow, "GET, PUT"),
             _ => panic!("expected 405"),
+        }
+    }
+
+    #[test]
+    fn catch_all_takes_every_method_and_path() {
+        let router = Router::catch_all(7);
+        for (method, path) in [
+            (Method::GET, "/"),
+            (Method::DELETE, "/a/b?c"),
+            (Method::OPTIONS, "*"),
+        ] {
+            assert_eq!(found(router.lookup(&method, path)), (7, vec![]));
         }
     }
 

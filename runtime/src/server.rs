@@ -14,17 +14,25 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::rc::Rc;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use http_body_util::BodyExt;
+use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::{watch, Notify};
 
-use crate::pool::{Executor, HttpRequest, HttpResponse, LoopContext, PoolError};
+use crate::pool::{
+    BodyChunks, Executor, HttpRequest, HttpResponse, LoopContext, PoolError, RequestBody,
+    ResponseBody, StreamAborted,
+};
 use crate::router::Lookup;
 
 const LISTEN_BACKLOG: i32 = 1024;
+/// Declared bodies up to this size are read before the handler runs.
+const EAGER_BODY_LIMIT: u64 = 64 * 1024;
 
 fn resolve(host: &str, port: u16) -> Result<SocketAddr, PoolError> {
     (host, port)
@@ -162,7 +170,7 @@ async fn handle<X: Executor>(
     request: hyper::Request<Incoming>,
     context: Rc<LoopContext<X>>,
     peer: SocketAddr,
-) -> hyper::Response<Full<Bytes>> {
+) -> hyper::Response<Body> {
     let (parts, body) = request.into_parts();
     let response = match context
         .shared
@@ -177,18 +185,24 @@ async fn handle<X: Executor>(
             }
             response
         }
-        Lookup::Found { endpoint, params } => match body.collect().await {
+        Lookup::Found { endpoint, params } => match read_body(
+            body,
+            X::streams_request_body(&context.shared.endpoints[endpoint]),
+        )
+        .await
+        {
             Err(_) => HttpResponse::text(400, "Bad Request: unreadable body"),
-            Ok(collected) => {
+            Ok(body) => {
                 let request = HttpRequest {
                     method: parts.method,
                     uri: parts.uri,
                     version: parts.version,
                     headers: parts.headers,
-                    body: collected.to_bytes(),
+                    body,
                     params,
                     client: Some(peer),
                     server: context.local_addr,
+                    client_gone: Default::default(),
                 };
                 context.dispatch(endpoint, request).await
             }
@@ -197,12 +211,103 @@ async fn handle<X: Executor>(
     into_hyper(response)
 }
 
-fn into_hyper(response: HttpResponse) -> hyper::Response<Full<Bytes>> {
-    let mut out = hyper::Response::new(Full::new(response.body));
+/// Reads the body before dispatch, unless the endpoint streams it: then only bodies that declare a
+/// small length are read first (so most requests still arrive complete) and anything larger or chunked
+/// is handed over still arriving.
+async fn read_body(body: Incoming, streams: bool) -> Result<RequestBody, hyper::Error> {
+    if !streams {
+        return Ok(RequestBody::Full(body.collect().await?.to_bytes()));
+    }
+    match body.size_hint().exact() {
+        Some(0) => Ok(RequestBody::Full(Bytes::new())),
+        Some(length) if length <= EAGER_BODY_LIMIT => {
+            Ok(RequestBody::Full(body.collect().await?.to_bytes()))
+        }
+        _ => Ok(RequestBody::Streaming(body)),
+    }
+}
+
+/// The response body hyper writes: complete, or chunks as the executor produces them.
+pub enum Body {
+    Full(Option<Bytes>),
+    Stream(BodyChunks),
+}
+
+impl hyper::body::Body for Body {
+    type Data = Bytes;
+    type Error = StreamAborted;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, StreamAborted>>> {
+        match self.get_mut() {
+            Body::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Body::Stream(chunks) => chunks
+                .poll_recv(cx)
+                .map(|chunk| chunk.map(|c| c.map(Frame::data))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self, Body::Full(None))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Body::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
+            Body::Full(None) => SizeHint::with_exact(0),
+            Body::Stream(_) => SizeHint::default(),
+        }
+    }
+}
+
+fn into_hyper(response: HttpResponse) -> hyper::Response<Body> {
+    let body = match response.body {
+        ResponseBody::Full(bytes) => Body::Full(Some(bytes)),
+        ResponseBody::Stream(chunks) => Body::Stream(chunks),
+    };
+    let mut out = hyper::Response::new(body);
     *out.status_mut() = response.status;
     let headers = out.headers_mut();
     for (name, value) in response.headers {
         headers.append(name, value);
     }
     out
+}
+
+/// Percent-decodes a request path (for ASGI's `path`); invalid escapes are kept as they are and invalid
+/// UTF-8 is replaced, so no path a client can send is an error.
+pub fn percent_decode_path(raw: &str) -> String {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+            if let Some(value) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                out.push(value);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percent_decode_path;
+
+    #[test]
+    fn paths_are_percent_decoded_leniently() {
+        assert_eq!(percent_decode_path("/a%20b"), "/a b");
+        assert_eq!(percent_decode_path("/caf%C3%A9"), "/café");
+        assert_eq!(percent_decode_path("/bad%zzx"), "/bad%zzx");
+        assert_eq!(percent_decode_path("/end%2"), "/end%2");
+        assert_eq!(percent_decode_path("/x%41"), "/xA");
+        assert_eq!(percent_decode_path("/invalid%FF"), "/invalid\u{FFFD}");
+    }
 }

@@ -25,13 +25,20 @@ use pyo3::types::{PyDict, PyString, PyTuple};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{oneshot, Notify};
 
+use super::asgi::{self, AsgiEndpoint, AsgiExchange};
 use super::request::Request;
 use super::response::to_response;
-use super::task::RequestTask;
+use super::task::{in_context, Completion, RequestTask};
 use crate::pool::{Executor, ExecutorFactory, HttpRequest, HttpResponse, LocalBoxFuture};
 
+/// What a route runs: a native handler, or (for every path) an ASGI app.
+pub enum Endpoint {
+    Native(NativeEndpoint),
+    Asgi(AsgiEndpoint),
+}
+
 /// One registered route's handler, analysed once at startup.
-pub struct Endpoint {
+pub struct NativeEndpoint {
     pub function: Py<PyAny>,
     /// Interned keyword names for the path parameters the handler takes.
     pub path_params: Vec<Py<PyString>>,
@@ -46,6 +53,8 @@ pub struct Endpoint {
 pub struct LoopShared {
     pub event_loop: Py<PyAny>,
     pub cancelled_error_type: Py<PyAny>,
+    /// Tells the driver to look at the asyncio loop again (work was scheduled outside `_run_once`).
+    pub wake: Notify,
     response_class: Py<PyAny>,
     on_error: Py<PyAny>,
 }
@@ -90,7 +99,10 @@ pub struct PyExecutor {
     /// Length of `loop._scheduled` when the driver last computed its timeout.
     scheduled_seen: Cell<isize>,
     selector: RefCell<Option<Rc<AsyncFd<SelectorFd>>>>,
-    wake: Notify,
+    /// The loop's lifecycle object (ASGI lifespan), created on this thread by the factory's `lifecycle`.
+    lifecycle: Option<Py<PyAny>>,
+    /// The state the lifecycle's startup returned; each ASGI request's scope gets a shallow copy.
+    loop_state: RefCell<Option<Py<PyDict>>>,
 }
 
 fn object_len(object: &Bound<'_, PyAny>) -> isize {
@@ -109,10 +121,82 @@ impl PyExecutor {
         endpoint: &Endpoint,
         request: HttpRequest,
     ) -> Result<HttpResponse, oneshot::Receiver<HttpResponse>> {
-        // Every request runs in its own copy of the thread's base context, so contextvars never leak.
-        // SAFETY: attached; returns a new reference or NULL with an exception set.
-        let context = unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent()) };
-        let context = match context {
+        match endpoint {
+            Endpoint::Native(native) => self.start_native(py, native, request),
+            Endpoint::Asgi(asgi) => self.start_asgi(py, asgi, request),
+        }
+    }
+
+    fn start_asgi(
+        &self,
+        py: Python<'_>,
+        endpoint: &AsgiEndpoint,
+        request: HttpRequest,
+    ) -> Result<HttpResponse, oneshot::Receiver<HttpResponse>> {
+        let name = format!("{} {}", request.method, request.uri.path());
+        let (reply, mut response) = oneshot::channel();
+        let loop_state = self
+            .loop_state
+            .borrow()
+            .as_ref()
+            .map(|s| s.bind(py).clone());
+        let started = (|| -> PyResult<Arc<AsgiExchange>> {
+            let (exchange, arguments) = asgi::prepare(
+                py,
+                &self.shared,
+                endpoint,
+                request,
+                loop_state.as_ref(),
+                reply,
+            )?;
+            let context = new_context(py)?;
+            let coroutine = in_context(&context, || endpoint.app.bind(py).call1(arguments))??;
+            // SAFETY: attached, live object.
+            if unsafe { ffi::PyCoro_CheckExact(coroutine.as_ptr()) } == 0 {
+                return Err(pyo3::exceptions::PyTypeError::new_err(
+                    "the ASGI app did not return a coroutine (is it an ASGI 3 app?)",
+                ));
+            }
+            let task = RequestTask::new(
+                py,
+                coroutine.unbind(),
+                Arc::clone(&self.shared),
+                context.unbind(),
+                name.clone(),
+                Completion::Asgi(Arc::clone(&exchange)),
+            )?;
+            RequestTask::step(&task, None);
+            Ok(exchange)
+        })();
+        let exchange = match started {
+            Ok(exchange) => exchange,
+            Err(err) => return Ok(self.shared.fail(py, &err, &name)),
+        };
+        if !exchange.finished.is_set() {
+            // Still running: tell a waiting `receive()` if the client goes away first.
+            tokio::task::spawn_local(async move {
+                tokio::select! {
+                    _ = exchange.client_gone.wait() => {
+                        Python::attach(|py| exchange.client_disconnected(py));
+                    }
+                    _ = exchange.finished.wait() => {}
+                }
+            });
+        }
+        match response.try_recv() {
+            Ok(response) => Ok(response),
+            Err(oneshot::error::TryRecvError::Empty) => Err(response),
+            Err(oneshot::error::TryRecvError::Closed) => Ok(HttpResponse::internal_error()),
+        }
+    }
+
+    fn start_native(
+        &self,
+        py: Python<'_>,
+        endpoint: &NativeEndpoint,
+        request: HttpRequest,
+    ) -> Result<HttpResponse, oneshot::Receiver<HttpResponse>> {
+        let context = match new_context(py) {
             Ok(context) => context,
             Err(err) => return Ok(self.shared.fail(py, &err, &endpoint.name)),
         };
@@ -133,9 +217,11 @@ impl PyExecutor {
             value.unbind(),
             Arc::clone(&self.shared),
             context.unbind(),
-            endpoint.status_code,
             endpoint.name.clone(),
-            reply,
+            Completion::Native {
+                status_code: endpoint.status_code,
+                reply,
+            },
         );
         match task {
             Ok(task) => RequestTask::step(&task, None),
@@ -148,10 +234,51 @@ impl PyExecutor {
         }
     }
 
+    /// Steps `coroutine` as a task of this loop and delivers its result (lifecycle hooks, not requests).
+    fn run_coroutine(
+        &self,
+        py: Python<'_>,
+        coroutine: Bound<'_, PyAny>,
+        name: &str,
+    ) -> PyResult<oneshot::Receiver<PyResult<Py<PyAny>>>> {
+        let (reply, result) = oneshot::channel();
+        let task = RequestTask::new(
+            py,
+            coroutine.unbind(),
+            Arc::clone(&self.shared),
+            new_context(py)?.unbind(),
+            name.to_owned(),
+            Completion::Detached(reply),
+        )?;
+        RequestTask::step(&task, None);
+        self.wake_driver_if_needed(py);
+        Ok(result)
+    }
+
+    /// Runs `lifecycle.<method>()` to completion on this loop.
+    async fn run_lifecycle(&self, method: &'static str) -> Result<Option<Py<PyAny>>, String> {
+        let Some(lifecycle) = &self.lifecycle else {
+            return Ok(None);
+        };
+        let started = Python::attach(|py| {
+            let coroutine = lifecycle.bind(py).call_method0(method)?;
+            self.run_coroutine(py, coroutine, method)
+        });
+        let result = match started {
+            Ok(result) => result.await,
+            Err(err) => return Err(Python::attach(|py| super::describe(py, &err))),
+        };
+        match result {
+            Ok(Ok(value)) => Ok(Some(value)),
+            Ok(Err(err)) => Err(Python::attach(|py| super::describe(py, &err))),
+            Err(_) => Err(format!("{method} never finished")),
+        }
+    }
+
     fn call_handler<'py>(
         &self,
         py: Python<'py>,
-        endpoint: &Endpoint,
+        endpoint: &NativeEndpoint,
         request: HttpRequest,
         context: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyAny>> {
@@ -197,7 +324,7 @@ impl PyExecutor {
             .map(|s| object_len(&s))
             .unwrap_or(-1);
         if object_len(self.ready.bind(py)) != 0 || scheduled != self.scheduled_seen.get() {
-            self.wake.notify_one();
+            self.shared.wake.notify_one();
         }
     }
 
@@ -236,8 +363,47 @@ fn has_pending_events(fd: RawFd) -> bool {
     unsafe { libc::poll(&mut poll, 1, 0) > 0 }
 }
 
+/// A fresh copy of the thread's base context: every request runs in its own, so contextvars never leak.
+fn new_context(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    // SAFETY: attached; returns a new reference or NULL with an exception set.
+    unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent()) }
+}
+
 impl Executor for PyExecutor {
     type Endpoint = Endpoint;
+
+    fn streams_request_body(endpoint: &Endpoint) -> bool {
+        matches!(endpoint, Endpoint::Asgi(_))
+    }
+
+    fn startup(self: Rc<Self>) -> LocalBoxFuture<Result<(), String>> {
+        Box::pin(async move {
+            let state = self.run_lifecycle("startup").await?;
+            Python::attach(|py| {
+                if let Some(state) = state {
+                    if let Ok(state) = state.bind(py).cast::<PyDict>() {
+                        *self.loop_state.borrow_mut() = Some(state.clone().unbind());
+                    }
+                }
+            });
+            Ok(())
+        })
+    }
+
+    fn shutdown(self: Rc<Self>) -> LocalBoxFuture<()> {
+        Box::pin(async move {
+            if let Err(message) = self.run_lifecycle("shutdown").await {
+                Python::attach(|py| {
+                    let logger = py
+                        .import("percore._logging")
+                        .and_then(|m| m.getattr("logger"));
+                    if let Ok(logger) = logger {
+                        let _ = logger.call_method1("error", ("shutdown failed: %s", message));
+                    }
+                });
+            }
+        })
+    }
 
     fn call(&self, endpoint: &Endpoint, request: HttpRequest) -> LocalBoxFuture<HttpResponse> {
         let started = Python::attach(|py| {
@@ -275,7 +441,7 @@ impl Executor for PyExecutor {
                     };
                     tokio::select! {
                         ready = selector.readable() => readiness = ready.ok(),
-                        _ = self.wake.notified() => {}
+                        _ = self.shared.wake.notified() => {}
                         _ = sleep => {}
                     }
                 }
@@ -307,6 +473,9 @@ impl Executor for PyExecutor {
 pub struct PyExecutorFactory {
     /// `percore._loop.new_running_loop`: creates this thread's asyncio loop and makes it the running loop.
     pub loop_factory: Py<PyAny>,
+    /// Called on each loop thread (its loop running) to make that loop's lifecycle object: async
+    /// `startup()` (returning a state dict or None) and `shutdown()`. None: no lifecycle.
+    pub lifecycle: Option<Py<PyAny>>,
     pub response_class: Py<PyAny>,
     pub on_error: Py<PyAny>,
 }
@@ -337,18 +506,24 @@ impl ExecutorFactory for PyExecutorFactory {
             }
             .map_err(|e| pyo3::exceptions::PyOSError::new_err(e.to_string()))?;
             let cancelled_error_type = py.import("asyncio")?.getattr("CancelledError")?.unbind();
+            let lifecycle = match &self.lifecycle {
+                Some(factory) => Some(factory.call0(py)?),
+                None => None,
+            };
             Ok(PyExecutor {
                 index: loop_index,
                 shared: Arc::new(LoopShared {
                     event_loop,
                     cancelled_error_type,
+                    wake: Notify::new(),
                     response_class: self.response_class.clone_ref(py),
                     on_error: self.on_error.clone_ref(py),
                 }),
                 ready,
                 scheduled_seen: Cell::new(0),
                 selector: RefCell::new(Some(Rc::new(selector))),
-                wake: Notify::new(),
+                lifecycle,
+                loop_state: RefCell::new(None),
             })
         })
         .map_err(|err| Python::attach(|py| super::describe(py, &err)))

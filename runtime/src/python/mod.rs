@@ -2,6 +2,7 @@
 //! The module declares itself free-threading safe (`gil_used = false`), so importing it on 3.13t keeps
 //! the GIL disabled.
 
+mod asgi;
 mod executor;
 mod request;
 mod response;
@@ -74,6 +75,7 @@ fn _runtime(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<server::Server>()?;
     m.add_class::<request::Request>()?;
     m.add_class::<task::RequestTask>()?;
+    m.add_class::<asgi::Ready>()?;
     m.add_function(wrap_pyfunction!(current_request_task, m)?)?;
     m.add_function(wrap_pyfunction!(dumps, m)?)?;
     m.add_function(wrap_pyfunction!(available_cores, m)?)?;

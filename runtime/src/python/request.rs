@@ -94,12 +94,12 @@ impl Request {
     /// The whole request body.
     #[getter]
     fn body<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
-        PyBytes::new(py, &self.inner.body)
+        PyBytes::new(py, self.inner.body.full())
     }
 
     /// The body decoded as UTF-8 (invalid bytes replaced).
     fn text<'py>(&self, py: Python<'py>) -> Bound<'py, PyString> {
-        PyString::new(py, &String::from_utf8_lossy(&self.inner.body))
+        PyString::new(py, &String::from_utf8_lossy(self.inner.body.full()))
     }
 
     /// (host, port) of the peer.

@@ -11,7 +11,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyString};
 
 use super::serialize::to_json;
-use crate::pool::HttpResponse;
+use crate::pool::{HttpResponse, ResponseBody};
 
 const JSON: &str = "application/json";
 const TEXT: &str = "text/plain; charset=utf-8";
@@ -80,7 +80,7 @@ fn explicit_response(value: &Bound<'_, PyAny>) -> PyResult<HttpResponse> {
     Ok(HttpResponse {
         status: status(code)?,
         headers,
-        body,
+        body: ResponseBody::Full(body),
     })
 }
 

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use pyo3::prelude::*;
 use pyo3::types::PyString;
 
-use super::executor::{Endpoint, PyExecutorFactory};
+use super::asgi::AsgiEndpoint;
+use super::executor::{Endpoint, NativeEndpoint, PyExecutorFactory};
 use super::{ConfigurationError, StartupError};
 use crate::config::{Config, LoopCount};
 use crate::pool::{self, RunningPool};
@@ -40,14 +41,35 @@ pub struct Server {
     address: Mutex<Option<SocketAddr>>,
 }
 
+impl Server {
+    fn with(
+        config: Config,
+        router: Router,
+        endpoints: Vec<Endpoint>,
+        factory: Arc<PyExecutorFactory>,
+    ) -> Self {
+        Server {
+            config,
+            prepared: Mutex::new(Some(Prepared { router, endpoints })),
+            factory,
+            running: Mutex::new(None),
+            address: Mutex::new(None),
+        }
+    }
+}
+
 fn config_error(err: impl std::fmt::Display) -> PyErr {
     ConfigurationError::new_err(err.to_string())
 }
 
 #[pymethods]
 impl Server {
+    /// Serves `routes` (a native app), or `asgi_app` for every request when it is given.
     #[new]
-    #[pyo3(signature = (routes, *, host, port, loops, routing, loop_factory, response_class, on_error))]
+    #[pyo3(signature = (
+        routes, *, host, port, loops, routing, loop_factory, response_class, on_error,
+        asgi_app=None, root_path=String::new(), lifecycle=None
+    ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -59,10 +81,27 @@ impl Server {
         loop_factory: Py<PyAny>,
         response_class: Py<PyAny>,
         on_error: Py<PyAny>,
+        asgi_app: Option<Py<PyAny>>,
+        root_path: String,
+        lifecycle: Option<Py<PyAny>>,
     ) -> PyResult<Self> {
         let loops = LoopCount::parse(loops).map_err(config_error)?;
         let routing: RoutingPolicy = routing.parse().map_err(config_error)?;
         let config = Config::new(host, port, loops, routing).map_err(config_error)?;
+        let factory = Arc::new(PyExecutorFactory {
+            loop_factory,
+            lifecycle,
+            response_class,
+            on_error,
+        });
+        if let Some(app) = asgi_app {
+            return Ok(Server::with(
+                config,
+                Router::catch_all(0),
+                vec![Endpoint::Asgi(AsgiEndpoint { app, root_path })],
+                factory,
+            ));
+        }
         let mut router = Router::new();
         let mut endpoints = Vec::with_capacity(routes.len());
         for route in routes {
@@ -71,7 +110,7 @@ impl Server {
             router
                 .insert(method.clone(), &route.path, endpoints.len())
                 .map_err(config_error)?;
-            endpoints.push(Endpoint {
+            endpoints.push(Endpoint::Native(NativeEndpoint {
                 function: route.function,
                 path_params: route
                     .path_params
@@ -83,19 +122,9 @@ impl Server {
                     .map(|name| PyString::intern(py, &name).unbind()),
                 status_code: route.status_code,
                 name: format!("{method} {}", route.path),
-            });
+            }));
         }
-        Ok(Server {
-            config,
-            prepared: Mutex::new(Some(Prepared { router, endpoints })),
-            factory: Arc::new(PyExecutorFactory {
-                loop_factory,
-                response_class,
-                on_error,
-            }),
-            running: Mutex::new(None),
-            address: Mutex::new(None),
-        })
+        Ok(Server::with(config, router, endpoints, factory))
     }
 
     /// Binds the listeners and starts every loop; returns once all of them are serving.

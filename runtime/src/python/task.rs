@@ -23,6 +23,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 use tokio::sync::oneshot;
 
+use super::asgi::AsgiExchange;
 use super::executor::LoopShared;
 use crate::pool::HttpResponse;
 
@@ -57,8 +58,21 @@ struct State {
     cancel_message: Option<Py<PyAny>>,
     cancels_requested: u32,
     outcome: Outcome,
-    reply: Option<oneshot::Sender<HttpResponse>>,
+    completion: Option<Completion>,
     done_callbacks: Vec<Py<PyAny>>,
+}
+
+/// What happens when the coroutine finishes.
+pub enum Completion {
+    /// A native handler: its return value becomes the response.
+    Native {
+        status_code: u16,
+        reply: oneshot::Sender<HttpResponse>,
+    },
+    /// An ASGI app: the response was (or should have been) sent through `send`; the exchange judges.
+    Asgi(std::sync::Arc<AsgiExchange>),
+    /// Not a request (lifespan, loop hooks): deliver the result to Rust.
+    Detached(oneshot::Sender<PyResult<Py<PyAny>>>),
 }
 
 #[pyclass(frozen, module = "percore", name = "RequestTask")]
@@ -66,7 +80,6 @@ pub struct RequestTask {
     state: Mutex<State>,
     context: Py<PyAny>,
     shared: std::sync::Arc<LoopShared>,
-    status_code: u16,
     name: String,
 }
 
@@ -108,7 +121,7 @@ fn throw(py: Python<'_>, coroutine: &Bound<'_, PyAny>, error: PyErr) -> Step {
 }
 
 /// Enters `context` for the duration of `body`.
-fn in_context<R>(context: &Bound<'_, PyAny>, body: impl FnOnce() -> R) -> PyResult<R> {
+pub fn in_context<R>(context: &Bound<'_, PyAny>, body: impl FnOnce() -> R) -> PyResult<R> {
     let py = context.py();
     // SAFETY: `context` is a contextvars.Context created for this request; we are attached.
     if unsafe { ffi::PyContext_Enter(context.as_ptr()) } != 0 {
@@ -127,9 +140,8 @@ impl RequestTask {
         coroutine: Py<PyAny>,
         shared: std::sync::Arc<LoopShared>,
         context: Py<PyAny>,
-        status_code: u16,
         name: String,
-        reply: oneshot::Sender<HttpResponse>,
+        completion: Completion,
     ) -> PyResult<Bound<'_, RequestTask>> {
         Bound::new(
             py,
@@ -141,12 +153,11 @@ impl RequestTask {
                     cancel_message: None,
                     cancels_requested: 0,
                     outcome: Outcome::Pending,
-                    reply: Some(reply),
+                    completion: Some(completion),
                     done_callbacks: Vec::new(),
                 }),
                 context,
                 shared,
-                status_code,
                 name,
             },
         )
@@ -279,32 +290,53 @@ impl RequestTask {
     fn finish(slf: &Bound<'_, Self>, outcome: Outcome) {
         let py = slf.py();
         let this = slf.get();
-        let response = match &outcome {
-            Outcome::Returned(value) => {
-                this.shared
-                    .respond(py, value.bind(py), this.status_code, &this.name)
+        if matches!(outcome, Outcome::Pending) {
+            return;
+        }
+        let completion = this.lock().completion.take();
+        match completion {
+            Some(Completion::Native { status_code, reply }) => {
+                let response = match &outcome {
+                    Outcome::Returned(value) => {
+                        this.shared
+                            .respond(py, value.bind(py), status_code, &this.name)
+                    }
+                    Outcome::Raised(err) => this.shared.fail(py, err, &this.name),
+                    _ => this.shared.fail(
+                        py,
+                        &PyRuntimeError::new_err("the request's handler was cancelled"),
+                        &this.name,
+                    ),
+                };
+                let _ = reply.send(response);
             }
-            Outcome::Raised(err) => this.shared.fail(py, err, &this.name),
-            Outcome::Cancelled => this.shared.fail(
-                py,
-                &PyRuntimeError::new_err("the request's handler was cancelled"),
-                &this.name,
-            ),
-            Outcome::Pending => return,
-        };
-        let (reply, callbacks) = {
+            Some(Completion::Asgi(exchange)) => {
+                let error = match &outcome {
+                    Outcome::Raised(err) => Some(err.clone_ref(py)),
+                    Outcome::Cancelled => {
+                        Some(PyRuntimeError::new_err("the ASGI app was cancelled"))
+                    }
+                    _ => None,
+                };
+                exchange.app_finished(py, error);
+            }
+            Some(Completion::Detached(reply)) => {
+                let result = match &outcome {
+                    Outcome::Returned(value) => Ok(value.clone_ref(py)),
+                    Outcome::Raised(err) => Err(err.clone_ref(py)),
+                    _ => Err(cancelled_error(py, None)),
+                };
+                let _ = reply.send(result);
+            }
+            None => {}
+        }
+        let callbacks = {
             let mut state = this.lock();
             state.coroutine = None;
             state.waiter = None;
             state.outcome = outcome;
-            (
-                state.reply.take(),
-                std::mem::take(&mut state.done_callbacks),
-            )
+            std::mem::take(&mut state.done_callbacks)
         };
-        if let Some(reply) = reply {
-            let _ = reply.send(response);
-        }
         let event_loop = this.shared.event_loop.bind(py);
         for callback in callbacks {
             if let Err(err) = event_loop.call_method1(intern!(py, "call_soon"), (callback, slf)) {

@@ -1,0 +1,644 @@
+//! ASGI 3 over the loop pool: the HTTP scope, `receive` and `send`, and what a finished app left behind.
+//!
+//! One `AsgiExchange` per request holds the request body still to deliver, the response as the app builds
+//! it, and the reply channel to the connection. The response head goes to the connection with the first
+//! body message: complete if `more_body` is false, otherwise as a stream fed by later messages (and
+//! written to the client as they come). `receive`/`send` return an already-completed awaitable when they
+//! need not wait, so an app that never blocks is stepped to completion without touching the asyncio loop.
+//!
+//! Invariants: exactly one response per request — an app that raises, returns early or breaks the
+//! protocol before its response starts gets a 500 (logged); once streaming has started, a failure aborts
+//! the stream instead of letting the client take a truncated body for a complete one. All methods run on
+//! the request's loop thread.
+
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, StatusCode};
+use http_body_util::BodyExt;
+use pyo3::exceptions::{PyRuntimeError, PyStopIteration, PyTypeError};
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList, PyString, PyTuple};
+use tokio::sync::{mpsc, oneshot};
+
+use super::executor::LoopShared;
+use crate::pool::{HttpRequest, HttpResponse, Latch, RequestBody, ResponseBody, StreamAborted};
+use crate::server::percent_decode_path;
+
+/// How many body chunks may wait for the client before `send` makes the app wait.
+const STREAM_BUFFER: usize = 16;
+const FILE_CHUNK: usize = 64 * 1024;
+
+/// An awaitable that is already complete: `await Ready(v)` evaluates to `v` without suspending.
+#[pyclass(frozen, module = "percore._runtime")]
+pub struct Ready {
+    value: Py<PyAny>,
+}
+
+#[pymethods]
+impl Ready {
+    fn __await__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    fn __iter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    fn __next__(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        Err(PyStopIteration::new_err((self.value.clone_ref(py),)))
+    }
+
+    #[pyo3(signature = (_value=None))]
+    fn send(&self, py: Python<'_>, _value: Option<Py<PyAny>>) -> PyResult<Py<PyAny>> {
+        self.__next__(py)
+    }
+
+    #[pyo3(signature = (error, *_rest))]
+    fn throw(&self, error: Bound<'_, PyAny>, _rest: Bound<'_, PyTuple>) -> PyResult<Py<PyAny>> {
+        Err(PyErr::from_value(error))
+    }
+
+    fn close(&self) {}
+}
+
+fn ready<'py>(py: Python<'py>, value: Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    Ok(Bound::new(
+        py,
+        Ready {
+            value: value.unbind(),
+        },
+    )?
+    .into_any())
+}
+
+enum ResponseState {
+    NotStarted,
+    Started {
+        status: StatusCode,
+        headers: Vec<(HeaderName, HeaderValue)>,
+    },
+    Streaming(mpsc::Sender<Result<Bytes, StreamAborted>>),
+    Finished,
+}
+
+struct ExchangeState {
+    body: Option<RequestBody>,
+    body_complete: bool,
+    /// The future a `receive()` after the body is waiting on; resolved with `http.disconnect`.
+    disconnect_waiter: Option<Py<PyAny>>,
+    response: ResponseState,
+    reply: Option<oneshot::Sender<HttpResponse>>,
+}
+
+pub struct AsgiExchange {
+    state: Mutex<ExchangeState>,
+    shared: Arc<LoopShared>,
+    name: String,
+    pub client_gone: Arc<Latch>,
+    pub finished: Latch,
+}
+
+impl AsgiExchange {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ExchangeState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn http_request_message<'py>(
+        py: Python<'py>,
+        body: &[u8],
+        more_body: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let message = PyDict::new(py);
+        message.set_item(intern!(py, "type"), intern!(py, "http.request"))?;
+        message.set_item(intern!(py, "body"), PyBytes::new(py, body))?;
+        message.set_item(intern!(py, "more_body"), more_body)?;
+        Ok(message.into_any())
+    }
+
+    fn disconnect_message(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+        let message = PyDict::new(py);
+        message.set_item(intern!(py, "type"), intern!(py, "http.disconnect"))?;
+        Ok(message.into_any())
+    }
+
+    /// `await receive()`.
+    fn receive<'py>(self: &Arc<Self>, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let mut state = self.lock();
+        if !state.body_complete {
+            match state.body.take() {
+                Some(RequestBody::Full(bytes)) => {
+                    state.body_complete = true;
+                    return ready(py, Self::http_request_message(py, &bytes, false)?);
+                }
+                Some(RequestBody::Streaming(incoming)) => {
+                    drop(state);
+                    return self.receive_streaming(py, incoming);
+                }
+                // A receive() while another is still reading the body.
+                None => return Err(PyRuntimeError::new_err("receive() called concurrently")),
+            }
+        }
+        if matches!(state.response, ResponseState::Finished) || self.client_gone.is_set() {
+            return ready(py, Self::disconnect_message(py)?);
+        }
+        let future = self
+            .shared
+            .event_loop
+            .bind(py)
+            .call_method0(intern!(py, "create_future"))?;
+        state.disconnect_waiter = Some(future.clone().unbind());
+        Ok(future)
+    }
+
+    fn receive_streaming<'py>(
+        self: &Arc<Self>,
+        py: Python<'py>,
+        mut incoming: hyper::body::Incoming,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let future = self
+            .shared
+            .event_loop
+            .bind(py)
+            .call_method0(intern!(py, "create_future"))?;
+        let result = future.clone().unbind();
+        let exchange = Arc::clone(self);
+        tokio::task::spawn_local(async move {
+            let chunk = loop {
+                match incoming.frame().await {
+                    Some(Ok(frame)) => match frame.into_data() {
+                        Ok(data) => break Ok(Some(data)),
+                        Err(_) => continue, // trailers: not part of ASGI's http.request
+                    },
+                    Some(Err(err)) => break Err(err),
+                    None => break Ok(None),
+                }
+            };
+            Python::attach(|py| {
+                let message = match chunk {
+                    Ok(data) => {
+                        let more = !hyper::body::Body::is_end_stream(&incoming);
+                        let mut state = exchange.lock();
+                        if more {
+                            state.body = Some(RequestBody::Streaming(incoming));
+                        } else {
+                            state.body_complete = true;
+                        }
+                        drop(state);
+                        let data = data.unwrap_or_default();
+                        Self::http_request_message(py, &data, more)
+                    }
+                    Err(_) => {
+                        exchange.lock().body_complete = true;
+                        Self::disconnect_message(py)
+                    }
+                };
+                exchange.resolve(py, result.bind(py), message);
+            });
+        });
+        Ok(future)
+    }
+
+    fn resolve(
+        &self,
+        py: Python<'_>,
+        future: &Bound<'_, PyAny>,
+        message: PyResult<Bound<'_, PyAny>>,
+    ) {
+        let outcome = match message {
+            Ok(message) => {
+                if future
+                    .call_method0(intern!(py, "done"))
+                    .and_then(|d| d.is_truthy())
+                    .unwrap_or(true)
+                {
+                    return;
+                }
+                future.call_method1(intern!(py, "set_result"), (message,))
+            }
+            Err(err) => future.call_method1(intern!(py, "set_exception"), (err.into_value(py),)),
+        };
+        if let Err(err) = outcome {
+            err.print(py);
+        }
+        self.shared.wake.notify_one();
+    }
+
+    /// `await send(message)`.
+    fn send<'py>(
+        self: &Arc<Self>,
+        py: Python<'py>,
+        message: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let message = message
+            .cast::<PyDict>()
+            .map_err(|_| PyTypeError::new_err("ASGI messages must be dicts"))?;
+        let kind = message
+            .get_item(intern!(py, "type"))?
+            .ok_or_else(|| PyTypeError::new_err("ASGI message has no 'type'"))?;
+        let kind = kind.cast::<PyString>()?.to_str()?.to_owned();
+        let none = py.None().into_bound(py);
+        match kind.as_str() {
+            "http.response.start" => {
+                let mut state = self.lock();
+                if !matches!(state.response, ResponseState::NotStarted) {
+                    return Err(PyRuntimeError::new_err(
+                        "Unexpected ASGI message 'http.response.start': the response has already started",
+                    ));
+                }
+                let status: u16 = message
+                    .get_item(intern!(py, "status"))?
+                    .ok_or_else(|| PyTypeError::new_err("http.response.start needs 'status'"))?
+                    .extract()
+                    .map_err(|_| PyTypeError::new_err("'status' must be an int"))?;
+                let status = StatusCode::from_u16(status)
+                    .map_err(|_| PyTypeError::new_err(format!("invalid HTTP status {status}")))?;
+                let headers = match message.get_item(intern!(py, "headers"))? {
+                    Some(headers) => parse_headers(&headers)?,
+                    None => Vec::new(),
+                };
+                state.response = ResponseState::Started { status, headers };
+                ready(py, none)
+            }
+            "http.response.body" => {
+                let body = match message.get_item(intern!(py, "body"))? {
+                    Some(body) => bytes_of(&body)?,
+                    None => Bytes::new(),
+                };
+                let more = match message.get_item(intern!(py, "more_body"))? {
+                    Some(more) => more.is_truthy()?,
+                    None => false,
+                };
+                self.send_body(py, body, more)
+            }
+            "http.response.pathsend" => {
+                let path: String = message
+                    .get_item(intern!(py, "path"))?
+                    .ok_or_else(|| PyTypeError::new_err("http.response.pathsend needs 'path'"))?
+                    .extract()?;
+                self.send_file(py, path)
+            }
+            other => Err(PyRuntimeError::new_err(format!(
+                "Unexpected ASGI message '{other}' for an HTTP connection"
+            ))),
+        }
+    }
+
+    fn send_body<'py>(
+        self: &Arc<Self>,
+        py: Python<'py>,
+        body: Bytes,
+        more: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let mut state = self.lock();
+        let previous = std::mem::replace(&mut state.response, ResponseState::Finished);
+        match previous {
+            ResponseState::NotStarted => {
+                state.response = ResponseState::NotStarted;
+                Err(PyRuntimeError::new_err(
+                    "Unexpected ASGI message 'http.response.body' before 'http.response.start'",
+                ))
+            }
+            ResponseState::Finished => Err(PyRuntimeError::new_err(
+                "Unexpected ASGI message 'http.response.body' after the response completed",
+            )),
+            ResponseState::Started { status, headers } => {
+                let reply = state.reply.take();
+                if more {
+                    let (sender, chunks) = mpsc::channel(STREAM_BUFFER);
+                    if !body.is_empty() {
+                        let _ = sender.try_send(Ok(body));
+                    }
+                    state.response = ResponseState::Streaming(sender);
+                    drop(state);
+                    if let Some(reply) = reply {
+                        let _ = reply.send(HttpResponse {
+                            status,
+                            headers,
+                            body: ResponseBody::Stream(chunks),
+                        });
+                    }
+                } else {
+                    drop(state);
+                    if let Some(reply) = reply {
+                        let _ = reply.send(HttpResponse {
+                            status,
+                            headers,
+                            body: ResponseBody::Full(body),
+                        });
+                    }
+                    self.response_complete(py);
+                }
+                ready(py, py.None().into_bound(py))
+            }
+            ResponseState::Streaming(sender) => {
+                if more {
+                    state.response = ResponseState::Streaming(sender.clone());
+                }
+                drop(state);
+                let waiting = if body.is_empty() {
+                    None
+                } else {
+                    match sender.try_send(Ok(body)) {
+                        Ok(()) => None,
+                        // The client is gone; per ASGI 2.3 sends after a disconnect are ignored.
+                        Err(mpsc::error::TrySendError::Closed(_)) => None,
+                        Err(mpsc::error::TrySendError::Full(chunk)) => Some(chunk),
+                    }
+                };
+                if !more {
+                    // Dropping the last sender (after any queued chunk) ends the body.
+                    self.response_complete(py);
+                }
+                match waiting {
+                    None => ready(py, py.None().into_bound(py)),
+                    Some(chunk) => self.wait_for_room(py, sender, chunk),
+                }
+            }
+        }
+    }
+
+    /// The client is slower than the app: the app's `send` waits until the stream has room.
+    fn wait_for_room<'py>(
+        self: &Arc<Self>,
+        py: Python<'py>,
+        sender: mpsc::Sender<Result<Bytes, StreamAborted>>,
+        chunk: Result<Bytes, StreamAborted>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let future = self
+            .shared
+            .event_loop
+            .bind(py)
+            .call_method0(intern!(py, "create_future"))?;
+        let result = future.clone().unbind();
+        let exchange = Arc::clone(self);
+        tokio::task::spawn_local(async move {
+            let _ = sender.send(chunk).await;
+            drop(sender);
+            Python::attach(|py| {
+                let none = Ok(py.None().into_bound(py));
+                exchange.resolve(py, result.bind(py), none);
+            });
+        });
+        Ok(future)
+    }
+
+    fn send_file<'py>(
+        self: &Arc<Self>,
+        py: Python<'py>,
+        path: String,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let mut state = self.lock();
+        let ResponseState::Started { status, headers } =
+            std::mem::replace(&mut state.response, ResponseState::Finished)
+        else {
+            return Err(PyRuntimeError::new_err(
+                "Unexpected ASGI message 'http.response.pathsend' outside a started response",
+            ));
+        };
+        let reply = state.reply.take();
+        drop(state);
+        let (sender, chunks) = mpsc::channel(STREAM_BUFFER);
+        if let Some(reply) = reply {
+            let _ = reply.send(HttpResponse {
+                status,
+                headers,
+                body: ResponseBody::Stream(chunks),
+            });
+        }
+        tokio::task::spawn_local(stream_file(path, sender));
+        self.response_complete(py);
+        ready(py, py.None().into_bound(py))
+    }
+
+    fn response_complete(&self, py: Python<'_>) {
+        let waiter = self.lock().disconnect_waiter.take();
+        if let Some(waiter) = waiter {
+            self.resolve(py, waiter.bind(py), Self::disconnect_message(py));
+        }
+    }
+
+    /// The client went away while the app was still running: wake a pending `receive()`.
+    pub fn client_disconnected(&self, py: Python<'_>) {
+        let waiter = self.lock().disconnect_waiter.take();
+        if let Some(waiter) = waiter {
+            self.resolve(py, waiter.bind(py), Self::disconnect_message(py));
+        }
+    }
+
+    /// The app's coroutine finished (with `error` if it raised or was cancelled).
+    pub fn app_finished(&self, py: Python<'_>, error: Option<PyErr>) {
+        let (response, reply) = {
+            let mut state = self.lock();
+            (
+                std::mem::replace(&mut state.response, ResponseState::Finished),
+                state.reply.take(),
+            )
+        };
+        match (response, error) {
+            (ResponseState::Streaming(sender), Some(err)) => {
+                self.shared.fail(py, &err, &self.name);
+                let _ = sender.try_send(Err(StreamAborted(err.to_string())));
+            }
+            (ResponseState::Streaming(_), None) | (ResponseState::Finished, None) => {}
+            (ResponseState::Finished, Some(err)) => {
+                // The response was already sent (e.g. a background task failed afterwards).
+                self.shared.fail(py, &err, &self.name);
+            }
+            (_, error) => {
+                let err = error.unwrap_or_else(|| {
+                    PyRuntimeError::new_err("ASGI app returned without completing a response")
+                });
+                let response = self.shared.fail(py, &err, &self.name);
+                if let Some(reply) = reply {
+                    let _ = reply.send(response);
+                }
+            }
+        }
+        self.response_complete(py);
+        self.finished.set();
+    }
+}
+
+async fn stream_file(path: String, sender: mpsc::Sender<Result<Bytes, StreamAborted>>) {
+    use tokio::io::AsyncReadExt;
+    let mut file = match tokio::fs::File::open(&path).await {
+        Ok(file) => file,
+        Err(err) => {
+            let _ = sender
+                .send(Err(StreamAborted(format!("{path}: {err}"))))
+                .await;
+            return;
+        }
+    };
+    loop {
+        let mut buffer = vec![0u8; FILE_CHUNK];
+        match file.read(&mut buffer).await {
+            Ok(0) => return,
+            Ok(n) => {
+                buffer.truncate(n);
+                if sender.send(Ok(Bytes::from(buffer))).await.is_err() {
+                    return;
+                }
+            }
+            Err(err) => {
+                let _ = sender
+                    .send(Err(StreamAborted(format!("{path}: {err}"))))
+                    .await;
+                return;
+            }
+        }
+    }
+}
+
+fn bytes_of(value: &Bound<'_, PyAny>) -> PyResult<Bytes> {
+    if let Ok(bytes) = value.cast::<PyBytes>() {
+        return Ok(Bytes::copy_from_slice(bytes.as_bytes()));
+    }
+    if let Ok(array) = value.cast::<PyByteArray>() {
+        return Ok(Bytes::from(array.to_vec()));
+    }
+    if let Ok(view) = value.extract::<Vec<u8>>() {
+        return Ok(Bytes::from(view));
+    }
+    Err(PyTypeError::new_err(format!(
+        "ASGI body must be bytes, not {}",
+        value.get_type().name()?
+    )))
+}
+
+fn parse_headers(headers: &Bound<'_, PyAny>) -> PyResult<Vec<(HeaderName, HeaderValue)>> {
+    let mut parsed = Vec::new();
+    for pair in headers.try_iter()? {
+        let pair = pair?;
+        let name = pair.get_item(0)?;
+        let value = pair.get_item(1)?;
+        let name = bytes_of(&name)?;
+        let value = bytes_of(&value)?;
+        let name = HeaderName::from_bytes(&name).map_err(|_| {
+            PyTypeError::new_err(format!(
+                "invalid header name {:?}",
+                String::from_utf8_lossy(&name)
+            ))
+        })?;
+        let value = HeaderValue::from_maybe_shared(value)
+            .map_err(|_| PyTypeError::new_err(format!("invalid value for header {name}")))?;
+        parsed.push((name, value));
+    }
+    Ok(parsed)
+}
+
+#[pyclass(frozen, module = "percore._runtime", name = "Receive")]
+pub struct Receive(Arc<AsgiExchange>);
+
+#[pymethods]
+impl Receive {
+    fn __call__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.0.receive(py)
+    }
+}
+
+#[pyclass(frozen, module = "percore._runtime", name = "Send")]
+pub struct Send(Arc<AsgiExchange>);
+
+#[pymethods]
+impl Send {
+    fn __call__<'py>(
+        &self,
+        py: Python<'py>,
+        message: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.0.send(py, message)
+    }
+}
+
+/// An ASGI application as a route target.
+pub struct AsgiEndpoint {
+    pub app: Py<PyAny>,
+    pub root_path: String,
+}
+
+/// Builds the HTTP scope, the exchange and the `(scope, receive, send)` arguments for one request.
+pub fn prepare<'py>(
+    py: Python<'py>,
+    shared: &Arc<LoopShared>,
+    endpoint: &AsgiEndpoint,
+    request: HttpRequest,
+    loop_state: Option<&Bound<'py, PyDict>>,
+    reply: oneshot::Sender<HttpResponse>,
+) -> PyResult<(Arc<AsgiExchange>, Bound<'py, PyTuple>)> {
+    let scope = PyDict::new(py);
+    scope.set_item(intern!(py, "type"), intern!(py, "http"))?;
+    let asgi = PyDict::new(py);
+    asgi.set_item(intern!(py, "version"), intern!(py, "3.0"))?;
+    asgi.set_item(intern!(py, "spec_version"), intern!(py, "2.3"))?;
+    scope.set_item(intern!(py, "asgi"), asgi)?;
+    let version = match request.version {
+        http::Version::HTTP_10 => intern!(py, "1.0"),
+        http::Version::HTTP_2 => intern!(py, "2"),
+        _ => intern!(py, "1.1"),
+    };
+    scope.set_item(intern!(py, "http_version"), version)?;
+    scope.set_item(intern!(py, "method"), request.method.as_str())?;
+    scope.set_item(intern!(py, "scheme"), intern!(py, "http"))?;
+    let raw_path = request.uri.path();
+    // As uvicorn does: `path` includes the root path, `root_path` says how much of it is the mount.
+    let path = format!("{}{}", endpoint.root_path, percent_decode_path(raw_path));
+    scope.set_item(intern!(py, "path"), path)?;
+    scope.set_item(
+        intern!(py, "raw_path"),
+        PyBytes::new(py, raw_path.as_bytes()),
+    )?;
+    scope.set_item(intern!(py, "root_path"), endpoint.root_path.as_str())?;
+    let query = request.uri.query().unwrap_or("");
+    scope.set_item(
+        intern!(py, "query_string"),
+        PyBytes::new(py, query.as_bytes()),
+    )?;
+    let headers = PyList::empty(py);
+    for (name, value) in &request.headers {
+        headers.append(PyTuple::new(
+            py,
+            [
+                PyBytes::new(py, name.as_str().as_bytes()),
+                PyBytes::new(py, value.as_bytes()),
+            ],
+        )?)?;
+    }
+    scope.set_item(intern!(py, "headers"), headers)?;
+    if let Some(client) = request.client {
+        scope.set_item(
+            intern!(py, "client"),
+            (client.ip().to_string(), client.port()),
+        )?;
+    }
+    scope.set_item(
+        intern!(py, "server"),
+        (request.server.ip().to_string(), request.server.port()),
+    )?;
+    if let Some(state) = loop_state {
+        scope.set_item(intern!(py, "state"), state.copy()?)?;
+    }
+    let extensions = PyDict::new(py);
+    extensions.set_item(intern!(py, "http.response.pathsend"), PyDict::new(py))?;
+    scope.set_item(intern!(py, "extensions"), extensions)?;
+
+    let exchange = Arc::new(AsgiExchange {
+        state: Mutex::new(ExchangeState {
+            body: Some(request.body),
+            body_complete: false,
+            disconnect_waiter: None,
+            response: ResponseState::NotStarted,
+            reply: Some(reply),
+        }),
+        shared: Arc::clone(shared),
+        name: format!("{} {}", request.method, raw_path),
+        client_gone: request.client_gone,
+        finished: Latch::default(),
+    });
+    let receive = Bound::new(py, Receive(Arc::clone(&exchange)))?;
+    let send = Bound::new(py, Send(Arc::clone(&exchange)))?;
+    let arguments = PyTuple::new(py, [scope.into_any(), receive.into_any(), send.into_any()])?;
+    Ok((exchange, arguments))
+}
