@@ -66,9 +66,13 @@ class Client:
 class ServerProcess:
     """`python -m percore serve APP` in a subprocess, stopped with SIGTERM."""
 
-    def __init__(self, app: str, *args: str, port: int | None = None) -> None:
+    def __init__(self, app: str, *args: str, port: int | None = None, server: str = "percore") -> None:
         self.port = port or free_port()
-        self.command = [sys.executable, "-m", "percore", "serve", app, "--port", str(self.port), *args]
+        self.server = server
+        if server == "percore":
+            self.command = [sys.executable, "-m", "percore", "serve", app, "--port", str(self.port), *args]
+        else:  # the reference server, for side-by-side comparisons
+            self.command = [sys.executable, "-m", server, app, "--port", str(self.port), *args]
         self.process: subprocess.Popen | None = None
         self.stderr = ""
 
@@ -119,8 +123,8 @@ def serve() -> Iterator:
     """serve(app, *cli_args) -> a started ServerProcess; all are stopped (and must exit 0) at teardown."""
     started: list[ServerProcess] = []
 
-    def start(app: str, *args: str) -> ServerProcess:
-        server = ServerProcess(app, *args).start()
+    def start(app: str, *args: str, server: str = "percore") -> ServerProcess:
+        server = ServerProcess(app, *args, server=server).start()
         started.append(server)
         return server
 
@@ -128,4 +132,5 @@ def serve() -> Iterator:
     for server in started:
         if server.process is not None and server.process.returncode is None:
             code = server.stop()
-            assert code == 0, f"server exited with {code}:\n{server.stderr}"
+            if server.server == "percore":
+                assert code == 0, f"server exited with {code}:\n{server.stderr}"

@@ -40,7 +40,7 @@ def assert_one_clear_line(result: subprocess.CompletedProcess, *fragments: str) 
     [
         ("no_such_module:api", "cannot import module 'no_such_module'"),
         ("tests.apps.runtime_app:nope", "has no attribute 'nope'"),
-        ("tests.apps.runtime_app:asyncio", "not a percore.App"),
+        ("tests.apps.runtime_app:asyncio", "neither a percore.App nor an ASGI application"),
         ("tests.apps.runtime_app", "expected MODULE:ATTR"),
     ],
 )

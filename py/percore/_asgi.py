@@ -91,7 +91,9 @@ class Lifespan:
             if not self._startup_done.is_set():
                 # As uvicorn's default: an app that rejects the lifespan scope simply does not use it.
                 self._unsupported = True
-                logger.info("ASGI 'lifespan' protocol appears unsupported (%s: %s)", type(error).__name__, error)
+                logger.info(
+                    "ASGI 'lifespan' protocol appears unsupported (%s: %s)", type(error).__name__, error
+                )
             else:
                 logger.error("Exception in ASGI lifespan", exc_info=(type(error), error, error.__traceback__))
         finally:

@@ -12,7 +12,7 @@ import asyncio
 import selectors
 import sys
 import threading
-from asyncio import events
+from asyncio import base_events, events
 
 _DefaultSelector = getattr(selectors, "EpollSelector", selectors.DefaultSelector)
 
@@ -42,6 +42,14 @@ class LoopThreadEventLoop(asyncio.SelectorEventLoop):
             firstiter=self._asyncgen_firstiter_hook, finalizer=self._asyncgen_finalizer_hook
         )
         events._set_running_loop(self)
+        # The loop's life as a task, shaped like the task ``run_until_complete`` runs: libraries look for
+        # that task as the loop's "root" (anyio ties its worker threads to it). Without one they would
+        # fall back to the request's task and start and stop a worker thread for every request.
+        self._percore_life = self.create_task(self._percore_serve(), name="percore loop")
+        self._percore_life.add_done_callback(base_events._run_until_complete_cb)
+
+    async def _percore_serve(self) -> None:
+        await self.create_future()  # until the loop closes (then cancelled like every task)
 
     def _percore_timeout(self) -> float | None:
         """Seconds until this loop must run again: 0 if callbacks are ready, None if only I/O can wake it."""

@@ -6,7 +6,6 @@ import argparse
 import importlib
 import os
 import sys
-
 from typing import Any
 
 from . import _logging

@@ -8,7 +8,6 @@ import sys
 import sysconfig
 import threading
 from dataclasses import dataclass
-
 from typing import Any
 
 from . import _loop, _runtime

@@ -178,7 +178,9 @@ impl AsgiExchange {
             Python::attach(|py| {
                 let message = match chunk {
                     Ok(data) => {
-                        let more = !hyper::body::Body::is_end_stream(&incoming);
+                        // `None` is the end; after a data frame, hyper knows the end only for a
+                        // declared length, so a chunked body ends with one empty final message.
+                        let more = data.is_some() && !hyper::body::Body::is_end_stream(&incoming);
                         let mut state = exchange.lock();
                         if more {
                             state.body = Some(RequestBody::Streaming(incoming));

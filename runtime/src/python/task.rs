@@ -75,7 +75,7 @@ pub enum Completion {
     Detached(oneshot::Sender<PyResult<Py<PyAny>>>),
 }
 
-#[pyclass(frozen, module = "percore", name = "RequestTask")]
+#[pyclass(frozen, weakref, module = "percore", name = "RequestTask")]
 pub struct RequestTask {
     state: Mutex<State>,
     context: Py<PyAny>,
@@ -497,6 +497,42 @@ impl RequestTask {
 
     fn get_loop(&self, py: Python<'_>) -> Py<PyAny> {
         self.shared.event_loop.clone_ref(py)
+    }
+
+    // asyncio.Task's private attributes that libraries (anyio's cancel scopes) read directly.
+
+    #[getter]
+    fn _loop(&self, py: Python<'_>) -> Py<PyAny> {
+        self.shared.event_loop.clone_ref(py)
+    }
+
+    #[getter]
+    fn _must_cancel(&self) -> bool {
+        self.lock().must_cancel
+    }
+
+    #[getter]
+    fn _fut_waiter(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.lock().waiter.as_ref().map(|w| w.clone_ref(py))
+    }
+
+    #[getter]
+    fn _coro(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.get_coro(py)
+    }
+
+    #[getter]
+    fn _cancel_message(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.lock().cancel_message.as_ref().map(|m| m.clone_ref(py))
+    }
+
+    #[getter]
+    fn _callbacks(&self, py: Python<'_>) -> Vec<(Py<PyAny>, Option<Py<PyAny>>)> {
+        self.lock()
+            .done_callbacks
+            .iter()
+            .map(|c| (c.clone_ref(py), None))
+            .collect()
     }
 
     fn get_context(&self, py: Python<'_>) -> Py<PyAny> {

@@ -1,0 +1,118 @@
+"""A Starlette app: routing, middleware, streaming, files, lifespan state and raw scope access."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+import threading
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.base import BaseHTTPMiddleware
+from starlette.responses import (
+    FileResponse,
+    JSONResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    StreamingResponse,
+)
+from starlette.routing import Route
+
+FILE = os.path.join(tempfile.gettempdir(), f"percore-starlette-{os.getpid()}.bin")
+FILE_BYTES = bytes(range(256)) * 1024  # 256 KiB, several read chunks
+
+disconnects: list[str] = []
+
+
+@asynccontextmanager
+async def lifespan(app):
+    with open(FILE, "wb") as f:
+        f.write(FILE_BYTES)
+    yield {"loop_thread": threading.get_ident()}
+
+
+async def plaintext(request):
+    return PlainTextResponse("Hello, World!")
+
+
+async def headers(request):
+    return JSONResponse(
+        {
+            "headers": [[k.decode(), v.decode()] for k, v in request.scope["headers"]],
+            "path": request.scope["path"],
+            "raw_path": request.scope["raw_path"].decode(),
+            "root_path": request.scope["root_path"],
+            "query_string": request.scope["query_string"].decode(),
+            "http_version": request.scope["http_version"],
+            "method": request.method,
+            "same_thread": request.state.loop_thread == threading.get_ident(),
+        }
+    )
+
+
+async def echo(request):
+    body = await request.body()
+    return PlainTextResponse(body, media_type="application/octet-stream")
+
+
+async def stream(request):
+    async def chunks():
+        for n in range(5):
+            yield f"part {n};".encode()
+            await asyncio.sleep(0)
+
+    return StreamingResponse(chunks(), media_type="text/plain")
+
+
+async def slow_stream(request):
+    async def chunks():
+        yield b"first;"
+        await asyncio.sleep(1.0)
+        yield b"second;"
+
+    return StreamingResponse(chunks(), media_type="text/plain")
+
+
+async def file(request):
+    return FileResponse(FILE, media_type="application/octet-stream")
+
+
+async def redirect(request):
+    return RedirectResponse("/plaintext", status_code=307)
+
+
+async def wait_for_disconnect(request):
+    message = await request.receive()  # the (empty) body
+    message = await request.receive()  # blocks until the client goes away
+    disconnects.append(message["type"])
+    return PlainTextResponse("unreachable")
+
+
+async def disconnect_log(request):
+    return JSONResponse({"disconnects": disconnects})
+
+
+class AddHeader(BaseHTTPMiddleware):
+    async def dispatch(self, request, call_next):
+        response = await call_next(request)
+        response.headers["x-middleware"] = "ran"
+        return response
+
+
+app = Starlette(
+    routes=[
+        Route("/plaintext", plaintext),
+        Route("/headers", headers),
+        Route("/echo", echo, methods=["POST"]),
+        Route("/stream", stream),
+        Route("/slow-stream", slow_stream),
+        Route("/file", file),
+        Route("/redirect", redirect),
+        Route("/wait-for-disconnect", wait_for_disconnect),
+        Route("/disconnects", disconnect_log),
+    ],
+    middleware=[Middleware(AddHeader)],
+    lifespan=lifespan,
+)
