@@ -50,7 +50,7 @@ async def hello():
 async def read_item(
     item_id: int,
     q: str | None = None,
-    page: Annotated[dict, Depends(pagination)] = None,
+    page: Annotated[dict | None, Depends(pagination)] = None,
     user_agent: Annotated[str | None, Header()] = None,
     session: Annotated[str | None, Cookie()] = None,
 ):
