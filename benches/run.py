@@ -1,44 +1,79 @@
 """percore's load benchmark: each contender pinned to one core, wrk pinned to the other, same run.
 
-    scripts/dev bench                      # builds everything, then runs this
-    python benches/run.py --duration 10    # with the environment below already set
+    scripts/dev bench                                  # builds everything, then runs this
+    scripts/dev bench --only FastAPI --only RSGI       # a subset (case-insensitive substrings of names)
+    python benches/run.py --list                       # with the environment below already set
 
 Environment (scripts/dev bench sets it): PERCORE_PYTHON_NOGIL / PERCORE_PYTHON_GIL — interpreters with a
-release build of percore installed; HYPER_BASELINE — the benches/hyper-baseline binary.
+release build of percore (and FastAPI) installed; HYPER_BASELINE — the benches/hyper-baseline binary;
+PEERS_PYTHON — a GIL CPython with benches/requirements-peers.txt (uvicorn, Granian). Contenders whose
+variable is unset are left out.
+
+Every contender serves the same endpoints (benches/apps/) with one worker, one event loop, one thread,
+pinned to core 1. Before measuring, each endpoint is requested once and must answer 2xx.
 
 Results: a JSON file per run in benches/results/ (machine, versions, commit, every repetition) and a
-markdown table on stdout. Conclusions are drawn from ratios within one run, never from absolute numbers.
+markdown table plus a table of ratios on stdout. Conclusions are drawn from ratios within one run, never
+from absolute numbers.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import http.client
 import json
 import os
 import platform
 import re
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+BENCHES = ROOT / "benches"
 SERVER_CORE = "1"
 LOAD_CORE = "0"
+PORT = "{port}"  # stands for the contender's port in its command; a free one is chosen per contender
+
+# An endpoint is a GET path, or a pair ("METHOD /path", wrk Lua script) for anything wrk's default GET
+# cannot express. The first element is the endpoint's key in the results either way. A script's request
+# body, if any, lives beside it as <script>.json, so the pre-flight check can send the same bytes.
+Endpoint = str | tuple[str, Path]
+ECHO: Endpoint = ("POST /echo", BENCHES / "echo.lua")
+APP_ENDPOINTS: list[Endpoint] = ["/json", "/plaintext", "/users/42?q=x", ECHO]
+
+HYPER = "hyper (pure Rust, the limit)"
+UVICORN = "uvicorn {} (uvloop+httptools)"
+GRANIAN_ASGI = "Granian ASGI {}"
+GRANIAN_RSGI = "Granian RSGI (raw)"
+PERCORE = "percore {}, 1 loop ({})"
+BUILDS = [("PERCORE_PYTHON_NOGIL", "3.13t"), ("PERCORE_PYTHON_GIL", "3.13 GIL")]
+FRAMEWORKS = {"FastAPI": "benches.apps.fastapi_app:app", "Starlette": "benches.apps.starlette_app:app"}
 
 
 @dataclass
 class Contender:
     name: str
-    port: int
     command: list[str]
-    endpoints: list[str]
+    endpoints: list[Endpoint]
     env: dict[str, str] = field(default_factory=dict)
+
+
+def parse_endpoint(endpoint: Endpoint) -> tuple[str, str, str, Path | None]:
+    """key, method, path (with query) and wrk script of an endpoint."""
+    if isinstance(endpoint, str):
+        return endpoint, "GET", endpoint, None
+    key, script = endpoint
+    method, _, path = key.rpartition(" ")
+    return key, method or "GET", path, Path(script)
 
 
 def free_port() -> int:
@@ -47,55 +82,90 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def contenders(port: int) -> list[Contender]:
+def percore(python: str, app: str) -> list[str]:
+    return [python, "-m", "percore", "serve", app, "--loops", "1", "--log-level", "warning", "--port", PORT]
+
+
+def uvicorn(python: str, app: str) -> list[str]:
+    return [
+        *(python, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", PORT, "--workers", "1"),
+        *("--loop", "uvloop", "--http", "httptools", "--log-level", "warning", "--no-access-log"),
+    ]
+
+
+def granian(python: str, interface: str, app: str) -> list[str]:
+    # One worker process with one Rust runtime thread; the event loop is named rather than left to "auto"
+    # (which picks uvloop when installed). HTTP/1 only, like every other contender here.
+    return [
+        *(python, "-m", "granian", "--interface", interface, "--host", "127.0.0.1", "--port", PORT),
+        *("--workers", "1", "--runtime-threads", "1", "--loop", "uvloop", "--http", "1", "--no-ws"),
+        *("--no-access-log", "--log-level", "warning", app),
+    ]
+
+
+def contenders() -> list[Contender]:
+    """Every contender the environment provides, grouped so that peers sit next to each other."""
+    pythons = [(os.environ[key], label) for key, label in BUILDS if os.environ.get(key)]
+    peers = os.environ.get("PEERS_PYTHON")
     found = []
     baseline = os.environ.get("HYPER_BASELINE")
     if baseline:
-        found.append(Contender("hyper (pure Rust, the limit)", port, [baseline, str(port)], ["/json"]))
-    for key, label in [("PERCORE_PYTHON_NOGIL", "3.13t"), ("PERCORE_PYTHON_GIL", "3.13 GIL")]:
-        python = os.environ.get(key)
-        if python:
-            found.append(
-                Contender(
-                    f"percore native, 1 loop ({label})",
-                    port,
-                    [
-                        python,
-                        "-m",
-                        "percore",
-                        "serve",
-                        "benches.apps.native:api",
-                        "--port",
-                        str(port),
-                        "--loops",
-                        "1",
-                        "--log-level",
-                        "warning",
-                    ],
-                    ["/json", "/plaintext", "/users/42?q=x"],
-                )
-            )
+        found.append(Contender(HYPER, [baseline, PORT], ["/json"]))
+    for python, label in pythons:
+        found.append(
+            Contender(PERCORE.format("native", label), percore(python, "benches.apps.native:api"), APP_ENDPOINTS)
+        )
+    if peers:
+        found.append(Contender(GRANIAN_RSGI, granian(peers, "rsgi", "benches.apps.rsgi_app:app"), ["/json"]))
+    for framework, app in FRAMEWORKS.items():
+        for python, label in pythons:
+            found.append(Contender(PERCORE.format(framework, label), percore(python, app), APP_ENDPOINTS))
+        if peers:
+            found.append(Contender(UVICORN.format(framework), uvicorn(peers, app), APP_ENDPOINTS))
+            found.append(Contender(GRANIAN_ASGI.format(framework), granian(peers, "asgi", app), APP_ENDPOINTS))
     return found
 
 
-def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 30) -> None:
+def request(port: int, method: str, path: str, body: bytes | None, timeout: float) -> tuple[int, bytes]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        connection.request(method, path, body=body, headers=headers)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+def request_body(script: Path | None) -> bytes | None:
+    if script is None or not script.with_suffix(".json").exists():
+        return None
+    return script.with_suffix(".json").read_bytes().rstrip()
+
+
+def wait_until_serving(port: int, process: subprocess.Popen, endpoint: Endpoint, timeout: float = 30) -> None:
+    """Until the server answers HTTP. An open port is not enough: Granian binds before its worker runs."""
+    _, method, path, script = parse_endpoint(endpoint)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}")
+            raise RuntimeError(f"server exited with {process.returncode} before answering")
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("server did not open its port")
+            request(port, method, path, request_body(script), timeout=2)
+            return
+        except (OSError, http.client.HTTPException):
+            time.sleep(0.1)
+    raise RuntimeError(f"server did not answer HTTP within {timeout:.0f} s")
 
 
 LATENCY_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
 
 def parse_wrk(output: str) -> dict:
-    result = {"requests_per_second": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))}
+    rate = re.search(r"Requests/sec:\s+([\d.]+)", output)
+    if rate is None:
+        raise RuntimeError(f"wrk printed no Requests/sec:\n{output}")
+    result = {"requests_per_second": float(rate.group(1))}
     for percentile in ("50", "99"):
         match = re.search(rf"^\s+{percentile}%\s+([\d.]+)(us|ms|s)\s*$", output, re.M)
         if match:
@@ -107,53 +177,101 @@ def parse_wrk(output: str) -> dict:
     return result
 
 
-def wrk(url: str, duration: int, connections: int) -> dict:
-    output = subprocess.run(
-        ["taskset", "-c", LOAD_CORE, "wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", url],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+def wrk(url: str, script: Path | None, duration: int, connections: int) -> dict:
+    command = ["taskset", "-c", LOAD_CORE, "wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency"]
+    if script is not None:
+        command += ["-s", str(script)]
+    output = subprocess.run([*command, url], capture_output=True, text=True, check=True).stdout
     return parse_wrk(output)
 
 
-def measure(contender: Contender, args) -> dict:
-    port = contender.port
-    env = dict(os.environ, PYTHONPATH=str(ROOT), **contender.env)
-    process = subprocess.Popen(
-        ["taskset", "-c", SERVER_CORE, *contender.command],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    results = {}
-    try:
-        wait_for_port(port, process)
-        for endpoint in contender.endpoints:
-            url = f"http://127.0.0.1:{port}{endpoint}"
-            wrk(url, args.warmup, args.connections)
-            runs = [wrk(url, args.duration, args.connections) for _ in range(args.runs)]
-            rates = [run["requests_per_second"] for run in runs]
-            results[endpoint] = {
-                "median_rps": statistics.median(rates),
-                "min_rps": min(rates),
-                "max_rps": max(rates),
-                "p50_ms": statistics.median(run.get("p50_ms", float("nan")) for run in runs),
-                "p99_ms": statistics.median(run.get("p99_ms", float("nan")) for run in runs),
-                "errors": sum(run["non_2xx"] for run in runs),
-                "runs": runs,
-            }
-            rate = results[endpoint]["median_rps"]
-            print(f"  {contender.name:40} {endpoint:16} {rate:>10.0f} req/s", flush=True)
-    finally:
+def stop(process: subprocess.Popen) -> dict:
+    """SIGTERM, up to 10 s for a graceful exit, then SIGKILL to the whole process group (Granian's worker
+    processes included) so that nothing of this contender is left to compete with the next one."""
+    started = time.monotonic()
+    killed = False
+    if process.poll() is None:
         process.terminate()
         try:
             process.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            process.kill()
-    return results
+            killed = True
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait()
+    return {"exit": process.returncode, "killed": killed, "stop_seconds": round(time.monotonic() - started, 2)}
+
+
+def measure(contender: Contender, args) -> tuple[dict, dict]:
+    """Results per endpoint key, and what happened to the server (command, exit, failures)."""
+    port = free_port()
+    command = [part.replace(PORT, str(port)) for part in contender.command]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), **contender.env)
+    results: dict = {}
+    server: dict = {"command": command, "failures": []}
+    with tempfile.TemporaryFile("w+") as log:
+        process = subprocess.Popen(
+            ["taskset", "-c", SERVER_CORE, *command],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        try:
+            wait_until_serving(port, process, contender.endpoints[0])
+            for endpoint in contender.endpoints:
+                key, method, path, script = parse_endpoint(endpoint)
+                try:
+                    results[key] = measure_endpoint(port, method, path, script, args)
+                except (OSError, RuntimeError, http.client.HTTPException, subprocess.CalledProcessError) as error:
+                    server["failures"].append(f"{key}: {error}")
+                    print(f"  {contender.name:44} {key:16} FAILED: {error}", flush=True)
+                    continue
+                rate = results[key]["median_rps"]
+                print(f"  {contender.name:44} {key:16} {rate:>10.0f} req/s", flush=True)
+                if process.poll() is not None:
+                    server["failures"].append(f"server exited with {process.returncode} after {key}")
+                    break
+        except RuntimeError as error:
+            server["failures"].append(str(error))
+            print(f"  FAILED: {error}", flush=True)
+        finally:
+            server.update(stop(process))
+            log.seek(0)
+            output = log.read()
+        if server["failures"] and output.strip():
+            server["log_tail"] = output[-3000:]
+            print("  server output (tail):\n    " + output[-3000:].strip().replace("\n", "\n    "), flush=True)
+    graceful = "" if server["exit"] == 0 and not server["killed"] else " (not graceful)"
+    print(f"  stopped: exit {server['exit']} after {server['stop_seconds']} s{graceful}", flush=True)
+    return results, server
+
+
+def measure_endpoint(port: int, method: str, path: str, script: Path | None, args) -> dict:
+    status, body = request(port, method, path, request_body(script), timeout=10)
+    if not 200 <= status < 300:
+        raise RuntimeError(f"answered {status} before measuring: {body[:300]!r}")
+    url = f"http://127.0.0.1:{port}{path}"
+    wrk(url, script, args.warmup, args.connections)
+    runs = [wrk(url, script, args.duration, args.connections) for _ in range(args.runs)]
+    rates = [run["requests_per_second"] for run in runs]
+    return {
+        "median_rps": statistics.median(rates),
+        "min_rps": min(rates),
+        "max_rps": max(rates),
+        "p50_ms": statistics.median(run.get("p50_ms", float("nan")) for run in runs),
+        "p99_ms": statistics.median(run.get("p99_ms", float("nan")) for run in runs),
+        "errors": sum(run["non_2xx"] for run in runs),
+        "runs": runs,
+        "sample": {"status": status, "bytes": len(body), "body": body[:200].decode("utf-8", "replace")},
+    }
+
+
+PACKAGES = ["fastapi", "starlette", "pydantic", "anyio", "uvicorn", "uvloop", "httptools", "granian"]
 
 
 def machine() -> dict:
@@ -163,6 +281,22 @@ def machine() -> dict:
         except (OSError, IndexError):
             return "?"
 
+    def packages(python: str) -> dict:
+        script = (
+            "import importlib.metadata as m, json, sys\n"
+            "found = {}\n"
+            "for name in sys.argv[1:]:\n"
+            "    try: found[name] = m.version(name)\n"
+            "    except m.PackageNotFoundError: pass\n"
+            "print(json.dumps(found))"
+        )
+        try:
+            output = subprocess.run([python, "-c", script, *PACKAGES], capture_output=True, text=True)
+            return json.loads(output.stdout)
+        except (OSError, ValueError):
+            return {}
+
+    keys = [key for key in ("PERCORE_PYTHON_NOGIL", "PERCORE_PYTHON_GIL", "PEERS_PYTHON") if os.environ.get(key)]
     commit = version(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"])
     return {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -179,16 +313,13 @@ def machine() -> dict:
         "kernel": platform.release(),
         "wrk": version(["wrk", "--version"]) or "wrk",
         "rustc": version(["rustc", "--version"]),
-        "pythons": {
-            key: version([os.environ[key], "-VV"])
-            for key in ("PERCORE_PYTHON_NOGIL", "PERCORE_PYTHON_GIL")
-            if os.environ.get(key)
-        },
+        "pythons": {key: version([os.environ[key], "-VV"]) for key in keys},
+        "packages": {key: packages(os.environ[key]) for key in keys},
     }
 
 
 def table(results: dict) -> str:
-    baseline = results.get("hyper (pure Rust, the limit)", {}).get("/json", {}).get("median_rps")
+    baseline = results.get(HYPER, {}).get("/json", {}).get("median_rps")
     lines = [
         "| contender | endpoint | req/s (median) | spread | p50 ms | p99 ms | vs hyper /json |",
         "|---|---|---:|---:|---:|---:|---:|",
@@ -204,35 +335,117 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def ratio_pairs() -> list[tuple[str, str]]:
+    """(percore contender, the peer it is divided by): same app, or the raw interface of each server."""
+    pairs = []
+    for _, label in BUILDS:
+        pairs += [
+            (PERCORE.format("FastAPI", label), UVICORN.format("FastAPI")),
+            (PERCORE.format("FastAPI", label), GRANIAN_ASGI.format("FastAPI")),
+            (PERCORE.format("Starlette", label), GRANIAN_ASGI.format("Starlette")),
+            (PERCORE.format("Starlette", label), UVICORN.format("Starlette")),
+            (PERCORE.format("native", label), GRANIAN_RSGI),
+        ]
+    return pairs
+
+
+def ratios(results: dict) -> str:
+    """Median req/s of percore ÷ its peer, per endpoint both served; empty if no pair ran."""
+    rows = [(a, b) for a, b in ratio_pairs() if results.get(a) and results.get(b)]
+    columns: list[str] = []
+    for a, b in rows:
+        columns += [key for key in results[a] if key in results[b] and key not in columns]
+    if not rows:
+        return ""
+    lines = [
+        "| req/s ratio (× > 1: percore faster) | " + " | ".join(f"`{key}`" for key in columns) + " |",
+        "|---|" + "---:|" * len(columns),
+    ]
+    for a, b in rows:
+        cells = [
+            f"{results[a][key]['median_rps'] / results[b][key]['median_rps']:.2f}×"
+            if key in results[a] and key in results[b] and results[b][key]["median_rps"]
+            else "–"
+            for key in columns
+        ]
+        lines.append(f"| {a} ÷ {b} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def problems(results: dict, servers: dict) -> list[str]:
+    found = []
+    for name, server in servers.items():
+        found += [f"{name}: {failure}" for failure in server["failures"]]
+        if server.get("killed"):
+            found.append(f"{name}: did not exit within 10 s of SIGTERM, killed")
+    for name, endpoints in results.items():
+        for key, r in endpoints.items():
+            socket_errors = [run["socket_errors"] for run in r["runs"] if run["socket_errors"]]
+            if r["errors"] or socket_errors:
+                found.append(f"{name} `{key}`: {r['errors']} non-2xx, socket errors: {socket_errors or 'none'}")
+    return found
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--duration", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--duration", type=int, default=10, help="seconds per measured run (default 10)")
+    parser.add_argument("--warmup", type=int, default=2, help="seconds of warm-up per endpoint (default 2)")
+    parser.add_argument("--runs", type=int, default=3, help="measured runs per endpoint (default 3)")
     parser.add_argument("--connections", type=int, default=64)
-    parser.add_argument("--out", type=Path, default=ROOT / "benches" / "results")
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="SUBSTRING",
+        help="keep contenders whose name contains SUBSTRING (case-insensitive; repeatable: any matches)",
+    )
+    parser.add_argument("--list", action="store_true", help="list the contenders and exit")
+    parser.add_argument("--out", type=Path, default=BENCHES / "results")
     args = parser.parse_args()
+    chosen = [
+        contender
+        for contender in contenders()
+        if not args.only or any(part.lower() in contender.name.lower() for part in args.only)
+    ]
+    if args.list:
+        for contender in chosen:
+            print(contender.name)
+        return 0
+    if not chosen:
+        print(f"no contender matches --only {args.only}; see --list", file=sys.stderr)
+        return 1
     if shutil.which("wrk") is None:
         print("wrk is not installed (scripts/dev bench installs it)", file=sys.stderr)
         return 1
     if (os.cpu_count() or 1) < 2:
         print("needs 2 cores: one for the server, one for wrk", file=sys.stderr)
         return 1
-    results = {}
-    for contender in contenders(free_port()):
+    results, servers = {}, {}
+    for contender in chosen:
         print(f"{contender.name}", flush=True)
-        results[contender.name] = measure(contender, args)
+        results[contender.name], servers[contender.name] = measure(contender, args)
     info = machine()
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"{info['date'][:10]}-{info['commit']}.json"
-    settings = {k: v for k, v in vars(args).items() if k != "out"}
-    path.write_text(json.dumps({"machine": info, "settings": settings, "results": results}, indent=2) + "\n")
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "list")}
+    path.write_text(
+        json.dumps({"machine": info, "settings": settings, "results": results, "servers": servers}, indent=2)
+        + "\n"
+    )
     print()
     print(table(results))
-    print(f"\nraw results: {path.relative_to(ROOT)}")
-    return 0
+    summary = ratios(results)
+    if summary:
+        print()
+        print(summary)
+    trouble = problems(results, servers)
+    if trouble:
+        print("\nproblems (numbers for these are not comparable):")
+        print("\n".join(f"- {line}" for line in trouble))
+    print(f"\nraw results: {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
+    return 1 if trouble else 0
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ import pytest
 
 from .apps import starlette_app
 from .conftest import ServerProcess, free_port
+from .websocket_client import BINARY, TEXT
+from .websocket_client import connect as connect_websocket
 
 FASTAPI = "tests.apps.fastapi_app:app"
 STARLETTE = "tests.apps.starlette_app:app"
@@ -288,3 +290,46 @@ def test_objects_that_are_not_asgi_3_apps_fail_at_startup(target, args, fragment
     from .test_cli import assert_one_clear_line, run_cli
 
     assert_one_clear_line(run_cli("serve", target, *args), fragment)
+
+
+@pytest.fixture(params=["percore", "uvicorn"])
+def websocket_server(serve, request):
+    """The same WebSocket tests run against uvicorn (wsproto) to prove the tests themselves."""
+    if request.param == "percore":
+        return serve(STARLETTE, "--loops", "2", "--routing", "round-robin")
+    return serve(STARLETTE, "--lifespan", "on", "--ws", "wsproto", "--log-level", "warning", server="uvicorn")
+
+
+def test_websocket_accepts_with_subprotocol_and_echoes_text_and_binary(websocket_server):
+    ws = connect_websocket(websocket_server.port, "/ws", subprotocols=("other", "chat.v1"))
+    assert ws.status == 101
+    assert ws.headers["sec-websocket-protocol"] == "chat.v1"
+    for n in range(3):
+        ws.send_text(f"hello {n}")
+        assert ws.receive() == (TEXT, f"echo: hello {n}".encode())
+    ws.send_bytes(b"\x00\x01\x02" * 1000)
+    assert ws.receive() == (BINARY, (b"\x00\x01\x02" * 1000)[::-1])
+    ws.send_text("close please")
+    assert ws.receive_close_code() == 4001
+    ws.sock.close()
+
+
+def test_websocket_client_disconnect_reaches_the_app(websocket_server):
+    ws = connect_websocket(websocket_server.port, "/ws")
+    assert ws.status == 101
+    ws.send_text("hi")
+    assert ws.receive()[0] == TEXT
+    ws.close(1001)
+    ws.sock.close()
+    deadline = time.monotonic() + 5
+    while "disconnect 1001" not in websocket_server.get("/websocket-log").json()["log"]:
+        assert time.monotonic() < deadline, websocket_server.get("/websocket-log").json()
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize(("path", "status"), [("/ws-denied", 403), ("/ws-crash", 500)])
+def test_websocket_denied_before_accept(websocket_server, path, status):
+    ws = connect_websocket(websocket_server.port, path)
+    assert ws.status == status
+    ws.sock.close()
+    assert websocket_server.get("/plaintext").status == 200

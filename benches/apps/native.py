@@ -1,5 +1,7 @@
 """The benchmark endpoints as a percore native app (every contender implements the same work)."""
 
+from json import loads
+
 import percore
 
 api = percore.App()
@@ -18,3 +20,8 @@ async def plaintext():
 @api.get("/users/{user_id}")
 async def user(user_id: str, request: percore.Request):
     return {"id": user_id, "q": request.query_string}
+
+
+@api.post("/echo")
+async def echo(request: percore.Request):
+    return loads(request.body)

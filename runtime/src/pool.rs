@@ -108,6 +108,9 @@ pub struct HttpRequest {
     pub server: SocketAddr,
     /// Set when the client goes away before its response is ready.
     pub client_gone: Arc<Latch>,
+    /// For an `Upgrade` request (WebSocket): resolves to the raw connection once a 101 response is sent.
+    /// Such requests always run on the loop that read them: the connection cannot change threads.
+    pub upgrade: Option<hyper::upgrade::OnUpgrade>,
 }
 
 /// Chunks of a streamed response body. The executor keeps the sender: dropping it ends the body, an
@@ -250,7 +253,11 @@ impl<X: Executor> LoopContext<X> {
     }
 
     async fn run_somewhere(&self, endpoint: EndpointId, request: HttpRequest) -> HttpResponse {
-        let target = self.chooser.choose();
+        let target = if request.upgrade.is_some() {
+            self.index
+        } else {
+            self.chooser.choose()
+        };
         let in_flight = self.shared.load.track(target);
         if target == self.index {
             let response = self

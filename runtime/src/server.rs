@@ -151,7 +151,8 @@ pub async fn accept_until_stopped<X: Executor>(
             });
             let connection = hyper::server::conn::http1::Builder::new()
                 .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), service);
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
             tokio::pin!(connection);
             tokio::select! {
                 _ = connection.as_mut() => {}
@@ -171,6 +172,11 @@ async fn handle<X: Executor>(
     context: Rc<LoopContext<X>>,
     peer: SocketAddr,
 ) -> hyper::Response<Body> {
+    let mut request = request;
+    let upgrade = request
+        .headers()
+        .contains_key(http::header::UPGRADE)
+        .then(|| hyper::upgrade::on(&mut request));
     let (parts, body) = request.into_parts();
     let response = match context
         .shared
@@ -203,6 +209,7 @@ async fn handle<X: Executor>(
                     client: Some(peer),
                     server: context.local_addr,
                     client_gone: Default::default(),
+                    upgrade,
                 };
                 context.dispatch(endpoint, request).await
             }

@@ -18,7 +18,8 @@ from starlette.responses import (
     RedirectResponse,
     StreamingResponse,
 )
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 FILE = os.path.join(tempfile.gettempdir(), f"percore-starlette-{os.getpid()}.bin")
 FILE_BYTES = bytes(range(256)) * 1024  # 256 KiB, several read chunks
@@ -94,6 +95,41 @@ async def disconnect_log(request):
     return JSONResponse({"disconnects": disconnects})
 
 
+websocket_log: list[str] = []
+
+
+async def chat(websocket: WebSocket):
+    requested = websocket.scope["subprotocols"]
+    await websocket.accept(subprotocol="chat.v1" if "chat.v1" in requested else None)
+    try:
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                websocket_log.append(f"disconnect {message['code']}")
+                return
+            if message.get("text") is not None:
+                if message["text"] == "close please":
+                    await websocket.close(code=4001, reason="asked to")
+                    return
+                await websocket.send_text(f"echo: {message['text']}")
+            else:
+                await websocket.send_bytes(message["bytes"][::-1])
+    except WebSocketDisconnect:
+        websocket_log.append("disconnect")
+
+
+async def denied(websocket: WebSocket):
+    await websocket.close()
+
+
+async def crashes(websocket: WebSocket):
+    raise RuntimeError("websocket handler crashed before accepting")
+
+
+async def websocket_events(request):
+    return JSONResponse({"log": websocket_log})
+
+
 class AddHeader(BaseHTTPMiddleware):
     async def dispatch(self, request, call_next):
         response = await call_next(request)
@@ -112,6 +148,10 @@ app = Starlette(
         Route("/redirect", redirect),
         Route("/wait-for-disconnect", wait_for_disconnect),
         Route("/disconnects", disconnect_log),
+        Route("/websocket-log", websocket_events),
+        WebSocketRoute("/ws", chat),
+        WebSocketRoute("/ws-denied", denied),
+        WebSocketRoute("/ws-crash", crashes),
     ],
     middleware=[Middleware(AddHeader)],
     lifespan=lifespan,

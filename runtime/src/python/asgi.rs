@@ -23,6 +23,7 @@ use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList, PyString, PyTuple};
 use tokio::sync::{mpsc, oneshot};
 
 use super::executor::LoopShared;
+use super::task::AppConnection;
 use crate::pool::{HttpRequest, HttpResponse, Latch, RequestBody, ResponseBody, StreamAborted};
 use crate::server::percent_decode_path;
 
@@ -63,7 +64,7 @@ impl Ready {
     fn close(&self) {}
 }
 
-fn ready<'py>(py: Python<'py>, value: Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+pub fn ready<'py>(py: Python<'py>, value: Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
     Ok(Bound::new(
         py,
         Ready {
@@ -428,9 +429,10 @@ impl AsgiExchange {
             self.resolve(py, waiter.bind(py), Self::disconnect_message(py));
         }
     }
+}
 
-    /// The app's coroutine finished (with `error` if it raised or was cancelled).
-    pub fn app_finished(&self, py: Python<'_>, error: Option<PyErr>) {
+impl AppConnection for AsgiExchange {
+    fn app_finished(&self, py: Python<'_>, error: Option<PyErr>) {
         let (response, reply) = {
             let mut state = self.lock();
             (

@@ -28,7 +28,8 @@ use tokio::sync::{oneshot, Notify};
 use super::asgi::{self, AsgiEndpoint, AsgiExchange};
 use super::request::Request;
 use super::response::to_response;
-use super::task::{in_context, Completion, RequestTask};
+use super::task::{in_context, AppConnection, Completion, RequestTask};
+use super::websocket;
 use crate::pool::{Executor, ExecutorFactory, HttpRequest, HttpResponse, LocalBoxFuture};
 
 /// What a route runs: a native handler, or (for every path) an ASGI app.
@@ -140,15 +141,29 @@ impl PyExecutor {
             .borrow()
             .as_ref()
             .map(|s| s.bind(py).clone());
-        let started = (|| -> PyResult<Arc<AsgiExchange>> {
-            let (exchange, arguments) = asgi::prepare(
-                py,
-                &self.shared,
-                endpoint,
-                request,
-                loop_state.as_ref(),
-                reply,
-            )?;
+        let started = (|| -> PyResult<Option<Arc<AsgiExchange>>> {
+            let (connection, arguments, exchange): (Arc<dyn AppConnection>, _, _) =
+                if websocket::is_websocket(&request) {
+                    let (socket, arguments) = websocket::prepare(
+                        py,
+                        &self.shared,
+                        endpoint,
+                        request,
+                        loop_state.as_ref(),
+                        reply,
+                    )?;
+                    (socket, arguments, None)
+                } else {
+                    let (exchange, arguments) = asgi::prepare(
+                        py,
+                        &self.shared,
+                        endpoint,
+                        request,
+                        loop_state.as_ref(),
+                        reply,
+                    )?;
+                    (exchange.clone(), arguments, Some(exchange))
+                };
             let context = new_context(py)?;
             let coroutine = in_context(&context, || endpoint.app.bind(py).call1(arguments))??;
             // SAFETY: attached, live object.
@@ -163,7 +178,7 @@ impl PyExecutor {
                 Arc::clone(&self.shared),
                 context.unbind(),
                 name.clone(),
-                Completion::Asgi(Arc::clone(&exchange)),
+                Completion::Asgi(connection),
             )?;
             RequestTask::step(&task, None);
             Ok(exchange)
@@ -172,7 +187,7 @@ impl PyExecutor {
             Ok(exchange) => exchange,
             Err(err) => return Ok(self.shared.fail(py, &err, &name)),
         };
-        if !exchange.finished.is_set() {
+        if let Some(exchange) = exchange.filter(|e| !e.finished.is_set()) {
             // Still running: tell a waiting `receive()` if the client goes away first.
             tokio::task::spawn_local(async move {
                 tokio::select! {

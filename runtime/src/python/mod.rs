@@ -9,6 +9,7 @@ mod response;
 mod serialize;
 mod server;
 mod task;
+mod websocket;
 
 use pyo3::create_exception;
 use pyo3::exceptions::PyException;

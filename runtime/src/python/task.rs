@@ -23,8 +23,13 @@ use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 use tokio::sync::oneshot;
 
-use super::asgi::AsgiExchange;
 use super::executor::LoopShared;
+
+/// An ASGI connection (HTTP exchange or WebSocket) told that its app's coroutine is over.
+pub trait AppConnection: Send + Sync {
+    /// `error` is set if the app raised or was cancelled.
+    fn app_finished(&self, py: Python<'_>, error: Option<PyErr>);
+}
 use crate::pool::HttpResponse;
 
 thread_local! {
@@ -69,8 +74,8 @@ pub enum Completion {
         status_code: u16,
         reply: oneshot::Sender<HttpResponse>,
     },
-    /// An ASGI app: the response was (or should have been) sent through `send`; the exchange judges.
-    Asgi(std::sync::Arc<AsgiExchange>),
+    /// An ASGI app: the response was (or should have been) sent through `send`; the connection judges.
+    Asgi(std::sync::Arc<dyn AppConnection>),
     /// Not a request (lifespan, loop hooks): deliver the result to Rust.
     Detached(oneshot::Sender<PyResult<Py<PyAny>>>),
 }
