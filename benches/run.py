@@ -113,7 +113,9 @@ def contenders() -> list[Contender]:
         found.append(Contender(HYPER, [baseline, PORT], ["/json"]))
     for python, label in pythons:
         found.append(
-            Contender(PERCORE.format("native", label), percore(python, "benches.apps.native:api"), APP_ENDPOINTS)
+            Contender(
+                PERCORE.format("native", label), percore(python, "benches.apps.native:api"), APP_ENDPOINTS
+            )
         )
     if peers:
         found.append(Contender(GRANIAN_RSGI, granian(peers, "rsgi", "benches.apps.rsgi_app:app"), ["/json"]))
@@ -122,7 +124,9 @@ def contenders() -> list[Contender]:
             found.append(Contender(PERCORE.format(framework, label), percore(python, app), APP_ENDPOINTS))
         if peers:
             found.append(Contender(UVICORN.format(framework), uvicorn(peers, app), APP_ENDPOINTS))
-            found.append(Contender(GRANIAN_ASGI.format(framework), granian(peers, "asgi", app), APP_ENDPOINTS))
+            found.append(
+                Contender(GRANIAN_ASGI.format(framework), granian(peers, "asgi", app), APP_ENDPOINTS)
+            )
     return found
 
 
@@ -201,7 +205,11 @@ def stop(process: subprocess.Popen) -> dict:
     except ProcessLookupError:
         pass
     process.wait()
-    return {"exit": process.returncode, "killed": killed, "stop_seconds": round(time.monotonic() - started, 2)}
+    return {
+        "exit": process.returncode,
+        "killed": killed,
+        "stop_seconds": round(time.monotonic() - started, 2),
+    }
 
 
 def measure(contender: Contender, args) -> tuple[dict, dict]:
@@ -227,7 +235,12 @@ def measure(contender: Contender, args) -> tuple[dict, dict]:
                 key, method, path, script = parse_endpoint(endpoint)
                 try:
                     results[key] = measure_endpoint(port, method, path, script, args)
-                except (OSError, RuntimeError, http.client.HTTPException, subprocess.CalledProcessError) as error:
+                except (
+                    OSError,
+                    RuntimeError,
+                    http.client.HTTPException,
+                    subprocess.CalledProcessError,
+                ) as error:
                     server["failures"].append(f"{key}: {error}")
                     print(f"  {contender.name:44} {key:16} FAILED: {error}", flush=True)
                     continue
@@ -245,8 +258,11 @@ def measure(contender: Contender, args) -> tuple[dict, dict]:
             output = log.read()
         if server["failures"] and output.strip():
             server["log_tail"] = output[-3000:]
-            print("  server output (tail):\n    " + output[-3000:].strip().replace("\n", "\n    "), flush=True)
-    graceful = "" if server["exit"] == 0 and not server["killed"] else " (not graceful)"
+            print(
+                "  server output (tail):\n    " + output[-3000:].strip().replace("\n", "\n    "), flush=True
+            )
+    # uvicorn re-raises SIGTERM after its graceful shutdown, so -15 without a kill is graceful too.
+    graceful = "" if server["exit"] in (0, -signal.SIGTERM) and not server["killed"] else " (not graceful)"
     print(f"  stopped: exit {server['exit']} after {server['stop_seconds']} s{graceful}", flush=True)
     return results, server
 
@@ -296,11 +312,19 @@ def machine() -> dict:
         except (OSError, ValueError):
             return {}
 
-    keys = [key for key in ("PERCORE_PYTHON_NOGIL", "PERCORE_PYTHON_GIL", "PEERS_PYTHON") if os.environ.get(key)]
+    keys = [
+        key for key in ("PERCORE_PYTHON_NOGIL", "PERCORE_PYTHON_GIL", "PEERS_PYTHON") if os.environ.get(key)
+    ]
     commit = version(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"])
+    status = subprocess.run(
+        ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True,
+        text=True,
+    )
     return {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "commit": commit,
+        "uncommitted_changes": bool(status.stdout.strip()),
         "cpu": next(
             (
                 line.split(":", 1)[1].strip()
@@ -382,7 +406,9 @@ def problems(results: dict, servers: dict) -> list[str]:
         for key, r in endpoints.items():
             socket_errors = [run["socket_errors"] for run in r["runs"] if run["socket_errors"]]
             if r["errors"] or socket_errors:
-                found.append(f"{name} `{key}`: {r['errors']} non-2xx, socket errors: {socket_errors or 'none'}")
+                found.append(
+                    f"{name} `{key}`: {r['errors']} non-2xx, socket errors: {socket_errors or 'none'}"
+                )
     return found
 
 
@@ -429,6 +455,8 @@ def main() -> int:
     info = machine()
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"{info['date'][:10]}-{info['commit']}.json"
+    if path.exists():  # a second run (or an --only rerun) on the same day and commit keeps the first
+        path = path.with_stem(f"{path.stem}-{info['date'][11:19].replace(':', '')}")
     settings = {k: v for k, v in vars(args).items() if k not in ("out", "list")}
     path.write_text(
         json.dumps({"machine": info, "settings": settings, "results": results, "servers": servers}, indent=2)
