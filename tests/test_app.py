@@ -17,8 +17,12 @@ def test_path_params_and_request_are_found_in_the_signature():
 
     (route,) = api.routes
     assert route.method == "GET"
-    assert route.path_params == ["user_id", "post_id"]
-    assert route.request_param == "request"
+    assert [(p.name, p.source) for p in route.params] == [
+        ("user_id", "path"),
+        ("post_id", "path"),
+        ("request", "request"),
+        ("verbose", "query"),
+    ]
 
 
 def test_request_is_found_by_annotation_under_any_name():
@@ -28,7 +32,7 @@ def test_request_is_found_by_annotation_under_any_name():
     def create(incoming: percore.Request):
         return None
 
-    assert api.routes[0].request_param == "incoming"
+    assert [(p.name, p.source) for p in api.routes[0].params] == [("incoming", "request")]
 
 
 def test_route_registers_every_method_with_one_handler():
@@ -39,15 +43,6 @@ def test_route_registers_every_method_with_one_handler():
         return []
 
     assert [(r.method, r.status_code) for r in api.routes] == [("GET", 201), ("POST", 201)]
-
-
-def test_a_parameter_nobody_can_fill_is_rejected_at_registration():
-    api = percore.App()
-    with pytest.raises(percore.ConfigurationError, match="'q' is neither a path parameter"):
-
-        @api.get("/search")
-        def search(q):
-            return q
 
 
 def test_a_path_must_start_with_a_slash():
@@ -85,3 +80,46 @@ def test_unknown_routing_policy_is_a_configuration_error():
 
 def test_the_extension_is_the_documented_server_type():
     assert percore.server.Server(percore.App(), ServerConfig(port=0))._server.__class__ is Server
+
+
+NATIVE = "tests.apps.native_api:api"
+
+
+def test_http_exceptions_and_registered_handlers(serve):
+    server = serve(NATIVE, "--loops", "1")
+    client = server.client()
+    reply = client.get("/teapot/http")
+    assert (reply.status, reply.json(), reply.headers["x-tea"]) == (
+        418,
+        {"detail": "I'm a teapot"},
+        "earl grey",
+    )
+    reply = client.get("/teapot/custom")
+    assert (reply.status, reply.json()) == (503, {"error": "no more oolong"})
+    reply = client.get("/teapot/bug")
+    assert (reply.status, reply.text) == (500, "Internal Server Error")
+    server.stop()
+    assert "a plain bug" in server.stderr
+    assert "I'm a teapot" not in server.stderr  # handled exceptions are not logged as failures
+
+
+def test_routers_mount_under_their_prefix(serve):
+    server = serve(NATIVE, "--loops", "1")
+    client = server.client()
+    assert client.get("/users/7").json() == {"user_id": 7}
+    reply = client.request("DELETE", "/users/7")
+    assert (reply.status, reply.body) == (204, b"")
+    assert client.get("/7").status == 404
+
+
+def test_loop_start_hooks_run_on_every_loop_and_state_is_per_loop(serve):
+    server = serve(NATIVE, "--loops", "2", "--routing", "round-robin")
+    client = server.client()
+    replies = [client.get("/state").json() for _ in range(4)]
+    assert all(reply["same_thread"] for reply in replies)
+    assert {reply["loop"] for reply in replies} == {0, 1}
+
+
+def test_router_prefix_must_be_a_path():
+    with pytest.raises(percore.ConfigurationError, match="prefix"):
+        percore.Router(prefix="users/")

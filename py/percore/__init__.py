@@ -5,20 +5,28 @@ from . import _asyncio_patch
 _asyncio_patch.install()
 
 from ._runtime import __version__  # noqa: E402
-from .app import App  # noqa: E402
-from .exceptions import ConfigurationError, PercoreError, StartupError  # noqa: E402
+from .app import App, Router  # noqa: E402
+from .exceptions import ConfigurationError, HTTPException, PercoreError, StartupError  # noqa: E402
+from .params import Body, Cookie, Header, Path, Query  # noqa: E402
 from .requests import Request  # noqa: E402
 from .responses import HTMLResponse, JSONResponse, PlainTextResponse, Response  # noqa: E402
 
 __all__ = [
     "App",
+    "Body",
     "ConfigurationError",
+    "Cookie",
     "HTMLResponse",
+    "HTTPException",
+    "Header",
     "JSONResponse",
+    "Path",
     "PercoreError",
     "PlainTextResponse",
+    "Query",
     "Request",
     "Response",
+    "Router",
     "StartupError",
     "__version__",
 ]

@@ -1,6 +1,6 @@
 """Type stubs for percore's Rust extension module."""
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 __version__: str
@@ -35,6 +35,9 @@ class Request:
     def server(self) -> tuple[str, int]: ...
     @property
     def loop_index(self) -> int: ...
+    @property
+    def state(self) -> dict[str, Any] | None: ...
+    def json(self) -> Awaitable[Any]: ...
 
 class RequestTask:
     def cancel(self, msg: Any = None) -> bool: ...
@@ -63,6 +66,10 @@ class Server:
         loop_factory: Callable[[], Any],
         response_class: type,
         on_error: Callable[[str, BaseException], None],
+        asgi_app: Any = None,
+        root_path: str = "",
+        lifecycle: Callable[[], Any] | None = None,
+        exception_responder: Callable[[BaseException], Any] | None = None,
     ) -> None: ...
     def start(self) -> None: ...
     def wait(self, timeout: float) -> bool: ...

@@ -55,7 +55,10 @@ class Server:
             on_error=log_handler_error,
             asgi_app=app if asgi else None,
             root_path=config.root_path,
-            lifecycle=(lambda: Lifespan(app)) if asgi and config.lifespan else None,
+            lifecycle=(lambda: Lifespan(app))
+            if asgi and config.lifespan
+            else (None if asgi else app._lifecycle),
+            exception_responder=None if asgi else app._exception_response,
         )
 
     def start(self) -> None:

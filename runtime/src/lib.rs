@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod pool;
+pub mod query;
 pub mod router;
 pub mod routing;
 pub mod server;

@@ -282,39 +282,3 @@ fn into_hyper(response: HttpResponse) -> hyper::Response<Body> {
     }
     out
 }
-
-/// Percent-decodes a request path (for ASGI's `path`); invalid escapes are kept as they are and invalid
-/// UTF-8 is replaced, so no path a client can send is an error.
-pub fn percent_decode_path(raw: &str) -> String {
-    let bytes = raw.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
-            if let Some(value) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                out.push(value);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::percent_decode_path;
-
-    #[test]
-    fn paths_are_percent_decoded_leniently() {
-        assert_eq!(percent_decode_path("/a%20b"), "/a b");
-        assert_eq!(percent_decode_path("/caf%C3%A9"), "/café");
-        assert_eq!(percent_decode_path("/bad%zzx"), "/bad%zzx");
-        assert_eq!(percent_decode_path("/end%2"), "/end%2");
-        assert_eq!(percent_decode_path("/x%41"), "/xA");
-        assert_eq!(percent_decode_path("/invalid%FF"), "/invalid\u{FFFD}");
-    }
-}

@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::executor::LoopShared;
 use super::task::AppConnection;
 use crate::pool::{HttpRequest, HttpResponse, Latch, RequestBody, ResponseBody, StreamAborted};
-use crate::server::percent_decode_path;
+use crate::query::percent_decode_path;
 
 /// How many body chunks may wait for the client before `send` makes the app wait.
 const STREAM_BUFFER: usize = 16;

@@ -21,12 +21,12 @@ use std::time::Duration;
 use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyString, PyTuple};
+use pyo3::types::{PyDict, PyTuple};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{oneshot, Notify};
 
 use super::asgi::{self, AsgiEndpoint, AsgiExchange};
-use super::request::Request;
+use super::params::{self, Param};
 use super::response::to_response;
 use super::task::{in_context, AppConnection, Completion, RequestTask};
 use super::websocket;
@@ -41,10 +41,8 @@ pub enum Endpoint {
 /// One registered route's handler, analysed once at startup.
 pub struct NativeEndpoint {
     pub function: Py<PyAny>,
-    /// Interned keyword names for the path parameters the handler takes.
-    pub path_params: Vec<Py<PyString>>,
-    /// The keyword to pass the `Request` as, if the handler asks for it.
-    pub request_param: Option<Py<PyString>>,
+    /// How to bind each keyword argument the handler takes.
+    pub params: Vec<Param>,
     pub status_code: u16,
     /// "GET /users/{id}", for logs.
     pub name: String,
@@ -56,11 +54,29 @@ pub struct LoopShared {
     pub cancelled_error_type: Py<PyAny>,
     /// Tells the driver to look at the asyncio loop again (work was scheduled outside `_run_once`).
     pub wake: Notify,
+    pub uuid_class: Py<PyAny>,
     response_class: Py<PyAny>,
     on_error: Py<PyAny>,
+    /// The native app's `_exception_response(error)`: a response for handled exception types, or None.
+    exception_responder: Option<Py<PyAny>>,
 }
 
 impl LoopShared {
+    /// A native handler raised: the app's exception handlers (HTTPException, `@exception_handler`) may
+    /// turn it into a response; anything else is a logged 500.
+    pub fn handler_failed(&self, py: Python<'_>, err: &PyErr, name: &str) -> HttpResponse {
+        if let Some(responder) = &self.exception_responder {
+            match responder.call1(py, (err.value(py),)) {
+                Ok(response) if !response.is_none(py) => {
+                    return self.respond(py, response.bind(py), 200, name);
+                }
+                Ok(_) => {}
+                Err(handler_err) => return self.fail(py, &handler_err, name),
+            }
+        }
+        self.fail(py, err, name)
+    }
+
     /// The handler's return value as a response; a value that cannot be sent becomes a logged 500.
     pub fn respond(
         &self,
@@ -217,8 +233,9 @@ impl PyExecutor {
         };
         let called = self.call_handler(py, endpoint, request, &context);
         let value = match called {
-            Ok(value) => value,
-            Err(err) => return Ok(self.shared.fail(py, &err, &endpoint.name)),
+            Ok(Ok(value)) => value,
+            Ok(Err(rejected)) => return Ok(rejected),
+            Err(err) => return Ok(self.shared.handler_failed(py, &err, &endpoint.name)),
         };
         // SAFETY: attached, live object.
         if unsafe { ffi::PyCoro_CheckExact(value.as_ptr()) } == 0 {
@@ -290,44 +307,41 @@ impl PyExecutor {
         }
     }
 
+    /// Binds the parameters and calls the handler inside `context`; `Ok(Err(response))` when the request
+    /// was rejected before the handler ran (422/400).
     fn call_handler<'py>(
         &self,
         py: Python<'py>,
         endpoint: &NativeEndpoint,
         request: HttpRequest,
         context: &Bound<'py, PyAny>,
-    ) -> PyResult<Bound<'py, PyAny>> {
+    ) -> PyResult<Result<Bound<'py, PyAny>, HttpResponse>> {
         let function = endpoint.function.bind(py);
-        let kwargs = if endpoint.path_params.is_empty() && endpoint.request_param.is_none() {
+        let kwargs = if endpoint.params.is_empty() {
             None
         } else {
-            let kwargs = PyDict::new(py);
-            for (name, value) in &request.params {
-                if let Some(key) = endpoint
-                    .path_params
-                    .iter()
-                    .find(|key| key.bind(py).to_str().is_ok_and(|k| k == name))
-                {
-                    kwargs.set_item(key.bind(py), value)?;
-                }
+            let state = self
+                .loop_state
+                .borrow()
+                .as_ref()
+                .map(|s| s.clone_ref(py).into_any());
+            match params::bind(
+                py,
+                &endpoint.params,
+                request,
+                self.index,
+                state,
+                self.shared.uuid_class.bind(py),
+            )? {
+                Ok(kwargs) => Some(kwargs),
+                Err(rejected) => return Ok(Err(rejected.into_response(py)?)),
             }
-            if let Some(key) = &endpoint.request_param {
-                kwargs.set_item(key.bind(py), Request::new(request, self.index))?;
-            }
-            Some(kwargs)
         };
-        // SAFETY: attached; the context is this request's own and not entered anywhere else.
-        if unsafe { ffi::PyContext_Enter(context.as_ptr()) } != 0 {
-            return Err(PyErr::fetch(py));
-        }
-        let result = match &kwargs {
+        in_context(context, || match &kwargs {
             None => function.call0(),
             Some(kwargs) => function.call(PyTuple::empty(py), Some(kwargs)),
-        };
-        if unsafe { ffi::PyContext_Exit(context.as_ptr()) } != 0 {
-            return Err(PyErr::fetch(py));
-        }
-        result
+        })?
+        .map(Ok)
     }
 
     /// A handler may have scheduled asyncio work (`create_task`, `call_later`) without suspending; the
@@ -493,6 +507,7 @@ pub struct PyExecutorFactory {
     pub lifecycle: Option<Py<PyAny>>,
     pub response_class: Py<PyAny>,
     pub on_error: Py<PyAny>,
+    pub exception_responder: Option<Py<PyAny>>,
 }
 
 impl ExecutorFactory for PyExecutorFactory {
@@ -522,17 +537,20 @@ impl ExecutorFactory for PyExecutorFactory {
             .map_err(|e| pyo3::exceptions::PyOSError::new_err(e.to_string()))?;
             let cancelled_error_type = py.import("asyncio")?.getattr("CancelledError")?.unbind();
             let lifecycle = match &self.lifecycle {
-                Some(factory) => Some(factory.call0(py)?),
+                Some(factory) => Some(factory.call0(py)?).filter(|l| !l.is_none(py)),
                 None => None,
             };
+            let uuid_class = py.import("uuid")?.getattr("UUID")?.unbind();
             Ok(PyExecutor {
                 index: loop_index,
                 shared: Arc::new(LoopShared {
                     event_loop,
                     cancelled_error_type,
                     wake: Notify::new(),
+                    uuid_class,
                     response_class: self.response_class.clone_ref(py),
                     on_error: self.on_error.clone_ref(py),
+                    exception_responder: self.exception_responder.as_ref().map(|r| r.clone_ref(py)),
                 }),
                 ready,
                 scheduled_seen: Cell::new(0),

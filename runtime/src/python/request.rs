@@ -10,11 +10,16 @@ use crate::pool::HttpRequest;
 pub struct Request {
     inner: HttpRequest,
     loop_index: usize,
+    state: Option<Py<PyAny>>,
 }
 
 impl Request {
-    pub fn new(inner: HttpRequest, loop_index: usize) -> Self {
-        Request { inner, loop_index }
+    pub fn new(inner: HttpRequest, loop_index: usize, state: Option<Py<PyAny>>) -> Self {
+        Request {
+            inner,
+            loop_index,
+            state,
+        }
     }
 }
 
@@ -112,6 +117,20 @@ impl Request {
     #[getter]
     fn server(&self) -> (String, u16) {
         (self.inner.server.ip().to_string(), self.inner.server.port())
+    }
+
+    /// This loop's state: what the app's `on_loop_start` hooks put there (a dict; None without hooks).
+    #[getter]
+    fn state(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.state.as_ref().map(|s| s.clone_ref(py))
+    }
+
+    /// `await request.json()`: the body parsed as JSON (sonic-rs); malformed JSON raises ValueError.
+    /// The body is already read, so the awaitable is complete at once.
+    fn json<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let value = super::serialize::from_json(py, self.inner.body.full())
+            .map_err(|e| pyo3::exceptions::PyValueError::new_err(format!("malformed JSON: {e}")))?;
+        super::asgi::ready(py, value)
     }
 
     /// The index of the loop running this request.

@@ -7,6 +7,7 @@
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
+use pyo3::IntoPyObject;
 use serde::ser::{Error as _, SerializeMap, SerializeSeq};
 use serde::{Serialize, Serializer};
 
@@ -115,4 +116,85 @@ fn key_text(key: &Bound<'_, PyAny>) -> Result<String, String> {
 /// Serialises `value` to JSON; a value that has no JSON form raises `TypeError`.
 pub fn to_json(value: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
     sonic_rs::to_vec(&Json { value, depth: 0 }).map_err(|e| PyTypeError::new_err(e.to_string()))
+}
+
+/// Builds Python objects straight from the JSON token stream (no intermediate tree): objects → dict,
+/// arrays → list, strings → str, integers → int (any size that fits 64 bits; larger ones → float, as
+/// sonic-rs reads them), other numbers → float, true/false → bool, null → None.
+struct PyValue<'py>(Python<'py>);
+
+impl<'de, 'py> serde::de::DeserializeSeed<'de> for PyValue<'py> {
+    type Value = Bound<'py, PyAny>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(
+        self,
+        deserializer: D,
+    ) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de, 'py> serde::de::Visitor<'de> for PyValue<'py> {
+    type Value = Bound<'py, PyAny>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(PyBool::new(self.0, v).to_owned().into_any())
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(v.into_pyobject(self.0).unwrap().into_any())
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(v.into_pyobject(self.0).unwrap().into_any())
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(PyFloat::new(self.0, v).into_any())
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(PyString::new(self.0, v).into_any())
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(self.0.None().into_bound(self.0))
+    }
+
+    fn visit_none<E>(self) -> Result<Self::Value, E> {
+        Ok(self.0.None().into_bound(self.0))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let list = PyList::empty(self.0);
+        while let Some(item) = seq.next_element_seed(PyValue(self.0))? {
+            list.append(item).map_err(serde::de::Error::custom)?;
+        }
+        Ok(list.into_any())
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let dict = PyDict::new(self.0);
+        while let Some(key) = map.next_key_seed(PyValue(self.0))? {
+            let value = map.next_value_seed(PyValue(self.0))?;
+            dict.set_item(key, value)
+                .map_err(serde::de::Error::custom)?;
+        }
+        Ok(dict.into_any())
+    }
+}
+
+/// Parses JSON bytes into Python objects with sonic-rs; the error text says what and where.
+pub fn from_json<'py>(py: Python<'py>, bytes: &[u8]) -> Result<Bound<'py, PyAny>, String> {
+    use serde::de::DeserializeSeed;
+    let mut deserializer = sonic_rs::Deserializer::from_slice(bytes);
+    let value = PyValue(py)
+        .deserialize(&mut deserializer)
+        .map_err(|e| e.to_string())?;
+    deserializer.end().map_err(|e| e.to_string())?;
+    Ok(value)
 }

@@ -6,10 +6,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pyo3::prelude::*;
-use pyo3::types::PyString;
 
 use super::asgi::AsgiEndpoint;
 use super::executor::{Endpoint, NativeEndpoint, PyExecutorFactory};
+use super::params::{Param, ParamSpec};
 use super::{ConfigurationError, StartupError};
 use crate::config::{Config, LoopCount};
 use crate::pool::{self, RunningPool};
@@ -22,8 +22,7 @@ pub struct RouteSpec {
     method: String,
     path: String,
     function: Py<PyAny>,
-    path_params: Vec<String>,
-    request_param: Option<String>,
+    params: Vec<ParamSpec>,
     status_code: u16,
 }
 
@@ -68,7 +67,7 @@ impl Server {
     #[new]
     #[pyo3(signature = (
         routes, *, host, port, loops, routing, loop_factory, response_class, on_error,
-        asgi_app=None, root_path=String::new(), lifecycle=None
+        asgi_app=None, root_path=String::new(), lifecycle=None, exception_responder=None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -84,6 +83,7 @@ impl Server {
         asgi_app: Option<Py<PyAny>>,
         root_path: String,
         lifecycle: Option<Py<PyAny>>,
+        exception_responder: Option<Py<PyAny>>,
     ) -> PyResult<Self> {
         let loops = LoopCount::parse(loops).map_err(config_error)?;
         let routing: RoutingPolicy = routing.parse().map_err(config_error)?;
@@ -93,6 +93,7 @@ impl Server {
             lifecycle,
             response_class,
             on_error,
+            exception_responder,
         });
         if let Some(app) = asgi_app {
             return Ok(Server::with(
@@ -110,16 +111,15 @@ impl Server {
             router
                 .insert(method.clone(), &route.path, endpoints.len())
                 .map_err(config_error)?;
+            let params = route
+                .params
+                .into_iter()
+                .map(|spec| Param::from_spec(py, spec))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(config_error)?;
             endpoints.push(Endpoint::Native(NativeEndpoint {
                 function: route.function,
-                path_params: route
-                    .path_params
-                    .iter()
-                    .map(|name| PyString::intern(py, name).unbind())
-                    .collect(),
-                request_param: route
-                    .request_param
-                    .map(|name| PyString::intern(py, &name).unbind()),
+                params,
                 status_code: route.status_code,
                 name: format!("{method} {}", route.path),
             }));

@@ -306,7 +306,7 @@ impl RequestTask {
                         this.shared
                             .respond(py, value.bind(py), status_code, &this.name)
                     }
-                    Outcome::Raised(err) => this.shared.fail(py, err, &this.name),
+                    Outcome::Raised(err) => this.shared.handler_failed(py, err, &this.name),
                     _ => this.shared.fail(
                         py,
                         &PyRuntimeError::new_err("the request's handler was cancelled"),

@@ -30,7 +30,7 @@ use super::asgi::{ready, AsgiEndpoint};
 use super::executor::LoopShared;
 use super::task::AppConnection;
 use crate::pool::{HttpRequest, HttpResponse, ResponseBody};
-use crate::server::percent_decode_path;
+use crate::query::percent_decode_path;
 
 enum Phase {
     Handshake,

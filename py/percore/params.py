@@ -1,0 +1,278 @@
+"""Where handler parameters come from, decided once per route from the handler's signature.
+
+    @api.get("/items/{item_id}")
+    async def read(item_id: int, q: str | None = None, tags: list[str] = [],
+                   x_token: str = Header(), session: str | None = Cookie(None),
+                   request: Request = None): ...
+
+- a name in the path (``{item_id}``) is a path parameter;
+- ``Header()``, ``Cookie()``, ``Query()``, ``Body()`` (as the default, or inside ``Annotated[...]``) say
+  so explicitly; headers are matched as ``x_token`` → ``x-token``;
+- a ``dict``, ``list`` of models, dataclass, TypedDict or pydantic model is the JSON body;
+- ``Request`` (or a parameter named ``request``) is the request;
+- anything else is a query parameter. ``list[str]``/``list[int]`` collect repeated keys.
+
+Scalars (str, int, float, bool, UUID and lists of them) are read and converted in Rust; a body is
+parsed with sonic-rs and, when it names a model, validated here by a converter built once. Invalid
+input is answered 422 naming every bad field, in FastAPI's format; malformed JSON is 400.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import types
+import typing
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, Union, get_args, get_origin
+
+from .exceptions import ConfigurationError
+from .requests import Request
+
+
+class _Required:
+    def __repr__(self) -> str:
+        return "required"
+
+
+REQUIRED: Any = _Required()
+
+
+class _Marker:
+    source = ""
+
+    def __init__(self, default: Any = REQUIRED, *, alias: str | None = None) -> None:
+        self.default = default
+        self.alias = alias
+
+
+class Path(_Marker):
+    source = "path"
+
+
+class Query(_Marker):
+    source = "query"
+
+
+class Header(_Marker):
+    source = "header"
+
+    def __init__(
+        self, default: Any = REQUIRED, *, alias: str | None = None, convert_underscores: bool = True
+    ):
+        super().__init__(default, alias=alias)
+        self.convert_underscores = convert_underscores
+
+
+class Cookie(_Marker):
+    source = "cookie"
+
+
+class Body(_Marker):
+    source = "body"
+
+
+@dataclass(frozen=True)
+class Param:
+    """One keyword argument of a handler, as the Rust side binds it."""
+
+    name: str
+    source: str  # path | query | header | cookie | body | request
+    key: str  # the name on the wire
+    kind: str  # str | int | float | bool | uuid | list[<scalar>] | json
+    required: bool
+    default: Any
+    converter: Callable[[Any], tuple[bool, Any]] | None = None
+
+
+SCALARS = {str: "str", int: "int", float: "float", bool: "bool", uuid.UUID: "uuid"}
+
+
+def _strip_optional(annotation: Any) -> tuple[Any, bool]:
+    origin = get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        members = [a for a in get_args(annotation) if a is not type(None)]
+        if len(members) == 1:
+            return members[0], True
+    return annotation, False
+
+
+def _is_typed_dict(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, dict) and hasattr(annotation, "__total__")
+
+
+def _is_pydantic_model(annotation: Any) -> bool:
+    return isinstance(annotation, type) and any(c.__name__ == "BaseModel" for c in annotation.__mro__[1:])
+
+
+def _is_body_type(annotation: Any) -> bool:
+    base = get_origin(annotation) or annotation
+    if base in (dict, list) and not (base is list and _scalar_kind(annotation)):
+        return True
+    return (
+        dataclasses.is_dataclass(annotation) or _is_typed_dict(annotation) or _is_pydantic_model(annotation)
+    )
+
+
+def _scalar_kind(annotation: Any) -> str | None:
+    if annotation is inspect.Parameter.empty or annotation is Any:
+        return "str"
+    if annotation in SCALARS:
+        return SCALARS[annotation]
+    if get_origin(annotation) is list:
+        (item,) = get_args(annotation) or (str,)
+        if item in SCALARS:
+            return f"list[{SCALARS[item]}]"
+    return None
+
+
+def _pydantic_errors(error: Any) -> list[dict]:
+    return [
+        {"type": e["type"], "loc": ["body", *e["loc"]], "msg": e["msg"], "input": e.get("input")}
+        for e in error.errors(include_url=False)
+    ]
+
+
+def _body_converter(annotation: Any) -> Callable[[Any], tuple[bool, Any]] | None:
+    """A validator for the parsed JSON, or None when any JSON value will do."""
+    if annotation is inspect.Parameter.empty or annotation is Any:
+        return None
+    base = get_origin(annotation) or annotation
+    if base in (dict, list) and not get_args(annotation):
+        expected, kind = (dict, "dict_type") if base is dict else (list, "list_type")
+        message = "Input should be a valid dictionary" if base is dict else "Input should be a valid list"
+
+        def check(value: Any) -> tuple[bool, Any]:
+            if isinstance(value, expected):
+                return True, value
+            return False, [{"type": kind, "loc": ["body"], "msg": message, "input": value}]
+
+        return check
+    try:
+        from pydantic import TypeAdapter, ValidationError
+    except ImportError:  # pydantic is optional: plain dataclasses and TypedDicts still work
+        return _plain_converter(annotation)
+    if _is_pydantic_model(annotation):
+        validate = annotation.model_validate
+    else:
+        validate = TypeAdapter(annotation).validate_python
+
+    def validate_body(value: Any) -> tuple[bool, Any]:
+        try:
+            return True, validate(value)
+        except ValidationError as error:
+            return False, _pydantic_errors(error)
+
+    return validate_body
+
+
+def _plain_converter(annotation: Any) -> Callable[[Any], tuple[bool, Any]]:
+    def invalid(message: str, value: Any) -> tuple[bool, Any]:
+        return False, [{"type": "model_type", "loc": ["body"], "msg": message, "input": value}]
+
+    if dataclasses.is_dataclass(annotation):
+
+        def build(value: Any) -> tuple[bool, Any]:
+            if not isinstance(value, dict):
+                return invalid("Input should be an object", value)
+            try:
+                return True, annotation(**value)
+            except TypeError as error:
+                return invalid(str(error), value)
+
+        return build
+
+    if _is_typed_dict(annotation):
+        required = getattr(annotation, "__required_keys__", frozenset())
+
+        def check(value: Any) -> tuple[bool, Any]:
+            if not isinstance(value, dict):
+                return invalid("Input should be an object", value)
+            missing = sorted(required - value.keys())
+            if missing:
+                return False, [
+                    {"type": "missing", "loc": ["body", key], "msg": "Field required", "input": value}
+                    for key in missing
+                ]
+            return True, value
+
+        return check
+    raise ConfigurationError(f"body type {annotation!r} needs pydantic installed to be validated")
+
+
+def analyse(method: str, path: str, function: Callable[..., Any], path_params: list[str]) -> list[Param]:
+    """The parameters of ``function`` served at ``method path``; mistakes are ConfigurationErrors."""
+    where = f"{method} {path} ({getattr(function, '__qualname__', function)!r})"
+    try:
+        signature = inspect.signature(function)
+        hints = typing.get_type_hints(function, include_extras=True)
+    except NameError as error:
+        raise ConfigurationError(f"route {where}: cannot resolve an annotation: {error}") from None
+    except (TypeError, ValueError) as error:
+        raise ConfigurationError(f"route {where}: cannot read the handler's signature: {error}") from None
+    params: list[Param] = []
+    takes_any_keyword = False
+    for name, parameter in signature.parameters.items():
+        if parameter.kind is parameter.VAR_KEYWORD:
+            takes_any_keyword = True
+            continue
+        if parameter.kind is parameter.VAR_POSITIONAL:
+            continue
+        if parameter.kind is parameter.POSITIONAL_ONLY:
+            raise ConfigurationError(f"route {where}: parameter {name!r} cannot be positional-only")
+        annotation = hints.get(name, parameter.annotation)
+        marker = parameter.default if isinstance(parameter.default, _Marker) else None
+        if get_origin(annotation) is Annotated:
+            annotation, *extras = get_args(annotation)
+            marker = next((e for e in extras if isinstance(e, _Marker)), marker)
+        default = marker.default if marker is not None else parameter.default
+        if default is inspect.Parameter.empty:
+            default = REQUIRED
+        annotation, optional = _strip_optional(annotation)
+        required = default is REQUIRED
+        if not required or optional:
+            default = None if default is REQUIRED else default
+            required = False
+
+        if annotation is Request or (name == "request" and annotation is inspect.Parameter.empty):
+            params.append(Param(name, "request", name, "str", False, None))
+            continue
+        source = marker.source if marker is not None else ""
+        if name in path_params:
+            source = "path"
+        elif not source:
+            source = "body" if _is_body_type(annotation) else "query"
+        if source == "path" and name not in path_params:
+            raise ConfigurationError(
+                f"route {where}: {name!r} is marked Path() but {path!r} has no {{{name}}}"
+            )
+        key = (marker.alias if marker is not None and marker.alias else None) or name
+        if source == "header" and not (marker and marker.alias):
+            key = key.replace("_", "-") if getattr(marker, "convert_underscores", True) else key
+            key = key.lower()
+        if source == "body":
+            params.append(Param(name, "body", key, "json", required, default, _body_converter(annotation)))
+            continue
+        kind = _scalar_kind(annotation)
+        if kind is None:
+            raise ConfigurationError(
+                f"route {where}: {source} parameter {name!r} has type {annotation!r}; "
+                "supported: str, int, float, bool, uuid.UUID and list[...] of them"
+            )
+        if source == "path":
+            required, default = True, None
+        if kind.startswith("list[") and not required and default is None:
+            default = []
+        params.append(Param(name, source, key, kind, required, default))
+    if sum(p.source == "body" for p in params) > 1:
+        raise ConfigurationError(f"route {where}: only one parameter can be the request body")
+    bound = {p.name for p in params}
+    for name in path_params:
+        if name not in bound and takes_any_keyword:
+            params.append(Param(name, "path", name, "str", True, None))
+    return params
+
+
+__all__ = ["Body", "Cookie", "Header", "Param", "Path", "Query", "analyse"]

@@ -1,0 +1,367 @@
+//! Handler parameters: from the request to keyword arguments, as the app's signature asked for them.
+//!
+//! `percore.params` analyses each handler's signature once, at startup, into `ParamSpec`s (where each
+//! value comes from, its wire name, its type, its default). Per request this module reads the values in
+//! Rust — path captures, the decoded query string, headers, cookies, the JSON body (sonic-rs, straight
+//! into Python objects) — converts scalars (str, int, float, bool, UUID, lists of them) and, for bodies
+//! that name a model, calls the converter `percore.params` prepared. Every failure is collected, so one
+//! 422 names every bad field, in FastAPI's format: `{"detail": [{"type", "loc", "msg", "input"}]}`.
+//!
+//! Invariant: a request either binds completely or is rejected with 422 (invalid input) or 400
+//! (malformed JSON); the handler never sees a half-bound call.
+
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyDict, PyFloat, PyList, PyString, PyTuple};
+
+use super::request::Request;
+use super::serialize::{from_json, to_json};
+use crate::pool::{HttpRequest, HttpResponse};
+use crate::query::{parse_cookies, parse_query};
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Path,
+    Query,
+    Header,
+    Cookie,
+    Body,
+    Request,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Scalar {
+    Str,
+    Int,
+    Float,
+    Bool,
+    Uuid,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    One(Scalar),
+    Many(Scalar),
+    Json,
+}
+
+/// A parameter as `percore.params.Param` describes it.
+#[derive(FromPyObject)]
+pub struct ParamSpec {
+    name: String,
+    source: String,
+    key: String,
+    kind: String,
+    required: bool,
+    default: Py<PyAny>,
+    converter: Option<Py<PyAny>>,
+}
+
+pub struct Param {
+    name: Py<PyString>,
+    source: Source,
+    key: String,
+    kind: Kind,
+    required: bool,
+    default: Py<PyAny>,
+    /// For bodies: `converter(value) -> (True, converted) | (False, [error dicts])`.
+    converter: Option<Py<PyAny>>,
+}
+
+fn scalar(name: &str) -> Option<Scalar> {
+    Some(match name {
+        "str" => Scalar::Str,
+        "int" => Scalar::Int,
+        "float" => Scalar::Float,
+        "bool" => Scalar::Bool,
+        "uuid" => Scalar::Uuid,
+        _ => return None,
+    })
+}
+
+impl Param {
+    pub fn from_spec(py: Python<'_>, spec: ParamSpec) -> Result<Param, String> {
+        let source = match spec.source.as_str() {
+            "path" => Source::Path,
+            "query" => Source::Query,
+            "header" => Source::Header,
+            "cookie" => Source::Cookie,
+            "body" => Source::Body,
+            "request" => Source::Request,
+            other => return Err(format!("unknown parameter source {other:?}")),
+        };
+        let kind = match spec.kind.as_str() {
+            "json" => Kind::Json,
+            many if many.starts_with("list[") && many.ends_with(']') => Kind::Many(
+                scalar(&many[5..many.len() - 1]).ok_or_else(|| format!("unknown kind {many:?}"))?,
+            ),
+            one => Kind::One(scalar(one).ok_or_else(|| format!("unknown kind {one:?}"))?),
+        };
+        Ok(Param {
+            name: PyString::intern(py, &spec.name).unbind(),
+            source,
+            key: spec.key,
+            kind,
+            required: spec.required,
+            default: spec.default,
+            converter: spec.converter,
+        })
+    }
+}
+
+/// Why a request could not be bound.
+pub enum Rejected {
+    /// 422 with these error entries.
+    Invalid(Vec<Py<PyAny>>),
+    /// 400: the body is not JSON.
+    MalformedJson(String),
+}
+
+impl Rejected {
+    pub fn into_response(self, py: Python<'_>) -> PyResult<HttpResponse> {
+        let detail = PyDict::new(py);
+        let status = match self {
+            Rejected::Invalid(errors) => {
+                detail.set_item(intern!(py, "detail"), PyList::new(py, errors)?)?;
+                422
+            }
+            Rejected::MalformedJson(message) => {
+                detail.set_item(
+                    intern!(py, "detail"),
+                    format!("Malformed JSON body: {message}"),
+                )?;
+                400
+            }
+        };
+        Ok(HttpResponse::new(
+            status,
+            "application/json",
+            to_json(&detail)?,
+        ))
+    }
+}
+
+fn error_entry(
+    py: Python<'_>,
+    kind: &str,
+    loc: &[&str],
+    msg: &str,
+    input: Bound<'_, PyAny>,
+) -> PyResult<Py<PyAny>> {
+    let entry = PyDict::new(py);
+    entry.set_item(intern!(py, "type"), kind)?;
+    entry.set_item(intern!(py, "loc"), PyList::new(py, loc)?)?;
+    entry.set_item(intern!(py, "msg"), msg)?;
+    entry.set_item(intern!(py, "input"), input)?;
+    Ok(entry.into_any().unbind())
+}
+
+fn source_name(source: Source) -> &'static str {
+    match source {
+        Source::Path => "path",
+        Source::Query => "query",
+        Source::Header => "header",
+        Source::Cookie => "cookie",
+        Source::Body => "body",
+        Source::Request => "request",
+    }
+}
+
+/// Converts one text value; `Err((type, msg))` says why it is not valid.
+fn convert<'py>(
+    py: Python<'py>,
+    scalar: Scalar,
+    text: &str,
+    uuid_class: &Bound<'py, PyAny>,
+) -> PyResult<Result<Bound<'py, PyAny>, (&'static str, &'static str)>> {
+    Ok(match scalar {
+        Scalar::Str => Ok(PyString::new(py, text).into_any()),
+        Scalar::Int => match text.trim().parse::<i64>() {
+            Ok(n) => Ok(n.into_pyobject(py)?.into_any()),
+            Err(_) => Err((
+                "int_parsing",
+                "Input should be a valid integer, unable to parse string as an integer",
+            )),
+        },
+        Scalar::Float => match text.trim().parse::<f64>() {
+            Ok(n) => Ok(PyFloat::new(py, n).into_any()),
+            Err(_) => Err((
+                "float_parsing",
+                "Input should be a valid number, unable to parse string as a number",
+            )),
+        },
+        Scalar::Bool => match text.to_ascii_lowercase().as_str() {
+            "1" | "true" | "t" | "yes" | "y" | "on" => {
+                Ok(PyBool::new(py, true).to_owned().into_any())
+            }
+            "0" | "false" | "f" | "no" | "n" | "off" => {
+                Ok(PyBool::new(py, false).to_owned().into_any())
+            }
+            _ => Err((
+                "bool_parsing",
+                "Input should be a valid boolean, unable to interpret input",
+            )),
+        },
+        Scalar::Uuid => match uuid_class.call1((text,)) {
+            Ok(uuid) => Ok(uuid),
+            Err(_) => Err(("uuid_parsing", "Input should be a valid UUID")),
+        },
+    })
+}
+
+/// Binds `params` for `request`: the keyword arguments, or why the request is rejected.
+pub fn bind<'py>(
+    py: Python<'py>,
+    params: &[Param],
+    request: HttpRequest,
+    loop_index: usize,
+    loop_state: Option<Py<PyAny>>,
+    uuid_class: &Bound<'py, PyAny>,
+) -> PyResult<Result<Bound<'py, PyDict>, Rejected>> {
+    let kwargs = PyDict::new(py);
+    let mut errors: Vec<Py<PyAny>> = Vec::new();
+    let mut query: Option<Vec<(String, String)>> = None;
+    let mut cookies: Option<Vec<(String, String)>> = None;
+    let mut request_param = None;
+    for param in params {
+        let name = param.name.bind(py);
+        let source = source_name(param.source);
+        // The raw text values for this parameter (all of them, for list kinds).
+        let values: Vec<String> = match param.source {
+            Source::Request => {
+                request_param = Some(name.clone());
+                continue;
+            }
+            Source::Body => {
+                let body = request.body.full();
+                if body.is_empty() {
+                    Vec::new()
+                } else {
+                    let value = match from_json(py, body) {
+                        Ok(value) => value,
+                        Err(message) => return Ok(Err(Rejected::MalformedJson(message))),
+                    };
+                    let value = match &param.converter {
+                        None => value,
+                        Some(converter) => {
+                            let outcome = converter.bind(py).call1((value,))?;
+                            let outcome = outcome.cast::<PyTuple>()?;
+                            if outcome.get_item(0)?.is_truthy()? {
+                                outcome.get_item(1)?
+                            } else {
+                                for entry in outcome.get_item(1)?.try_iter()? {
+                                    errors.push(entry?.unbind());
+                                }
+                                continue;
+                            }
+                        }
+                    };
+                    kwargs.set_item(name, value)?;
+                    continue;
+                }
+            }
+            Source::Path => request
+                .params
+                .iter()
+                .filter(|(k, _)| *k == param.key)
+                .map(|(_, v)| v.clone())
+                .collect(),
+            Source::Query => {
+                let pairs =
+                    query.get_or_insert_with(|| parse_query(request.uri.query().unwrap_or("")));
+                pairs
+                    .iter()
+                    .filter(|(k, _)| *k == param.key)
+                    .map(|(_, v)| v.clone())
+                    .collect()
+            }
+            Source::Header => request
+                .headers
+                .get_all(param.key.as_str())
+                .iter()
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .collect(),
+            Source::Cookie => {
+                let jar = cookies.get_or_insert_with(|| {
+                    parse_cookies(
+                        request
+                            .headers
+                            .get_all(http::header::COOKIE)
+                            .iter()
+                            .filter_map(|v| v.to_str().ok()),
+                    )
+                });
+                jar.iter()
+                    .filter(|(k, _)| *k == param.key)
+                    .map(|(_, v)| v.clone())
+                    .take(1)
+                    .collect()
+            }
+        };
+        if values.is_empty() {
+            if param.required {
+                let loc: &[&str] = if param.source == Source::Body {
+                    &["body"]
+                } else {
+                    &[source, &param.key]
+                };
+                errors.push(error_entry(
+                    py,
+                    "missing",
+                    loc,
+                    "Field required",
+                    py.None().into_bound(py),
+                )?);
+            } else {
+                kwargs.set_item(name, copy_default(param.default.bind(py))?)?;
+            }
+            continue;
+        }
+        match param.kind {
+            Kind::One(scalar) => match convert(py, scalar, &values[0], uuid_class)? {
+                Ok(value) => kwargs.set_item(name, value)?,
+                Err((kind, msg)) => errors.push(error_entry(
+                    py,
+                    kind,
+                    &[source, &param.key],
+                    msg,
+                    PyString::new(py, &values[0]).into_any(),
+                )?),
+            },
+            Kind::Many(scalar) => {
+                let list = PyList::empty(py);
+                for (index, text) in values.iter().enumerate() {
+                    match convert(py, scalar, text, uuid_class)? {
+                        Ok(value) => list.append(value)?,
+                        Err((kind, msg)) => errors.push(error_entry(
+                            py,
+                            kind,
+                            &[source, &param.key, &index.to_string()],
+                            msg,
+                            PyString::new(py, text).into_any(),
+                        )?),
+                    }
+                }
+                kwargs.set_item(name, list)?;
+            }
+            Kind::Json => kwargs.set_item(name, PyString::new(py, &values[0]))?,
+        }
+    }
+    if !errors.is_empty() {
+        return Ok(Err(Rejected::Invalid(errors)));
+    }
+    if let Some(name) = request_param {
+        kwargs.set_item(name, Request::new(request, loop_index, loop_state))?;
+    }
+    Ok(Ok(kwargs))
+}
+
+/// Mutable defaults (`tags: list[str] = []`) are copied per request, so one request's changes never
+/// reach the next.
+fn copy_default<'py>(default: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    let py = default.py();
+    if default.cast::<PyList>().is_ok() || default.cast::<PyDict>().is_ok() {
+        return default.call_method0(intern!(py, "copy"));
+    }
+    Ok(default.clone())
+}

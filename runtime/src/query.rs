@@ -1,0 +1,102 @@
+//! Decoding what a client puts in a URL: `application/x-www-form-urlencoded` query strings, percent
+//! escapes in paths, and `Cookie` headers.
+//!
+//! Invariant: every input decodes to something; malformed escapes are kept literally and invalid UTF-8
+//! is replaced, so no query string or path a client can send is an error here.
+
+/// Percent-decodes bytes; `plus_is_space` for query strings (`+` means a space there, not in paths).
+fn percent_decode(raw: &str, plus_is_space: bool) -> String {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+                if let Some(value) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    out.push(value);
+                    i += 3;
+                    continue;
+                }
+                out.push(b'%');
+            }
+            b'+' if plus_is_space => out.push(b' '),
+            byte => out.push(byte),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Percent-decodes a request path (ASGI's `path`).
+pub fn percent_decode_path(raw: &str) -> String {
+    percent_decode(raw, false)
+}
+
+/// The `name=value` pairs of a query string, decoded, in order, repeated names kept.
+pub fn parse_query(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(name, true), percent_decode(value, true))
+        })
+        .collect()
+}
+
+/// The `name=value` pairs of `Cookie` header values, in order.
+pub fn parse_cookies<'a>(headers: impl Iterator<Item = &'a str>) -> Vec<(String, String)> {
+    headers
+        .flat_map(|header| header.split(';'))
+        .filter_map(|pair| {
+            let (name, value) = pair.trim().split_once('=')?;
+            let value = value.trim().trim_matches('"');
+            Some((name.trim().to_owned(), value.to_owned()))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_percent_decoded_leniently() {
+        assert_eq!(percent_decode_path("/a%20b+c"), "/a b+c");
+        assert_eq!(percent_decode_path("/caf%C3%A9"), "/café");
+        assert_eq!(percent_decode_path("/bad%zzx"), "/bad%zzx");
+        assert_eq!(percent_decode_path("/end%2"), "/end%2");
+        assert_eq!(percent_decode_path("/x%41"), "/xA");
+        assert_eq!(percent_decode_path("/invalid%FF"), "/invalid\u{FFFD}");
+    }
+
+    #[test]
+    fn query_strings_keep_order_and_repeats() {
+        assert_eq!(
+            parse_query("q=hello+world&tag=a&tag=b%26c&flag&=empty&&x=%zz"),
+            vec![
+                ("q".into(), "hello world".into()),
+                ("tag".into(), "a".into()),
+                ("tag".into(), "b&c".into()),
+                ("flag".into(), "".into()),
+                ("".into(), "empty".into()),
+                ("x".into(), "%zz".into()),
+            ]
+        );
+        assert!(parse_query("").is_empty());
+    }
+
+    #[test]
+    fn cookies_split_on_semicolons_across_headers() {
+        let cookies = parse_cookies(["session=abc; theme=\"dark\"", "junk; lang=en"].into_iter());
+        assert_eq!(
+            cookies,
+            vec![
+                ("session".into(), "abc".into()),
+                ("theme".into(), "dark".into()),
+                ("lang".into(), "en".into()),
+            ]
+        );
+    }
+}
