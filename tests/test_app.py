@@ -123,3 +123,160 @@ def test_loop_start_hooks_run_on_every_loop_and_state_is_per_loop(serve):
 def test_router_prefix_must_be_a_path():
     with pytest.raises(percore.ConfigurationError, match="prefix"):
         percore.Router(prefix="users/")
+
+
+def make_api_with_middleware():
+    api = percore.App(title="Shop")
+    calls = []
+
+    @api.middleware
+    async def outer(request, call_next):
+        calls.append(f"outer {request.path}")
+        response = await call_next(request)
+        response.headers.append(("x-outer", "1"))
+        return response
+
+    @api.middleware
+    async def inner(request, call_next):
+        calls.append("inner")
+        if request.headers.get("x-block"):
+            return percore.PlainTextResponse("blocked", status_code=403)
+        return await call_next(request)
+
+    @api.get("/items/{item_id}", status_code=201)
+    async def item(item_id: int, request: percore.Request):
+        """Read one item."""
+        return {"item_id": item_id, "path": request.path}
+
+    @api.get("/login")
+    def login():
+        response = percore.RedirectResponse("/home")
+        response.set_cookie("session", "abc", httponly=True)
+        return response
+
+    return api, calls
+
+
+def test_middleware_wraps_handlers_in_order():
+    from percore.testing import TestClient
+
+    api, calls = make_api_with_middleware()
+    with TestClient(api) as client:
+        reply = client.get("/items/4")
+        assert (reply.status_code, reply.json(), reply.headers["x-outer"]) == (
+            201,
+            {"item_id": 4, "path": "/items/4"},
+            "1",
+        )
+        assert calls == ["outer /items/4", "inner"]
+        blocked = client.get("/items/4", headers={"X-Block": "yes"})
+        assert (blocked.status_code, blocked.text, blocked.headers["x-outer"]) == (403, "blocked", "1")
+        assert client.get("/items/x").status_code == 422  # binding still happens before middleware
+
+
+def test_redirects_and_cookies():
+    from percore.testing import TestClient
+
+    api, _ = make_api_with_middleware()
+    with TestClient(api) as client:
+        reply = client.get("/login")
+        assert reply.status_code == 307
+        assert reply.headers["location"] == "/home"
+        assert reply.headers["set-cookie"].startswith("session=abc")
+        assert "HttpOnly" in reply.headers["set-cookie"]
+
+
+def test_cors_preflight_and_simple_requests():
+    from percore.testing import TestClient
+
+    api = percore.App()
+    api.add_cors(allow_origins=["https://shop.example"], allow_credentials=True)
+
+    @api.post("/orders")
+    async def orders(payload: dict):
+        return payload
+
+    with TestClient(api) as client:
+        preflight = client.request(
+            "OPTIONS",
+            "/orders",
+            headers={
+                "Origin": "https://shop.example",
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "content-type",
+            },
+        )
+        assert preflight.status_code == 200
+        assert preflight.headers["access-control-allow-origin"] == "https://shop.example"
+        assert "POST" in preflight.headers["access-control-allow-methods"]
+        assert preflight.headers["access-control-allow-headers"] == "content-type"
+        assert preflight.headers["access-control-allow-credentials"] == "true"
+        simple = client.post("/orders", json={"a": 1}, headers={"Origin": "https://shop.example"})
+        assert simple.json() == {"a": 1}
+        assert simple.headers["access-control-allow-origin"] == "https://shop.example"
+        stranger = client.post("/orders", json={}, headers={"Origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in stranger.headers
+        denied = client.request(
+            "OPTIONS",
+            "/orders",
+            headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"},
+        )
+        assert denied.status_code == 400
+
+
+def test_openapi_schema_and_offline_docs_page():
+    from percore.testing import TestClient
+
+    from .apps import native_api
+
+    with TestClient(native_api.api) as client:
+        schema = client.get("/openapi.json").json()
+        assert schema["openapi"] == "3.1.0"
+        read = schema["paths"]["/typed/{number}/{ratio}/{flag}/{ident}"]["get"]
+        assert [(p["name"], p["in"], p["schema"]) for p in read["parameters"]] == [
+            ("number", "path", {"type": "integer"}),
+            ("ratio", "path", {"type": "number"}),
+            ("flag", "path", {"type": "boolean"}),
+            ("ident", "path", {"type": "string", "format": "uuid"}),
+        ]
+        assert "422" in read["responses"]
+        create = schema["paths"]["/items"]["post"]
+        assert create["requestBody"]["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/Item"
+        }
+        assert schema["components"]["schemas"]["Item"]["required"] == ["name", "price"]
+        assert "201" in create["responses"]
+        docs = client.get("/docs")
+        assert docs.headers["content-type"].startswith("text/html")
+        assert "/openapi.json" in docs.text
+        assert "http://" not in docs.text and "https://" not in docs.text  # nothing fetched from elsewhere
+
+
+def test_const_routes_are_computed_once_and_served_from_rust():
+    from percore.testing import TestClient
+
+    api = percore.App()
+    runs = []
+
+    @api.get("/health", const=True)
+    async def health():
+        runs.append(1)
+        return {"status": "ok"}
+
+    @api.get("/banner", const=True)
+    def banner():
+        runs.append(1)
+        return percore.PlainTextResponse("hello", status_code=203, headers={"x-const": "yes"})
+
+    with TestClient(api) as client:
+        for _ in range(5):
+            assert client.get("/health").json() == {"status": "ok"}
+            reply = client.get("/banner")
+            assert (reply.status_code, reply.text, reply.headers["x-const"]) == (203, "hello", "yes")
+    assert len(runs) == 2
+
+
+def test_a_const_route_cannot_take_parameters():
+    api = percore.App()
+    with pytest.raises(percore.ConfigurationError, match="const route"):
+        api.get("/x/{y}", const=True)(lambda y: y)

@@ -63,6 +63,8 @@ def test_query_parameters_defaults_optional_and_lists(server):
     # The mutable default is fresh every time.
     assert server.get("/search?q=again").json()["tags"] == ["seen"]
     assert server.get("/ids?id=1&id=2&id=3").json() == {"ids": [1, 2, 3]}
+    # A repeated key for a single value: the last wins (as FastAPI).
+    assert server.get("/search?q=first&q=last").json()["q"] == "last"
 
 
 def test_missing_and_invalid_query_parameters(server):
@@ -80,7 +82,7 @@ def test_missing_and_invalid_query_parameters(server):
         ]
     }
     reply = server.get("/ids?id=1&id=two")
-    assert [e["loc"] for e in reply.json()["detail"]] == [["query", "id", "1"]]
+    assert [e["loc"] for e in reply.json()["detail"]] == [["query", "id", 1]]
 
 
 def test_headers_and_cookies(server):

@@ -1,7 +1,5 @@
 """The benchmark endpoints as a percore native app (every contender implements the same work)."""
 
-from json import loads
-
 import percore
 
 api = percore.App()
@@ -18,10 +16,10 @@ async def plaintext():
 
 
 @api.get("/users/{user_id}")
-async def user(user_id: str, request: percore.Request):
-    return {"id": user_id, "q": request.query_string}
+async def user(user_id: str, q: str | None = None):
+    return {"id": user_id, "q": q}
 
 
 @api.post("/echo")
-async def echo(request: percore.Request):
-    return loads(request.body)
+async def echo(payload: dict):
+    return payload

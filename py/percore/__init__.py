@@ -9,7 +9,7 @@ from .app import App, Router  # noqa: E402
 from .exceptions import ConfigurationError, HTTPException, PercoreError, StartupError  # noqa: E402
 from .params import Body, Cookie, Header, Path, Query  # noqa: E402
 from .requests import Request  # noqa: E402
-from .responses import HTMLResponse, JSONResponse, PlainTextResponse, Response  # noqa: E402
+from .responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response  # noqa: E402
 
 __all__ = [
     "App",
@@ -24,6 +24,7 @@ __all__ = [
     "PercoreError",
     "PlainTextResponse",
     "Query",
+    "RedirectResponse",
     "Request",
     "Response",
     "Router",

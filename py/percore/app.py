@@ -4,6 +4,8 @@ router. Each handler's signature is analysed once, at registration (see ``percor
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import inspect
 import re
 from collections.abc import Awaitable, Callable, Iterable
@@ -13,7 +15,7 @@ from typing import Any, TypeVar
 from . import params as _params
 from ._logging import logger
 from .exceptions import ConfigurationError, HTTPException
-from .responses import JSONResponse, Response
+from .responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, as_response
 
 Handler = TypeVar("Handler", bound=Callable[..., Any])
 
@@ -27,6 +29,9 @@ class Route:
     function: Callable[..., Any]
     params: list[_params.Param]
     status_code: int
+    const: bool = False
+    #: For ``const`` routes when served: ``(value,)``, the handler's result computed once at startup.
+    const_value: tuple[Any] | None = None
 
 
 class Router:
@@ -49,6 +54,7 @@ class Router:
         methods: Iterable[str] = ("GET",),
         *,
         status_code: int = 200,
+        const: bool = False,
     ) -> None:
         full_path = self.prefix + path
         if not full_path.startswith("/"):
@@ -56,52 +62,59 @@ class Router:
         names = _PATH_PARAM.findall(full_path)
         for method in methods:
             method = method.upper()
-            self._routes.append(
-                Route(
-                    method,
-                    full_path,
-                    function,
-                    _params.analyse(method, full_path, function, names),
-                    status_code,
+            params = _params.analyse(method, full_path, function, names)
+            if const and params:
+                raise ConfigurationError(
+                    f"const route {method} {full_path}: the handler must take no parameters (it runs once)"
                 )
-            )
+            self._routes.append(Route(method, full_path, function, params, status_code, const))
 
     def route(
-        self, path: str, methods: Iterable[str] = ("GET",), *, status_code: int = 200
+        self, path: str, methods: Iterable[str] = ("GET",), *, status_code: int = 200, const: bool = False
     ) -> Callable[[Handler], Handler]:
+        """``const=True``: the handler runs once at startup and its response is served from Rust on every
+        request without entering Python (health checks, static JSON)."""
         methods = list(methods)
 
         def register(function: Handler) -> Handler:
-            self.add_route(path, function, methods, status_code=status_code)
+            self.add_route(path, function, methods, status_code=status_code, const=const)
             return function
 
         return register
 
-    def get(self, path: str, *, status_code: int = 200) -> Callable[[Handler], Handler]:
-        return self.route(path, ["GET"], status_code=status_code)
+    def get(self, path: str, *, status_code: int = 200, const: bool = False) -> Callable[[Handler], Handler]:
+        return self.route(path, ["GET"], status_code=status_code, const=const)
 
-    def post(self, path: str, *, status_code: int = 200) -> Callable[[Handler], Handler]:
-        return self.route(path, ["POST"], status_code=status_code)
+    def post(self, path: str, *, status_code: int = 200, const: bool = False) -> Callable[[Handler], Handler]:
+        return self.route(path, ["POST"], status_code=status_code, const=const)
 
-    def put(self, path: str, *, status_code: int = 200) -> Callable[[Handler], Handler]:
-        return self.route(path, ["PUT"], status_code=status_code)
+    def put(self, path: str, *, status_code: int = 200, const: bool = False) -> Callable[[Handler], Handler]:
+        return self.route(path, ["PUT"], status_code=status_code, const=const)
 
-    def patch(self, path: str, *, status_code: int = 200) -> Callable[[Handler], Handler]:
-        return self.route(path, ["PATCH"], status_code=status_code)
+    def patch(
+        self, path: str, *, status_code: int = 200, const: bool = False
+    ) -> Callable[[Handler], Handler]:
+        return self.route(path, ["PATCH"], status_code=status_code, const=const)
 
-    def delete(self, path: str, *, status_code: int = 200) -> Callable[[Handler], Handler]:
-        return self.route(path, ["DELETE"], status_code=status_code)
+    def delete(
+        self, path: str, *, status_code: int = 200, const: bool = False
+    ) -> Callable[[Handler], Handler]:
+        return self.route(path, ["DELETE"], status_code=status_code, const=const)
 
-    def head(self, path: str, *, status_code: int = 200) -> Callable[[Handler], Handler]:
-        return self.route(path, ["HEAD"], status_code=status_code)
+    def head(self, path: str, *, status_code: int = 200, const: bool = False) -> Callable[[Handler], Handler]:
+        return self.route(path, ["HEAD"], status_code=status_code, const=const)
 
-    def options(self, path: str, *, status_code: int = 200) -> Callable[[Handler], Handler]:
-        return self.route(path, ["OPTIONS"], status_code=status_code)
+    def options(
+        self, path: str, *, status_code: int = 200, const: bool = False
+    ) -> Callable[[Handler], Handler]:
+        return self.route(path, ["OPTIONS"], status_code=status_code, const=const)
 
     def include_router(self, router: Router) -> None:
         """Adds ``router``'s routes under this router's prefix (their signatures re-analysed for the new path)."""
         for route in router.routes:
-            self.add_route(route.path, route.function, [route.method], status_code=route.status_code)
+            self.add_route(
+                route.path, route.function, [route.method], status_code=route.status_code, const=route.const
+            )
 
 
 LoopHook = Callable[[dict[str, Any]], Awaitable[None] | None]
@@ -132,16 +145,95 @@ class _LoopLifecycle:
                 logger.exception("on_loop_stop hook %r failed", hook)
 
 
-class App(Router):
-    """A percore application: ``api = App()``, then ``@api.get("/path")`` on handlers."""
+Middleware = Callable[[Any, Callable[[Any], Awaitable[Response]]], Awaitable[Response]]
 
-    def __init__(self) -> None:
+
+class App(Router):
+    """A percore application: ``api = App()``, then ``@api.get("/path")`` on handlers.
+
+    ``openapi_url`` and ``docs_url`` serve the OpenAPI 3.1 schema and an offline docs page (None: off).
+    """
+
+    def __init__(
+        self,
+        *,
+        title: str = "percore app",
+        version: str = "0.1.0",
+        openapi_url: str | None = "/openapi.json",
+        docs_url: str | None = "/docs",
+    ) -> None:
         super().__init__()
+        self.title = title
+        self.version = version
+        self.openapi_url = openapi_url
+        self.docs_url = docs_url
         self._exception_handlers: dict[type[BaseException], Callable[[Any, BaseException], Any]] = {
             HTTPException: _http_exception_response,
         }
         self._loop_start: list[LoopHook] = []
         self._loop_stop: list[LoopHook] = []
+        self._middleware: list[Middleware] = []
+        self._cors: _Cors | None = None
+
+    def middleware(self, function: Middleware) -> Middleware:
+        """``async def mw(request, call_next)``: ``await call_next(request)`` gives the handler's response
+        (always a ``Response`` object here, whatever the handler returned); return it or another.
+        The first registered is the outermost. Routes pay for middleware only if there is some."""
+        self._middleware.append(function)
+        return function
+
+    def add_cors(
+        self,
+        allow_origins: Iterable[str] = ("*",),
+        allow_methods: Iterable[str] = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"),
+        allow_headers: Iterable[str] = ("*",),
+        allow_credentials: bool = False,
+        max_age: int = 600,
+    ) -> None:
+        """Answers CORS preflights (OPTIONS) on every path and adds the CORS headers to responses."""
+        self._cors = _Cors(
+            list(allow_origins),
+            [m.upper() for m in allow_methods],
+            list(allow_headers),
+            allow_credentials,
+            max_age,
+        )
+
+    def openapi(self) -> dict[str, Any]:
+        from ._openapi import generate
+
+        return generate(self.routes, self.title, self.version)
+
+    def serving_routes(self) -> list[Route]:
+        """The routes the server registers: the app's own (wrapped in middleware and CORS if any),
+        the OpenAPI and docs routes, and CORS preflight routes."""
+        routes = list(self._routes)
+        extra = Router()
+        # Rendered once; each request gets a fresh Response (middleware may add headers to it).
+        if self.openapi_url:
+            schema = JSONResponse(self.openapi()).body
+            extra.add_route(self.openapi_url, lambda: Response(schema, media_type="application/json"))
+        if self.docs_url and self.openapi_url:
+            from ._openapi import docs_page
+
+            page = docs_page(self.title, self.openapi_url)
+            extra.add_route(self.docs_url, lambda: HTMLResponse(page))
+        routes += extra.routes
+        middleware = list(self._middleware)
+        if self._cors is not None:
+            middleware.insert(0, self._cors.middleware)
+            have_options = {r.path for r in routes if r.method == "OPTIONS"}
+            preflight = Router()
+            for path in dict.fromkeys(r.path for r in routes):
+                if path not in have_options:
+                    preflight.add_route(path, _no_content, ["OPTIONS"])
+            routes += preflight.routes
+        if middleware:
+            routes = [
+                route if route.const else _with_middleware(route, middleware, self._exception_response)
+                for route in routes
+            ]
+        return [_computed(route) if route.const else route for route in routes]
 
     def exception_handler(self, exception_type: type[BaseException]) -> Callable[[Handler], Handler]:
         """``handler(request, exc)`` turns ``exception_type`` (and subclasses) into a response."""
@@ -172,12 +264,140 @@ class App(Router):
         return _LoopLifecycle(list(self._loop_start), list(self._loop_stop))
 
     def _exception_response(self, error: BaseException) -> Response | None:
-        """The response a registered handler makes of ``error``, or None (then: 500 and a log)."""
+        """The response a registered handler makes of ``error``, or None (then: 500 and a log).
+
+        Handlers may be ``async def`` as long as they do not suspend (building a response does not):
+        they are stepped to completion here."""
         for kind in type(error).__mro__:
             handler = self._exception_handlers.get(kind)
             if handler is not None:
-                return handler(None, error)
+                result = handler(None, error)
+                if inspect.iscoroutine(result):
+                    try:
+                        result.send(None)
+                    except StopIteration as done:
+                        result = done.value
+                    else:
+                        result.close()
+                        raise RuntimeError(f"exception handler {handler!r} awaited something; it must not")
+                return result if isinstance(result, Response) else as_response(result)
         return None
+
+
+def _computed(route: Route) -> Route:
+    """A const route with its value computed (a coroutine is run to completion on a private loop)."""
+    value = route.function()
+    if inspect.iscoroutine(value):
+        value = asyncio.run(value)
+    return dataclasses.replace(route, const_value=(value,))
+
+
+def _no_content() -> Response:
+    return Response(b"", status_code=204)
+
+
+_REQUEST_PARAM = "_percore_request"
+
+
+def _bind_call_next(layer: Middleware, call_next: Callable[[Any], Awaitable[Response]]):
+    async def call(request: Any) -> Response:
+        return await layer(request, call_next)
+
+    return call
+
+
+def _with_middleware(
+    route: Route,
+    middleware: list[Middleware],
+    exception_response: Callable[[BaseException], Any] | None = None,
+) -> Route:
+    """The route with its handler called through ``middleware`` (outermost first)."""
+    handler = route.function
+    status_code = route.status_code
+    passes_request = any(p.source == "request" for p in route.params)
+
+    async def endpoint(**kwargs: Any) -> Response:
+        request = kwargs.pop(_REQUEST_PARAM)
+
+        async def call_handler(_request: Any) -> Response:
+            try:
+                result = handler(**kwargs)
+                if inspect.isawaitable(result):
+                    result = await result
+            except Exception as error:
+                # Handled exceptions become responses here, so middleware (CORS) sees them too.
+                handled = exception_response(error) if exception_response else None
+                if handled is None:
+                    raise
+                return handled
+            return as_response(result, status_code)
+
+        call = call_handler
+        for layer in reversed(middleware):
+            call = _bind_call_next(layer, call)
+        return await call(request)
+
+    params = list(route.params)
+    if not passes_request:
+        params.append(_params.Param(_REQUEST_PARAM, "request", _REQUEST_PARAM, "str", False, None))
+    else:
+        # The handler's own request parameter serves as the middleware's too.
+        own = next(p for p in params if p.source == "request")
+
+        async def endpoint_sharing_request(**kwargs: Any) -> Response:
+            kwargs[_REQUEST_PARAM] = kwargs[own.name]
+            return await endpoint(**kwargs)
+
+        return Route(route.method, route.path, endpoint_sharing_request, params, status_code)
+    return Route(route.method, route.path, endpoint, params, status_code)
+
+
+@dataclass(frozen=True)
+class _Cors:
+    origins: list[str]
+    methods: list[str]
+    headers: list[str]
+    credentials: bool
+    max_age: int
+
+    def allowed_origin(self, origin: str | None) -> str | None:
+        if origin is None:
+            return None
+        if "*" in self.origins:
+            return origin if self.credentials else "*"
+        return origin if origin in self.origins else None
+
+    async def middleware(self, request: Any, call_next: Callable[[Any], Awaitable[Response]]) -> Response:
+        origin = request.headers.get("origin")
+        allowed = self.allowed_origin(origin)
+        preflight = request.method == "OPTIONS" and "access-control-request-method" in request.headers
+        if preflight:
+            if allowed is None:
+                return PlainTextResponse("Disallowed CORS origin", status_code=400)
+            requested = request.headers.get("access-control-request-headers", "")
+            response = Response(b"", status_code=200)
+            response.headers += [
+                ("access-control-allow-origin", allowed),
+                ("access-control-allow-methods", ", ".join(self.methods)),
+                (
+                    "access-control-allow-headers",
+                    requested if "*" in self.headers else ", ".join(self.headers),
+                ),
+                ("access-control-max-age", str(self.max_age)),
+                ("vary", "Origin"),
+            ]
+        else:
+            response = await call_next(request)
+            if allowed is not None:
+                # A new list: the handler may return the same Response object to every request.
+                response.headers = [
+                    *response.headers,
+                    ("access-control-allow-origin", allowed),
+                    ("vary", "Origin"),
+                ]
+        if allowed is not None and self.credentials:
+            response.headers = [*response.headers, ("access-control-allow-credentials", "true")]
+        return response
 
 
 def _http_exception_response(request: Any, error: BaseException) -> Response:

@@ -230,11 +230,11 @@ def analyse(method: str, path: str, function: Callable[..., Any], path_params: l
         default = marker.default if marker is not None else parameter.default
         if default is inspect.Parameter.empty:
             default = REQUIRED
-        annotation, optional = _strip_optional(annotation)
+        # As FastAPI: a parameter is optional when it has a default; `T | None` alone still requires it.
+        annotation, _ = _strip_optional(annotation)
         required = default is REQUIRED
-        if not required or optional:
-            default = None if default is REQUIRED else default
-            required = False
+        if required:
+            default = None
 
         if annotation is Request or (name == "request" and annotation is inspect.Parameter.empty):
             params.append(Param(name, "request", name, "str", False, None))
@@ -263,8 +263,6 @@ def analyse(method: str, path: str, function: Callable[..., Any], path_params: l
             )
         if source == "path":
             required, default = True, None
-        if kind.startswith("list[") and not required and default is None:
-            default = []
         params.append(Param(name, source, key, kind, required, default))
     if sum(p.source == "body" for p in params) > 1:
         raise ConfigurationError(f"route {where}: only one parameter can be the request body")

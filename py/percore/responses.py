@@ -6,6 +6,7 @@ Plain return values need none of this: dict/list → JSON, str → text, bytes �
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from http.cookies import SimpleCookie
 
 from ._runtime import dumps
 
@@ -33,6 +34,39 @@ class Response:
         else:
             self.headers = list(headers)
 
+    def set_cookie(
+        self,
+        key: str,
+        value: str = "",
+        *,
+        max_age: int | None = None,
+        path: str | None = "/",
+        domain: str | None = None,
+        secure: bool = False,
+        httponly: bool = False,
+        samesite: str | None = "lax",
+    ) -> None:
+        """Adds a ``Set-Cookie`` header (as Starlette/FastAPI's ``Response.set_cookie``)."""
+        cookie: SimpleCookie = SimpleCookie()
+        cookie[key] = value
+        morsel = cookie[key]
+        if max_age is not None:
+            morsel["max-age"] = max_age
+        if path is not None:
+            morsel["path"] = path
+        if domain is not None:
+            morsel["domain"] = domain
+        if secure:
+            morsel["secure"] = True
+        if httponly:
+            morsel["httponly"] = True
+        if samesite is not None:
+            morsel["samesite"] = samesite
+        self.headers.append(("set-cookie", morsel.OutputString()))
+
+    def delete_cookie(self, key: str, path: str = "/", domain: str | None = None) -> None:
+        self.set_cookie(key, max_age=0, path=path, domain=domain)
+
     def render(self, content) -> bytes:
         if isinstance(content, bytes):
             return content
@@ -58,4 +92,25 @@ class JSONResponse(Response):
         return dumps(content)
 
 
-__all__ = ["HTMLResponse", "JSONResponse", "PlainTextResponse", "Response"]
+class RedirectResponse(Response):
+    """A redirect to ``url`` (307 by default, which keeps the method and body)."""
+
+    def __init__(self, url: str, status_code: int = 307, headers=None) -> None:
+        super().__init__(b"", status_code=status_code, headers=headers)
+        self.headers.append(("location", url))
+
+
+def as_response(value, status_code: int = 200) -> Response:
+    """A handler's plain return value as the ``Response`` object Rust would have sent."""
+    if isinstance(value, Response):
+        return value
+    if isinstance(value, str):
+        return PlainTextResponse(value, status_code=status_code)
+    if isinstance(value, bytes | bytearray):
+        return Response(bytes(value), status_code=status_code, media_type="application/octet-stream")
+    if value is None:
+        return Response(b"", status_code=status_code)
+    return JSONResponse(value, status_code=status_code)
+
+
+__all__ = ["HTMLResponse", "JSONResponse", "PlainTextResponse", "RedirectResponse", "Response", "as_response"]

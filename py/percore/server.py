@@ -45,7 +45,7 @@ class Server:
         self.interface = choose_interface(app, config.interface)
         asgi = self.interface == "asgi"
         self._server = _runtime.Server(
-            [] if asgi else app.routes,
+            [] if asgi else app.serving_routes(),
             host=config.host,
             port=config.port,
             loops=str(config.loops),

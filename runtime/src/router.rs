@@ -7,6 +7,8 @@ use std::fmt;
 
 use http::Method;
 
+use crate::query::percent_decode_path;
+
 /// An index into the server's endpoint table.
 pub type EndpointId = usize;
 
@@ -116,13 +118,20 @@ impl Router {
             return Lookup::NotFound;
         };
         let table = &self.tables[*found.value];
-        match table.entries.iter().find(|(m, _)| m == method) {
+        let entry = table.entries.iter().find(|(m, _)| m == method).or_else(|| {
+            // HEAD is GET without the body (hyper leaves the body out), unless HEAD has its own route.
+            (*method == Method::HEAD)
+                .then(|| table.entries.iter().find(|(m, _)| *m == Method::GET))
+                .flatten()
+        });
+        match entry {
             Some((_, endpoint)) => Lookup::Found {
                 endpoint: *endpoint,
+                // Matching runs on the raw path (so `%2F` stays inside one segment); values are decoded.
                 params: found
                     .params
                     .iter()
-                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .map(|(k, v)| (k.to_owned(), percent_decode_path(v)))
                     .collect(),
             },
             None => Lookup::MethodNotAllowed {
@@ -175,6 +184,16 @@ mod tests {
             Lookup::MethodNotAllowed { allow } => assert_eq!(allow, "GET, PUT"),
             _ => panic!("expected 405"),
         }
+    }
+
+    #[test]
+    fn head_is_served_by_get_and_captures_are_decoded() {
+        let mut router = Router::new();
+        router.insert(Method::GET, "/users/{name}", 3).unwrap();
+        assert_eq!(
+            found(router.lookup(&Method::HEAD, "/users/Jos%C3%A9%2Fx")),
+            (3, vec![("name".into(), "José/x".into())])
+        );
     }
 
     #[test]

@@ -30,12 +30,47 @@ use super::params::{self, Param};
 use super::response::to_response;
 use super::task::{in_context, AppConnection, Completion, RequestTask};
 use super::websocket;
-use crate::pool::{Executor, ExecutorFactory, HttpRequest, HttpResponse, LocalBoxFuture};
+use crate::pool::{
+    Executor, ExecutorFactory, HttpRequest, HttpResponse, LocalBoxFuture, ResponseBody,
+};
 
-/// What a route runs: a native handler, or (for every path) an ASGI app.
+/// What a route runs: a native handler, a response computed once at startup, or (for every path) an
+/// ASGI app.
 pub enum Endpoint {
     Native(NativeEndpoint),
+    Const(ConstResponse),
     Asgi(AsgiEndpoint),
+}
+
+/// A `const=True` route's response: served from Rust on every request without entering Python.
+pub struct ConstResponse {
+    status: http::StatusCode,
+    headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    body: bytes::Bytes,
+}
+
+impl From<HttpResponse> for ConstResponse {
+    fn from(response: HttpResponse) -> Self {
+        let body = match response.body {
+            ResponseBody::Full(body) => body,
+            ResponseBody::Stream(_) => bytes::Bytes::new(),
+        };
+        ConstResponse {
+            status: response.status,
+            headers: response.headers,
+            body,
+        }
+    }
+}
+
+impl ConstResponse {
+    fn response(&self) -> HttpResponse {
+        HttpResponse {
+            status: self.status,
+            headers: self.headers.clone(),
+            body: ResponseBody::Full(self.body.clone()),
+        }
+    }
 }
 
 /// One registered route's handler, analysed once at startup.
@@ -141,6 +176,7 @@ impl PyExecutor {
         match endpoint {
             Endpoint::Native(native) => self.start_native(py, native, request),
             Endpoint::Asgi(asgi) => self.start_asgi(py, asgi, request),
+            Endpoint::Const(constant) => Ok(constant.response()),
         }
     }
 
@@ -435,6 +471,9 @@ impl Executor for PyExecutor {
     }
 
     fn call(&self, endpoint: &Endpoint, request: HttpRequest) -> LocalBoxFuture<HttpResponse> {
+        if let Endpoint::Const(constant) = endpoint {
+            return Box::pin(std::future::ready(constant.response()));
+        }
         let started = Python::attach(|py| {
             let started = self.start(py, endpoint, request);
             self.wake_driver_if_needed(py);

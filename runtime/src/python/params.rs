@@ -141,16 +141,29 @@ impl Rejected {
     }
 }
 
+/// `loc` as FastAPI writes it: the source, the name, and for list items the integer index.
+fn location<'py>(
+    py: Python<'py>,
+    parts: &[&str],
+    index: Option<usize>,
+) -> PyResult<Bound<'py, PyList>> {
+    let loc = PyList::new(py, parts)?;
+    if let Some(index) = index {
+        loc.append(index)?;
+    }
+    Ok(loc)
+}
+
 fn error_entry(
     py: Python<'_>,
     kind: &str,
-    loc: &[&str],
+    loc: Bound<'_, PyList>,
     msg: &str,
     input: Bound<'_, PyAny>,
 ) -> PyResult<Py<PyAny>> {
     let entry = PyDict::new(py);
     entry.set_item(intern!(py, "type"), kind)?;
-    entry.set_item(intern!(py, "loc"), PyList::new(py, loc)?)?;
+    entry.set_item(intern!(py, "loc"), loc)?;
     entry.set_item(intern!(py, "msg"), msg)?;
     entry.set_item(intern!(py, "input"), input)?;
     Ok(entry.into_any().unbind())
@@ -308,7 +321,7 @@ pub fn bind<'py>(
                 errors.push(error_entry(
                     py,
                     "missing",
-                    loc,
+                    location(py, loc, None)?,
                     "Field required",
                     py.None().into_bound(py),
                 )?);
@@ -318,16 +331,20 @@ pub fn bind<'py>(
             continue;
         }
         match param.kind {
-            Kind::One(scalar) => match convert(py, scalar, &values[0], uuid_class)? {
-                Ok(value) => kwargs.set_item(name, value)?,
-                Err((kind, msg)) => errors.push(error_entry(
-                    py,
-                    kind,
-                    &[source, &param.key],
-                    msg,
-                    PyString::new(py, &values[0]).into_any(),
-                )?),
-            },
+            // A repeated key for a single value: the last one wins, as in FastAPI.
+            Kind::One(scalar) => {
+                let text = &values[values.len() - 1];
+                match convert(py, scalar, text, uuid_class)? {
+                    Ok(value) => kwargs.set_item(name, value)?,
+                    Err((kind, msg)) => errors.push(error_entry(
+                        py,
+                        kind,
+                        location(py, &[source, &param.key], None)?,
+                        msg,
+                        PyString::new(py, text).into_any(),
+                    )?),
+                }
+            }
             Kind::Many(scalar) => {
                 let list = PyList::empty(py);
                 for (index, text) in values.iter().enumerate() {
@@ -336,7 +353,7 @@ pub fn bind<'py>(
                         Err((kind, msg)) => errors.push(error_entry(
                             py,
                             kind,
-                            &[source, &param.key, &index.to_string()],
+                            location(py, &[source, &param.key], Some(index))?,
                             msg,
                             PyString::new(py, text).into_any(),
                         )?),
@@ -344,7 +361,7 @@ pub fn bind<'py>(
                 }
                 kwargs.set_item(name, list)?;
             }
-            Kind::Json => kwargs.set_item(name, PyString::new(py, &values[0]))?,
+            Kind::Json => kwargs.set_item(name, PyString::new(py, &values[values.len() - 1]))?,
         }
     }
     if !errors.is_empty() {

@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 use pyo3::prelude::*;
 
 use super::asgi::AsgiEndpoint;
-use super::executor::{Endpoint, NativeEndpoint, PyExecutorFactory};
+use super::executor::{ConstResponse, Endpoint, NativeEndpoint, PyExecutorFactory};
 use super::params::{Param, ParamSpec};
+use super::response::to_response;
 use super::{ConfigurationError, StartupError};
 use crate::config::{Config, LoopCount};
 use crate::pool::{self, RunningPool};
@@ -24,6 +25,9 @@ pub struct RouteSpec {
     function: Py<PyAny>,
     params: Vec<ParamSpec>,
     status_code: u16,
+    /// For `const=True` routes: `(value,)`, the handler's result computed once at startup.
+    #[pyo3(default)]
+    const_value: Option<(Py<PyAny>,)>,
 }
 
 struct Prepared {
@@ -111,6 +115,22 @@ impl Server {
             router
                 .insert(method.clone(), &route.path, endpoints.len())
                 .map_err(config_error)?;
+            if let Some((value,)) = route.const_value {
+                let response = to_response(
+                    value.bind(py),
+                    route.status_code,
+                    factory.response_class.bind(py),
+                )
+                .map_err(|err| {
+                    config_error(format!(
+                        "const route {method} {}: {}",
+                        route.path,
+                        super::describe(py, &err)
+                    ))
+                })?;
+                endpoints.push(Endpoint::Const(ConstResponse::from(response)));
+                continue;
+            }
             let params = route
                 .params
                 .into_iter()
