@@ -336,3 +336,26 @@ def test_websocket_denied_before_accept(websocket_server, path, status):
     assert ws.status == status
     ws.sock.close()
     assert websocket_server.get("/plaintext").status == 200
+
+
+def test_a_client_leaving_a_stream_stops_the_generator(serve):
+    server = serve(STARLETTE, "--loops", "1")
+    raw = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    raw.sendall(b"GET /endless HTTP/1.1\r\nHost: t\r\n\r\n")
+    received = b""
+    while received.count(b"tick") < 3:
+        received += raw.recv(4096)
+    raw.close()
+    deadline = time.monotonic() + 5
+    while server.get("/stream-log").json()["events"] != ["stream closed"]:
+        assert time.monotonic() < deadline, "the stream kept running after its client left"
+        time.sleep(0.05)
+
+
+def test_websocket_receive_survives_a_cancelled_receive(websocket_server):
+    ws = connect_websocket(websocket_server.port, "/ws-patient")
+    assert ws.status == 101
+    time.sleep(0.3)  # the app's first receive() times out and is cancelled
+    ws.send_text("hello")
+    assert ws.receive() == (TEXT, b"late: hello")
+    ws.sock.close()

@@ -50,3 +50,12 @@ def test_contextvars_never_leak_between_requests(server, path):
     with concurrent.futures.ThreadPoolExecutor(20) as pool:
         results = list(pool.map(one, range(40)))
     assert results == [{"before": None, "after": str(value)} for value in range(40)]
+
+
+def test_request_tasks_in_reference_cycles_are_collected(serve):
+    # A timeout that escapes the handler leaves a cycle: traceback → Timeout → its task → the error.
+    server = serve(APP, "--loops", "1")
+    client = server.client()
+    for _ in range(20):
+        assert client.get("/timeout-500").status == 500
+    assert client.get("/live-tasks").json()["tasks"] <= 2

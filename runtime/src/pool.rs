@@ -130,7 +130,9 @@ impl std::error::Error for StreamAborted {}
 
 pub enum ResponseBody {
     Full(Bytes),
-    Stream(BodyChunks),
+    /// Chunks as they are produced. The latch is set if the body is dropped before its end — the
+    /// client went away mid-stream — so the producer can stop.
+    Stream(BodyChunks, Arc<Latch>),
 }
 
 /// A response: status and headers, and a body that is either complete or streamed.
@@ -422,12 +424,17 @@ fn run_loop<F: ExecutorFactory>(
     };
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, async move {
+        // Every early return counts this loop as drained, so the loops that did start are not kept
+        // waiting for it at shutdown.
+        let give_up = |message: String| {
+            let _ = ready.send((index, Err(message)));
+            if shared.draining.fetch_sub(1, Ordering::AcqRel) == 1 {
+                shared.all_drained.send_replace(true);
+            }
+        };
         let executor = match factory.create(index) {
             Ok(executor) => Rc::new(executor),
-            Err(message) => {
-                let _ = ready.send((index, Err(message)));
-                return;
-            }
+            Err(message) => return give_up(message),
         };
         let listener = match listener
             .set_nonblocking(true)
@@ -435,9 +442,8 @@ fn run_loop<F: ExecutorFactory>(
         {
             Ok(listener) => listener,
             Err(e) => {
-                let _ = ready.send((index, Err(format!("listener: {e}"))));
                 executor.close();
-                return;
+                return give_up(format!("listener: {e}"));
             }
         };
         let context = Rc::new(LoopContext {
@@ -451,11 +457,7 @@ fn run_loop<F: ExecutorFactory>(
         });
         let driver = tokio::task::spawn_local(Rc::clone(&executor).drive());
         if let Err(message) = Rc::clone(&executor).startup().await {
-            let _ = ready.send((index, Err(message)));
-            // Count as drained so the loops that did start are not kept waiting for this one.
-            if shared.draining.fetch_sub(1, Ordering::AcqRel) == 1 {
-                shared.all_drained.send_replace(true);
-            }
+            give_up(message);
             driver.abort();
             let _ = driver.await;
             drop(context);

@@ -12,6 +12,7 @@ use std::cell::Cell;
 use std::convert::Infallible;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::rc::Rc;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use std::pin::Pin;
@@ -25,7 +26,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::{watch, Notify};
 
 use crate::pool::{
-    BodyChunks, Executor, HttpRequest, HttpResponse, LoopContext, PoolError, RequestBody,
+    BodyChunks, Executor, HttpRequest, HttpResponse, Latch, LoopContext, PoolError, RequestBody,
     ResponseBody, StreamAborted,
 };
 use crate::router::Lookup;
@@ -237,7 +238,25 @@ async fn read_body(body: Incoming, streams: bool) -> Result<RequestBody, hyper::
 /// The response body hyper writes: complete, or chunks as the executor produces them.
 pub enum Body {
     Full(Option<Bytes>),
-    Stream(BodyChunks),
+    Stream {
+        chunks: BodyChunks,
+        ended: bool,
+        /// Set on drop before the end: hyper drops a body whose client has gone.
+        abandoned: Arc<Latch>,
+    },
+}
+
+impl Drop for Body {
+    fn drop(&mut self) {
+        if let Body::Stream {
+            ended: false,
+            abandoned,
+            ..
+        } = self
+        {
+            abandoned.set();
+        }
+    }
 }
 
 impl hyper::body::Body for Body {
@@ -250,9 +269,14 @@ impl hyper::body::Body for Body {
     ) -> Poll<Option<Result<Frame<Bytes>, StreamAborted>>> {
         match self.get_mut() {
             Body::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Body::Stream(chunks) => chunks
-                .poll_recv(cx)
-                .map(|chunk| chunk.map(|c| c.map(Frame::data))),
+            Body::Stream { chunks, ended, .. } => {
+                let polled = chunks.poll_recv(cx);
+                // The end (or an abort, after which hyper closes the connection) is not abandonment.
+                if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+                    *ended = true;
+                }
+                polled.map(|chunk| chunk.map(|c| c.map(Frame::data)))
+            }
         }
     }
 
@@ -264,7 +288,7 @@ impl hyper::body::Body for Body {
         match self {
             Body::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
             Body::Full(None) => SizeHint::with_exact(0),
-            Body::Stream(_) => SizeHint::default(),
+            Body::Stream { .. } => SizeHint::default(),
         }
     }
 }
@@ -272,7 +296,11 @@ impl hyper::body::Body for Body {
 fn into_hyper(response: HttpResponse) -> hyper::Response<Body> {
     let body = match response.body {
         ResponseBody::Full(bytes) => Body::Full(Some(bytes)),
-        ResponseBody::Stream(chunks) => Body::Stream(chunks),
+        ResponseBody::Stream(chunks, abandoned) => Body::Stream {
+            chunks,
+            ended: false,
+            abandoned,
+        },
     };
     let mut out = hyper::Response::new(body);
     *out.status_mut() = response.status;

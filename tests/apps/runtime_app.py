@@ -173,3 +173,17 @@ async def echo(name: str, request: percore.Request):
 @api.post("/echo/{name}")
 async def echo_post(name: str, request: percore.Request):
     return {"name": name, "body": request.body.decode(), "content_type": request.headers.get("content-type")}
+
+
+@api.get("/timeout-500")
+async def timeout_500():
+    async with asyncio.timeout(0.01):
+        await asyncio.sleep(1)
+
+
+@api.get("/live-tasks")
+def live_tasks():
+    import gc
+
+    gc.collect()
+    return {"tasks": sum(type(o).__name__ == "RequestTask" for o in gc.get_objects())}

@@ -76,6 +76,27 @@ async def slow_stream(request):
     return StreamingResponse(chunks(), media_type="text/plain")
 
 
+stream_events: list[str] = []
+
+
+async def endless(request):
+    async def chunks():
+        try:
+            n = 0
+            while True:
+                yield f"tick {n}\n".encode()
+                n += 1
+                await asyncio.sleep(0.02)
+        finally:
+            stream_events.append("stream closed")
+
+    return StreamingResponse(chunks(), media_type="text/plain")
+
+
+async def stream_log(request):
+    return JSONResponse({"events": stream_events})
+
+
 async def file(request):
     return FileResponse(FILE, media_type="application/octet-stream")
 
@@ -118,6 +139,17 @@ async def chat(websocket: WebSocket):
         websocket_log.append("disconnect")
 
 
+async def patient(websocket: WebSocket):
+    await websocket.accept()
+    try:
+        await asyncio.wait_for(websocket.receive_text(), 0.1)
+    except TimeoutError:
+        pass
+    text = await websocket.receive_text()  # the cancelled receive() must not break this one
+    await websocket.send_text(f"late: {text}")
+    await websocket.close()
+
+
 async def denied(websocket: WebSocket):
     await websocket.close()
 
@@ -145,12 +177,15 @@ app = Starlette(
         Route("/stream", stream),
         Route("/slow-stream", slow_stream),
         Route("/file", file),
+        Route("/endless", endless),
+        Route("/stream-log", stream_log),
         Route("/redirect", redirect),
         Route("/wait-for-disconnect", wait_for_disconnect),
         Route("/disconnects", disconnect_log),
         Route("/websocket-log", websocket_events),
         WebSocketRoute("/ws", chat),
         WebSocketRoute("/ws-denied", denied),
+        WebSocketRoute("/ws-patient", patient),
         WebSocketRoute("/ws-crash", crashes),
     ],
     middleware=[Middleware(AddHeader)],

@@ -319,7 +319,7 @@ impl AsgiExchange {
                         let _ = reply.send(HttpResponse {
                             status,
                             headers,
-                            body: ResponseBody::Stream(chunks),
+                            body: ResponseBody::Stream(chunks, Arc::clone(&self.client_gone)),
                         });
                     }
                 } else {
@@ -345,8 +345,13 @@ impl AsgiExchange {
                 } else {
                     match sender.try_send(Ok(body)) {
                         Ok(()) => None,
-                        // The client is gone; per ASGI 2.3 sends after a disconnect are ignored.
-                        Err(mpsc::error::TrySendError::Closed(_)) => None,
+                        // The client is gone: per ASGI 2.3 the send is ignored, and a pending
+                        // receive() learns of the disconnect.
+                        Err(mpsc::error::TrySendError::Closed(_)) => {
+                            self.client_gone.set();
+                            self.client_disconnected(py);
+                            None
+                        }
                         Err(mpsc::error::TrySendError::Full(chunk)) => Some(chunk),
                     }
                 };
@@ -407,7 +412,7 @@ impl AsgiExchange {
             let _ = reply.send(HttpResponse {
                 status,
                 headers,
-                body: ResponseBody::Stream(chunks),
+                body: ResponseBody::Stream(chunks, Arc::clone(&self.client_gone)),
             });
         }
         tokio::task::spawn_local(stream_file(path, sender));
@@ -441,11 +446,21 @@ impl AppConnection for AsgiExchange {
             )
         };
         match (response, error) {
-            (ResponseState::Streaming(sender), Some(err)) => {
-                self.shared.fail(py, &err, &self.name);
-                let _ = sender.try_send(Err(StreamAborted(err.to_string())));
+            (ResponseState::Streaming(sender), error) => {
+                // Failed or returned mid-stream: abort, so the client cannot take the cut body for a
+                // complete one. Sent by a task because the buffer may be full (slow client).
+                let reason = match error {
+                    Some(err) => {
+                        self.shared.fail(py, &err, &self.name);
+                        err.to_string()
+                    }
+                    None => "the ASGI app returned before the end of its streamed body".to_owned(),
+                };
+                tokio::task::spawn_local(async move {
+                    let _ = sender.send(Err(StreamAborted(reason))).await;
+                });
             }
-            (ResponseState::Streaming(_), None) | (ResponseState::Finished, None) => {}
+            (ResponseState::Finished, None) => {}
             (ResponseState::Finished, Some(err)) => {
                 // The response was already sent (e.g. a background task failed afterwards).
                 self.shared.fail(py, &err, &self.name);

@@ -53,7 +53,7 @@ impl From<HttpResponse> for ConstResponse {
     fn from(response: HttpResponse) -> Self {
         let body = match response.body {
             ResponseBody::Full(body) => body,
-            ResponseBody::Stream(_) => bytes::Bytes::new(),
+            ResponseBody::Stream(..) => bytes::Bytes::new(),
         };
         ConstResponse {
             status: response.status,
@@ -562,6 +562,27 @@ impl ExecutorFactory for PyExecutorFactory {
     fn create(&self, loop_index: usize) -> Result<PyExecutor, String> {
         Python::attach(|py| -> PyResult<PyExecutor> {
             let event_loop = self.loop_factory.call0(py)?;
+            let executor = self.build(py, loop_index, event_loop.clone_ref(py));
+            if executor.is_err() {
+                // Closed on its own thread, never left to the collector (3.13t: "Invalid file descriptor").
+                if let Err(err) = event_loop.call_method0(py, intern!(py, "_percore_close")) {
+                    err.print(py);
+                }
+            }
+            executor
+        })
+        .map_err(|err| Python::attach(|py| super::describe(py, &err)))
+    }
+}
+
+impl PyExecutorFactory {
+    fn build(
+        &self,
+        py: Python<'_>,
+        loop_index: usize,
+        event_loop: Py<PyAny>,
+    ) -> PyResult<PyExecutor> {
+        {
             let bound = event_loop.bind(py);
             let ready = bound.getattr(intern!(py, "_ready"))?.unbind();
             let fd: RawFd = bound
@@ -597,7 +618,6 @@ impl ExecutorFactory for PyExecutorFactory {
                 lifecycle,
                 loop_state: RefCell::new(None),
             })
-        })
-        .map_err(|err| Python::attach(|py| super::describe(py, &err)))
+        }
     }
 }

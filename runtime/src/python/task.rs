@@ -18,6 +18,7 @@ use std::sync::Mutex;
 
 use pyo3::exceptions::{PyRuntimeError, PyStopIteration};
 use pyo3::ffi;
+use pyo3::gc::{PyTraverseError, PyVisit};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
@@ -50,9 +51,16 @@ pub fn current(py: Python<'_>, event_loop: Option<&Bound<'_, PyAny>>) -> Option<
 }
 
 enum Outcome {
-    Pending,
     Returned(Py<PyAny>),
     Raised(PyErr),
+    Cancelled,
+}
+
+/// The outcome as kept on the task: Python objects only, so the garbage collector can see them.
+enum Stored {
+    Pending,
+    Returned(Py<PyAny>),
+    Raised(Py<PyAny>),
     Cancelled,
 }
 
@@ -62,7 +70,7 @@ struct State {
     must_cancel: bool,
     cancel_message: Option<Py<PyAny>>,
     cancels_requested: u32,
-    outcome: Outcome,
+    outcome: Stored,
     completion: Option<Completion>,
     done_callbacks: Vec<Py<PyAny>>,
 }
@@ -157,7 +165,7 @@ impl RequestTask {
                     must_cancel: false,
                     cancel_message: None,
                     cancels_requested: 0,
-                    outcome: Outcome::Pending,
+                    outcome: Stored::Pending,
                     completion: Some(completion),
                     done_callbacks: Vec::new(),
                 }),
@@ -295,9 +303,6 @@ impl RequestTask {
     fn finish(slf: &Bound<'_, Self>, outcome: Outcome) {
         let py = slf.py();
         let this = slf.get();
-        if matches!(outcome, Outcome::Pending) {
-            return;
-        }
         let completion = this.lock().completion.take();
         match completion {
             Some(Completion::Native { status_code, reply }) => {
@@ -335,11 +340,16 @@ impl RequestTask {
             }
             None => {}
         }
+        let stored = match outcome {
+            Outcome::Returned(value) => Stored::Returned(value),
+            Outcome::Raised(err) => Stored::Raised(err.into_value(py).into_any()),
+            Outcome::Cancelled => Stored::Cancelled,
+        };
         let callbacks = {
             let mut state = this.lock();
             state.coroutine = None;
             state.waiter = None;
-            state.outcome = outcome;
+            state.outcome = stored;
             std::mem::take(&mut state.done_callbacks)
         };
         let event_loop = this.shared.event_loop.bind(py);
@@ -431,28 +441,62 @@ impl RequestTask {
     }
 
     fn done(&self) -> bool {
-        !matches!(self.lock().outcome, Outcome::Pending)
+        !matches!(self.lock().outcome, Stored::Pending)
     }
 
     fn cancelled(&self) -> bool {
-        matches!(self.lock().outcome, Outcome::Cancelled)
+        matches!(self.lock().outcome, Stored::Cancelled)
     }
 
     fn result(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        match &self.lock().outcome {
-            Outcome::Returned(value) => Ok(value.clone_ref(py)),
-            Outcome::Raised(err) => Err(err.clone_ref(py)),
-            Outcome::Cancelled => Err(cancelled_error(py, None)),
-            Outcome::Pending => Err(PyRuntimeError::new_err("Result is not set.")),
-        }
+        let stored = match &self.lock().outcome {
+            Stored::Returned(value) => Ok(value.clone_ref(py)),
+            Stored::Raised(error) => Err(error.clone_ref(py)),
+            Stored::Cancelled => return Err(cancelled_error(py, None)),
+            Stored::Pending => return Err(PyRuntimeError::new_err("Result is not set.")),
+        };
+        stored.map_err(|error| PyErr::from_value(error.into_bound(py)))
     }
 
     fn exception(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
         match &self.lock().outcome {
-            Outcome::Raised(err) => Ok(Some(err.value(py).clone().into_any().unbind())),
-            Outcome::Returned(_) => Ok(None),
-            Outcome::Cancelled => Err(cancelled_error(py, None)),
-            Outcome::Pending => Err(PyRuntimeError::new_err("Exception is not set.")),
+            Stored::Raised(error) => Ok(Some(error.clone_ref(py))),
+            Stored::Returned(_) => Ok(None),
+            Stored::Cancelled => Err(cancelled_error(py, None)),
+            Stored::Pending => Err(PyRuntimeError::new_err("Exception is not set.")),
+        }
+    }
+
+    /// Lets the garbage collector see what the task holds: a handler's frames often refer back to its
+    /// task (through `asyncio.timeout`, anyio cancel scopes, `current_task()`), and such cycles must be
+    /// collectable.
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.context)?;
+        // A task being stepped is locked only briefly and never during collection of itself; if the lock
+        // is busy, skipping one traversal only delays collection.
+        if let Ok(state) = self.state.try_lock() {
+            visit.call(&state.coroutine)?;
+            visit.call(&state.waiter)?;
+            visit.call(&state.cancel_message)?;
+            for callback in &state.done_callbacks {
+                visit.call(callback)?;
+            }
+            match &state.outcome {
+                Stored::Returned(value) | Stored::Raised(value) => visit.call(value)?,
+                Stored::Pending | Stored::Cancelled => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        let mut state = self.lock();
+        state.coroutine = None;
+        state.waiter = None;
+        state.cancel_message = None;
+        state.done_callbacks.clear();
+        if !matches!(state.outcome, Stored::Pending) {
+            state.outcome = Stored::Cancelled;
         }
     }
 
@@ -467,7 +511,7 @@ impl RequestTask {
         let this = slf.get();
         let finished = {
             let mut state = this.lock();
-            if matches!(state.outcome, Outcome::Pending) {
+            if matches!(state.outcome, Stored::Pending) {
                 state.done_callbacks.push(callback.clone_ref(py));
                 false
             } else {

@@ -93,56 +93,57 @@ impl WebSocketExchange {
     }
 
     fn receive<'py>(self: &Arc<Self>, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let mut state = self.lock();
-        if let Some(event) = state.events.pop_front() {
-            // A disconnect stays the answer to every later receive().
-            if let Event::Disconnect(code) = event {
-                state.events.push_front(Event::Disconnect(code));
+        let previous = {
+            let mut state = self.lock();
+            if let Some(event) = state.events.pop_front() {
+                // A disconnect stays the answer to every later receive().
+                if let Event::Disconnect(code) = event {
+                    state.events.push_front(Event::Disconnect(code));
+                }
+                drop(state);
+                return ready(py, Self::message(py, &event)?);
             }
-            return ready(py, Self::message(py, &event)?);
-        }
-        if state.waiter.is_some() {
-            return Err(PyRuntimeError::new_err("receive() called concurrently"));
+            state.waiter.take()
+        };
+        // A previous receive() that was cancelled (wait_for, asyncio.wait) left its future behind.
+        if let Some(previous) = previous {
+            if !is_done(previous.bind(py)) {
+                self.lock().waiter = Some(previous);
+                return Err(PyRuntimeError::new_err("receive() called concurrently"));
+            }
         }
         let future = self
             .shared
             .event_loop
             .bind(py)
             .call_method0(intern!(py, "create_future"))?;
-        state.waiter = Some(future.clone().unbind());
+        self.lock().waiter = Some(future.clone().unbind());
         Ok(future)
     }
 
     /// Delivers a client event to a waiting `receive()`, or queues it.
     fn deliver(&self, py: Python<'_>, event: Event) {
-        let waiter = {
-            let mut state = self.lock();
-            match state.waiter.take() {
-                Some(waiter) => Some(waiter),
-                None => {
-                    state.events.push_back(event);
-                    return;
-                }
+        let waiter = self.lock().waiter.take();
+        let waiter = match waiter {
+            Some(waiter) if !is_done(waiter.bind(py)) => waiter,
+            // Nobody waiting, or the waiter was cancelled: keep the event for the next receive().
+            _ => {
+                self.lock().events.push_back(event);
+                return;
             }
         };
-        if let Some(waiter) = waiter {
-            let waiter = waiter.bind(py);
-            if let Event::Disconnect(code) = &event {
-                self.lock().events.push_back(Event::Disconnect(*code));
-            }
-            let done = waiter
-                .call_method0(intern!(py, "done"))
-                .and_then(|d| d.is_truthy())
-                .unwrap_or(true);
-            if !done {
-                let result = Self::message(py, &event)
-                    .and_then(|m| waiter.call_method1(intern!(py, "set_result"), (m,)));
-                if let Err(err) = result {
-                    err.print(py);
-                }
-            }
-            self.shared.wake.notify_one();
+        if let Event::Disconnect(code) = &event {
+            self.lock().events.push_back(Event::Disconnect(*code));
         }
+        let result = Self::message(py, &event).and_then(|m| {
+            waiter
+                .bind(py)
+                .call_method1(intern!(py, "set_result"), (m,))
+        });
+        if let Err(err) = result {
+            err.print(py);
+        }
+        self.shared.wake.notify_one();
     }
 
     fn send<'py>(
@@ -384,6 +385,13 @@ impl WebSocketSend {
     ) -> PyResult<Bound<'py, PyAny>> {
         self.0.send(py, message)
     }
+}
+
+fn is_done(future: &Bound<'_, PyAny>) -> bool {
+    future
+        .call_method0(intern!(future.py(), "done"))
+        .and_then(|d| d.is_truthy())
+        .unwrap_or(true)
 }
 
 /// Whether `request` asks to become a WebSocket.
