@@ -89,3 +89,54 @@ def test_return_values_on_the_wire(serve):
     assert reply.text == "<h1>teapot</h1>"
     reply = client.get("/json-response")
     assert (reply.status, reply.json()) == (202, {"accepted": [1, 2]})
+
+
+NATIVE = "tests.apps.native_api:api"
+
+
+def test_streaming_responses_from_async_and_sync_iterators(serve):
+    import http.client
+
+    server = serve(NATIVE, "--loops", "2", "--routing", "round-robin")
+    reply = server.get("/stream?pause=0.01")
+    assert (reply.status, reply.text, reply.headers.get("transfer-encoding")) == (
+        200,
+        "0;1;2;3;4;",
+        "chunked",
+    )
+    assert server.get("/stream-sync").text == "line 0\nline 1\nline 2\n"
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    connection.request("GET", "/stream?fail=true")
+    with pytest.raises((http.client.IncompleteRead, http.client.RemoteDisconnected, ConnectionError)):
+        connection.getresponse().read()
+    assert server.get("/stream").status == 200
+
+
+def test_a_client_leaving_a_native_stream_cancels_the_producer(serve):
+    import socket
+    import time
+
+    server = serve(NATIVE, "--loops", "1")
+    raw = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    raw.sendall(b"GET /endless HTTP/1.1\r\nHost: t\r\n\r\n")
+    received = b""
+    while received.count(b"tick") < 3:
+        received += raw.recv(4096)
+    raw.close()
+    deadline = time.monotonic() + 5
+    while "endless closed" not in server.get("/stream-events").json()["events"]:
+        assert time.monotonic() < deadline, "the producer kept running after its client left"
+        time.sleep(0.05)
+
+
+def test_file_responses_stream_the_file_from_rust(serve):
+    from pathlib import Path
+
+    server = serve(NATIVE, "--loops", "1")
+    reply = server.get("/file")
+    expected = (Path(__file__).parent / "apps" / "native_api.py").read_bytes()
+    assert reply.status == 200
+    assert reply.body == expected
+    assert reply.headers["content-length"] == str(len(expected))
+    assert reply.headers["content-disposition"] == 'attachment; filename="native_api.py"'
+    assert reply.headers["content-type"] == "text/x-python"

@@ -9,13 +9,22 @@ from .app import App, Router  # noqa: E402
 from .exceptions import ConfigurationError, HTTPException, PercoreError, StartupError  # noqa: E402
 from .params import Body, Cookie, Header, Path, Query  # noqa: E402
 from .requests import Request  # noqa: E402
-from .responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response  # noqa: E402
+from .responses import (  # noqa: E402
+    FileResponse,
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
 
 __all__ = [
     "App",
     "Body",
     "ConfigurationError",
     "Cookie",
+    "FileResponse",
     "HTMLResponse",
     "HTTPException",
     "Header",
@@ -29,5 +38,6 @@ __all__ = [
     "Response",
     "Router",
     "StartupError",
+    "StreamingResponse",
     "__version__",
 ]

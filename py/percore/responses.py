@@ -5,9 +5,13 @@ Plain return values need none of this: dict/list → JSON, str → text, bytes �
 
 from __future__ import annotations
 
+import asyncio
+import mimetypes
+import os
 from collections.abc import Iterable, Mapping
 from http.cookies import SimpleCookie
 
+from ._logging import log_handler_error
 from ._runtime import dumps
 
 
@@ -100,6 +104,65 @@ class RedirectResponse(Response):
         self.headers.append(("location", url))
 
 
+class StreamingResponse(Response):
+    """A body produced as it is sent: ``content`` is an async or sync iterable of bytes or str.
+
+    Each chunk goes to the client as soon as it is produced (chunked transfer encoding unless a
+    ``content-length`` header is given); when the client reads slower, the producer waits. If the client
+    goes away the producer is cancelled (its ``finally`` runs); if it raises, the connection is aborted so
+    the client never takes a cut body for a complete one. Sync iterables run on the loop thread: keep
+    each step short.
+    """
+
+    media_type = None
+
+    def __init__(self, content, status_code: int = 200, headers=None, media_type: str | None = None) -> None:
+        super().__init__(b"", status_code=status_code, headers=headers, media_type=media_type)
+        self.body_iterator = content
+
+
+class FileResponse(Response):
+    """Sends the file at ``path``, read and streamed from Rust (64 KiB at a time)."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        status_code: int = 200,
+        headers=None,
+        media_type: str | None = None,
+        filename: str | None = None,
+    ) -> None:
+        if media_type is None:
+            media_type = mimetypes.guess_type(filename or str(path))[0] or "application/octet-stream"
+        super().__init__(b"", status_code=status_code, headers=headers, media_type=media_type)
+        self.path = os.fspath(path)
+        self.headers.append(("content-length", str(os.stat(self.path).st_size)))
+        if filename is not None:
+            self.headers.append(("content-disposition", f'attachment; filename="{filename}"'))
+
+
+async def _pump(iterator, send) -> None:
+    """Runs on the loop as an asyncio task: feeds a StreamingResponse's chunks to Rust."""
+    try:
+        if hasattr(iterator, "__aiter__"):
+            async for chunk in iterator:
+                await send(chunk)
+        else:
+            for chunk in iterator:
+                await send(chunk)
+    except (ConnectionResetError, asyncio.CancelledError):
+        send.close()  # the client is gone; nothing more to say
+    except BaseException as error:
+        log_handler_error("StreamingResponse body", error)
+        send.abort(f"{type(error).__name__}: {error}")
+    else:
+        send.close()
+    finally:
+        close = getattr(iterator, "aclose", None)
+        if close is not None:
+            await close()
+
+
 def as_response(value, status_code: int = 200) -> Response:
     """A handler's plain return value as the ``Response`` object Rust would have sent."""
     if isinstance(value, Response):
@@ -113,4 +176,13 @@ def as_response(value, status_code: int = 200) -> Response:
     return JSONResponse(value, status_code=status_code)
 
 
-__all__ = ["HTMLResponse", "JSONResponse", "PlainTextResponse", "RedirectResponse", "Response", "as_response"]
+__all__ = [
+    "FileResponse",
+    "HTMLResponse",
+    "JSONResponse",
+    "PlainTextResponse",
+    "RedirectResponse",
+    "Response",
+    "StreamingResponse",
+    "as_response",
+]

@@ -135,3 +135,49 @@ async def delete_user(user_id: int):
 
 
 api.include_router(users)
+
+
+stream_events: list[str] = []
+
+
+@api.get("/stream")
+async def stream(pause: float = 0.0, fail: bool = False):
+    async def numbers():
+        try:
+            for n in range(5):
+                yield f"{n};"
+                await asyncio.sleep(pause)
+            if fail:
+                raise RuntimeError("the producer broke")
+        finally:
+            stream_events.append("closed")
+
+    return percore.StreamingResponse(numbers(), media_type="text/plain")
+
+
+@api.get("/stream-sync")
+def stream_sync():
+    return percore.StreamingResponse((f"line {n}\n".encode() for n in range(3)), media_type="text/plain")
+
+
+@api.get("/endless")
+async def endless():
+    async def ticks():
+        try:
+            while True:
+                yield b"tick\n"
+                await asyncio.sleep(0.02)
+        finally:
+            stream_events.append("endless closed")
+
+    return percore.StreamingResponse(ticks())
+
+
+@api.get("/stream-events")
+async def read_stream_events():
+    return {"events": stream_events}
+
+
+@api.get("/file")
+def file():
+    return percore.FileResponse(__file__, filename="native_api.py")

@@ -28,8 +28,7 @@ use crate::pool::{HttpRequest, HttpResponse, Latch, RequestBody, ResponseBody, S
 use crate::query::percent_decode_path;
 
 /// How many body chunks may wait for the client before `send` makes the app wait.
-const STREAM_BUFFER: usize = 16;
-const FILE_CHUNK: usize = 64 * 1024;
+pub const STREAM_BUFFER: usize = 16;
 
 /// An awaitable that is already complete: `await Ready(v)` evaluates to `v` without suspending.
 #[pyclass(frozen, module = "percore._runtime")]
@@ -415,7 +414,7 @@ impl AsgiExchange {
                 body: ResponseBody::Stream(chunks, Arc::clone(&self.client_gone)),
             });
         }
-        tokio::task::spawn_local(stream_file(path, sender));
+        tokio::task::spawn_local(super::response::stream_file(path, sender));
         self.response_complete(py);
         ready(py, py.None().into_bound(py))
     }
@@ -480,38 +479,7 @@ impl AppConnection for AsgiExchange {
     }
 }
 
-async fn stream_file(path: String, sender: mpsc::Sender<Result<Bytes, StreamAborted>>) {
-    use tokio::io::AsyncReadExt;
-    let mut file = match tokio::fs::File::open(&path).await {
-        Ok(file) => file,
-        Err(err) => {
-            let _ = sender
-                .send(Err(StreamAborted(format!("{path}: {err}"))))
-                .await;
-            return;
-        }
-    };
-    loop {
-        let mut buffer = vec![0u8; FILE_CHUNK];
-        match file.read(&mut buffer).await {
-            Ok(0) => return,
-            Ok(n) => {
-                buffer.truncate(n);
-                if sender.send(Ok(Bytes::from(buffer))).await.is_err() {
-                    return;
-                }
-            }
-            Err(err) => {
-                let _ = sender
-                    .send(Err(StreamAborted(format!("{path}: {err}"))))
-                    .await;
-                return;
-            }
-        }
-    }
-}
-
-fn bytes_of(value: &Bound<'_, PyAny>) -> PyResult<Bytes> {
+pub fn bytes_of(value: &Bound<'_, PyAny>) -> PyResult<Bytes> {
     if let Ok(bytes) = value.cast::<PyBytes>() {
         return Ok(Bytes::copy_from_slice(bytes.as_bytes()));
     }

@@ -88,7 +88,7 @@ pub struct LoopShared {
     pub event_loop: Py<PyAny>,
     pub cancelled_error_type: Py<PyAny>,
     /// Tells the driver to look at the asyncio loop again (work was scheduled outside `_run_once`).
-    pub wake: Notify,
+    pub wake: Arc<Notify>,
     pub uuid_class: Py<PyAny>,
     response_class: Py<PyAny>,
     on_error: Py<PyAny>,
@@ -120,7 +120,12 @@ impl LoopShared {
         status_code: u16,
         name: &str,
     ) -> HttpResponse {
-        match to_response(value, status_code, self.response_class.bind(py)) {
+        match to_response(
+            value,
+            status_code,
+            self.response_class.bind(py),
+            Some(&self.wake),
+        ) {
             Ok(response) => response,
             Err(err) => self.fail(py, &err, name),
         }
@@ -606,7 +611,7 @@ impl PyExecutorFactory {
                 shared: Arc::new(LoopShared {
                     event_loop,
                     cancelled_error_type,
-                    wake: Notify::new(),
+                    wake: Arc::new(Notify::new()),
                     uuid_class,
                     response_class: self.response_class.clone_ref(py),
                     on_error: self.on_error.clone_ref(py),

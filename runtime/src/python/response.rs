@@ -10,8 +10,16 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyString};
 
+use std::sync::{Arc, Mutex};
+
+use pyo3::exceptions::PyConnectionResetError;
+use tokio::sync::{mpsc, Notify};
+
+use super::asgi::{bytes_of, ready, STREAM_BUFFER};
 use super::serialize::to_json;
-use crate::pool::{HttpResponse, ResponseBody};
+use crate::pool::{HttpResponse, Latch, ResponseBody, StreamAborted};
+
+const FILE_CHUNK: usize = 64 * 1024;
 
 const JSON: &str = "application/json";
 const TEXT: &str = "text/plain; charset=utf-8";
@@ -22,10 +30,12 @@ fn status(code: u16) -> PyResult<StatusCode> {
         .map_err(|_| PyValueError::new_err(format!("{code} is not a valid HTTP status code")))
 }
 
+/// `wake` is the loop driver's: needed (and given) only where a response may stream, on a loop thread.
 pub fn to_response(
     value: &Bound<'_, PyAny>,
     default_status: u16,
     response_class: &Bound<'_, PyAny>,
+    wake: Option<&Arc<Notify>>,
 ) -> PyResult<HttpResponse> {
     if let Ok(text) = value.cast::<PyString>() {
         let body = Bytes::copy_from_slice(text.to_str()?.as_bytes());
@@ -41,7 +51,7 @@ pub fn to_response(
         return with_status(response, default_status);
     }
     if value.is_instance(response_class)? {
-        return explicit_response(value);
+        return explicit_response(value, wake);
     }
     let body = to_json(value)?;
     with_status(HttpResponse::new(200, JSON, body), default_status)
@@ -52,19 +62,14 @@ fn with_status(mut response: HttpResponse, code: u16) -> PyResult<HttpResponse> 
     Ok(response)
 }
 
-/// A `percore.Response`: `status_code`, `media_type` (or None), `headers` (pairs of str) and `body`
-/// (bytes, already rendered by the subclass).
-fn explicit_response(value: &Bound<'_, PyAny>) -> PyResult<HttpResponse> {
+/// A `percore.Response`: `status_code`, `media_type` (or None), `headers` (pairs of str), and either
+/// `body` (bytes, already rendered), `body_iterator` (a `StreamingResponse`) or `path` (a `FileResponse`).
+fn explicit_response(
+    value: &Bound<'_, PyAny>,
+    wake: Option<&Arc<Notify>>,
+) -> PyResult<HttpResponse> {
     let py = value.py();
     let code: u16 = value.getattr(intern!(py, "status_code"))?.extract()?;
-    let body_object = value.getattr(intern!(py, "body"))?;
-    let body = if let Ok(bytes) = body_object.cast::<PyBytes>() {
-        Bytes::copy_from_slice(bytes.as_bytes())
-    } else if let Ok(array) = body_object.cast::<PyByteArray>() {
-        Bytes::from(array.to_vec())
-    } else {
-        return Err(PyTypeError::new_err("Response.body must be bytes"));
-    };
     let mut headers = Vec::new();
     let media_type = value.getattr(intern!(py, "media_type"))?;
     if !media_type.is_none() {
@@ -77,11 +82,206 @@ fn explicit_response(value: &Bound<'_, PyAny>) -> PyResult<HttpResponse> {
             .map_err(|_| PyValueError::new_err(format!("invalid header name {name:?}")))?;
         headers.push((name, header_value(&text)?));
     }
+    let status = status(code)?;
+    if let Some(iterator) = value
+        .getattr_opt(intern!(py, "body_iterator"))?
+        .filter(|i| !i.is_none())
+    {
+        let wake = wake.ok_or_else(|| PyTypeError::new_err("this response cannot stream here"))?;
+        return stream(py, status, headers, iterator, Arc::clone(wake));
+    }
+    if let Some(path) = value
+        .getattr_opt(intern!(py, "path"))?
+        .filter(|p| !p.is_none())
+    {
+        let path: String = path.str()?.to_string();
+        let (sender, chunks) = mpsc::channel(STREAM_BUFFER);
+        tokio::task::spawn_local(stream_file(path, sender));
+        return Ok(HttpResponse {
+            status,
+            headers,
+            body: ResponseBody::Stream(chunks, Arc::default()),
+        });
+    }
+    let body_object = value.getattr(intern!(py, "body"))?;
+    let body = if let Ok(bytes) = body_object.cast::<PyBytes>() {
+        Bytes::copy_from_slice(bytes.as_bytes())
+    } else if let Ok(array) = body_object.cast::<PyByteArray>() {
+        Bytes::from(array.to_vec())
+    } else {
+        return Err(PyTypeError::new_err("Response.body must be bytes"));
+    };
     Ok(HttpResponse {
-        status: status(code)?,
+        status,
         headers,
         body: ResponseBody::Full(body),
     })
+}
+
+/// A `StreamingResponse`: its iterator is pumped by an asyncio task on this loop
+/// (`percore.responses._pump`), each chunk written to the client as it is produced. The task is
+/// cancelled if the client goes away.
+fn stream(
+    py: Python<'_>,
+    status: StatusCode,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    iterator: Bound<'_, PyAny>,
+    wake: Arc<Notify>,
+) -> PyResult<HttpResponse> {
+    let (sender, chunks) = mpsc::channel(STREAM_BUFFER);
+    let abandoned = Arc::new(Latch::default());
+    let event_loop = py
+        .import("asyncio")?
+        .call_method0(intern!(py, "get_running_loop"))?;
+    let chunk_sender = Bound::new(
+        py,
+        ChunkSender {
+            sender: Mutex::new(Some(sender)),
+            event_loop: event_loop.clone().unbind(),
+            wake: Arc::clone(&wake),
+        },
+    )?;
+    let pump = py
+        .import("percore.responses")?
+        .getattr(intern!(py, "_pump"))?
+        .call1((iterator, chunk_sender))?;
+    let task = event_loop
+        .call_method1(intern!(py, "create_task"), (pump,))?
+        .unbind();
+    let watch = Arc::clone(&abandoned);
+    tokio::task::spawn_local(async move {
+        watch.wait().await;
+        Python::attach(|py| {
+            let task = task.bind(py);
+            let done = task
+                .call_method0(intern!(py, "done"))
+                .and_then(|d| d.is_truthy())
+                .unwrap_or(true);
+            if !done {
+                let _ = task.call_method0(intern!(py, "cancel"));
+                wake.notify_one();
+            }
+        });
+    });
+    Ok(HttpResponse {
+        status,
+        headers,
+        body: ResponseBody::Stream(chunks, abandoned),
+    })
+}
+
+/// `await send(chunk)` for `_pump`: queues a chunk for the client, waiting when the client is slower.
+#[pyclass(frozen, module = "percore._runtime")]
+pub struct ChunkSender {
+    sender: Mutex<Option<mpsc::Sender<Result<Bytes, StreamAborted>>>>,
+    event_loop: Py<PyAny>,
+    wake: Arc<Notify>,
+}
+
+#[pymethods]
+impl ChunkSender {
+    fn __call__<'py>(
+        &self,
+        py: Python<'py>,
+        chunk: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let bytes = match chunk.cast::<PyString>() {
+            Ok(text) => Bytes::copy_from_slice(text.to_str()?.as_bytes()),
+            Err(_) => bytes_of(chunk)?,
+        };
+        let sender = self
+            .sender
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| PyConnectionResetError::new_err("the response stream is closed"))?;
+        match sender.try_send(Ok(bytes)) {
+            Ok(()) => ready(py, py.None().into_bound(py)),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                Err(PyConnectionResetError::new_err("the client disconnected"))
+            }
+            Err(mpsc::error::TrySendError::Full(chunk)) => {
+                let future = self
+                    .event_loop
+                    .bind(py)
+                    .call_method0(intern!(py, "create_future"))?;
+                let result = future.clone().unbind();
+                let wake = Arc::clone(&self.wake);
+                tokio::task::spawn_local(async move {
+                    let sent = sender.send(chunk).await.is_ok();
+                    Python::attach(|py| {
+                        let future = result.bind(py);
+                        let done = future
+                            .call_method0(intern!(py, "done"))
+                            .and_then(|d| d.is_truthy())
+                            .unwrap_or(true);
+                        if !done {
+                            let outcome = if sent {
+                                future.call_method1(intern!(py, "set_result"), (py.None(),))
+                            } else {
+                                let error =
+                                    PyConnectionResetError::new_err("the client disconnected");
+                                future.call_method1(
+                                    intern!(py, "set_exception"),
+                                    (error.into_value(py),),
+                                )
+                            };
+                            if let Err(err) = outcome {
+                                err.print(py);
+                            }
+                        }
+                    });
+                    wake.notify_one();
+                });
+                Ok(future)
+            }
+        }
+    }
+
+    /// Ends the body: the client sees a complete response.
+    fn close(&self) {
+        self.sender.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+
+    /// Aborts the body: the connection is closed so the client cannot take it for complete.
+    fn abort(&self, reason: String) {
+        if let Some(sender) = self.sender.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            tokio::task::spawn_local(async move {
+                let _ = sender.send(Err(StreamAborted(reason))).await;
+            });
+        }
+    }
+}
+
+pub async fn stream_file(path: String, sender: mpsc::Sender<Result<Bytes, StreamAborted>>) {
+    use tokio::io::AsyncReadExt;
+    let mut file = match tokio::fs::File::open(&path).await {
+        Ok(file) => file,
+        Err(err) => {
+            let _ = sender
+                .send(Err(StreamAborted(format!("{path}: {err}"))))
+                .await;
+            return;
+        }
+    };
+    loop {
+        let mut buffer = vec![0u8; FILE_CHUNK];
+        match file.read(&mut buffer).await {
+            Ok(0) => return,
+            Ok(n) => {
+                buffer.truncate(n);
+                if sender.send(Ok(Bytes::from(buffer))).await.is_err() {
+                    return;
+                }
+            }
+            Err(err) => {
+                let _ = sender
+                    .send(Err(StreamAborted(format!("{path}: {err}"))))
+                    .await;
+                return;
+            }
+        }
+    }
 }
 
 fn header_value(text: &str) -> PyResult<HeaderValue> {

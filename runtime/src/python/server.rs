@@ -120,6 +120,7 @@ impl Server {
                     value.bind(py),
                     route.status_code,
                     factory.response_class.bind(py),
+                    None,
                 )
                 .map_err(|err| {
                     config_error(format!(
