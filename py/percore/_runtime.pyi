@@ -70,6 +70,11 @@ class Server:
         root_path: str = "",
         lifecycle: Callable[[], Any] | None = None,
         exception_responder: Callable[[BaseException], Any] | None = None,
+        max_body_size: int | None = None,
+        header_timeout: float | None = None,
+        max_connections: int | None = None,
+        max_in_flight: int | None = None,
+        shutdown_timeout: float | None = None,
     ) -> None: ...
     def start(self) -> None: ...
     def wait(self, timeout: float) -> bool: ...

@@ -64,6 +64,18 @@ def _parser() -> argparse.ArgumentParser:
         "--no-lifespan", action="store_true", help="do not run the ASGI lifespan protocol on the loops"
     )
     run.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    limits = run.add_argument_group("limits (see docs/limits.md)")
+    limits.add_argument("--max-body-size", type=int, help="bytes; larger bodies get 413 (default 16 MiB)")
+    limits.add_argument(
+        "--header-timeout", type=float, help="seconds to send a request head; also the keep-alive idle limit (30)"
+    )
+    limits.add_argument("--max-connections", type=int, help="open connections per loop (default 10000)")
+    limits.add_argument(
+        "--max-in-flight", type=int, help="requests in flight per loop; beyond it 503 + Retry-After (4096)"
+    )
+    limits.add_argument(
+        "--shutdown-timeout", type=float, help="seconds in-flight requests get after SIGTERM (default 5)"
+    )
     return parser
 
 
@@ -80,6 +92,11 @@ def main(argv: list[str] | None = None) -> int:
             interface=arguments.interface,
             root_path=arguments.root_path,
             lifespan=not arguments.no_lifespan,
+            max_body_size=arguments.max_body_size,
+            header_timeout=arguments.header_timeout,
+            max_connections=arguments.max_connections,
+            max_in_flight=arguments.max_in_flight,
+            shutdown_timeout=arguments.shutdown_timeout,
         )
         choose_interface(app, config.interface)
         serve(app, config)

@@ -26,6 +26,12 @@ class ServerConfig:
     interface: str = "auto"
     root_path: str = ""
     lifespan: bool = True
+    # Limits (None: the Rust defaults, see runtime/src/config.rs and docs/limits.md).
+    max_body_size: int | None = None
+    header_timeout: float | None = None
+    max_connections: int | None = None
+    max_in_flight: int | None = None
+    shutdown_timeout: float | None = None
 
 
 def free_threaded_build() -> bool:
@@ -59,6 +65,11 @@ class Server:
             if asgi and config.lifespan
             else (None if asgi else app._lifecycle),
             exception_responder=None if asgi else app._exception_response,
+            max_body_size=config.max_body_size,
+            header_timeout=config.header_timeout,
+            max_connections=config.max_connections,
+            max_in_flight=config.max_in_flight,
+            shutdown_timeout=config.shutdown_timeout,
         )
 
     def start(self) -> None:

@@ -28,6 +28,32 @@ impl LoopCount {
     }
 }
 
+/// What one client may cost the server; each is a CLI flag with this default.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Larger request bodies are answered 413 (without reading them, when the length is declared).
+    pub max_body_size: u64,
+    /// A connection that does not deliver a complete request head within this time is closed: slowloris
+    /// defence, and the idle limit for keep-alive connections.
+    pub header_timeout: std::time::Duration,
+    /// Open connections per loop; beyond it the loop stops accepting until one closes (the rest wait
+    /// in the kernel's backlog).
+    pub max_connections_per_loop: usize,
+    /// Requests in flight per loop; beyond it new requests routed to that loop get 503 + Retry-After.
+    pub max_in_flight_per_loop: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_size: 16 * 1024 * 1024,
+            header_timeout: std::time::Duration::from_secs(30),
+            max_connections_per_loop: 10_000,
+            max_in_flight_per_loop: 4096,
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Config {
     pub host: String,
@@ -37,6 +63,7 @@ pub struct Config {
     pub cores: Vec<usize>,
     /// How long in-flight requests may run after a stop signal before their connections are dropped.
     pub shutdown_timeout: std::time::Duration,
+    pub limits: Limits,
 }
 
 impl Config {
@@ -62,6 +89,7 @@ impl Config {
             routing,
             cores,
             shutdown_timeout: std::time::Duration::from_secs(5),
+            limits: Limits::default(),
         })
     }
 

@@ -260,6 +260,16 @@ impl<X: Executor> LoopContext<X> {
         } else {
             self.chooser.choose()
         };
+        // Backpressure: a loop already this busy takes no more; the client is told when to retry
+        // instead of queueing without bound.
+        if self.shared.load.in_flight(target) >= self.shared.config.limits.max_in_flight_per_loop {
+            let mut response = HttpResponse::text(503, "Service Unavailable: the server is overloaded");
+            response.headers.push((
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from_static("1"),
+            ));
+            return response;
+        }
         let in_flight = self.shared.load.track(target);
         if target == self.index {
             let response = self
@@ -508,12 +518,19 @@ async fn run_jobs<X: Executor>(
             let Job {
                 endpoint,
                 request,
-                reply,
+                mut reply,
                 in_flight,
             } = job;
-            let response = executor.call(&shared.endpoints[endpoint], request).await;
-            drop(in_flight);
-            let _ = reply.send(response);
+            let call = executor.call(&shared.endpoints[endpoint], request);
+            tokio::select! {
+                response = call => {
+                    drop(in_flight);
+                    let _ = reply.send(response);
+                }
+                // The client went away (the connection's thread dropped the receiver): dropping `call`
+                // stops the handler, as for a request run where it was read.
+                _ = reply.closed() => {}
+            }
         });
     }
 }

@@ -21,7 +21,7 @@ use std::task::{Context, Poll};
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::{watch, Notify};
 
@@ -32,6 +32,8 @@ use crate::pool::{
 use crate::router::Lookup;
 
 const LISTEN_BACKLOG: i32 = 1024;
+/// A request head (request line and headers) larger than this is answered 431.
+const MAX_HEADER_SIZE: usize = 64 * 1024;
 /// Declared bodies up to this size are read before the handler runs.
 const EAGER_BODY_LIMIT: u64 = 64 * 1024;
 
@@ -112,9 +114,7 @@ struct ConnectionGuard(Rc<Connections>);
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
         self.0.open.set(self.0.open.get() - 1);
-        if self.0.open.get() == 0 {
-            self.0.closed.notify_waiters();
-        }
+        self.0.closed.notify_waiters();
     }
 }
 
@@ -126,7 +126,17 @@ pub async fn accept_until_stopped<X: Executor>(
     stop: &mut watch::Receiver<bool>,
 ) -> Rc<Connections> {
     let connections = Rc::new(Connections::default());
+    let limits = context.shared.config.limits.clone();
     loop {
+        while connections.open.get() >= limits.max_connections_per_loop {
+            tokio::select! {
+                _ = connections.closed.notified() => {}
+                _ = stop.wait_for(|stopped| *stopped) => break,
+            }
+        }
+        if *stop.borrow() {
+            break;
+        }
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             _ = stop.wait_for(|stopped| *stopped) => break,
@@ -144,6 +154,7 @@ pub async fn accept_until_stopped<X: Executor>(
         let guard = ConnectionGuard(Rc::clone(&connections));
         let context = Rc::clone(&context);
         let mut stop = stop.clone();
+        let header_timeout = limits.header_timeout;
         tokio::task::spawn_local(async move {
             let _guard = guard;
             let service = service_fn(move |request| {
@@ -152,6 +163,9 @@ pub async fn accept_until_stopped<X: Executor>(
             });
             let connection = hyper::server::conn::http1::Builder::new()
                 .keep_alive(true)
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .max_header_size(MAX_HEADER_SIZE)
                 .serve_connection(TokioIo::new(stream), service)
                 .with_upgrades();
             tokio::pin!(connection);
@@ -195,10 +209,12 @@ async fn handle<X: Executor>(
         Lookup::Found { endpoint, params } => match read_body(
             body,
             X::streams_request_body(&context.shared.endpoints[endpoint]),
+            context.shared.config.limits.max_body_size,
         )
         .await
         {
-            Err(_) => HttpResponse::text(400, "Bad Request: unreadable body"),
+            Err(BodyError::TooLarge) => HttpResponse::text(413, "Payload Too Large"),
+            Err(BodyError::Unreadable) => HttpResponse::text(400, "Bad Request: unreadable body"),
             Ok(body) => {
                 let request = HttpRequest {
                     method: parts.method,
@@ -222,17 +238,34 @@ async fn handle<X: Executor>(
 /// Reads the body before dispatch, unless the endpoint streams it: then only bodies that declare a
 /// small length are read first (so most requests still arrive complete) and anything larger or chunked
 /// is handed over still arriving.
-async fn read_body(body: Incoming, streams: bool) -> Result<RequestBody, hyper::Error> {
+///
+/// A body larger than `max_size` is refused: at once when its declared length says so (nothing is
+/// read), otherwise as soon as the bytes read pass the limit. (A body the endpoint streams is counted
+/// by the endpoint as it reads.)
+async fn read_body(body: Incoming, streams: bool, max_size: u64) -> Result<RequestBody, BodyError> {
+    if body.size_hint().lower() > max_size {
+        return Err(BodyError::TooLarge);
+    }
+    let read_whole = |body: Incoming| async move {
+        match http_body_util::Limited::new(body, max_size as usize).collect().await {
+            Ok(collected) => Ok(RequestBody::Full(collected.to_bytes())),
+            Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(BodyError::TooLarge),
+            Err(_) => Err(BodyError::Unreadable),
+        }
+    };
     if !streams {
-        return Ok(RequestBody::Full(body.collect().await?.to_bytes()));
+        return read_whole(body).await;
     }
     match body.size_hint().exact() {
         Some(0) => Ok(RequestBody::Full(Bytes::new())),
-        Some(length) if length <= EAGER_BODY_LIMIT => {
-            Ok(RequestBody::Full(body.collect().await?.to_bytes()))
-        }
+        Some(length) if length <= EAGER_BODY_LIMIT => read_whole(body).await,
         _ => Ok(RequestBody::Streaming(body)),
     }
+}
+
+enum BodyError {
+    TooLarge,
+    Unreadable,
 }
 
 /// The response body hyper writes: complete, or chunks as the executor produces them.

@@ -187,3 +187,26 @@ def live_tasks():
 
     gc.collect()
     return {"tasks": sum(type(o).__name__ == "RequestTask" for o in gc.get_objects())}
+
+
+cancel_log: list[str] = []
+
+
+@api.get("/cancellable")
+async def cancellable():
+    try:
+        await asyncio.sleep(5)
+    except asyncio.CancelledError:
+        cancel_log.append("cancelled")
+        raise
+    return {"finished": True}
+
+
+@api.get("/cancel-log")
+async def read_cancel_log():
+    return {"log": cancel_log}
+
+
+@api.post("/upload")
+def upload(request: percore.Request):
+    return {"received": len(request.body)}

@@ -172,16 +172,14 @@ fn object_len(object: &Bound<'_, PyAny>) -> isize {
 }
 
 impl PyExecutor {
-    fn start(
-        &self,
-        py: Python<'_>,
-        endpoint: &Endpoint,
-        request: HttpRequest,
-    ) -> Result<HttpResponse, oneshot::Receiver<HttpResponse>> {
+    fn start(&self, py: Python<'_>, endpoint: &Endpoint, request: HttpRequest) -> Started {
         match endpoint {
             Endpoint::Native(native) => self.start_native(py, native, request),
-            Endpoint::Asgi(asgi) => self.start_asgi(py, asgi, request),
-            Endpoint::Const(constant) => Ok(constant.response()),
+            Endpoint::Asgi(asgi) => match self.start_asgi(py, asgi, request) {
+                Ok(response) => Started::Done(response),
+                Err(pending) => Started::Pending(pending, None),
+            },
+            Endpoint::Const(constant) => Started::Done(constant.response()),
         }
     }
 
@@ -262,27 +260,25 @@ impl PyExecutor {
         }
     }
 
-    fn start_native(
-        &self,
-        py: Python<'_>,
-        endpoint: &NativeEndpoint,
-        request: HttpRequest,
-    ) -> Result<HttpResponse, oneshot::Receiver<HttpResponse>> {
+    fn start_native(&self, py: Python<'_>, endpoint: &NativeEndpoint, request: HttpRequest) -> Started {
         let context = match new_context(py) {
             Ok(context) => context,
-            Err(err) => return Ok(self.shared.fail(py, &err, &endpoint.name)),
+            Err(err) => return Started::Done(self.shared.fail(py, &err, &endpoint.name)),
         };
         let called = self.call_handler(py, endpoint, request, &context);
         let value = match called {
             Ok(Ok(value)) => value,
-            Ok(Err(rejected)) => return Ok(rejected),
-            Err(err) => return Ok(self.shared.handler_failed(py, &err, &endpoint.name)),
+            Ok(Err(rejected)) => return Started::Done(rejected),
+            Err(err) => return Started::Done(self.shared.handler_failed(py, &err, &endpoint.name)),
         };
         // SAFETY: attached, live object.
         if unsafe { ffi::PyCoro_CheckExact(value.as_ptr()) } == 0 {
-            return Ok(self
-                .shared
-                .respond(py, &value, endpoint.status_code, &endpoint.name));
+            return Started::Done(self.shared.respond(
+                py,
+                &value,
+                endpoint.status_code,
+                &endpoint.name,
+            ));
         }
         let (reply, mut response) = oneshot::channel();
         let task = RequestTask::new(
@@ -296,14 +292,15 @@ impl PyExecutor {
                 reply,
             },
         );
-        match task {
-            Ok(task) => RequestTask::step(&task, None),
-            Err(err) => return Ok(self.shared.fail(py, &err, &endpoint.name)),
-        }
+        let task = match task {
+            Ok(task) => task,
+            Err(err) => return Started::Done(self.shared.fail(py, &err, &endpoint.name)),
+        };
+        RequestTask::step(&task, None);
         match response.try_recv() {
-            Ok(response) => Ok(response),
-            Err(oneshot::error::TryRecvError::Empty) => Err(response),
-            Err(oneshot::error::TryRecvError::Closed) => Ok(HttpResponse::internal_error()),
+            Ok(response) => Started::Done(response),
+            Err(oneshot::error::TryRecvError::Empty) => Started::Pending(response, Some(task.unbind())),
+            Err(oneshot::error::TryRecvError::Closed) => Started::Done(HttpResponse::internal_error()),
         }
     }
 
@@ -433,6 +430,40 @@ fn has_pending_events(fd: RawFd) -> bool {
     unsafe { libc::poll(&mut poll, 1, 0) > 0 }
 }
 
+/// How far a request got on its first step.
+enum Started {
+    Done(HttpResponse),
+    /// Suspended; for native handlers, the task to cancel if the client goes away.
+    Pending(oneshot::Receiver<HttpResponse>, Option<Py<RequestTask>>),
+}
+
+/// Cancels a suspended native handler when its response is no longer wanted: hyper drops the request's
+/// future when the client disconnects, and `CancelledError` then unwinds the handler (its `finally`
+/// blocks and `async with` exits run, resources are released).
+struct CancelOnDrop {
+    task: Option<Py<RequestTask>>,
+    wake: Arc<Notify>,
+}
+
+impl CancelOnDrop {
+    fn disarm(&mut self) {
+        self.task = None;
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            Python::attach(|py| {
+                if let Err(err) = task.bind(py).call_method0(intern!(py, "cancel")) {
+                    err.print(py);
+                }
+            });
+            self.wake.notify_one();
+        }
+    }
+}
+
 /// A fresh copy of the thread's base context: every request runs in its own, so contextvars never leak.
 fn new_context(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
     // SAFETY: attached; returns a new reference or NULL with an exception set.
@@ -485,12 +516,21 @@ impl Executor for PyExecutor {
             started
         });
         match started {
-            Ok(response) => Box::pin(std::future::ready(response)),
-            Err(pending) => Box::pin(async move {
-                pending
-                    .await
-                    .unwrap_or_else(|_| HttpResponse::internal_error())
-            }),
+            Started::Done(response) => Box::pin(std::future::ready(response)),
+            Started::Pending(pending, task) => {
+                let cancel = CancelOnDrop {
+                    task,
+                    wake: Arc::clone(&self.shared.wake),
+                };
+                Box::pin(async move {
+                    let mut cancel = cancel;
+                    let response = pending
+                        .await
+                        .unwrap_or_else(|_| HttpResponse::internal_error());
+                    cancel.disarm();
+                    response
+                })
+            }
         }
     }
 

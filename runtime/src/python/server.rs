@@ -71,7 +71,9 @@ impl Server {
     #[new]
     #[pyo3(signature = (
         routes, *, host, port, loops, routing, loop_factory, response_class, on_error,
-        asgi_app=None, root_path=String::new(), lifecycle=None, exception_responder=None
+        asgi_app=None, root_path=String::new(), lifecycle=None, exception_responder=None,
+        max_body_size=None, header_timeout=None, max_connections=None, max_in_flight=None,
+        shutdown_timeout=None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -88,10 +90,45 @@ impl Server {
         root_path: String,
         lifecycle: Option<Py<PyAny>>,
         exception_responder: Option<Py<PyAny>>,
+        max_body_size: Option<u64>,
+        header_timeout: Option<f64>,
+        max_connections: Option<usize>,
+        max_in_flight: Option<usize>,
+        shutdown_timeout: Option<f64>,
     ) -> PyResult<Self> {
         let loops = LoopCount::parse(loops).map_err(config_error)?;
         let routing: RoutingPolicy = routing.parse().map_err(config_error)?;
-        let config = Config::new(host, port, loops, routing).map_err(config_error)?;
+        let mut config = Config::new(host, port, loops, routing).map_err(config_error)?;
+        let seconds = |value: f64, flag: &str| {
+            if value.is_finite() && value > 0.0 {
+                Ok(Duration::from_secs_f64(value))
+            } else {
+                Err(config_error(format!("{flag} must be a positive number of seconds")))
+            }
+        };
+        let positive = |value: usize, flag: &str| {
+            if value > 0 {
+                Ok(value)
+            } else {
+                Err(config_error(format!("{flag} must be at least 1")))
+            }
+        };
+        let limits = &mut config.limits;
+        if let Some(size) = max_body_size {
+            limits.max_body_size = size;
+        }
+        if let Some(timeout) = header_timeout {
+            limits.header_timeout = seconds(timeout, "--header-timeout")?;
+        }
+        if let Some(count) = max_connections {
+            limits.max_connections_per_loop = positive(count, "--max-connections")?;
+        }
+        if let Some(count) = max_in_flight {
+            limits.max_in_flight_per_loop = positive(count, "--max-in-flight")?;
+        }
+        if let Some(timeout) = shutdown_timeout {
+            config.shutdown_timeout = seconds(timeout, "--shutdown-timeout")?;
+        }
         let factory = Arc::new(PyExecutorFactory {
             loop_factory,
             lifecycle,

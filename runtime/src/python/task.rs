@@ -312,11 +312,8 @@ impl RequestTask {
                             .respond(py, value.bind(py), status_code, &this.name)
                     }
                     Outcome::Raised(err) => this.shared.handler_failed(py, err, &this.name),
-                    _ => this.shared.fail(
-                        py,
-                        &PyRuntimeError::new_err("the request's handler was cancelled"),
-                        &this.name,
-                    ),
+                    // Cancelled because its client left (or the server is stopping): nobody to tell.
+                    Outcome::Cancelled => HttpResponse::internal_error(),
                 };
                 let _ = reply.send(response);
             }
