@@ -24,7 +24,9 @@ def raw_exchange(port: int, data: bytes, timeout: float = 5) -> bytes:
             if not chunk:
                 break
             received += chunk
-            if b"\r\n\r\n" in received and (b"content-length: 0" in received.lower() or received.endswith(b"}")):
+            if b"\r\n\r\n" in received and (
+                b"content-length: 0" in received.lower() or received.endswith(b"}")
+            ):
                 break
             if received.startswith(b"HTTP/1.1 4") and b"\r\n\r\n" in received:
                 break
@@ -48,7 +50,8 @@ def test_a_chunked_body_is_cut_off_at_the_limit(serve):
     server = serve(APP, "--loops", "1", "--max-body-size", "1000")
     chunk = b"400\r\n" + b"y" * 0x400 + b"\r\n"
     reply = raw_exchange(
-        server.port, b"POST /upload HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n" + chunk + b"0\r\n\r\n"
+        server.port,
+        b"POST /upload HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n" + chunk + b"0\r\n\r\n",
     )
     assert status_of(reply) == 413
     assert server.get("/where").status == 200

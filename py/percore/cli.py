@@ -67,7 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     limits = run.add_argument_group("limits (see docs/limits.md)")
     limits.add_argument("--max-body-size", type=int, help="bytes; larger bodies get 413 (default 16 MiB)")
     limits.add_argument(
-        "--header-timeout", type=float, help="seconds to send a request head; also the keep-alive idle limit (30)"
+        "--header-timeout",
+        type=float,
+        help="seconds to send a request head; also the keep-alive idle limit (30)",
     )
     limits.add_argument("--max-connections", type=int, help="open connections per loop (default 10000)")
     limits.add_argument(

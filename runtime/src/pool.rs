@@ -263,7 +263,8 @@ impl<X: Executor> LoopContext<X> {
         // Backpressure: a loop already this busy takes no more; the client is told when to retry
         // instead of queueing without bound.
         if self.shared.load.in_flight(target) >= self.shared.config.limits.max_in_flight_per_loop {
-            let mut response = HttpResponse::text(503, "Service Unavailable: the server is overloaded");
+            let mut response =
+                HttpResponse::text(503, "Service Unavailable: the server is overloaded");
             response.headers.push((
                 http::header::RETRY_AFTER,
                 http::HeaderValue::from_static("1"),

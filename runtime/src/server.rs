@@ -247,7 +247,10 @@ async fn read_body(body: Incoming, streams: bool, max_size: u64) -> Result<Reque
         return Err(BodyError::TooLarge);
     }
     let read_whole = |body: Incoming| async move {
-        match http_body_util::Limited::new(body, max_size as usize).collect().await {
+        match http_body_util::Limited::new(body, max_size as usize)
+            .collect()
+            .await
+        {
             Ok(collected) => Ok(RequestBody::Full(collected.to_bytes())),
             Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(BodyError::TooLarge),
             Err(_) => Err(BodyError::Unreadable),

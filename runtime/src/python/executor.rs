@@ -260,7 +260,12 @@ impl PyExecutor {
         }
     }
 
-    fn start_native(&self, py: Python<'_>, endpoint: &NativeEndpoint, request: HttpRequest) -> Started {
+    fn start_native(
+        &self,
+        py: Python<'_>,
+        endpoint: &NativeEndpoint,
+        request: HttpRequest,
+    ) -> Started {
         let context = match new_context(py) {
             Ok(context) => context,
             Err(err) => return Started::Done(self.shared.fail(py, &err, &endpoint.name)),
@@ -299,8 +304,12 @@ impl PyExecutor {
         RequestTask::step(&task, None);
         match response.try_recv() {
             Ok(response) => Started::Done(response),
-            Err(oneshot::error::TryRecvError::Empty) => Started::Pending(response, Some(task.unbind())),
-            Err(oneshot::error::TryRecvError::Closed) => Started::Done(HttpResponse::internal_error()),
+            Err(oneshot::error::TryRecvError::Empty) => {
+                Started::Pending(response, Some(task.unbind()))
+            }
+            Err(oneshot::error::TryRecvError::Closed) => {
+                Started::Done(HttpResponse::internal_error())
+            }
         }
     }
 

@@ -103,7 +103,9 @@ impl Server {
             if value.is_finite() && value > 0.0 {
                 Ok(Duration::from_secs_f64(value))
             } else {
-                Err(config_error(format!("{flag} must be a positive number of seconds")))
+                Err(config_error(format!(
+                    "{flag} must be a positive number of seconds"
+                )))
             }
         };
         let positive = |value: usize, flag: &str| {
