@@ -175,3 +175,20 @@ def test_a_stop_signal_finishes_in_flight_requests_and_exits_zero(serve, signum)
     assert reply.status == 200
     assert code == 0
     assert time.monotonic() - started < 5
+
+
+def test_a_second_signal_forces_exit(serve):
+    server = serve(APP, "--loops", "1", "--shutdown-timeout", "30")
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        stuck = pool.submit(server.get, "/cancellable")  # sleeps 5 s: would hold a graceful stop
+        time.sleep(0.2)
+        server.process.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        assert server.process.poll() is None, "the first signal waits for in-flight requests"
+        started = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        code = server.process.wait(timeout=5)
+        assert time.monotonic() - started < 2
+        assert code == 128 + signal.SIGTERM
+        with pytest.raises(Exception):  # noqa: B017 - the connection just drops
+            stuck.result(timeout=5)

@@ -3,6 +3,7 @@ Ctrl-C or SIGTERM."""
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import sysconfig
@@ -122,14 +123,26 @@ def serve(app: App | Any, config: ServerConfig | None = None) -> None:
         while not server.wait(0.2):
             pass
     except KeyboardInterrupt:
-        logger.info("stopping: finishing in-flight requests")
+        logger.info("stopping: finishing in-flight requests (signal again to force)")
+        if previous is not None:
+            signal.signal(signal.SIGINT, _force_exit)
+            signal.signal(signal.SIGTERM, _force_exit)
     finally:
         server.stop()
+        # In slices, so a second signal is handled while the loops drain.
+        while not server.wait(0.1):
+            pass
         server.join()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
     logger.info("stopped")
 
 
 def _raise_keyboard_interrupt(signum, frame):
     raise KeyboardInterrupt
+
+
+def _force_exit(signum, frame):
+    logger.warning("second signal: exiting without waiting for in-flight requests")
+    os._exit(128 + signum)
