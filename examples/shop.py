@@ -96,6 +96,19 @@ async def delete_product(product_id: int, x_user: str = Header()):
 api.include_router(products)
 
 
+@api.get("/products/export")
+async def export_products():
+    """All products as newline-delimited JSON, streamed as they are produced."""
+
+    async def lines():
+        with _catalogue_lock:
+            snapshot = list(_catalogue.values())
+        for product in snapshot:
+            yield product.model_dump_json() + "\n"
+
+    return percore.StreamingResponse(lines(), media_type="application/x-ndjson")
+
+
 @api.get("/loop")
 async def loop_info(request: percore.Request):
     """Which loop answered, and how many requests it has served."""

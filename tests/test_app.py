@@ -280,3 +280,46 @@ def test_a_const_route_cannot_take_parameters():
     api = percore.App()
     with pytest.raises(percore.ConfigurationError, match="const route"):
         api.get("/x/{y}", const=True)(lambda y: y)
+
+
+def test_router_middleware_wraps_only_its_routes_inside_app_middleware():
+    from percore.testing import TestClient
+
+    api = percore.App(openapi_url=None)
+    order = []
+
+    @api.middleware
+    async def app_layer(request, call_next):
+        order.append("app")
+        return await call_next(request)
+
+    admin = percore.Router(prefix="/admin")
+
+    @admin.middleware
+    async def require_token(request, call_next):
+        order.append("admin")
+        if request.headers.get("x-token") != "s3cret":
+            return percore.JSONResponse({"detail": "forbidden"}, status_code=403)
+        return await call_next(request)
+
+    @admin.get("/stats")
+    async def stats():
+        return {"ok": True}
+
+    @api.get("/public")
+    async def public(request: percore.Request):
+        return {"query": request.query_params, "pairs": request.query_list, "cookies": request.cookies}
+
+    api.include_router(admin)
+    with TestClient(api) as client:
+        assert client.get("/admin/stats").status_code == 403
+        assert client.get("/admin/stats", headers={"X-Token": "s3cret"}).json() == {"ok": True}
+        assert order == ["app", "admin", "app", "admin"]
+        order.clear()
+        reply = client.get("/public?a=1&a=2&b=x+y", headers={"Cookie": "session=abc; theme=dark"})
+        assert reply.json() == {
+            "query": {"a": "2", "b": "x y"},
+            "pairs": [["a", "1"], ["a", "2"], ["b", "x y"]],
+            "cookies": {"session": "abc", "theme": "dark"},
+        }
+        assert order == ["app"]

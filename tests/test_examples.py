@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from percore.testing import TestClient
 
 
@@ -28,6 +30,9 @@ def test_shop_example_crud_filters_and_errors():
             p["name"] for p in client.get("/products", params={"tag": "office", "max_price": 10}).json()
         ] == ["pen"]
         assert client.get(f"/products/{product_id}").json()["name"] == "pen"
+        export = client.get("/products/export")
+        assert export.headers["content-type"] == "application/x-ndjson"
+        assert [json.loads(line)["name"] for line in export.text.splitlines()] == ["pen", "desk"]
         invalid = client.post("/products", json={"name": "", "price": -1}, headers=admin)
         assert invalid.status_code == 422
         assert [e["loc"] for e in invalid.json()["detail"]] == [["body", "name"], ["body", "price"]]

@@ -32,6 +32,8 @@ class Route:
     const: bool = False
     #: For ``const`` routes when served: ``(value,)``, the handler's result computed once at startup.
     const_value: tuple[Any] | None = None
+    #: Middleware of the routers this route was included through (innermost last).
+    middleware: tuple[Any, ...] = ()
 
 
 class Router:
@@ -42,6 +44,7 @@ class Router:
             raise ConfigurationError(f"router prefix {prefix!r} must start with '/' and not end with '/'")
         self.prefix = prefix
         self._routes: list[Route] = []
+        self._middleware: list[Any] = []
 
     @property
     def routes(self) -> list[Route]:
@@ -55,6 +58,7 @@ class Router:
         *,
         status_code: int = 200,
         const: bool = False,
+        middleware: tuple[Any, ...] = (),
     ) -> None:
         full_path = self.prefix + path
         if not full_path.startswith("/"):
@@ -67,7 +71,9 @@ class Router:
                 raise ConfigurationError(
                     f"const route {method} {full_path}: the handler must take no parameters (it runs once)"
                 )
-            self._routes.append(Route(method, full_path, function, params, status_code, const))
+            self._routes.append(
+                Route(method, full_path, function, params, status_code, const, middleware=middleware)
+            )
 
     def route(
         self, path: str, methods: Iterable[str] = ("GET",), *, status_code: int = 200, const: bool = False
@@ -109,11 +115,24 @@ class Router:
     ) -> Callable[[Handler], Handler]:
         return self.route(path, ["OPTIONS"], status_code=status_code, const=const)
 
+    def middleware(self, function: Any) -> Any:
+        """``async def mw(request, call_next)`` around this router's handlers: ``await call_next(request)``
+        gives the handler's response (always a ``Response`` object here); return it or another. The
+        first registered is the outermost; an app's middleware wraps its routers'."""
+        self._middleware.append(function)
+        return function
+
     def include_router(self, router: Router) -> None:
-        """Adds ``router``'s routes under this router's prefix (their signatures re-analysed for the new path)."""
+        """Adds ``router``'s routes under this router's prefix (their signatures re-analysed for the new
+        path), with the router's middleware."""
         for route in router.routes:
             self.add_route(
-                route.path, route.function, [route.method], status_code=route.status_code, const=route.const
+                route.path,
+                route.function,
+                [route.method],
+                status_code=route.status_code,
+                const=route.const,
+                middleware=(*router._middleware, *route.middleware),
             )
 
 
@@ -172,15 +191,7 @@ class App(Router):
         }
         self._loop_start: list[LoopHook] = []
         self._loop_stop: list[LoopHook] = []
-        self._middleware: list[Middleware] = []
         self._cors: _Cors | None = None
-
-    def middleware(self, function: Middleware) -> Middleware:
-        """``async def mw(request, call_next)``: ``await call_next(request)`` gives the handler's response
-        (always a ``Response`` object here, whatever the handler returned); return it or another.
-        The first registered is the outermost. Routes pay for middleware only if there is some."""
-        self._middleware.append(function)
-        return function
 
     def add_cors(
         self,
@@ -228,11 +239,13 @@ class App(Router):
                 if path not in have_options:
                     preflight.add_route(path, _no_content, ["OPTIONS"])
             routes += preflight.routes
-        if middleware:
-            routes = [
-                route if route.const else _with_middleware(route, middleware, self._exception_response)
-                for route in routes
-            ]
+        wrapped = []
+        for route in routes:
+            layers = [*middleware, *route.middleware]
+            if layers and not route.const:
+                route = _with_middleware(route, layers, self._exception_response)
+            wrapped.append(route)
+        routes = wrapped
         return [_computed(route) if route.const else route for route in routes]
 
     def exception_handler(self, exception_type: type[BaseException]) -> Callable[[Handler], Handler]:

@@ -5,6 +5,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
 use crate::pool::HttpRequest;
+use crate::query::{parse_cookies, parse_query};
 
 #[pyclass(frozen, module = "percore", name = "Request")]
 pub struct Request {
@@ -84,6 +85,33 @@ impl Request {
             headers.set_item(name.as_str(), values.join(", "))?;
         }
         Ok(headers)
+    }
+
+    /// The query string decoded into a dict; for a repeated key the last value (see `query_list`).
+    #[getter]
+    fn query_params<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let params = PyDict::new(py);
+        for (name, value) in parse_query(self.inner.uri.query().unwrap_or("")) {
+            params.set_item(name, value)?;
+        }
+        Ok(params)
+    }
+
+    /// The query string decoded into (name, value) pairs, in order, repeated keys kept.
+    #[getter]
+    fn query_list(&self) -> Vec<(String, String)> {
+        parse_query(self.inner.uri.query().unwrap_or(""))
+    }
+
+    /// The cookies the client sent, by name.
+    #[getter]
+    fn cookies<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let cookies = PyDict::new(py);
+        let headers = self.inner.headers.get_all(http::header::COOKIE);
+        for (name, value) in parse_cookies(headers.iter().filter_map(|v| v.to_str().ok())) {
+            cookies.set_item(name, value)?;
+        }
+        Ok(cookies)
     }
 
     /// The path parameters matched by the route, as strings.
