@@ -118,7 +118,9 @@ def contenders() -> list[Contender]:
             )
         )
     if peers:
-        found.append(Contender(GRANIAN_RSGI, granian(peers, "rsgi", "benches.apps.rsgi_app:app"), ["/json"]))
+        found.append(
+            Contender(GRANIAN_RSGI, granian(peers, "rsgi", "benches.apps.rsgi_app:app"), APP_ENDPOINTS)
+        )
     for framework, app in FRAMEWORKS.items():
         for python, label in pythons:
             found.append(Contender(PERCORE.format(framework, label), percore(python, app), APP_ENDPOINTS))

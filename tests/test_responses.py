@@ -140,3 +140,29 @@ def test_file_responses_stream_the_file_from_rust(serve):
     assert reply.headers["content-length"] == str(len(expected))
     assert reply.headers["content-disposition"] == 'attachment; filename="native_api.py"'
     assert reply.headers["content-type"] == "text/x-python"
+
+
+def test_dataclasses_and_pydantic_models_serialise_as_their_fields():
+    import dataclasses
+    import uuid
+
+    from pydantic import BaseModel
+
+    @dataclasses.dataclass
+    class Point:
+        x: int
+        y: int
+        tags: list[str] = dataclasses.field(default_factory=list)
+
+    class User(BaseModel):
+        id: uuid.UUID
+        name: str
+        home: Point | None = None
+
+    ident = uuid.UUID(int=7)
+    assert json.loads(dumps([Point(1, 2, ["a"])])) == [{"x": 1, "y": 2, "tags": ["a"]}]
+    assert json.loads(dumps({"user": User(id=ident, name="ada", home=Point(3, 4))})) == {
+        "user": {"id": str(ident), "name": "ada", "home": {"x": 3, "y": 4, "tags": []}}
+    }
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        dumps(Point)  # the class itself is not data

@@ -5,6 +5,7 @@
 //! `MAX_DEPTH`) is an error naming the type, never a guess.
 
 use pyo3::exceptions::PyTypeError;
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 use pyo3::IntoPyObject;
@@ -86,6 +87,15 @@ impl Serialize for Json<'_, '_> {
             }
             return seq.end();
         }
+        // Dataclass instances and pydantic models: their fields, as `dataclasses.asdict` /
+        // `model_dump(mode="json")` give them.
+        if let Some(plain) = plain_data(value).map_err(S::Error::custom)? {
+            return Json {
+                value: &plain,
+                depth: self.depth + 1,
+            }
+            .serialize(serializer);
+        }
         let type_name = value
             .get_type()
             .name()
@@ -95,6 +105,26 @@ impl Serialize for Json<'_, '_> {
             "Object of type {type_name} is not JSON serializable"
         )))
     }
+}
+
+/// The plain data of a dataclass instance or a pydantic model, or None for anything else.
+fn plain_data<'py>(value: &Bound<'py, PyAny>) -> PyResult<Option<Bound<'py, PyAny>>> {
+    let py = value.py();
+    let is_class = value.is_instance_of::<pyo3::types::PyType>();
+    if !is_class && value.hasattr(intern!(py, "__dataclass_fields__"))? {
+        let asdict = py.import("dataclasses")?.getattr(intern!(py, "asdict"))?;
+        return Ok(Some(asdict.call1((value,))?));
+    }
+    if !is_class && value.hasattr(intern!(py, "model_dump"))? {
+        let kwargs = PyDict::new(py);
+        kwargs.set_item(intern!(py, "mode"), intern!(py, "json"))?;
+        return Ok(Some(value.call_method(
+            intern!(py, "model_dump"),
+            (),
+            Some(&kwargs),
+        )?));
+    }
+    Ok(None)
 }
 
 fn key_text(key: &Bound<'_, PyAny>) -> Result<String, String> {
