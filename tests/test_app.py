@@ -323,3 +323,10 @@ def test_router_middleware_wraps_only_its_routes_inside_app_middleware():
             "cookies": {"session": "abc", "theme": "dark"},
         }
         assert order == ["app"]
+
+
+def test_a_const_route_cannot_stream():
+    api = percore.App(openapi_url=None)
+    api.get("/file", const=True)(lambda: percore.FileResponse(__file__))
+    with pytest.raises(percore.ConfigurationError, match="cannot stream"):
+        percore.server.Server(api, ServerConfig(port=0))

@@ -94,6 +94,9 @@ fn explicit_response(
         .getattr_opt(intern!(py, "path"))?
         .filter(|p| !p.is_none())
     {
+        if wake.is_none() {
+            return Err(PyTypeError::new_err("this response cannot stream here"));
+        }
         let path: String = path.str()?.to_string();
         let (sender, chunks) = mpsc::channel(STREAM_BUFFER);
         tokio::task::spawn_local(stream_file(path, sender));
