@@ -165,3 +165,14 @@ def test_bad_limit_values_exit_with_one_line(flag, value):
     from .test_cli import assert_one_clear_line, run_cli
 
     assert_one_clear_line(run_cli("serve", APP, flag, value), flag)
+
+
+def test_a_chunked_upload_to_an_asgi_app_is_cut_off_at_the_limit(serve):
+    server = serve("tests.apps.starlette_app:app", "--loops", "1", "--max-body-size", "100000")
+    chunk = b"10000\r\n" + b"z" * 0x10000 + b"\r\n"
+    reply = raw_exchange(
+        server.port,
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n" + chunk * 3 + b"0\r\n\r\n",
+    )
+    assert status_of(reply) == 413
+    assert server.get("/plaintext").status == 200

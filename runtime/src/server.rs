@@ -240,8 +240,8 @@ async fn handle<X: Executor>(
 /// is handed over still arriving.
 ///
 /// A body larger than `max_size` is refused: at once when its declared length says so (nothing is
-/// read), otherwise as soon as the bytes read pass the limit. (A body the endpoint streams — ASGI —
-/// is only checked against its declared length; counting chunked ASGI bodies is open work.)
+/// read), otherwise as soon as the bytes read pass the limit. (A body the endpoint streams — ASGI — is
+/// counted as the app reads it: `python/asgi.rs`.)
 async fn read_body(body: Incoming, streams: bool, max_size: u64) -> Result<RequestBody, BodyError> {
     if body.size_hint().lower() > max_size {
         return Err(BodyError::TooLarge);

@@ -86,6 +86,8 @@ enum ResponseState {
 struct ExchangeState {
     body: Option<RequestBody>,
     body_complete: bool,
+    /// Bytes of a streamed body delivered so far, against `--max-body-size`.
+    body_received: u64,
     /// The future a `receive()` after the body is waiting on; resolved with `http.disconnect`.
     disconnect_waiter: Option<Py<PyAny>>,
     response: ResponseState,
@@ -182,6 +184,20 @@ impl AsgiExchange {
                         // declared length, so a chunked body ends with one empty final message.
                         let more = data.is_some() && !hyper::body::Body::is_end_stream(&incoming);
                         let mut state = exchange.lock();
+                        state.body_received += data.as_ref().map_or(0, |d| d.len() as u64);
+                        if state.body_received > exchange.shared.max_body_size {
+                            // Too large: answer 413 now (if nothing was sent) and tell the app the
+                            // client is gone; nothing the app sends afterwards reaches the client.
+                            state.body_complete = true;
+                            let reply = state.reply.take();
+                            state.response = ResponseState::Finished;
+                            drop(state);
+                            if let Some(reply) = reply {
+                                let _ = reply.send(HttpResponse::text(413, "Payload Too Large"));
+                            }
+                            exchange.resolve(py, result.bind(py), Self::disconnect_message(py));
+                            return;
+                        }
                         if more {
                             state.body = Some(RequestBody::Streaming(incoming));
                         } else {
@@ -615,6 +631,7 @@ pub fn prepare<'py>(
         state: Mutex::new(ExchangeState {
             body: Some(request.body),
             body_complete: false,
+            body_received: 0,
             disconnect_waiter: None,
             response: ResponseState::NotStarted,
             reply: Some(reply),

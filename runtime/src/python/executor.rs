@@ -90,6 +90,8 @@ pub struct LoopShared {
     /// Tells the driver to look at the asyncio loop again (work was scheduled outside `_run_once`).
     pub wake: Arc<Notify>,
     pub uuid_class: Py<PyAny>,
+    /// `--max-body-size`, for request bodies read as they stream in (ASGI).
+    pub max_body_size: u64,
     response_class: Py<PyAny>,
     on_error: Py<PyAny>,
     /// The native app's `_exception_response(error)`: a response for handled exception types, or None.
@@ -601,6 +603,7 @@ pub struct PyExecutorFactory {
     pub response_class: Py<PyAny>,
     pub on_error: Py<PyAny>,
     pub exception_responder: Option<Py<PyAny>>,
+    pub max_body_size: u64,
 }
 
 impl ExecutorFactory for PyExecutorFactory {
@@ -662,6 +665,7 @@ impl PyExecutorFactory {
                     cancelled_error_type,
                     wake: Arc::new(Notify::new()),
                     uuid_class,
+                    max_body_size: self.max_body_size,
                     response_class: self.response_class.clone_ref(py),
                     on_error: self.on_error.clone_ref(py),
                     exception_responder: self.exception_responder.as_ref().map(|r| r.clone_ref(py)),

@@ -137,6 +137,7 @@ impl Server {
             response_class,
             on_error,
             exception_responder,
+            max_body_size: config.limits.max_body_size,
         });
         if let Some(app) = asgi_app {
             return Ok(Server::with(
