@@ -63,6 +63,14 @@ impl Ready {
     fn close(&self) {}
 }
 
+/// Whether an asyncio future is done (a failing check counts as done: never resolve it twice).
+pub fn future_is_done(future: &Bound<'_, PyAny>) -> bool {
+    future
+        .call_method0(intern!(future.py(), "done"))
+        .and_then(|d| d.is_truthy())
+        .unwrap_or(true)
+}
+
 pub fn ready<'py>(py: Python<'py>, value: Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
     Ok(Bound::new(
         py,
@@ -226,11 +234,7 @@ impl AsgiExchange {
     ) {
         let outcome = match message {
             Ok(message) => {
-                if future
-                    .call_method0(intern!(py, "done"))
-                    .and_then(|d| d.is_truthy())
-                    .unwrap_or(true)
-                {
+                if future_is_done(future) {
                     return;
                 }
                 future.call_method1(intern!(py, "set_result"), (message,))
@@ -562,17 +566,19 @@ pub struct AsgiEndpoint {
     pub root_path: String,
 }
 
-/// Builds the HTTP scope, the exchange and the `(scope, receive, send)` arguments for one request.
-pub fn prepare<'py>(
+/// The scope keys HTTP and WebSocket connections share: `type`, `asgi`, `http_version`, `scheme`,
+/// `path` (percent-decoded and prefixed with `root_path`, as uvicorn does), `raw_path`, `root_path`,
+/// `query_string`, `headers` (byte pairs, in order, duplicates kept), `client`, `server` and `state`.
+pub fn base_scope<'py>(
     py: Python<'py>,
-    shared: &Arc<LoopShared>,
+    kind: &Bound<'py, PyString>,
+    scheme: &Bound<'py, PyString>,
     endpoint: &AsgiEndpoint,
-    request: HttpRequest,
+    request: &HttpRequest,
     loop_state: Option<&Bound<'py, PyDict>>,
-    reply: oneshot::Sender<HttpResponse>,
-) -> PyResult<(Arc<AsgiExchange>, Bound<'py, PyTuple>)> {
+) -> PyResult<Bound<'py, PyDict>> {
     let scope = PyDict::new(py);
-    scope.set_item(intern!(py, "type"), intern!(py, "http"))?;
+    scope.set_item(intern!(py, "type"), kind)?;
     let asgi = PyDict::new(py);
     asgi.set_item(intern!(py, "version"), intern!(py, "3.0"))?;
     asgi.set_item(intern!(py, "spec_version"), intern!(py, "2.3"))?;
@@ -583,10 +589,8 @@ pub fn prepare<'py>(
         _ => intern!(py, "1.1"),
     };
     scope.set_item(intern!(py, "http_version"), version)?;
-    scope.set_item(intern!(py, "method"), request.method.as_str())?;
-    scope.set_item(intern!(py, "scheme"), intern!(py, "http"))?;
+    scope.set_item(intern!(py, "scheme"), scheme)?;
     let raw_path = request.uri.path();
-    // As uvicorn does: `path` includes the root path, `root_path` says how much of it is the mount.
     let path = format!("{}{}", endpoint.root_path, percent_decode_path(raw_path));
     scope.set_item(intern!(py, "path"), path)?;
     scope.set_item(
@@ -623,9 +627,31 @@ pub fn prepare<'py>(
     if let Some(state) = loop_state {
         scope.set_item(intern!(py, "state"), state.copy()?)?;
     }
+    Ok(scope)
+}
+
+/// Builds the HTTP scope, the exchange and the `(scope, receive, send)` arguments for one request.
+pub fn prepare<'py>(
+    py: Python<'py>,
+    shared: &Arc<LoopShared>,
+    endpoint: &AsgiEndpoint,
+    request: HttpRequest,
+    loop_state: Option<&Bound<'py, PyDict>>,
+    reply: oneshot::Sender<HttpResponse>,
+) -> PyResult<(Arc<AsgiExchange>, Bound<'py, PyTuple>)> {
+    let scope = base_scope(
+        py,
+        intern!(py, "http"),
+        intern!(py, "http"),
+        endpoint,
+        &request,
+        loop_state,
+    )?;
+    scope.set_item(intern!(py, "method"), request.method.as_str())?;
     let extensions = PyDict::new(py);
     extensions.set_item(intern!(py, "http.response.pathsend"), PyDict::new(py))?;
     scope.set_item(intern!(py, "extensions"), extensions)?;
+    let name = format!("{} {}", request.method, request.uri.path());
 
     let exchange = Arc::new(AsgiExchange {
         state: Mutex::new(ExchangeState {
@@ -637,7 +663,7 @@ pub fn prepare<'py>(
             reply: Some(reply),
         }),
         shared: Arc::clone(shared),
-        name: format!("{} {}", request.method, raw_path),
+        name,
         client_gone: request.client_gone,
         finished: Latch::default(),
     });

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use pyo3::exceptions::PyConnectionResetError;
 use tokio::sync::{mpsc, Notify};
 
-use super::asgi::{bytes_of, ready, STREAM_BUFFER};
+use super::asgi::{bytes_of, future_is_done, ready, STREAM_BUFFER};
 use super::serialize::to_json;
 use crate::pool::{HttpResponse, Latch, ResponseBody, StreamAborted};
 
@@ -156,10 +156,7 @@ fn stream(
         watch.wait().await;
         Python::attach(|py| {
             let task = task.bind(py);
-            let done = task
-                .call_method0(intern!(py, "done"))
-                .and_then(|d| d.is_truthy())
-                .unwrap_or(true);
+            let done = future_is_done(task);
             if !done {
                 let _ = task.call_method0(intern!(py, "cancel"));
                 wake.notify_one();
@@ -214,10 +211,7 @@ impl ChunkSender {
                     let sent = sender.send(chunk).await.is_ok();
                     Python::attach(|py| {
                         let future = result.bind(py);
-                        let done = future
-                            .call_method0(intern!(py, "done"))
-                            .and_then(|d| d.is_truthy())
-                            .unwrap_or(true);
+                        let done = future_is_done(future);
                         if !done {
                             let outcome = if sent {
                                 future.call_method1(intern!(py, "set_result"), (py.None(),))

@@ -19,18 +19,17 @@ use hyper_util::rt::TokioIo;
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyString, PyTuple};
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-use super::asgi::{ready, AsgiEndpoint};
+use super::asgi::{base_scope, future_is_done, ready, AsgiEndpoint};
 use super::executor::LoopShared;
 use super::task::AppConnection;
 use crate::pool::{HttpRequest, HttpResponse, ResponseBody};
-use crate::query::percent_decode_path;
 
 enum Phase {
     Handshake,
@@ -107,7 +106,7 @@ impl WebSocketExchange {
         };
         // A previous receive() that was cancelled (wait_for, asyncio.wait) left its future behind.
         if let Some(previous) = previous {
-            if !is_done(previous.bind(py)) {
+            if !future_is_done(previous.bind(py)) {
                 self.lock().waiter = Some(previous);
                 return Err(PyRuntimeError::new_err("receive() called concurrently"));
             }
@@ -125,7 +124,7 @@ impl WebSocketExchange {
     fn deliver(&self, py: Python<'_>, event: Event) {
         let waiter = self.lock().waiter.take();
         let waiter = match waiter {
-            Some(waiter) if !is_done(waiter.bind(py)) => waiter,
+            Some(waiter) if !future_is_done(waiter.bind(py)) => waiter,
             // Nobody waiting, or the waiter was cancelled: keep the event for the next receive().
             _ => {
                 self.lock().events.push_back(event);
@@ -387,13 +386,6 @@ impl WebSocketSend {
     }
 }
 
-fn is_done(future: &Bound<'_, PyAny>) -> bool {
-    future
-        .call_method0(intern!(future.py(), "done"))
-        .and_then(|d| d.is_truthy())
-        .unwrap_or(true)
-}
-
 /// Whether `request` asks to become a WebSocket.
 pub fn is_websocket(request: &HttpRequest) -> bool {
     request.upgrade.is_some()
@@ -416,60 +408,23 @@ pub fn prepare<'py>(
     loop_state: Option<&Bound<'py, PyDict>>,
     reply: oneshot::Sender<HttpResponse>,
 ) -> PyResult<(Arc<WebSocketExchange>, Bound<'py, PyTuple>)> {
-    let scope = PyDict::new(py);
-    scope.set_item(intern!(py, "type"), intern!(py, "websocket"))?;
-    let asgi = PyDict::new(py);
-    asgi.set_item(intern!(py, "version"), intern!(py, "3.0"))?;
-    asgi.set_item(intern!(py, "spec_version"), intern!(py, "2.3"))?;
-    scope.set_item(intern!(py, "asgi"), asgi)?;
-    scope.set_item(intern!(py, "http_version"), intern!(py, "1.1"))?;
-    scope.set_item(intern!(py, "scheme"), intern!(py, "ws"))?;
-    let raw_path = request.uri.path().to_owned();
-    scope.set_item(
-        intern!(py, "path"),
-        format!("{}{}", endpoint.root_path, percent_decode_path(&raw_path)),
+    let scope = base_scope(
+        py,
+        intern!(py, "websocket"),
+        intern!(py, "ws"),
+        endpoint,
+        &request,
+        loop_state,
     )?;
-    scope.set_item(
-        intern!(py, "raw_path"),
-        PyBytes::new(py, raw_path.as_bytes()),
-    )?;
-    scope.set_item(intern!(py, "root_path"), endpoint.root_path.as_str())?;
-    let query = request.uri.query().unwrap_or("");
-    scope.set_item(
-        intern!(py, "query_string"),
-        PyBytes::new(py, query.as_bytes()),
-    )?;
-    let headers = PyList::empty(py);
-    let mut subprotocols = Vec::new();
-    for (name, value) in &request.headers {
-        headers.append(PyTuple::new(
-            py,
-            [
-                PyBytes::new(py, name.as_str().as_bytes()),
-                PyBytes::new(py, value.as_bytes()),
-            ],
-        )?)?;
-        if name == http::header::SEC_WEBSOCKET_PROTOCOL {
-            if let Ok(value) = value.to_str() {
-                subprotocols.extend(value.split(',').map(|p| p.trim().to_owned()));
-            }
-        }
-    }
-    scope.set_item(intern!(py, "headers"), headers)?;
+    let subprotocols: Vec<String> = request
+        .headers
+        .get_all(http::header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|p| p.trim().to_owned()))
+        .collect();
     scope.set_item(intern!(py, "subprotocols"), subprotocols)?;
-    if let Some(client) = request.client {
-        scope.set_item(
-            intern!(py, "client"),
-            (client.ip().to_string(), client.port()),
-        )?;
-    }
-    scope.set_item(
-        intern!(py, "server"),
-        (request.server.ip().to_string(), request.server.port()),
-    )?;
-    if let Some(state) = loop_state {
-        scope.set_item(intern!(py, "state"), state.copy()?)?;
-    }
+    let raw_path = request.uri.path().to_owned();
     let client_key = request
         .headers
         .get(http::header::SEC_WEBSOCKET_KEY)
