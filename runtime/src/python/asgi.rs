@@ -153,11 +153,7 @@ impl AsgiExchange {
         if matches!(state.response, ResponseState::Finished) || self.client_gone.is_set() {
             return ready(py, Self::disconnect_message(py)?);
         }
-        let future = self
-            .shared
-            .event_loop
-            .bind(py)
-            .call_method0(intern!(py, "create_future"))?;
+        let future = self.shared.create_future(py)?;
         state.disconnect_waiter = Some(future.clone().unbind());
         Ok(future)
     }
@@ -167,11 +163,7 @@ impl AsgiExchange {
         py: Python<'py>,
         mut incoming: hyper::body::Incoming,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let future = self
-            .shared
-            .event_loop
-            .bind(py)
-            .call_method0(intern!(py, "create_future"))?;
+        let future = self.shared.create_future(py)?;
         let result = future.clone().unbind();
         let exchange = Arc::clone(self);
         tokio::task::spawn_local(async move {
@@ -393,11 +385,7 @@ impl AsgiExchange {
         sender: mpsc::Sender<Result<Bytes, StreamAborted>>,
         chunk: Result<Bytes, StreamAborted>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let future = self
-            .shared
-            .event_loop
-            .bind(py)
-            .call_method0(intern!(py, "create_future"))?;
+        let future = self.shared.create_future(py)?;
         let result = future.clone().unbind();
         let exchange = Arc::clone(self);
         tokio::task::spawn_local(async move {

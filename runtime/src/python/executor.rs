@@ -99,6 +99,13 @@ pub struct LoopShared {
 }
 
 impl LoopShared {
+    /// A new asyncio future on this loop (for awaits that Rust resolves later).
+    pub fn create_future<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.event_loop
+            .bind(py)
+            .call_method0(intern!(py, "create_future"))
+    }
+
     /// A native handler raised: the app's exception handlers (HTTPException, `@exception_handler`) may
     /// turn it into a response; anything else is a logged 500.
     pub fn handler_failed(&self, py: Python<'_>, err: &PyErr, name: &str) -> HttpResponse {

@@ -111,11 +111,7 @@ impl WebSocketExchange {
                 return Err(PyRuntimeError::new_err("receive() called concurrently"));
             }
         }
-        let future = self
-            .shared
-            .event_loop
-            .bind(py)
-            .call_method0(intern!(py, "create_future"))?;
+        let future = self.shared.create_future(py)?;
         self.lock().waiter = Some(future.clone().unbind());
         Ok(future)
     }
