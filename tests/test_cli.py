@@ -80,3 +80,25 @@ def test_python_dash_m_and_console_script_are_the_same_command():
     result = run_cli("--help")
     assert result.returncode == 0
     assert "serve" in result.stdout
+
+
+def test_the_access_log_is_opt_in_and_has_one_line_per_request():
+    import re
+
+    quiet = ServerProcess("tests.apps.runtime_app:api", "--loops", "1").start()
+    assert quiet.get("/where").status == 200
+    assert quiet.stop() == 0
+    assert '"GET /where' not in quiet.stderr
+
+    server = ServerProcess("tests.apps.runtime_app:api", "--loops", "2", "--access-log").start()
+    client = server.client()
+    assert client.get("/where?x=1").status == 200
+    assert client.get("/no/such/path").status == 404
+    time.sleep(0.2)  # the log is written by its own thread
+    assert server.stop() == 0
+    lines = [line for line in server.stderr.splitlines() if '"GET ' in line]
+    assert len(lines) == 2, server.stderr
+    common_log = r'^127\.0\.0\.1 - - \[\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d \+0000\] "GET (\S+) HTTP/1\.1" (\d{3}) (\d+|-) \d+us$'
+    parsed = [re.match(common_log, line).groups() for line in lines]
+    assert parsed[0][:2] == ("/where?x=1", "200")
+    assert parsed[1] == ("/no/such/path", "404", "9")

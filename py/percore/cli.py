@@ -64,6 +64,11 @@ def _parser() -> argparse.ArgumentParser:
         "--no-lifespan", action="store_true", help="do not run the ASGI lifespan protocol on the loops"
     )
     run.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    run.add_argument(
+        "--access-log",
+        action="store_true",
+        help="one Common Log Format line per request on stderr (off by default)",
+    )
     limits = run.add_argument_group("limits (see docs/limits.md)")
     limits.add_argument("--max-body-size", type=int, help="bytes; larger bodies get 413 (default 16 MiB)")
     limits.add_argument(
@@ -99,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             max_connections=arguments.max_connections,
             max_in_flight=arguments.max_in_flight,
             shutdown_timeout=arguments.shutdown_timeout,
+            access_log=arguments.access_log,
         )
         choose_interface(app, config.interface)
         serve(app, config)

@@ -33,6 +33,7 @@ class ServerConfig:
     max_connections: int | None = None
     max_in_flight: int | None = None
     shutdown_timeout: float | None = None
+    access_log: bool = False
 
 
 def free_threaded_build() -> bool:
@@ -71,6 +72,7 @@ class Server:
             max_connections=config.max_connections,
             max_in_flight=config.max_in_flight,
             shutdown_timeout=config.shutdown_timeout,
+            access_log=config.access_log,
         )
 
     def start(self) -> None:

@@ -64,6 +64,8 @@ pub struct Config {
     /// How long in-flight requests may run after a stop signal before their connections are dropped.
     pub shutdown_timeout: std::time::Duration,
     pub limits: Limits,
+    /// One Common Log Format line per request on stderr (`access_log`).
+    pub access_log: bool,
 }
 
 impl Config {
@@ -90,6 +92,7 @@ impl Config {
             cores,
             shutdown_timeout: std::time::Duration::from_secs(5),
             limits: Limits::default(),
+            access_log: false,
         })
     }
 

@@ -4,6 +4,7 @@
 //! Everything outside `python/` is plain Rust (testable with `cargo test --no-default-features`); the
 //! PyO3 bridge in `python/` is the only place that knows about Python.
 
+pub mod access_log;
 pub mod config;
 pub mod pool;
 pub mod query;

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Frame, Incoming, SizeHint};
@@ -25,6 +26,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::{watch, Notify};
 
+use crate::access_log;
 use crate::pool::{
     BodyChunks, Executor, HttpRequest, HttpResponse, Latch, LoopContext, PoolError, RequestBody,
     ResponseBody, StreamAborted,
@@ -193,6 +195,8 @@ async fn handle<X: Executor>(
         .contains_key(http::header::UPGRADE)
         .then(|| hyper::upgrade::on(&mut request));
     let (parts, body) = request.into_parts();
+    let started = context.shared.config.access_log.then(Instant::now);
+    let logged = started.map(|_| (parts.method.clone(), parts.uri.clone(), parts.version));
     let response = match context
         .shared
         .router
@@ -232,6 +236,21 @@ async fn handle<X: Executor>(
             }
         },
     };
+    if let (Some(started), Some((method, uri, version))) = (started, logged) {
+        let length = match &response.body {
+            ResponseBody::Full(bytes) => Some(bytes.len()),
+            ResponseBody::Stream(..) => None,
+        };
+        access_log::record(
+            peer,
+            &method,
+            &uri,
+            version,
+            response.status.as_u16(),
+            length,
+            started.elapsed(),
+        );
+    }
     into_hyper(response)
 }
 

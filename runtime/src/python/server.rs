@@ -73,7 +73,7 @@ impl Server {
         routes, *, host, port, loops, routing, loop_factory, response_class, on_error,
         asgi_app=None, root_path=String::new(), lifecycle=None, exception_responder=None,
         max_body_size=None, header_timeout=None, max_connections=None, max_in_flight=None,
-        shutdown_timeout=None
+        shutdown_timeout=None, access_log=false
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -95,6 +95,7 @@ impl Server {
         max_connections: Option<usize>,
         max_in_flight: Option<usize>,
         shutdown_timeout: Option<f64>,
+        access_log: bool,
     ) -> PyResult<Self> {
         let loops = LoopCount::parse(loops).map_err(config_error)?;
         let routing: RoutingPolicy = routing.parse().map_err(config_error)?;
@@ -131,6 +132,7 @@ impl Server {
         if let Some(timeout) = shutdown_timeout {
             config.shutdown_timeout = seconds(timeout, "--shutdown-timeout")?;
         }
+        config.access_log = access_log;
         let factory = Arc::new(PyExecutorFactory {
             loop_factory,
             lifecycle,
