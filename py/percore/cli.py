@@ -9,7 +9,7 @@ import sys
 from typing import Any
 
 from . import _logging
-from ._asgi import INTERFACES, choose_interface
+from ._asgi import INTERFACES
 from .exceptions import AppLoadError, PercoreError
 from .server import ServerConfig, serve
 
@@ -106,7 +106,6 @@ def main(argv: list[str] | None = None) -> int:
             shutdown_timeout=arguments.shutdown_timeout,
             access_log=arguments.access_log,
         )
-        choose_interface(app, config.interface)
         serve(app, config)
     except PercoreError as error:
         if arguments.log_level == "debug" and error.__cause__ is not None:

@@ -41,15 +41,6 @@ impl RequestBody {
             RequestBody::Streaming(_) => &[],
         }
     }
-
-    /// The whole body, reading what has not arrived yet.
-    pub async fn collect(self) -> Result<Bytes, hyper::Error> {
-        use http_body_util::BodyExt;
-        match self {
-            RequestBody::Full(bytes) => Ok(bytes),
-            RequestBody::Streaming(incoming) => Ok(incoming.collect().await?.to_bytes()),
-        }
-    }
 }
 
 /// A one-way flag that can be awaited from any thread: set once, never cleared.
