@@ -224,6 +224,27 @@ pub struct Shared<E> {
     all_drained: watch::Sender<bool>,
 }
 
+impl<E> Shared<E> {
+    /// The state the loops share; `jobs` holds one channel per loop (its length is the loop count).
+    pub fn new(
+        router: Router,
+        endpoints: Vec<E>,
+        config: Config,
+        jobs: Vec<async_channel::Sender<Job>>,
+    ) -> Self {
+        let loops = jobs.len();
+        Shared {
+            router,
+            endpoints,
+            load: LoadTable::new(loops),
+            jobs,
+            config,
+            draining: AtomicUsize::new(loops),
+            all_drained: watch::channel(false).0,
+        }
+    }
+}
+
 /// What one loop thread owns.
 pub struct LoopContext<X: Executor> {
     pub index: usize,
@@ -347,16 +368,7 @@ pub fn start<F: ExecutorFactory>(
         .map(|_| async_channel::bounded::<Job>(4096))
         .unzip();
     let (stop, _) = watch::channel(false);
-    let (all_drained, _) = watch::channel(false);
-    let shared = Arc::new(Shared {
-        router,
-        endpoints,
-        load: LoadTable::new(loops),
-        jobs: senders,
-        config,
-        draining: AtomicUsize::new(loops),
-        all_drained,
-    });
+    let shared = Arc::new(Shared::new(router, endpoints, config, senders));
     let (ready_tx, ready_rx) = mpsc::channel::<(usize, Result<(), String>)>();
     let mut threads = Vec::with_capacity(loops);
     for ((index, listener), jobs) in listeners.into_iter().enumerate().zip(receivers) {

@@ -155,33 +155,50 @@ pub async fn accept_until_stopped<X: Executor>(
         connections.open.set(connections.open.get() + 1);
         let guard = ConnectionGuard(Rc::clone(&connections));
         let context = Rc::clone(&context);
-        let mut stop = stop.clone();
-        let header_timeout = limits.header_timeout;
+        let stop = stop.clone();
         tokio::task::spawn_local(async move {
             let _guard = guard;
-            let service = service_fn(move |request| {
-                let context = Rc::clone(&context);
-                async move { Ok::<_, Infallible>(handle(request, context, peer).await) }
-            });
-            let connection = hyper::server::conn::http1::Builder::new()
-                .keep_alive(true)
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_timeout)
-                .max_header_size(MAX_HEADER_SIZE)
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades();
-            tokio::pin!(connection);
-            tokio::select! {
-                _ = connection.as_mut() => {}
-                _ = stop.wait_for(|stopped| *stopped) => {
-                    connection.as_mut().graceful_shutdown();
-                    let _ = connection.await;
-                }
-            }
+            serve_connection(stream, context, peer, stop).await;
         });
     }
     drop(listener);
     connections
+}
+
+/// Serves one client connection (HTTP/1.1, keep-alive, upgrades) until it closes, or until `stop` turns
+/// true: then the request in progress is finished and the connection closed.
+///
+/// Generic over the byte stream so the whole request path can be driven over an in-memory pipe
+/// (`fuzz/`: arbitrary bytes as a client, no sockets).
+pub async fn serve_connection<X, IO>(
+    io: IO,
+    context: Rc<LoopContext<X>>,
+    peer: SocketAddr,
+    mut stop: watch::Receiver<bool>,
+) where
+    X: Executor,
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let header_timeout = context.shared.config.limits.header_timeout;
+    let service = service_fn(move |request| {
+        let context = Rc::clone(&context);
+        async move { Ok::<_, Infallible>(handle(request, context, peer).await) }
+    });
+    let connection = hyper::server::conn::http1::Builder::new()
+        .keep_alive(true)
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .max_header_size(MAX_HEADER_SIZE)
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    tokio::pin!(connection);
+    tokio::select! {
+        _ = connection.as_mut() => {}
+        _ = stop.wait_for(|stopped| *stopped) => {
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+        }
+    }
 }
 
 async fn handle<X: Executor>(
