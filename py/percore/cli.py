@@ -69,6 +69,11 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="one Common Log Format line per request on stderr (off by default)",
     )
+    run.add_argument(
+        "--metrics-port",
+        type=int,
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (off by default; docs/observability.md)",
+    )
     limits = run.add_argument_group("limits (see docs/limits.md)")
     limits.add_argument("--max-body-size", type=int, help="bytes; larger bodies get 413 (default 16 MiB)")
     limits.add_argument(
@@ -105,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             max_in_flight=arguments.max_in_flight,
             shutdown_timeout=arguments.shutdown_timeout,
             access_log=arguments.access_log,
+            metrics_port=arguments.metrics_port,
         )
         serve(app, config)
     except PercoreError as error:

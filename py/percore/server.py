@@ -34,6 +34,8 @@ class ServerConfig:
     max_in_flight: int | None = None
     shutdown_timeout: float | None = None
     access_log: bool = False
+    # Prometheus metrics on this port (same host) when set; 0 picks a free one (see docs/observability.md).
+    metrics_port: int | None = None
 
 
 def free_threaded_build() -> bool:
@@ -73,6 +75,7 @@ class Server:
             max_in_flight=config.max_in_flight,
             shutdown_timeout=config.shutdown_timeout,
             access_log=config.access_log,
+            metrics_port=config.metrics_port,
         )
 
     def start(self) -> None:
@@ -87,6 +90,10 @@ class Server:
         return self._server.host
 
     @property
+    def metrics_port(self) -> int | None:
+        return self._server.metrics_port
+
+    @property
     def cores(self) -> list[int]:
         return self._server.cores
 
@@ -95,10 +102,11 @@ class Server:
         build = "free-threaded" if free_threaded_build() else "GIL"
         gil = "enabled" if gil_enabled() else "disabled"
         pins = ", ".join(f"{index}→cpu{core}" for index, core in enumerate(self.cores))
+        metrics = f" | metrics http://{self.host}:{self.metrics_port}/metrics" if self.metrics_port else ""
         return (
             f"percore {_runtime.__version__} | Python {version} ({build} build, GIL {gil} at runtime) | "
             f"{self.interface} app | {len(self.cores)} loop(s) pinned [{pins}] | routing {self._server.routing} | "
-            f"http://{self.host}:{self.port}"
+            f"http://{self.host}:{self.port}{metrics}"
         )
 
     def wait(self, timeout: float) -> bool:

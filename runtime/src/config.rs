@@ -66,6 +66,10 @@ pub struct Config {
     pub limits: Limits,
     /// One Common Log Format line per request on stderr (`access_log`).
     pub access_log: bool,
+    /// The port is reserved by a `--workers` supervisor for its workers: bind without the busy-port probe.
+    pub shared_port: bool,
+    /// Serve Prometheus metrics on this port (same host) when set; 0 picks a free port.
+    pub metrics_port: Option<u16>,
 }
 
 impl Config {
@@ -93,6 +97,8 @@ impl Config {
             shutdown_timeout: std::time::Duration::from_secs(5),
             limits: Limits::default(),
             access_log: false,
+            shared_port: false,
+            metrics_port: None,
         })
     }
 

@@ -21,6 +21,7 @@ use bytes::Bytes;
 use tokio::sync::{oneshot, watch, Notify};
 
 use crate::config::Config;
+use crate::metrics::{self, ExtraMetrics, Gauges, Metrics};
 use crate::router::{EndpointId, Router};
 use crate::routing::{Chooser, InFlight, LoadTable};
 use crate::server;
@@ -202,6 +203,11 @@ pub trait ExecutorFactory: Send + Sync + 'static {
 
     /// Creates the loop's executor on the loop thread, inside its tokio runtime.
     fn create(&self, loop_index: usize) -> Result<Self::Executor, String>;
+
+    /// Process-level lines to append to every metrics scrape (for Python: whether the GIL is on).
+    fn extra_metrics(&self) -> Option<ExtraMetrics> {
+        None
+    }
 }
 
 /// A request handed from the loop that read it to the loop that runs it.
@@ -219,6 +225,7 @@ pub struct Shared<E> {
     pub load: Arc<LoadTable>,
     pub jobs: Vec<async_channel::Sender<Job>>,
     pub config: Config,
+    pub metrics: Arc<Metrics>,
     /// Loops that have not yet drained their own connections during shutdown.
     draining: AtomicUsize,
     all_drained: watch::Sender<bool>,
@@ -239,6 +246,7 @@ impl<E> Shared<E> {
             load: LoadTable::new(loops),
             jobs,
             config,
+            metrics: Metrics::new(loops),
             draining: AtomicUsize::new(loops),
             all_drained: watch::channel(false).0,
         }
@@ -332,8 +340,11 @@ impl std::error::Error for PoolError {}
 /// A started pool. `stop` asks every loop to shut down; `join` waits for them.
 pub struct RunningPool {
     threads: Vec<JoinHandle<()>>,
+    metrics_thread: Option<JoinHandle<()>>,
     stop: watch::Sender<bool>,
     pub local_addr: SocketAddr,
+    /// Where `GET /metrics` is served, when `Config::metrics_port` is set.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl RunningPool {
@@ -346,7 +357,8 @@ impl RunningPool {
     }
 
     pub fn join(self) {
-        for thread in self.threads {
+        self.stop.send_replace(true);
+        for thread in self.threads.into_iter().chain(self.metrics_thread) {
             let _ = thread.join();
         }
     }
@@ -360,10 +372,16 @@ pub fn start<F: ExecutorFactory>(
     factory: Arc<F>,
 ) -> Result<RunningPool, PoolError> {
     let loops = config.loops();
-    let listeners = server::bind_listeners(&config.host, config.port, loops)?;
+    let listeners = server::bind_listeners(&config.host, config.port, loops, config.shared_port)?;
     let local_addr = listeners[0]
         .local_addr()
         .map_err(|e| PoolError::Bind(e.to_string()))?;
+    let metrics_listener = config
+        .metrics_port
+        .map(|port| metrics::bind(&config.host, port))
+        .transpose()
+        .map_err(PoolError::Bind)?;
+    let metrics_addr = metrics_listener.as_ref().and_then(metrics::local_addr);
     let (senders, receivers): (Vec<_>, Vec<_>) = (0..loops)
         .map(|_| async_channel::bounded::<Job>(4096))
         .unzip();
@@ -392,10 +410,12 @@ pub fn start<F: ExecutorFactory>(
         threads.push(thread);
     }
     drop(ready_tx);
-    let pool = RunningPool {
+    let mut pool = RunningPool {
         threads,
+        metrics_thread: None,
         stop,
         local_addr,
+        metrics_addr,
     };
     for _ in 0..loops {
         match ready_rx.recv() {
@@ -411,6 +431,24 @@ pub fn start<F: ExecutorFactory>(
                 return Err(PoolError::Spawn(
                     "a loop thread exited during start-up".into(),
                 ));
+            }
+        }
+    }
+    if let Some(listener) = metrics_listener {
+        let extra = factory.extra_metrics();
+        let render = Arc::new(move || {
+            let gauges = Gauges {
+                in_flight: (0..loops).map(|i| shared.load.in_flight(i)).collect(),
+                queued: shared.jobs.iter().map(|jobs| jobs.len()).collect(),
+            };
+            shared.metrics.render(&gauges, extra.as_ref())
+        });
+        match metrics::spawn_exporter(listener, render, pool.stop.subscribe()) {
+            Ok(thread) => pool.metrics_thread = Some(thread),
+            Err(e) => {
+                pool.stop();
+                pool.join();
+                return Err(PoolError::Spawn(format!("metrics thread: {e}")));
             }
         }
     }

@@ -61,10 +61,15 @@ fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener
 /// SO_REUSEPORT would let us silently share a port with another process of the same user, so the port
 /// is first probed with a plain (non-reuseport) bind: if anything else holds it, that fails with
 /// "address in use" and we report it instead of splitting traffic with a stranger.
+///
+/// `shared_port`: a `--workers` supervisor has already probed and reserved the port for its worker
+/// processes, which must join each other's SO_REUSEPORT group, so they skip the probe (it would fail on
+/// their siblings' listeners). Port 0 is always probed: it is how the kernel picks one port for all loops.
 pub fn bind_listeners(
     host: &str,
     port: u16,
     loops: usize,
+    shared_port: bool,
 ) -> Result<Vec<std::net::TcpListener>, PoolError> {
     let mut addr = resolve(host, port)?;
     let busy = |addr: SocketAddr, e: std::io::Error| {
@@ -75,7 +80,7 @@ pub fn bind_listeners(
         }
     };
     let mut listeners = Vec::with_capacity(loops);
-    {
+    if port == 0 || !shared_port {
         let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
             .map_err(|e| busy(addr, e))?;
         probe.set_reuse_address(true).map_err(|e| busy(addr, e))?;
@@ -180,6 +185,9 @@ pub async fn serve_connection<X, IO>(
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let header_timeout = context.shared.config.limits.header_timeout;
+    let metrics = Arc::clone(&context.shared.metrics);
+    let index = context.index;
+    metrics.of_loop(index).connection_opened();
     let service = service_fn(move |request| {
         let context = Rc::clone(&context);
         async move { Ok::<_, Infallible>(handle(request, context, peer).await) }
@@ -192,13 +200,14 @@ pub async fn serve_connection<X, IO>(
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     tokio::pin!(connection);
-    tokio::select! {
-        _ = connection.as_mut() => {}
+    let outcome = tokio::select! {
+        outcome = connection.as_mut() => outcome,
         _ = stop.wait_for(|stopped| *stopped) => {
             connection.as_mut().graceful_shutdown();
-            let _ = connection.await;
+            connection.await
         }
-    }
+    };
+    metrics.of_loop(index).connection_closed(outcome.is_err());
 }
 
 async fn handle<X: Executor>(
@@ -212,8 +221,12 @@ async fn handle<X: Executor>(
         .contains_key(http::header::UPGRADE)
         .then(|| hyper::upgrade::on(&mut request));
     let (parts, body) = request.into_parts();
-    let started = context.shared.config.access_log.then(Instant::now);
-    let logged = started.map(|_| (parts.method.clone(), parts.uri.clone(), parts.version));
+    let started = Instant::now();
+    let logged = context
+        .shared
+        .config
+        .access_log
+        .then(|| (parts.method.clone(), parts.uri.clone(), parts.version));
     let response = match context
         .shared
         .router
@@ -253,7 +266,13 @@ async fn handle<X: Executor>(
             }
         },
     };
-    if let (Some(started), Some((method, uri, version))) = (started, logged) {
+    let elapsed = started.elapsed();
+    context
+        .shared
+        .metrics
+        .of_loop(context.index)
+        .observe(response.status.as_u16(), elapsed);
+    if let Some((method, uri, version)) = logged {
         let length = match &response.body {
             ResponseBody::Full(bytes) => Some(bytes.len()),
             ResponseBody::Stream(..) => None,
@@ -265,7 +284,7 @@ async fn handle<X: Executor>(
             version,
             response.status.as_u16(),
             length,
-            started.elapsed(),
+            elapsed,
         );
     }
     into_hyper(response)
@@ -381,4 +400,24 @@ fn into_hyper(response: HttpResponse) -> hyper::Response<Body> {
         headers.append(name, value);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bind_listeners;
+
+    #[test]
+    fn workers_share_a_port_that_other_servers_cannot_take() {
+        let first = bind_listeners("127.0.0.1", 0, 2, false).unwrap();
+        let port = first[0].local_addr().unwrap().port();
+        assert!(first.iter().all(|l| l.local_addr().unwrap().port() == port));
+        // Another server (no supervisor reserved the port for it) probes and is refused.
+        let refused = bind_listeners("127.0.0.1", port, 1, false).unwrap_err();
+        assert!(refused.to_string().contains("already in use"), "{refused}");
+        // A sibling worker joins the SO_REUSEPORT group.
+        let sibling = bind_listeners("127.0.0.1", port, 2, true).unwrap();
+        assert!(sibling
+            .iter()
+            .all(|l| l.local_addr().unwrap().port() == port));
+    }
 }

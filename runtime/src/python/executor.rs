@@ -13,6 +13,7 @@
 //! pauses never wait on a parked loop. Python objects that are re-used on every request are created once.
 
 use std::cell::{Cell, RefCell};
+use std::fmt::Write as _;
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -30,6 +31,7 @@ use super::params::{self, Param};
 use super::response::to_response;
 use super::task::{in_context, AppConnection, Completion, RequestTask};
 use super::websocket;
+use crate::metrics::{self, ExtraMetrics};
 use crate::pool::{
     Executor, ExecutorFactory, HttpRequest, HttpResponse, LocalBoxFuture, ResponseBody,
 };
@@ -636,6 +638,61 @@ impl ExecutorFactory for PyExecutorFactory {
             executor
         })
         .map_err(|err| Python::attach(|py| super::describe(py, &err)))
+    }
+
+    fn extra_metrics(&self) -> Option<ExtraMetrics> {
+        let (version, free_threaded) = Python::attach(|py| {
+            let version = py.version_info();
+            let version = format!("{}.{}.{}", version.major, version.minor, version.patch);
+            let free_threaded = py
+                .import(intern!(py, "sysconfig"))
+                .and_then(|sysconfig| {
+                    sysconfig.call_method1(intern!(py, "get_config_var"), ("Py_GIL_DISABLED",))
+                })
+                .and_then(|flag| flag.is_truthy())
+                .unwrap_or(false);
+            (version, free_threaded)
+        });
+        Some(Arc::new(move |out: &mut String| {
+            // The GIL can come back at runtime on 3.13t (an extension module that needs it), so it is
+            // read at every scrape. `try_attach`: never attach while the interpreter is finalizing.
+            let gil_enabled = if free_threaded {
+                Python::try_attach(|py| {
+                    py.import(intern!(py, "sys"))
+                        .and_then(|sys| sys.call_method0(intern!(py, "_is_gil_enabled")))
+                        .and_then(|enabled| enabled.extract::<bool>())
+                        .ok()
+                })
+                .flatten()
+            } else {
+                Some(true)
+            };
+            metrics::header(
+                out,
+                "percore_info",
+                "gauge",
+                "Always 1; the labels say which percore and Python serve.",
+            );
+            let _ = writeln!(
+                out,
+                "percore_info{{version=\"{}\",python=\"{version}\",build=\"{}\"}} 1",
+                env!("CARGO_PKG_VERSION"),
+                if free_threaded {
+                    "free-threaded"
+                } else {
+                    "gil"
+                },
+            );
+            if let Some(enabled) = gil_enabled {
+                metrics::header(
+                    out,
+                    "percore_gil_enabled",
+                    "gauge",
+                    "1 while the GIL is enabled (always on GIL builds; on 3.13t only if something re-enabled it).",
+                );
+                let _ = writeln!(out, "percore_gil_enabled {}", u8::from(enabled));
+            }
+        }))
     }
 }
 

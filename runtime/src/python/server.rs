@@ -42,6 +42,7 @@ pub struct Server {
     factory: Arc<PyExecutorFactory>,
     running: Mutex<Option<RunningPool>>,
     address: Mutex<Option<SocketAddr>>,
+    metrics_address: Mutex<Option<SocketAddr>>,
 }
 
 impl Server {
@@ -57,6 +58,7 @@ impl Server {
             factory,
             running: Mutex::new(None),
             address: Mutex::new(None),
+            metrics_address: Mutex::new(None),
         }
     }
 }
@@ -73,7 +75,7 @@ impl Server {
         routes, *, host, port, loops, routing, loop_factory, response_class, on_error,
         asgi_app=None, root_path=String::new(), lifecycle=None, exception_responder=None,
         max_body_size=None, header_timeout=None, max_connections=None, max_in_flight=None,
-        shutdown_timeout=None, access_log=false
+        shutdown_timeout=None, access_log=false, metrics_port=None, shared_port=false
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -96,6 +98,8 @@ impl Server {
         max_in_flight: Option<usize>,
         shutdown_timeout: Option<f64>,
         access_log: bool,
+        metrics_port: Option<u16>,
+        shared_port: bool,
     ) -> PyResult<Self> {
         let loops = LoopCount::parse(loops).map_err(config_error)?;
         let routing: RoutingPolicy = routing.parse().map_err(config_error)?;
@@ -133,6 +137,8 @@ impl Server {
             config.shutdown_timeout = seconds(timeout, "--shutdown-timeout")?;
         }
         config.access_log = access_log;
+        config.metrics_port = metrics_port;
+        config.shared_port = shared_port;
         let factory = Arc::new(PyExecutorFactory {
             loop_factory,
             lifecycle,
@@ -205,6 +211,7 @@ impl Server {
             .detach(|| pool::start(config, prepared.router, prepared.endpoints, factory))
             .map_err(|e| StartupError::new_err(e.to_string()))?;
         *self.address.lock().unwrap() = Some(pool.local_addr);
+        *self.metrics_address.lock().unwrap() = pool.metrics_addr;
         *self.running.lock().unwrap() = Some(pool);
         Ok(())
     }
@@ -249,6 +256,12 @@ impl Server {
     #[getter]
     fn port(&self) -> Option<u16> {
         self.address.lock().unwrap().map(|a| a.port())
+    }
+
+    /// The port `GET /metrics` is served on, once started with `metrics_port`.
+    #[getter]
+    fn metrics_port(&self) -> Option<u16> {
+        self.metrics_address.lock().unwrap().map(|a| a.port())
     }
 
     /// The core each loop is pinned to, by loop index.
