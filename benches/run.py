@@ -6,15 +6,15 @@
 
 Environment (scripts/dev bench sets it): PERCORE_PYTHON_NOGIL / PERCORE_PYTHON_GIL — interpreters with a
 release build of percore (and FastAPI) installed; HYPER_BASELINE — the benches/hyper-baseline binary;
-PEERS_PYTHON — a GIL CPython with benches/requirements-peers.txt (uvicorn, Granian). Contenders whose
+PEERS_PYTHON — a GIL CPython with benches/requirements-peers.txt (uvicorn, Granian, Robyn). Contenders whose
 variable is unset are left out.
 
 Every contender serves the same endpoints (benches/apps/) with one worker, one event loop, one thread,
 pinned to core 1. Before measuring, each endpoint is requested once and must answer 2xx.
 
-Results: a JSON file per run in benches/results/ (machine, versions, commit, every repetition) and a
-markdown table plus a table of ratios on stdout. Conclusions are drawn from ratios within one run, never
-from absolute numbers.
+Results: a JSON file per run in benches/results/ (machine, versions, commit, every repetition);
+benches/render.py turns it into markdown tables and PNG charts beside it (scripts/dev bench runs both).
+Conclusions are drawn from ratios within one run, never from absolute numbers.
 """
 
 from __future__ import annotations
@@ -43,17 +43,41 @@ SERVER_CORE = "1"
 LOAD_CORE = "0"
 PORT = "{port}"  # stands for the contender's port in its command; a free one is chosen per contender
 
-# An endpoint is a GET path, or a pair ("METHOD /path", wrk Lua script) for anything wrk's default GET
-# cannot express. The first element is the endpoint's key in the results either way. A script's request
-# body, if any, lives beside it as <script>.json, so the pre-flight check can send the same bytes.
-Endpoint = str | tuple[str, Path]
-ECHO: Endpoint = ("POST /echo", BENCHES / "echo.lua")
-APP_ENDPOINTS: list[Endpoint] = ["/json", "/plaintext", "/users/42?q=x", ECHO]
+
+@dataclass(frozen=True)
+class Endpoint:
+    """What wrk requests. `key` names it in the results ("/json", "POST /echo"); a wrk Lua `script` is
+    used for anything a plain GET cannot express, and its request body, if any, lives beside it as
+    <script>.json so that the pre-flight check sends the same bytes. `connections` overrides
+    --connections (the /sleep endpoint measures concurrency, so it is driven with many connections)."""
+
+    key: str
+    script: Path | None = None
+    connections: int | None = None
+
+    @property
+    def method(self) -> str:
+        return self.key.rpartition(" ")[0] or "GET"
+
+    @property
+    def path(self) -> str:
+        return self.key.rpartition(" ")[2]
+
+
+SLEEP_CONNECTIONS = 256
+ECHO = Endpoint("POST /echo", BENCHES / "echo.lua")
+SLEEP = Endpoint("/sleep", connections=SLEEP_CONNECTIONS)
+APP_ENDPOINTS = [Endpoint("/json"), Endpoint("/plaintext"), Endpoint("/users/42?q=x"), ECHO]
+APP_ENDPOINTS += [Endpoint("/cpu"), SLEEP]
+# The hyper baseline does no Python work, so only the endpoints whose work it can do without Python
+# (fixed bytes; a 10 ms timer) are measured on it; the tables say "n/a" for the rest.
+HYPER_ENDPOINTS = [Endpoint("/json"), SLEEP]
 
 HYPER = "hyper (pure Rust, the limit)"
 UVICORN = "uvicorn {} (uvloop+httptools)"
 GRANIAN_ASGI = "Granian ASGI {}"
 GRANIAN_RSGI = "Granian RSGI (raw)"
+ROBYN = "Robyn"
 PERCORE = "percore {}, 1 loop ({})"
 BUILDS = [("PERCORE_PYTHON_NOGIL", "3.13t"), ("PERCORE_PYTHON_GIL", "3.13 GIL")]
 FRAMEWORKS = {"FastAPI": "benches.apps.fastapi_app:app", "Starlette": "benches.apps.starlette_app:app"}
@@ -65,15 +89,9 @@ class Contender:
     command: list[str]
     endpoints: list[Endpoint]
     env: dict[str, str] = field(default_factory=dict)
-
-
-def parse_endpoint(endpoint: Endpoint) -> tuple[str, str, str, Path | None]:
-    """key, method, path (with query) and wrk script of an endpoint."""
-    if isinstance(endpoint, str):
-        return endpoint, "GET", endpoint, None
-    key, script = endpoint
-    method, _, path = key.rpartition(" ")
-    return key, method or "GET", path, Path(script)
+    # Robyn 0.88 in single-process mode ignores SIGTERM and SIGINT (measured): it is killed after the
+    # grace period every time, which says nothing about the numbers, so it is not reported as a problem.
+    killed_is_expected: bool = False
 
 
 def free_port() -> int:
@@ -103,6 +121,13 @@ def granian(python: str, interface: str, app: str) -> list[str]:
     ]
 
 
+def robyn(python: str) -> list[str]:
+    # --processes 1 keeps Robyn in this process (no fork); --workers 1 gives its Rust server one worker
+    # thread; handlers run on the asyncio (uvloop) loop of the main thread. Host and port: ROBYN_HOST/PORT.
+    script = str(BENCHES / "apps" / "robyn_app.py")
+    return [python, script, "--processes", "1", "--workers", "1", "--disable-openapi", "--log-level", "WARN"]
+
+
 def contenders() -> list[Contender]:
     """Every contender the environment provides, grouped so that peers sit next to each other."""
     pythons = [(os.environ[key], label) for key, label in BUILDS if os.environ.get(key)]
@@ -110,7 +135,7 @@ def contenders() -> list[Contender]:
     found = []
     baseline = os.environ.get("HYPER_BASELINE")
     if baseline:
-        found.append(Contender(HYPER, [baseline, PORT], ["/json"]))
+        found.append(Contender(HYPER, [baseline, PORT], HYPER_ENDPOINTS))
     for python, label in pythons:
         found.append(
             Contender(
@@ -120,6 +145,15 @@ def contenders() -> list[Contender]:
     if peers:
         found.append(
             Contender(GRANIAN_RSGI, granian(peers, "rsgi", "benches.apps.rsgi_app:app"), APP_ENDPOINTS)
+        )
+        found.append(
+            Contender(
+                ROBYN,
+                robyn(peers),
+                APP_ENDPOINTS,
+                env={"ROBYN_HOST": "127.0.0.1", "ROBYN_PORT": PORT},
+                killed_is_expected=True,
+            )
         )
     for framework, app in FRAMEWORKS.items():
         for python, label in pythons:
@@ -151,13 +185,12 @@ def request_body(script: Path | None) -> bytes | None:
 
 def wait_until_serving(port: int, process: subprocess.Popen, endpoint: Endpoint, timeout: float = 30) -> None:
     """Until the server answers HTTP. An open port is not enough: Granian binds before its worker runs."""
-    _, method, path, script = parse_endpoint(endpoint)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"server exited with {process.returncode} before answering")
         try:
-            request(port, method, path, request_body(script), timeout=2)
+            request(port, endpoint.method, endpoint.path, request_body(endpoint.script), timeout=2)
             return
         except (OSError, http.client.HTTPException):
             time.sleep(0.1)
@@ -172,7 +205,7 @@ def parse_wrk(output: str) -> dict:
     if rate is None:
         raise RuntimeError(f"wrk printed no Requests/sec:\n{output}")
     result = {"requests_per_second": float(rate.group(1))}
-    for percentile in ("50", "99"):
+    for percentile in ("50", "75", "90", "99"):
         match = re.search(rf"^\s+{percentile}%\s+([\d.]+)(us|ms|s)\s*$", output, re.M)
         if match:
             result[f"p{percentile}_ms"] = float(match.group(1)) * LATENCY_UNITS[match.group(2)]
@@ -218,9 +251,10 @@ def measure(contender: Contender, args) -> tuple[dict, dict]:
     """Results per endpoint key, and what happened to the server (command, exit, failures)."""
     port = free_port()
     command = [part.replace(PORT, str(port)) for part in contender.command]
-    env = dict(os.environ, PYTHONPATH=str(ROOT), **contender.env)
+    extra = {key: value.replace(PORT, str(port)) for key, value in contender.env.items()}
+    env = dict(os.environ, PYTHONPATH=str(ROOT), **extra)
     results: dict = {}
-    server: dict = {"command": command, "failures": []}
+    server: dict = {"command": command, "failures": [], "killed_is_expected": contender.killed_is_expected}
     with tempfile.TemporaryFile("w+") as log:
         process = subprocess.Popen(
             ["taskset", "-c", SERVER_CORE, *command],
@@ -234,9 +268,9 @@ def measure(contender: Contender, args) -> tuple[dict, dict]:
         try:
             wait_until_serving(port, process, contender.endpoints[0])
             for endpoint in contender.endpoints:
-                key, method, path, script = parse_endpoint(endpoint)
+                key = endpoint.key
                 try:
-                    results[key] = measure_endpoint(port, method, path, script, args)
+                    results[key] = measure_endpoint(port, endpoint, args)
                 except (
                     OSError,
                     RuntimeError,
@@ -269,13 +303,14 @@ def measure(contender: Contender, args) -> tuple[dict, dict]:
     return results, server
 
 
-def measure_endpoint(port: int, method: str, path: str, script: Path | None, args) -> dict:
-    status, body = request(port, method, path, request_body(script), timeout=10)
+def measure_endpoint(port: int, endpoint: Endpoint, args) -> dict:
+    status, body = request(port, endpoint.method, endpoint.path, request_body(endpoint.script), timeout=10)
     if not 200 <= status < 300:
         raise RuntimeError(f"answered {status} before measuring: {body[:300]!r}")
-    url = f"http://127.0.0.1:{port}{path}"
-    wrk(url, script, args.warmup, args.connections)
-    runs = [wrk(url, script, args.duration, args.connections) for _ in range(args.runs)]
+    url = f"http://127.0.0.1:{port}{endpoint.path}"
+    connections = endpoint.connections or args.connections
+    wrk(url, endpoint.script, args.warmup, connections)
+    runs = [wrk(url, endpoint.script, args.duration, connections) for _ in range(args.runs)]
     rates = [run["requests_per_second"] for run in runs]
     return {
         "median_rps": statistics.median(rates),
@@ -284,12 +319,13 @@ def measure_endpoint(port: int, method: str, path: str, script: Path | None, arg
         "p50_ms": statistics.median(run.get("p50_ms", float("nan")) for run in runs),
         "p99_ms": statistics.median(run.get("p99_ms", float("nan")) for run in runs),
         "errors": sum(run["non_2xx"] for run in runs),
+        "connections": connections,
         "runs": runs,
         "sample": {"status": status, "bytes": len(body), "body": body[:200].decode("utf-8", "replace")},
     }
 
 
-PACKAGES = ["fastapi", "starlette", "pydantic", "anyio", "uvicorn", "uvloop", "httptools", "granian"]
+PACKAGES = ["fastapi", "starlette", "pydantic", "anyio", "uvicorn", "uvloop", "httptools", "granian", "robyn"]
 
 
 def machine() -> dict:
@@ -344,65 +380,11 @@ def machine() -> dict:
     }
 
 
-def table(results: dict) -> str:
-    baseline = results.get(HYPER, {}).get("/json", {}).get("median_rps")
-    lines = [
-        "| contender | endpoint | req/s (median) | spread | p50 ms | p99 ms | vs hyper /json |",
-        "|---|---|---:|---:|---:|---:|---:|",
-    ]
-    for name, endpoints in results.items():
-        for endpoint, r in endpoints.items():
-            spread = f"{r['min_rps']:.0f}–{r['max_rps']:.0f}"
-            ratio = f"{r['median_rps'] / baseline:.2f}×" if baseline else "–"
-            lines.append(
-                f"| {name} | `{endpoint}` | {r['median_rps']:.0f} | {spread} | {r['p50_ms']:.2f} | "
-                f"{r['p99_ms']:.2f} | {ratio} |"
-            )
-    return "\n".join(lines)
-
-
-def ratio_pairs() -> list[tuple[str, str]]:
-    """(percore contender, the peer it is divided by): same app, or the raw interface of each server."""
-    pairs = []
-    for _, label in BUILDS:
-        pairs += [
-            (PERCORE.format("FastAPI", label), UVICORN.format("FastAPI")),
-            (PERCORE.format("FastAPI", label), GRANIAN_ASGI.format("FastAPI")),
-            (PERCORE.format("Starlette", label), GRANIAN_ASGI.format("Starlette")),
-            (PERCORE.format("Starlette", label), UVICORN.format("Starlette")),
-            (PERCORE.format("native", label), GRANIAN_RSGI),
-        ]
-    return pairs
-
-
-def ratios(results: dict) -> str:
-    """Median req/s of percore ÷ its peer, per endpoint both served; empty if no pair ran."""
-    rows = [(a, b) for a, b in ratio_pairs() if results.get(a) and results.get(b)]
-    columns: list[str] = []
-    for a, b in rows:
-        columns += [key for key in results[a] if key in results[b] and key not in columns]
-    if not rows:
-        return ""
-    lines = [
-        "| req/s ratio (× > 1: percore faster) | " + " | ".join(f"`{key}`" for key in columns) + " |",
-        "|---|" + "---:|" * len(columns),
-    ]
-    for a, b in rows:
-        cells = [
-            f"{results[a][key]['median_rps'] / results[b][key]['median_rps']:.2f}×"
-            if key in results[a] and key in results[b] and results[b][key]["median_rps"]
-            else "–"
-            for key in columns
-        ]
-        lines.append(f"| {a} ÷ {b} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 def problems(results: dict, servers: dict) -> list[str]:
     found = []
     for name, server in servers.items():
         found += [f"{name}: {failure}" for failure in server["failures"]]
-        if server.get("killed"):
+        if server.get("killed") and not server.get("killed_is_expected"):
             found.append(f"{name}: did not exit within 10 s of SIGTERM, killed")
     for name, endpoints in results.items():
         for key, r in endpoints.items():
@@ -460,21 +442,24 @@ def main() -> int:
     if path.exists():  # a second run (or an --only rerun) on the same day and commit keeps the first
         path = path.with_stem(f"{path.stem}-{info['date'][11:19].replace(':', '')}")
     settings = {k: v for k, v in vars(args).items() if k not in ("out", "list")}
-    path.write_text(
-        json.dumps({"machine": info, "settings": settings, "results": results, "servers": servers}, indent=2)
-        + "\n"
-    )
-    print()
-    print(table(results))
-    summary = ratios(results)
-    if summary:
-        print()
-        print(summary)
     trouble = problems(results, servers)
+    document = {
+        "machine": info,
+        "settings": settings,
+        # In the order the tables and charts show them, with the connections each was driven with.
+        "endpoints": [
+            {"key": e.key, "connections": e.connections or args.connections} for e in APP_ENDPOINTS
+        ],
+        "results": results,
+        "servers": servers,
+        "problems": trouble,
+    }
+    path.write_text(json.dumps(document, indent=2) + "\n")
     if trouble:
         print("\nproblems (numbers for these are not comparable):")
         print("\n".join(f"- {line}" for line in trouble))
     print(f"\nraw results: {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
+    print("tables and charts: benches/render.py (scripts/dev bench runs it after this)")
     return 1 if trouble else 0
 
 

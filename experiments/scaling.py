@@ -1,109 +1,137 @@
 """GIL vs no-GIL: the same percore build on CPython 3.13 (GIL) and 3.13t (free-threaded, same tarball, same
-flags), serving pure-Python CPU work on 1 and on 2 loops.
+flags), serving /json, /cpu and /sleep on 1, 2, … all cores' worth of loops.
 
-    scripts/dev experiment            # builds everything, runs this, writes experiments/results/*.json
+    scripts/dev experiment scaling [--duration 5 --runs 3 --warmup 2 --max-loops N]
 
-The machine has 2 cores, so with 2 loops the load generator shares a core with a loop: /cpu costs ~1 ms
-of CPU per request, so wrk's own share is small there, but /json (microseconds per request) is mostly
-a measurement of wrk competing for the cores and is reported only as a caveat.
+Writes experiments/results/scaling-<date>-<commit>.json (every repetition: req/s, p50, p75, p90, p99);
+experiments/render.py turns it into tables, charts and the many-core projection (scripts/dev runs both).
+
+Per build and loop count, one server (`--loops N --routing least-loaded`); per endpoint a 2 s warm-up
+then --runs wrk runs (`-t1`), median req/s and median percentiles. wrk is not pinned: on a machine with
+as many loops as cores it shares the cores with the loops, which caps the measured scaling (the
+projection's assumptions say how).
 """
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import os
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benches"))
 
-import run  # noqa: E402  (the benchmark runner's wrk and process helpers)
+import run  # noqa: E402  (the benchmark runner's wrk parsing and process helpers)
 
 BUILDS = [("PERCORE_PYTHON_NOGIL", "3.13t"), ("PERCORE_PYTHON_GIL", "3.13 GIL")]
-LOOPS = [1, 2]
-ENDPOINTS = {"/cpu": 8, "/json": 64}  # path -> wrk connections
+# path -> wrk connections: /cpu needs only a few in flight per loop to keep every loop busy (more would only
+# queue); /json as in the benchmark suite; /sleep with many waiting requests (concurrency).
+ENDPOINTS = {"/json": 64, "/cpu": 8, "/sleep": 256}
+PERCENTILES = ("p50_ms", "p75_ms", "p90_ms", "p99_ms")
+
+
+def start(python: str, loops: int, routing: str) -> tuple[subprocess.Popen, int]:
+    """A percore server of experiments/apps/work.py, answering HTTP."""
+    port = run.free_port()
+    command = [python, "-m", "percore", "serve", "experiments.apps.work:api", "--port", str(port)]
+    command += ["--loops", str(loops), "--routing", routing, "--log-level", "warning"]
+    process = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        run.wait_until_serving(port, process, run.Endpoint("/json"))
+    except RuntimeError:
+        run.stop(process)
+        raise
+    return process, port
+
+
+def measure(url: str, connections: int, args, script: Path | None = None, env: dict | None = None) -> dict:
+    """Warm-up, then --runs wrk runs: the median req/s and percentiles, and every run."""
+    command = ["wrk", "-t1", f"-c{connections}", "--latency"]
+    if script is not None:
+        command += ["-s", str(script)]
+    environment = dict(os.environ, **(env or {}))
+    subprocess.run([*command, f"-d{args.warmup}s", url], capture_output=True, env=environment)
+    runs = []
+    for _ in range(args.runs):
+        output = subprocess.run(
+            [*command, f"-d{args.duration}s", url],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=environment,
+        ).stdout
+        runs.append(run.parse_wrk(output))
+    entry = {
+        "median_rps": statistics.median(r["requests_per_second"] for r in runs),
+        "connections": connections,
+    }
+    for key in PERCENTILES:
+        entry[key] = statistics.median(r.get(key, float("nan")) for r in runs)
+    entry["errors"] = sum(r["non_2xx"] for r in runs)
+    entry["runs"] = runs
+    return entry
+
+
+def arguments(description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--duration", type=int, default=5, help="seconds per measured run (default 5)")
+    parser.add_argument("--runs", type=int, default=3, help="measured runs per point (default 3)")
+    parser.add_argument("--warmup", type=int, default=2, help="seconds of warm-up per point (default 2)")
+    return parser
+
+
+def write(name: str, document: dict) -> Path:
+    commit = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    now = datetime.datetime.now(datetime.UTC)
+    out = ROOT / "experiments" / "results" / f"{name}-{now:%Y-%m-%d}-{commit}.json"
+    if out.exists():  # a second run the same day and commit keeps the first
+        out = out.with_stem(f"{out.stem}-{now:%H%M%S}")
+    out.write_text(json.dumps({"experiment": name, "machine": run.machine(), **document}, indent=2) + "\n")
+    print(f"\nraw results: {out.relative_to(ROOT)}")
+    return out
 
 
 def main() -> int:
-    duration, runs = int(os.environ.get("DURATION", "5")), int(os.environ.get("RUNS", "3"))
+    parser = arguments(__doc__)
+    cores = os.cpu_count() or 1
+    parser.add_argument("--max-loops", type=int, default=cores, help=f"default: every core ({cores})")
+    args = parser.parse_args()
     results: dict = {}
     for key, label in BUILDS:
         python = os.environ.get(key)
         if not python:
             continue
-        for loops in LOOPS:
-            port = run.free_port()
-            command = [python, "-m", "percore", "serve", "experiments.apps.work:api", "--port", str(port)]
-            command += ["--loops", str(loops), "--routing", "least-loaded", "--log-level", "warning"]
-            process = subprocess.Popen(
-                command,
-                cwd=ROOT,
-                env=dict(os.environ, PYTHONPATH=str(ROOT)),
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                start_new_session=True,
-            )
+        for loops in range(1, args.max_loops + 1):
+            process, port = start(python, loops, "least-loaded")
             try:
-                deadline = time.monotonic() + 30
-                while True:
-                    try:
-                        run.request(port, "GET", "/json", None, 1)
-                        break
-                    except OSError:
-                        assert time.monotonic() < deadline, "server did not start"
-                        time.sleep(0.1)
                 for path, connections in ENDPOINTS.items():
-                    url = f"http://127.0.0.1:{port}{path}"
-                    subprocess.run(["wrk", "-t1", f"-c{connections}", "-d2s", url], capture_output=True)
-                    rates = []
-                    for _ in range(runs):
-                        out = subprocess.run(
-                            ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", url],
-                            capture_output=True,
-                            text=True,
-                            check=True,
-                        ).stdout
-                        rates.append(run.parse_wrk(out))
-                    entry = {
-                        "median_rps": statistics.median(r["requests_per_second"] for r in rates),
-                        "p99_ms": statistics.median(r.get("p99_ms", float("nan")) for r in rates),
-                        "runs": rates,
-                    }
-                    results.setdefault(label, {}).setdefault(path, {})[loops] = entry
+                    entry = measure(f"http://127.0.0.1:{port}{path}", max(connections, loops), args)
+                    results.setdefault(label, {}).setdefault(path, {})[str(loops)] = entry
                     print(
-                        f"{label:9} loops={loops} {path:6} {entry['median_rps']:>9.0f} req/s "
-                        f"p99 {entry['p99_ms']:.2f} ms",
+                        f"{label:9} loops={loops} {path:7} {entry['median_rps']:>9.0f} req/s "
+                        f"p50 {entry['p50_ms']:.2f} ms p99 {entry['p99_ms']:.2f} ms",
                         flush=True,
                     )
             finally:
                 run.stop(process)
-    print()
-    print("| build | endpoint | 1 loop req/s | 2 loops req/s | scaling (2 ÷ 1) | p99 1 → 2 loops (ms) |")
-    print("|---|---|---:|---:|---:|---:|")
-    for label, paths in results.items():
-        for path, by_loops in paths.items():
-            one, two = by_loops[1], by_loops[2]
-            print(
-                f"| {label} | `{path}` | {one['median_rps']:.0f} | {two['median_rps']:.0f} | "
-                f"{two['median_rps'] / one['median_rps']:.2f}× | {one['p99_ms']:.2f} → {two['p99_ms']:.2f} |"
-            )
-    commit = subprocess.run(
-        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-    ).stdout.strip()
-    date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
-    out = ROOT / "experiments" / "results" / f"scaling-{date}-{commit}.json"
-    out.write_text(
-        json.dumps(
-            {"machine": run.machine(), "duration": duration, "runs": runs, "results": results}, indent=2
-        )
-        + "\n"
-    )
-    print(f"\nraw results: {out.relative_to(ROOT)}")
+    settings = {**vars(args), "endpoints": ENDPOINTS, "routing": "least-loaded"}
+    write("scaling", {"settings": settings, "results": results})
     return 0
 
 

@@ -7,6 +7,8 @@ through FastAPI's default jsonable_encoder + JSONResponse path), every handler `
 from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse
 
+from benches.apps.common import cpu_result, sleep_result
+
 app = FastAPI()
 
 
@@ -28,3 +30,13 @@ async def user(user_id: str, q: str | None = None):
 @app.post("/echo")
 async def echo(body: dict):
     return body
+
+
+@app.get("/cpu")
+async def cpu():
+    return cpu_result()
+
+
+@app.get("/sleep")
+async def sleep():
+    return await sleep_result()

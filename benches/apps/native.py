@@ -2,6 +2,8 @@
 
 import percore
 
+from benches.apps.common import cpu_result, sleep_result
+
 api = percore.App()
 
 
@@ -23,3 +25,13 @@ async def user(user_id: str, q: str | None = None):
 @api.post("/echo")
 async def echo(payload: dict):
     return payload
+
+
+@api.get("/cpu")
+async def cpu():
+    return cpu_result()
+
+
+@api.get("/sleep")
+async def sleep():
+    return await sleep_result()

@@ -4,6 +4,8 @@ written by hand against Granian's lowest-level Python API — the ceiling of a P
 import json
 from urllib.parse import parse_qs
 
+from benches.apps.common import cpu_result, sleep_result
+
 JSON = [("content-type", "application/json")]
 TEXT = [("content-type", "text/plain; charset=utf-8")]
 HELLO = '{"message":"Hello, World!"}'
@@ -32,5 +34,9 @@ async def app(scope, proto):
             proto.response_str(422, TEXT, "body must be an object")
             return
         proto.response_str(200, JSON, json.dumps(payload, separators=(",", ":")))
+    elif path == "/cpu":
+        proto.response_str(200, JSON, json.dumps(cpu_result(), separators=(",", ":")))
+    elif path == "/sleep":
+        proto.response_str(200, JSON, json.dumps(await sleep_result(), separators=(",", ":")))
     else:
         proto.response_str(404, TEXT, "Not Found")

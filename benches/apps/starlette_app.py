@@ -5,6 +5,8 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
+from benches.apps.common import cpu_result, sleep_result
+
 
 async def json(request):
     return JSONResponse({"message": "Hello, World!"})
@@ -22,11 +24,21 @@ async def echo(request):
     return JSONResponse(await request.json())
 
 
+async def cpu(request):
+    return JSONResponse(cpu_result())
+
+
+async def sleep(request):
+    return JSONResponse(await sleep_result())
+
+
 app = Starlette(
     routes=[
         Route("/json", json),
         Route("/plaintext", plaintext),
         Route("/users/{user_id}", user),
         Route("/echo", echo, methods=["POST"]),
+        Route("/cpu", cpu),
+        Route("/sleep", sleep),
     ]
 )
