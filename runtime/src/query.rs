@@ -12,9 +12,10 @@ fn percent_decode(raw: &str, plus_is_space: bool) -> String {
     while i < bytes.len() {
         match bytes[i] {
             b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
-                if let Some(value) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                    out.push(value);
+                // Two hex digits exactly: `u8::from_str_radix` would also take a sign ("%+1" is not 0x01).
+                if let (Some(high), Some(low)) = (hex_digit(bytes[i + 1]), hex_digit(bytes[i + 2]))
+                {
+                    out.push(high << 4 | low);
                     i += 3;
                     continue;
                 }
@@ -26,6 +27,10 @@ fn percent_decode(raw: &str, plus_is_space: bool) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+fn hex_digit(byte: u8) -> Option<u8> {
+    (byte as char).to_digit(16).map(|d| d as u8)
 }
 
 /// Percent-decodes a request path (ASGI's `path`).
@@ -69,6 +74,15 @@ mod tests {
         assert_eq!(percent_decode_path("/end%2"), "/end%2");
         assert_eq!(percent_decode_path("/x%41"), "/xA");
         assert_eq!(percent_decode_path("/invalid%FF"), "/invalid\u{FFFD}");
+    }
+
+    #[test]
+    fn an_escape_is_exactly_two_hex_digits() {
+        // Found by fuzz/fuzz_targets/query.rs: a sign was accepted as the first digit.
+        assert_eq!(percent_decode_path("/a%+2b"), "/a%+2b");
+        assert_eq!(percent_decode_path("/a%-2b"), "/a%-2b");
+        assert_eq!(parse_query("x=%+41"), vec![("x".into(), "% 41".into())]);
+        assert_eq!(percent_decode_path("/%c3%A9%2f"), "/é/");
     }
 
     #[test]
