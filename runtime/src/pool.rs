@@ -28,6 +28,9 @@ use crate::server;
 
 pub type LocalBoxFuture<T> = Pin<Box<dyn Future<Output = T>>>;
 
+/// How long cancelled request work may take to unwind at shutdown before the loop shuts down anyway.
+const CANCEL_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// A request's body: already read (small bodies are collected before dispatch), or still arriving.
 pub enum RequestBody {
     Full(Bytes),
@@ -186,6 +189,21 @@ pub trait Executor: 'static {
     /// Runs once after the loop's connections have drained, with `drive` still running.
     fn shutdown(self: Rc<Self>) -> LocalBoxFuture<()> {
         Box::pin(std::future::ready(()))
+    }
+
+    /// The loop stopped accepting: long-lived exchanges that no graceful HTTP shutdown reaches
+    /// (WebSockets) are asked to close now, so they finish within the shutdown timeout.
+    fn begin_shutdown(&self) {}
+
+    /// Resolves once no request work runs on this loop: handlers, ASGI apps (including work they do
+    /// after their response), WebSockets.
+    fn idle(self: Rc<Self>) -> LocalBoxFuture<()> {
+        Box::pin(std::future::ready(()))
+    }
+
+    /// Cancels all request work still running (the shutdown timeout expired); returns how much.
+    fn cancel_running(&self) -> usize {
+        0
     }
 
     /// Releases the executor's resources, on its own thread, after all requests have finished.
@@ -522,20 +540,31 @@ fn run_loop<F: ExecutorFactory>(
 
         let connections =
             server::accept_until_stopped(listener, Rc::clone(&context), &mut stop).await;
-        let _ =
-            tokio::time::timeout(shared.config.shutdown_timeout, connections.all_closed()).await;
+        // One deadline for everything in flight: connections, hand-offs from other loops, and work
+        // that outlives its response (ASGI background tasks) or its HTTP exchange (WebSockets).
+        let deadline = tokio::time::Instant::now() + shared.config.shutdown_timeout;
+        executor.begin_shutdown();
+        let _ = tokio::time::timeout_at(deadline, connections.all_closed()).await;
 
         if shared.draining.fetch_sub(1, Ordering::AcqRel) == 1 {
             shared.all_drained.send_replace(true);
         }
         let mut all_drained = shared.all_drained.subscribe();
-        let _ = tokio::time::timeout(
-            shared.config.shutdown_timeout,
-            all_drained.wait_for(|drained| *drained),
-        )
-        .await;
+        let _ = tokio::time::timeout_at(deadline, all_drained.wait_for(|drained| *drained)).await;
         job_runner.abort();
         let _ = job_runner.await;
+        let _ = tokio::time::timeout_at(deadline, Rc::clone(&executor).idle()).await;
+        // Out of time: cancel what still runs *before* the lifespan/loop shutdown hooks, so they never
+        // tear down resources a handler is still using; cancellation gets a moment to unwind
+        // (`finally` blocks, `async with` exits) while the loop is still driven.
+        if executor.cancel_running() > 0 || connections.open() > 0 {
+            connections.abort_all();
+            let _ = tokio::time::timeout(CANCEL_GRACE, async {
+                connections.all_closed().await;
+                Rc::clone(&executor).idle().await;
+            })
+            .await;
+        }
         let _ = tokio::time::timeout(
             shared.config.shutdown_timeout,
             Rc::clone(&executor).shutdown(),

@@ -27,6 +27,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::{watch, Notify};
 
 use crate::access_log;
+use crate::metrics::Metrics;
 use crate::pool::{
     BodyChunks, Executor, HttpRequest, HttpResponse, Latch, LoopContext, PoolError, RequestBody,
     ResponseBody, StreamAborted,
@@ -102,10 +103,21 @@ pub fn bind_listeners(
 }
 
 /// Counts a loop's open connections so shutdown can wait for them to finish.
-#[derive(Default)]
 pub struct Connections {
     open: Cell<usize>,
     closed: Notify,
+    /// Set when the shutdown timeout expired: every connection still open is dropped.
+    abort: watch::Sender<bool>,
+}
+
+impl Default for Connections {
+    fn default() -> Self {
+        Connections {
+            open: Cell::new(0),
+            closed: Notify::new(),
+            abort: watch::channel(false).0,
+        }
+    }
 }
 
 impl Connections {
@@ -113,6 +125,16 @@ impl Connections {
         while self.open.get() > 0 {
             self.closed.notified().await;
         }
+    }
+
+    pub fn open(&self) -> usize {
+        self.open.get()
+    }
+
+    /// Drops every open connection (and with it the requests in progress on it, whose handlers are
+    /// cancelled).
+    pub fn abort_all(&self) {
+        self.abort.send_replace(true);
     }
 }
 
@@ -161,9 +183,13 @@ pub async fn accept_until_stopped<X: Executor>(
         let guard = ConnectionGuard(Rc::clone(&connections));
         let context = Rc::clone(&context);
         let stop = stop.clone();
+        let mut abort = connections.abort.subscribe();
         tokio::task::spawn_local(async move {
             let _guard = guard;
-            serve_connection(stream, context, peer, stop).await;
+            tokio::select! {
+                _ = serve_connection(stream, context, peer, stop) => {}
+                _ = abort.wait_for(|aborted| *aborted) => {}
+            }
         });
     }
     drop(listener);
@@ -185,9 +211,7 @@ pub async fn serve_connection<X, IO>(
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let header_timeout = context.shared.config.limits.header_timeout;
-    let metrics = Arc::clone(&context.shared.metrics);
-    let index = context.index;
-    metrics.of_loop(index).connection_opened();
+    let mut open = OpenConnection::new(Arc::clone(&context.shared.metrics), context.index);
     let service = service_fn(move |request| {
         let context = Rc::clone(&context);
         async move { Ok::<_, Infallible>(handle(request, context, peer).await) }
@@ -207,7 +231,33 @@ pub async fn serve_connection<X, IO>(
             connection.await
         }
     };
-    metrics.of_loop(index).connection_closed(outcome.is_err());
+    open.failed = outcome.is_err();
+}
+
+/// Counts a connection as open in the metrics until dropped (also when the connection is aborted).
+struct OpenConnection {
+    metrics: Arc<Metrics>,
+    index: usize,
+    failed: bool,
+}
+
+impl OpenConnection {
+    fn new(metrics: Arc<Metrics>, index: usize) -> Self {
+        metrics.of_loop(index).connection_opened();
+        OpenConnection {
+            metrics,
+            index,
+            failed: false,
+        }
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.metrics
+            .of_loop(self.index)
+            .connection_closed(self.failed);
+    }
 }
 
 async fn handle<X: Executor>(

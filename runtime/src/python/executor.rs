@@ -13,10 +13,11 @@
 //! pauses never wait on a parked loop. Python objects that are re-used on every request are created once.
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pyo3::ffi;
@@ -33,7 +34,7 @@ use super::task::{in_context, AppConnection, Completion, RequestTask};
 use super::websocket;
 use crate::metrics::{self, ExtraMetrics};
 use crate::pool::{
-    Executor, ExecutorFactory, HttpRequest, HttpResponse, LocalBoxFuture, ResponseBody,
+    Executor, ExecutorFactory, HttpRequest, HttpResponse, Latch, LocalBoxFuture, ResponseBody,
 };
 
 /// What a route runs: a native handler, a response computed once at startup, or (for every path) an
@@ -98,9 +99,60 @@ pub struct LoopShared {
     on_error: Py<PyAny>,
     /// The native app's `_exception_response(error)`: a response for handled exception types, or None.
     exception_responder: Option<Py<PyAny>>,
+    /// Request tasks that suspended and have not finished, so shutdown can wait for them and cancel
+    /// the rest before the lifespan shutdown. Touched only by this loop's thread (an uncontended lock,
+    /// once when a task first suspends and once when it finishes; never on the synchronous fast path).
+    live_tasks: Mutex<HashMap<usize, Py<RequestTask>>>,
+    /// Notified when `live_tasks` becomes empty.
+    no_live_tasks: Notify,
+    /// Set when the loop stops accepting: open WebSockets close with 1001 (going away).
+    pub closing: Latch,
 }
 
 impl LoopShared {
+    /// Remembers `task` until it finishes, if it is still running (it suspended).
+    pub fn track(&self, task: &Bound<'_, RequestTask>) {
+        if task.get().mark_tracked() {
+            self.live_tasks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(task.as_ptr() as usize, task.clone().unbind());
+        }
+    }
+
+    /// A tracked task finished.
+    pub fn untrack(&self, task: &Bound<'_, RequestTask>) {
+        let mut live = self.live_tasks.lock().unwrap_or_else(|p| p.into_inner());
+        live.remove(&(task.as_ptr() as usize));
+        if live.is_empty() {
+            self.no_live_tasks.notify_waiters();
+        }
+    }
+
+    fn live_tasks(&self, py: Python<'_>) -> Vec<Py<RequestTask>> {
+        self.live_tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|task| task.clone_ref(py))
+            .collect()
+    }
+
+    async fn idle(&self) {
+        loop {
+            let emptied = self.no_live_tasks.notified();
+            if self
+                .live_tasks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_empty()
+            {
+                return;
+            }
+            emptied.await;
+        }
+    }
+
     /// A new asyncio future on this loop (for awaits that Rust resolves later).
     pub fn create_future<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         self.event_loop
@@ -247,6 +299,7 @@ impl PyExecutor {
                 Completion::Asgi(connection),
             )?;
             RequestTask::step(&task, None);
+            self.shared.track(&task);
             Ok(exchange)
         })();
         let exchange = match started {
@@ -316,6 +369,7 @@ impl PyExecutor {
         match response.try_recv() {
             Ok(response) => Started::Done(response),
             Err(oneshot::error::TryRecvError::Empty) => {
+                self.shared.track(&task);
                 Started::Pending(response, Some(task.unbind()))
             }
             Err(oneshot::error::TryRecvError::Closed) => {
@@ -526,6 +580,52 @@ impl Executor for PyExecutor {
         })
     }
 
+    fn begin_shutdown(&self) {
+        self.shared.closing.set();
+        Python::attach(|py| self.wake_driver_if_needed(py));
+    }
+
+    fn idle(self: Rc<Self>) -> LocalBoxFuture<()> {
+        Box::pin(async move { self.shared.idle().await })
+    }
+
+    fn cancel_running(&self) -> usize {
+        Python::attach(|py| {
+            let tasks = self.shared.live_tasks(py);
+            if tasks.is_empty() {
+                return 0;
+            }
+            let names: Vec<String> = tasks
+                .iter()
+                .map(|task| task.get().name().to_owned())
+                .collect();
+            let logger = py
+                .import(intern!(py, "percore._logging"))
+                .and_then(|m| m.getattr(intern!(py, "logger")));
+            if let Ok(logger) = logger {
+                let _ = logger.call_method1(
+                    intern!(py, "warning"),
+                    (
+                        "loop %d: shutdown timeout reached, cancelling %d running request(s): %s",
+                        self.index,
+                        tasks.len(),
+                        names.join(", "),
+                    ),
+                );
+            }
+            for task in &tasks {
+                let message = "the server is shutting down".into_pyobject(py).ok();
+                if let Err(err) =
+                    RequestTask::cancel(task.bind(py), message.map(|m| m.into_any().unbind()))
+                {
+                    err.print(py);
+                }
+            }
+            self.shared.wake.notify_one();
+            tasks.len()
+        })
+    }
+
     fn call(&self, endpoint: &Endpoint, request: HttpRequest) -> LocalBoxFuture<HttpResponse> {
         if let Endpoint::Const(constant) = endpoint {
             return Box::pin(std::future::ready(constant.response()));
@@ -733,6 +833,9 @@ impl PyExecutorFactory {
                     response_class: self.response_class.clone_ref(py),
                     on_error: self.on_error.clone_ref(py),
                     exception_responder: self.exception_responder.as_ref().map(|r| r.clone_ref(py)),
+                    live_tasks: Mutex::new(HashMap::new()),
+                    no_live_tasks: Notify::new(),
+                    closing: Latch::default(),
                 }),
                 ready,
                 scheduled_seen: Cell::new(0),

@@ -73,6 +73,8 @@ struct State {
     outcome: Stored,
     completion: Option<Completion>,
     done_callbacks: Vec<Py<PyAny>>,
+    /// In its loop's live-task table (`LoopShared::track`) until it finishes.
+    tracked: bool,
 }
 
 /// What happens when the coroutine finishes.
@@ -168,12 +170,27 @@ impl RequestTask {
                     outcome: Stored::Pending,
                     completion: Some(completion),
                     done_callbacks: Vec::new(),
+                    tracked: false,
                 }),
                 context,
                 shared,
                 name,
             },
         )
+    }
+
+    /// Marks a still-running task as tracked; false if it already finished (or is tracked).
+    pub fn mark_tracked(&self) -> bool {
+        let mut state = self.lock();
+        if state.coroutine.is_none() || state.tracked {
+            return false;
+        }
+        state.tracked = true;
+        true
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -342,13 +359,17 @@ impl RequestTask {
             Outcome::Raised(err) => Stored::Raised(err.into_value(py).into_any()),
             Outcome::Cancelled => Stored::Cancelled,
         };
-        let callbacks = {
+        let (callbacks, tracked) = {
             let mut state = this.lock();
             state.coroutine = None;
             state.waiter = None;
             state.outcome = stored;
-            std::mem::take(&mut state.done_callbacks)
+            let tracked = std::mem::replace(&mut state.tracked, false);
+            (std::mem::take(&mut state.done_callbacks), tracked)
         };
+        if tracked {
+            this.shared.untrack(slf);
+        }
         let event_loop = this.shared.event_loop.bind(py);
         for callback in callbacks {
             if let Err(err) = event_loop.call_method1(intern!(py, "call_soon"), (callback, slf)) {
@@ -395,7 +416,7 @@ impl RequestTask {
     }
 
     #[pyo3(signature = (msg=None))]
-    fn cancel(slf: &Bound<'_, Self>, msg: Option<Py<PyAny>>) -> PyResult<bool> {
+    pub fn cancel(slf: &Bound<'_, Self>, msg: Option<Py<PyAny>>) -> PyResult<bool> {
         let py = slf.py();
         let this = slf.get();
         let waiter = {

@@ -31,6 +31,9 @@ use super::executor::LoopShared;
 use super::task::AppConnection;
 use crate::pool::{HttpRequest, HttpResponse, ResponseBody};
 
+/// Frames queued for a client before `send()` makes the app wait (plus what the socket buffers hold).
+const SEND_QUEUE_FRAMES: usize = 64;
+
 enum Phase {
     Handshake,
     Open,
@@ -45,9 +48,10 @@ struct State {
     waiter: Option<Py<PyAny>>,
     reply: Option<oneshot::Sender<HttpResponse>>,
     upgrade: Option<hyper::upgrade::OnUpgrade>,
-    /// Frames for the client; the writer task takes the receiving end at upgrade.
-    outgoing: mpsc::UnboundedSender<Message>,
-    outgoing_receiver: Option<mpsc::UnboundedReceiver<Message>>,
+    /// Frames for the client; the writer task takes the receiving end at upgrade. Bounded: an app that
+    /// sends faster than the client reads waits in `send()` instead of growing memory without limit.
+    outgoing: mpsc::Sender<Message>,
+    outgoing_receiver: Option<mpsc::Receiver<Message>>,
     client_key: String,
 }
 
@@ -237,8 +241,9 @@ impl WebSocketExchange {
                         ))
                     }
                 };
-                // After the client left, ASGI 2.3 says sends are silently dropped.
-                let _ = state.outgoing.send(frame);
+                let sender = state.outgoing.clone();
+                drop(state);
+                return self.enqueue(py, sender, frame);
             }
             ("websocket.close", Phase::Open) => {
                 let code: u16 = match message.get_item(intern!(py, "code"))? {
@@ -250,10 +255,13 @@ impl WebSocketExchange {
                     _ => String::new(),
                 };
                 state.phase = Phase::Closed;
-                let _ = state.outgoing.send(Message::Close(Some(CloseFrame {
+                let sender = state.outgoing.clone();
+                drop(state);
+                let close = Message::Close(Some(CloseFrame {
                     code: CloseCode::from(code),
                     reason: reason.into(),
-                })));
+                }));
+                return self.enqueue(py, sender, close);
             }
             (kind, Phase::Closed) => {
                 return Err(PyRuntimeError::new_err(format!(
@@ -295,13 +303,82 @@ impl AppConnection for WebSocketExchange {
                 } else {
                     CloseCode::Normal
                 };
-                let _ = state.outgoing.send(Message::Close(Some(CloseFrame {
-                    code,
-                    reason: "".into(),
-                })));
+                let sender = state.outgoing.clone();
+                drop(state);
+                send_eventually(
+                    sender,
+                    Message::Close(Some(CloseFrame {
+                        code,
+                        reason: "".into(),
+                    })),
+                );
             }
             Phase::Closed => {}
         }
+    }
+}
+
+impl WebSocketExchange {
+    /// Queues `frame` for the client. With room in the queue the app's `await send(...)` completes at
+    /// once; when the client reads slower than the app sends, it completes once the frame is queued.
+    /// After the client left, ASGI 2.3 says sends are silently dropped.
+    fn enqueue<'py>(
+        self: &Arc<Self>,
+        py: Python<'py>,
+        sender: mpsc::Sender<Message>,
+        frame: Message,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let frame = match sender.try_send(frame) {
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {
+                return ready(py, py.None().into_bound(py))
+            }
+            Err(mpsc::error::TrySendError::Full(frame)) => frame,
+        };
+        let future = self.shared.create_future(py)?;
+        let result = future.clone().unbind();
+        let shared = Arc::clone(&self.shared);
+        tokio::task::spawn_local(async move {
+            let _ = sender.send(frame).await;
+            Python::attach(|py| {
+                let result = result.bind(py);
+                if !future_is_done(result) {
+                    if let Err(err) = result.call_method1(intern!(py, "set_result"), (py.None(),)) {
+                        err.print(py);
+                    }
+                    shared.wake.notify_one();
+                }
+            });
+        });
+        Ok(future)
+    }
+
+    /// The server is stopping: close an open WebSocket with 1001 (going away) and tell the app, which
+    /// sees `websocket.disconnect` with that code.
+    fn server_closing(&self, py: Python<'_>) {
+        let mut state = self.lock();
+        if !matches!(state.phase, Phase::Open) {
+            return;
+        }
+        state.phase = Phase::Closed;
+        let sender = state.outgoing.clone();
+        drop(state);
+        send_eventually(
+            sender,
+            Message::Close(Some(CloseFrame {
+                code: CloseCode::Away,
+                reason: "server shutting down".into(),
+            })),
+        );
+        self.deliver(py, Event::Disconnect(u16::from(CloseCode::Away)));
+    }
+}
+
+/// Queues a control frame nobody awaits (a close): at once if there is room, else as soon as there is.
+fn send_eventually(sender: mpsc::Sender<Message>, frame: Message) {
+    if let Err(mpsc::error::TrySendError::Full(frame)) = sender.try_send(frame) {
+        tokio::task::spawn_local(async move {
+            let _ = sender.send(frame).await;
+        });
     }
 }
 
@@ -309,7 +386,7 @@ impl AppConnection for WebSocketExchange {
 async fn pump(
     exchange: Arc<WebSocketExchange>,
     upgrade: hyper::upgrade::OnUpgrade,
-    mut outgoing: mpsc::UnboundedReceiver<Message>,
+    mut outgoing: mpsc::Receiver<Message>,
 ) {
     let Ok(upgraded) = upgrade.await else {
         Python::attach(|py| exchange.deliver(py, Event::Disconnect(1006)));
@@ -344,9 +421,16 @@ async fn pump(
             }
         }
     };
+    let closing = async {
+        exchange.shared.closing.wait().await;
+        Python::attach(|py| exchange.server_closing(py));
+        // The close frame is queued: the writer sends it and ends, which ends this select.
+        std::future::pending::<()>().await
+    };
     tokio::pin!(writer);
     tokio::pin!(reader);
     tokio::select! {
+        _ = closing => {}
         _ = &mut reader => {
             // The client is gone or closed: flush what the app already queued (a close reply).
             let _ = tokio::time::timeout(std::time::Duration::from_secs(1), writer).await;
@@ -427,7 +511,7 @@ pub fn prepare<'py>(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_owned();
-    let (outgoing, outgoing_receiver) = mpsc::unbounded_channel();
+    let (outgoing, outgoing_receiver) = mpsc::channel(SEND_QUEUE_FRAMES);
     let exchange = Arc::new(WebSocketExchange {
         state: Mutex::new(State {
             phase: Phase::Handshake,
