@@ -8,9 +8,9 @@ import os
 import sys
 from typing import Any
 
-from . import _logging
+from . import _logging, _supervisor
 from ._asgi import INTERFACES
-from .exceptions import AppLoadError, PercoreError
+from .exceptions import AppLoadError, ConfigurationError, PercoreError
 from .server import ServerConfig, serve
 
 ROUTING_POLICIES = ("local", "round-robin", "least-loaded")
@@ -74,6 +74,33 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         help="serve Prometheus metrics at http://HOST:PORT/metrics (off by default; docs/observability.md)",
     )
+    processes = run.add_argument_group("processes (see docs/workers.md)")
+    processes.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes sharing the port, each with its own --loops and its own slice of the CPUs; "
+        "a supervisor restarts any that dies (default 1: no supervisor). On GIL builds, the way to use "
+        "many cores",
+    )
+    processes.add_argument(
+        "--reload",
+        action="store_true",
+        help="development: restart the worker(s) when a *.py file under the app module's directory (or a "
+        "--reload-dir) changes; code that fails to import leaves the previous code serving",
+    )
+    processes.add_argument(
+        "--reload-dir",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="also watch DIR for --reload (repeatable)",
+    )
+    # Set by the supervisor on its workers' command lines (_supervisor.Supervisor.worker_argv).
+    processes.add_argument("--supervised-index", type=int, help=argparse.SUPPRESS)
+    processes.add_argument("--supervised-by", type=int, help=argparse.SUPPRESS)
+    processes.add_argument("--supervised-cpus", help=argparse.SUPPRESS)
+    processes.add_argument("--supervised-ready-fd", type=int, help=argparse.SUPPRESS)
     limits = run.add_argument_group("limits (see docs/limits.md)")
     limits.add_argument("--max-body-size", type=int, help="bytes; larger bodies get 413 (default 16 MiB)")
     limits.add_argument(
@@ -92,9 +119,21 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     arguments = _parser().parse_args(argv)
     _logging.configure(arguments.log_level)
+    worker = arguments.supervised_index is not None
     try:
+        if not worker and (arguments.workers != 1 or arguments.reload):
+            return _supervise(argv, arguments)
+        on_ready = None
+        if worker:  # before the app is imported and the loops read the affinity mask
+            on_ready = _supervisor.enter_worker(
+                arguments.supervised_index,
+                arguments.supervised_by,
+                arguments.supervised_cpus,
+                arguments.supervised_ready_fd,
+            )
         app = load_app(arguments.app)
         config = ServerConfig(
             host=arguments.host,
@@ -111,14 +150,31 @@ def main(argv: list[str] | None = None) -> int:
             shutdown_timeout=arguments.shutdown_timeout,
             access_log=arguments.access_log,
             metrics_port=arguments.metrics_port,
+            shared_port=worker,
         )
-        serve(app, config)
+        serve(app, config, on_ready)
     except PercoreError as error:
         if arguments.log_level == "debug" and error.__cause__ is not None:
             _logging.logger.exception("details")
         print(f"runtime: error: {error}", file=sys.stderr)
         return 1
     return 0
+
+
+def _supervise(argv: list[str], arguments: argparse.Namespace) -> int:
+    if arguments.workers < 1:
+        raise ConfigurationError(f"--workers must be at least 1, got {arguments.workers}")
+    return _supervisor.Supervisor(
+        argv,
+        app=arguments.app,
+        host=arguments.host,
+        port=arguments.port,
+        workers=arguments.workers,
+        loops=arguments.loops,
+        shutdown_timeout=arguments.shutdown_timeout,
+        reload=arguments.reload,
+        reload_dirs=arguments.reload_dir,
+    ).run()
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import signal
 import sys
 import sysconfig
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +37,9 @@ class ServerConfig:
     access_log: bool = False
     # Prometheus metrics on this port (same host) when set; 0 picks a free one (see docs/observability.md).
     metrics_port: int | None = None
+    # Set in `--workers` worker processes: the supervisor has probed and reserved the port, so the listeners
+    # join their siblings' SO_REUSEPORT group instead of probing (see docs/workers.md).
+    shared_port: bool = False
 
 
 def free_threaded_build() -> bool:
@@ -76,6 +80,7 @@ class Server:
             shutdown_timeout=config.shutdown_timeout,
             access_log=config.access_log,
             metrics_port=config.metrics_port,
+            shared_port=config.shared_port,
         )
 
     def start(self) -> None:
@@ -119,8 +124,11 @@ class Server:
         self._server.join()
 
 
-def serve(app: App | Any, config: ServerConfig | None = None) -> None:
-    """Serve until SIGINT or SIGTERM, then stop every loop (finishing in-flight requests)."""
+def serve(
+    app: App | Any, config: ServerConfig | None = None, on_ready: Callable[[], None] | None = None
+) -> None:
+    """Serve until SIGINT or SIGTERM, then stop every loop (finishing in-flight requests). ``on_ready`` is
+    called once every loop accepts (a ``--workers`` worker tells its supervisor)."""
     server = Server(app, config)
     previous = None
     if threading.current_thread() is threading.main_thread():
@@ -129,6 +137,8 @@ def serve(app: App | Any, config: ServerConfig | None = None) -> None:
     try:
         server.start()
         logger.info("%s", server.banner())
+        if on_ready is not None:
+            on_ready()
         # Short waits so the main thread returns to Python and runs signal handlers promptly.
         while not server.wait(0.2):
             pass

@@ -1,0 +1,573 @@
+"""``runtime serve --workers N`` and ``--reload``: a supervisor process running the server in worker
+processes that share one port (see docs/workers.md).
+
+A worker is ``python -m percore serve ...``: the user's own arguments plus the hidden ``--supervised-*`` flags
+that ``Supervisor.worker_argv`` adds. The supervisor
+
+* reserves the port before any worker starts: the same busy-port probe the single-process server does
+  (so a port held by another program fails with one clear line), then a bound, non-listening SO_REUSEPORT
+  socket that keeps strangers out while the workers (``shared_port``) join each other's listeners;
+* gives each worker its own slice of the CPU affinity mask (``cpu_slices``);
+* restarts a worker that exits without being asked to, with a backoff; gives up with an error (exit 1)
+  when a worker exits before it serves during the first launch, or ``MAX_START_FAILURES`` times in a row
+  later (the app's own error is on stderr, printed by the worker);
+* stops every worker with SIGTERM on SIGTERM or SIGINT and waits for them; a second signal SIGKILLs them;
+* with ``--reload``, polls the mtimes of the ``*.py`` files under the app's directory and replaces every
+  worker when one changes. New workers start next to the old ones (SO_REUSEPORT); the old ones stop only
+  once all new ones serve, so code that does not import leaves the old code serving until it is fixed.
+
+Invariant: only the supervisor's main thread touches its state; signal handlers just record the signal.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.machinery import PathFinder
+from pathlib import Path
+
+from ._logging import logger
+from .exceptions import StartupError
+
+#: Consecutive start-up failures of one worker (after the first launch) before the supervisor gives up.
+MAX_START_FAILURES = 5
+#: A worker that has served this long counts as healthy: its next crash is restarted at once again.
+STABLE_SECONDS = 10.0
+MAX_BACKOFF_SECONDS = 10.0
+#: The Rust default of --shutdown-timeout, and what workers get beyond it to run lifespan shutdown and exit.
+DEFAULT_SHUTDOWN_TIMEOUT = 5.0
+EXIT_GRACE_SECONDS = 5.0
+RELOAD_POLL_SECONDS = 0.5
+_SKIPPED_DIRS = frozenset({"__pycache__", "node_modules", "site-packages"})
+
+
+def backoff(failures: int) -> float:
+    """Seconds before restarting a worker that failed ``failures`` times in a row: 0, 0.5, 1, 2, 4, 8, 10."""
+    return 0.0 if failures <= 1 else min(0.5 * 2 ** (failures - 2), MAX_BACKOFF_SECONDS)
+
+
+def cpu_slices(cpus: list[int], workers: int, loops: str) -> list[list[int]]:
+    """The CPUs each worker is pinned to (its affinity mask; its loops pin to the CPUs in it).
+
+    ``--loops auto``: the mask is split into ``workers`` contiguous, near-equal slices (one loop per CPU);
+    with more workers than CPUs each worker gets one CPU, round-robin. ``--loops N``: the ``workers × N``
+    loops are laid over the mask in order, wrapping round-robin, and a worker gets the CPUs of its loops.
+    """
+    cpus = sorted(cpus)
+    count = len(cpus)
+    if loops.strip().lower() == "auto":
+        if workers <= count:
+            return [cpus[i * count // workers : (i + 1) * count // workers] for i in range(workers)]
+        return [[cpus[i % count]] for i in range(workers)]
+    try:
+        per_worker = int(loops)
+    except ValueError:
+        per_worker = 0
+    if per_worker < 1:  # invalid: each worker reports the error itself, like the single-process server
+        return [cpus for _ in range(workers)]
+    return [sorted({cpus[(i * per_worker + j) % count] for j in range(per_worker)}) for i in range(workers)]
+
+
+def _format_address(address: tuple) -> str:
+    host, port = address[0], address[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def reserve_port(host: str, port: int) -> socket.socket:
+    """Probe ``host:port`` like the single-process server does, then hold it for the workers.
+
+    The reservation is bound with SO_REUSEADDR and SO_REUSEPORT but never listens, so it receives no
+    connections; while the supervisor holds it, a program that does not use SO_REUSEPORT cannot bind the
+    port. The probe (SO_REUSEADDR only) fails if anything listens there — including another SO_REUSEPORT
+    server of the same user, which we would otherwise silently split traffic with.
+    """
+    try:
+        family, kind, protocol, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as error:
+        raise StartupError(f"cannot resolve host {host!r}: {error}") from None
+
+    def busy(at: tuple, error: OSError) -> StartupError:
+        if error.errno == 98:  # EADDRINUSE
+            return StartupError(f"address {_format_address(at)} is already in use")
+        return StartupError(f"cannot listen on {_format_address(at)}: {error.strerror or error}")
+
+    reservation = socket.socket(family, kind, protocol)
+    try:
+        reservation.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        reservation.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:
+            reservation.bind(address)
+        except OSError as error:
+            raise busy(address, error) from None
+        bound = reservation.getsockname()
+        with socket.socket(family, kind, protocol) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(bound)
+            except OSError as error:
+                raise busy(bound, error) from None
+    except BaseException:
+        reservation.close()
+        raise
+    return reservation
+
+
+def app_source_dir(target: str) -> Path:
+    """The directory of the app module ``MODULE`` in ``MODULE:ATTR``, found without importing it (the
+    supervisor never runs app code); the current directory when it cannot be found."""
+    module = target.partition(":")[0]
+    search: list[str] | None = [os.getcwd(), *sys.path]
+    spec = None
+    parts = module.split(".")
+    for depth in range(len(parts)):
+        if not search or not all(parts):
+            return Path.cwd()
+        try:
+            spec = PathFinder.find_spec(".".join(parts[: depth + 1]), search)
+        except (ImportError, ValueError):
+            spec = None
+        if spec is None:
+            return Path.cwd()
+        search = list(spec.submodule_search_locations or [])
+    if spec is not None and spec.has_location and spec.origin:
+        return Path(spec.origin).resolve().parent
+    return Path(search[0]).resolve() if search else Path.cwd()
+
+
+class SourceWatcher:
+    """Polls ``(mtime, size)`` of every ``*.py`` file under some directories (hidden directories,
+    ``__pycache__`` and installed packages skipped). No dependency: watchfiles has no 3.13t guarantee."""
+
+    def __init__(self, directories: list[Path]) -> None:
+        self.directories = directories
+        self._files = self._scan()
+
+    def _scan(self) -> dict[str, tuple[int, int]]:
+        files: dict[str, tuple[int, int]] = {}
+        for directory in self.directories:
+            for root, dirs, names in os.walk(directory):
+                dirs[:] = [d for d in dirs if not d.startswith(".") and d not in _SKIPPED_DIRS]
+                for name in names:
+                    if name.endswith(".py"):
+                        path = os.path.join(root, name)
+                        try:
+                            stat = os.stat(path)
+                        except OSError:  # deleted while we walked
+                            continue
+                        files[path] = (stat.st_mtime_ns, stat.st_size)
+        return files
+
+    def changes(self) -> list[str]:
+        """Files created, modified or deleted since the last call."""
+        files = self._scan()
+        changed = sorted(p for p in files.keys() | self._files.keys() if files.get(p) != self._files.get(p))
+        self._files = files
+        return changed
+
+
+# --- the worker's side ------------------------------------------------------------------------------
+
+
+class _WorkerTag(logging.Filter):
+    def __init__(self, index: int) -> None:
+        super().__init__()
+        self.prefix = f"worker {index}: "
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and not record.msg.startswith(self.prefix):
+            record.msg = self.prefix + record.msg
+        return True
+
+
+def enter_worker(index: int, supervisor: int, cpus: str | None, ready_fd: int) -> Callable[[], None]:
+    """What a worker does before importing the app: exit with its supervisor, pin itself to its CPUs (the
+    loops pin to the CPUs in the mask), tag its log lines. Returns the callback that tells the supervisor
+    this worker serves."""
+    PR_SET_PDEATHSIG = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) != 0:
+        logger.warning("cannot ask to be stopped with the supervisor: errno %d", ctypes.get_errno())
+    if os.getppid() != supervisor:  # it died before prctl: nobody would stop us
+        raise StartupError(f"worker {index}: the supervisor (pid {supervisor}) is gone")
+    if cpus:
+        os.sched_setaffinity(0, [int(cpu) for cpu in cpus.split(",")])
+    logger.addFilter(_WorkerTag(index))
+
+    def ready() -> None:
+        try:
+            os.write(ready_fd, f"{os.getpid()}\n".encode())
+            os.close(ready_fd)
+        except OSError as error:  # the supervisor is gone; PR_SET_PDEATHSIG stops us
+            logger.warning("cannot tell the supervisor this worker serves: %s", error)
+
+    return ready
+
+
+# --- the supervisor ---------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class _Worker:
+    index: int
+    process: subprocess.Popen
+    ready_at: float | None = None
+    retired: str = ""  # why it was told to stop, once it was
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def send(self, signum: int) -> None:
+        try:
+            self.process.send_signal(signum)  # a no-op once reaped, so never hits a reused pid
+        except ProcessLookupError:
+            pass
+
+    def describe_exit(self) -> str:
+        code = self.process.returncode
+        if code is not None and code < 0:
+            try:
+                return f"was killed by {signal.Signals(-code).name}"
+            except ValueError:
+                return f"was killed by signal {-code}"
+        return f"exited with {code}"
+
+
+class Supervisor:
+    """Runs ``workers`` worker processes until SIGTERM/SIGINT (see the module docstring)."""
+
+    def __init__(
+        self,
+        serve_argv: list[str],
+        *,
+        app: str,
+        host: str,
+        port: int,
+        workers: int,
+        loops: str,
+        shutdown_timeout: float | None,
+        reload: bool = False,
+        reload_dirs: list[str] = (),
+    ) -> None:
+        self.serve_argv = list(serve_argv)
+        self.app = app
+        self.host = host
+        self.port = port
+        self.workers = workers
+        self.cpus = cpu_slices(sorted(os.sched_getaffinity(0)), workers, loops)
+        self.stop_timeout = (shutdown_timeout or DEFAULT_SHUTDOWN_TIMEOUT) + EXIT_GRACE_SECONDS
+        self.reload = reload
+        self.reload_dirs = [Path(d).resolve() for d in reload_dirs]
+        self.serving: list[_Worker | None] = [None] * workers
+        self.pending: list[_Worker] = []  # the next generation, while --reload starts it
+        self.retiring: dict[_Worker, float] = {}  # told to stop -> when to SIGKILL
+        self.restart_at: dict[int, float] = {}
+        self.failures = [0] * workers  # consecutive exits, for the backoff
+        self.start_failures = [0] * workers  # consecutive exits before serving
+        self.launched = False
+        self.signals: list[int] = []
+        self.watcher: SourceWatcher | None = None
+        self._ready_fd = -1
+        self._ready_buffer = b""
+
+    def worker_argv(self, index: int) -> list[str]:
+        """Worker ``index``'s command line: the user's ``serve`` arguments (``--workers``/``--reload`` are
+        ignored by a worker), the reserved address, and the flags that make it a worker. Per-worker flags
+        belong here."""
+        return [
+            sys.executable,
+            "-m",
+            "percore",
+            *self.serve_argv,
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--supervised-index",
+            str(index),
+            "--supervised-by",
+            str(os.getpid()),
+            "--supervised-cpus",
+            ",".join(map(str, self.cpus[index])),
+            "--supervised-ready-fd",
+            str(self._ready_fd),
+        ]
+
+    # --- running ---
+
+    def run(self) -> int:
+        """Serve until a signal; returns the exit code. Raises ``StartupError`` when the port is taken or
+        the workers cannot start."""
+        reservation = reserve_port(self.host, self.port)
+        self.host, self.port = reservation.getsockname()[:2]
+        ready_r, self._ready_fd = os.pipe()
+        wake_r, wake_w = os.pipe()
+        for fd in (ready_r, wake_r, wake_w):
+            os.set_blocking(fd, False)
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD)}
+        signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGCHLD, lambda signum, frame: None)  # wakes the select when a worker exits
+        previous_wakeup = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+        try:
+            if self.reload:
+                directories = [app_source_dir(self.app), *self.reload_dirs]
+                self.watcher = SourceWatcher(directories)
+                logger.info("reload: watching *.py under %s", ", ".join(map(str, directories)))
+            where = f"http://{_format_address((self.host, self.port))}"
+            slices = ", ".join(f"{i}→cpu{','.join(map(str, cpus))}" for i, cpus in enumerate(self.cpus))
+            logger.info(
+                "supervisor (pid %d): starting %d worker(s) on %s [%s]",
+                os.getpid(),
+                self.workers,
+                where,
+                slices,
+            )
+            for index in range(self.workers):
+                self.serving[index] = self._spawn(index)
+            try:
+                self._supervise(ready_r, wake_r)
+            except StartupError:
+                self._stop_all(wake_r, len(self.signals))
+                raise
+            return self._shutdown(wake_r)
+        except BaseException:
+            for worker in self._all():
+                worker.send(signal.SIGKILL)
+                worker.process.wait()
+            raise
+        finally:
+            signal.set_wakeup_fd(previous_wakeup)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            for fd in (ready_r, self._ready_fd, wake_r, wake_w):
+                os.close(fd)
+            reservation.close()
+
+    def _on_signal(self, signum: int, frame) -> None:
+        self.signals.append(signum)
+
+    def _all(self) -> list[_Worker]:
+        return [w for w in self.serving if w is not None] + self.pending + list(self.retiring)
+
+    def _spawn(self, index: int) -> _Worker:
+        try:
+            # Own session: a Ctrl-C in the terminal reaches the supervisor only, which stops the workers once.
+            process = subprocess.Popen(
+                self.worker_argv(index), pass_fds=(self._ready_fd,), start_new_session=True
+            )
+        except OSError as error:
+            raise StartupError(f"cannot start worker {index}: {error}") from None
+        logger.debug("worker %d (pid %d) started: %s", index, process.pid, " ".join(process.args))
+        return _Worker(index, process)
+
+    def _wait(self, fds: list[int], timeout: float) -> None:
+        select.select(fds, [], [], max(0.0, timeout))
+
+    def _supervise(self, ready_r: int, wake_r: int) -> None:
+        next_scan = time.monotonic() + RELOAD_POLL_SECONDS
+        while not self.signals:
+            now = time.monotonic()
+            deadlines = [
+                next_scan if self.watcher else now + 1.0,
+                *self.restart_at.values(),
+                *self.retiring.values(),
+            ]
+            self._wait([ready_r, wake_r], min(deadlines) - now)
+            _drain(wake_r)
+            if self.signals:
+                break
+            self._read_ready(ready_r)
+            self._reap()
+            now = time.monotonic()
+            for index, due in list(self.restart_at.items()):
+                if now >= due:
+                    del self.restart_at[index]
+                    if self.serving[index] is None:
+                        self.serving[index] = self._spawn(index)
+            for worker, deadline in self.retiring.items():
+                if now >= deadline:
+                    worker.send(signal.SIGKILL)
+            if self.watcher and now >= next_scan:
+                changes = self.watcher.changes()
+                if changes:
+                    self._reload(changes)
+                next_scan = time.monotonic() + RELOAD_POLL_SECONDS
+
+    def _read_ready(self, ready_r: int) -> None:
+        while True:
+            try:
+                chunk = os.read(ready_r, 4096)
+            except BlockingIOError:
+                break
+            if not chunk:
+                break
+            self._ready_buffer += chunk
+        *lines, self._ready_buffer = self._ready_buffer.split(b"\n")
+        now = time.monotonic()
+        for line in lines:
+            worker = next((w for w in self._all() if str(w.pid).encode() == line.strip()), None)
+            if worker is None or worker in self.retiring:
+                continue
+            worker.ready_at = now
+            self.start_failures[worker.index] = 0
+            logger.debug("worker %d (pid %d) serving", worker.index, worker.pid)
+        if not self.launched and all(w is not None and w.ready_at for w in self.serving):
+            self.launched = True
+            logger.info(
+                "%d worker(s) serving on http://%s (pids %s)",
+                self.workers,
+                _format_address((self.host, self.port)),
+                ", ".join(str(w.pid) for w in self.serving if w is not None),
+            )
+        if self.pending and all(w.ready_at for w in self.pending):
+            for worker in self.pending:
+                old = self.serving[worker.index]
+                if old is not None:
+                    self._retire(old, "replaced")
+                self.serving[worker.index] = worker
+            self.pending = []
+            self.restart_at.clear()
+            self.launched = True
+            logger.info(
+                "reload: %d new worker(s) serving (pids %s)",
+                self.workers,
+                ", ".join(str(w.pid) for w in self.serving if w is not None),
+            )
+
+    def _reap(self) -> None:
+        now = time.monotonic()
+        for worker in [w for w in self.serving if w is not None and not w.running()]:
+            self.serving[worker.index] = None
+            self._serving_exited(worker, now)
+        failed = next((w for w in self.pending if not w.running()), None)
+        if failed is not None:
+            self.pending.remove(failed)
+            logger.error(
+                "reload: new worker %d (pid %d) %s before serving; %s; waiting for the next change",
+                failed.index,
+                failed.pid,
+                failed.describe_exit(),
+                "the previous code keeps serving" if any(self.serving) else "no worker is serving",
+            )
+            for worker in self.pending:
+                self._retire(worker, "abandoned new")
+            self.pending = []
+        for worker in [w for w in self.retiring if not w.running()]:
+            del self.retiring[worker]
+            logger.info(
+                "%s worker %d (pid %d) %s", worker.retired, worker.index, worker.pid, worker.describe_exit()
+            )
+
+    def _serving_exited(self, worker: _Worker, now: float) -> None:
+        index, what = worker.index, worker.describe_exit()
+        if worker.ready_at is None:
+            if self.watcher is not None:
+                logger.error(
+                    "worker %d (pid %d) %s before serving; waiting for a source change (--reload)",
+                    index,
+                    worker.pid,
+                    what,
+                )
+                return
+            if not self.launched:
+                raise StartupError(
+                    f"worker {index} (pid {worker.pid}) {what} before serving (see its error above)"
+                )
+            self.start_failures[index] += 1
+            if self.start_failures[index] >= MAX_START_FAILURES:
+                raise StartupError(
+                    f"worker {index} failed to start {self.start_failures[index]} times in a row "
+                    f"(last: {what}); giving up"
+                )
+        elif now - worker.ready_at >= STABLE_SECONDS:
+            self.failures[index] = 0
+        self.failures[index] += 1
+        delay = backoff(self.failures[index])
+        logger.warning(
+            "worker %d (pid %d) %s; restarting%s", index, worker.pid, what, f" in {delay:g}s" if delay else ""
+        )
+        self.restart_at[index] = now + delay
+
+    def _retire(self, worker: _Worker, why: str) -> None:
+        worker.retired = why
+        worker.send(signal.SIGTERM)
+        self.retiring[worker] = time.monotonic() + self.stop_timeout
+
+    def _reload(self, changes: list[str]) -> None:
+        more = f" (and {len(changes) - 1} more)" if len(changes) > 1 else ""
+        logger.info("reload: %s changed%s; starting %d new worker(s)", changes[0], more, self.workers)
+        for worker in self.pending:
+            self._retire(worker, "abandoned new")
+        self.restart_at.clear()  # the new generation fills every slot
+        self.pending = [self._spawn(index) for index in range(self.workers)]
+
+    # --- stopping ---
+
+    def _stop_all(self, wake_r: int, signals_expected: int) -> tuple[list[_Worker], bool]:
+        """SIGTERM every worker and wait up to the stop timeout (SIGKILL after it, or on a signal beyond
+        the ``signals_expected`` that started the stop). Returns the workers told to stop and whether any
+        had to be killed."""
+        stopping = [w for w in self.serving if w is not None] + self.pending
+        for worker in stopping:
+            worker.send(signal.SIGTERM)
+        deadline = time.monotonic() + self.stop_timeout
+        killed = False
+        while True:
+            alive = [w for w in self._all() if w.running()]
+            if not alive:
+                return stopping, killed
+            if not killed and len(self.signals) > signals_expected:
+                logger.warning("second signal: killing %d worker(s)", len(alive))
+                killed = True
+            elif not killed and time.monotonic() >= deadline:
+                logger.error(
+                    "%d worker(s) did not stop within %gs; killing them", len(alive), self.stop_timeout
+                )
+                killed = True
+            if killed:
+                for worker in alive:
+                    worker.send(signal.SIGKILL)
+            self._wait([wake_r], 0.1)
+            _drain(wake_r)
+
+    def _shutdown(self, wake_r: int) -> int:
+        signum = self.signals[0]
+        logger.info(
+            "%s: stopping %d worker(s) (signal again to force)", signal.Signals(signum).name, len(self._all())
+        )
+        stopping, killed = self._stop_all(wake_r, 1)
+        if len(self.signals) > 1:
+            return 128 + self.signals[1]
+        unclean = [
+            w
+            for w in stopping
+            if w.process.returncode != 0
+            and not (w.ready_at is None and w.process.returncode == -signal.SIGTERM)
+        ]
+        for worker in unclean:
+            logger.error(
+                "worker %d (pid %d) %s while stopping", worker.index, worker.pid, worker.describe_exit()
+            )
+        logger.info("stopped")
+        return 1 if killed or unclean else 0
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass

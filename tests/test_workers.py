@@ -1,0 +1,431 @@
+"""`runtime serve --workers N` and `--reload`: a supervisor and its worker processes, over real sockets.
+
+Every end-to-end test waits for a condition with a generous deadline (the machine is small and busy);
+none asserts a duration.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from percore import _supervisor
+
+from .conftest import ROOT, Client, ServerProcess, free_port
+
+DEADLINE = 60.0
+WORKERS_APP = "tests.apps.workers_app:api"
+
+
+def wait_for(condition: Callable[[], object], what: str, timeout: float = DEADLINE):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def alive(pid: int) -> bool:
+    """True until ``pid`` has been reaped. Not "until it is a zombie": a killed process's leader thread shows
+    as a zombie while its other threads still exit, and their shared file table (listeners included) is
+    only closed by the last one."""
+    return os.path.exists(f"/proc/{pid}")
+
+
+class Supervised(ServerProcess):
+    """`python -m percore serve` whose stderr goes to a file, so a test can wait for log lines while it runs,
+    with extra directories on PYTHONPATH (apps written to tmp_path)."""
+
+    def __init__(self, app: str, *args: str, log: Path, path: tuple[Path, ...] = ()) -> None:
+        super().__init__(app, *args)
+        self.log_path = log
+        self.path = path
+
+    def launch(self) -> Supervised:
+        pythonpath = [str(p) for p in self.path] + [str(ROOT), os.environ.get("PYTHONPATH", "")]
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(pythonpath))
+        with open(self.log_path, "w") as log:
+            self.process = subprocess.Popen(self.command, cwd=ROOT, env=env, stdout=log, stderr=log)
+        return self
+
+    def start(self, timeout: float = DEADLINE) -> Supervised:
+        self.launch()
+        try:
+            wait_for(lambda: self.process.poll() is not None or self.answers(), "the port to answer", timeout)
+        except AssertionError:
+            self.stop()
+            raise
+        if self.process.poll() is not None:
+            raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
+        return self
+
+    def answers(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def pid_of_a_fresh_connection(self) -> int:
+        client = Client(self.port, timeout=DEADLINE)
+        try:
+            response = client.get("/pid")
+        finally:
+            client.close()
+        assert response.status == 200, response.body
+        return response.json()["pid"]
+
+    def worker_pids(self, count: int) -> set[int]:
+        """Fresh connections until ``count`` distinct worker pids have answered (SO_REUSEPORT spreads new
+        connections over every worker's listeners by a hash of their addresses)."""
+        seen: set[int] = set()
+
+        def more() -> bool:
+            seen.add(self.pid_of_a_fresh_connection())
+            return len(seen) >= count
+
+        wait_for(more, f"{count} distinct worker pids")
+        return seen
+
+    def stop(self, timeout: float = DEADLINE) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise AssertionError(f"server did not exit within {timeout}s of SIGTERM:\n{self.log()}") from None
+        self.stderr = self.log()
+        return self.process.returncode
+
+
+@pytest.fixture
+def supervised(tmp_path) -> Iterator:
+    """supervised(app, *cli_args, path=()) -> a started Supervised; each is stopped at teardown (exit 0)."""
+    started: list[Supervised] = []
+
+    def start(app: str, *args: str, path: tuple[Path, ...] = ()) -> Supervised:
+        server = Supervised(app, *args, log=tmp_path / f"server-{len(started)}.log", path=path)
+        started.append(server)
+        return server.start()
+
+    yield start
+    for server in started:
+        if server.process is not None and server.process.returncode is None:
+            code = server.stop()
+            assert code == 0, f"server exited with {code}:\n{server.stderr}"
+
+
+def run_cli(*args: str, path: tuple[Path, ...] = (), timeout: float = 120) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([*map(str, path), str(ROOT)]))
+    return subprocess.run(
+        [sys.executable, "-m", "percore", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+# --- workers -------------------------------------------------------------------------------------------
+
+
+def test_two_workers_both_answer_each_on_its_own_cpus(supervised):
+    server = supervised(WORKERS_APP, "--workers", "2", "--loops", "1")
+    seen: dict[int, list[int]] = {}
+
+    def answered() -> bool:
+        client = Client(server.port, timeout=DEADLINE)
+        try:
+            body = client.get("/pid").json()
+        finally:
+            client.close()
+        seen[body["pid"]] = body["affinity"]
+        return len(seen) >= 2
+
+    wait_for(answered, "two distinct worker pids over fresh connections")
+    assert len(seen) == 2
+    assert server.process.pid not in seen  # the supervisor itself serves nothing
+    mask = sorted(os.sched_getaffinity(0))
+    first, second = seen.values()
+    assert set(first) <= set(mask) and set(second) <= set(mask)
+    if len(mask) >= 2:  # one loop each: each worker pinned to its own CPU
+        assert len(first) == len(second) == 1 and first != second
+    assert server.stop() == 0
+
+
+def test_a_killed_worker_is_restarted_and_the_port_answers_throughout(supervised):
+    server = supervised(WORKERS_APP, "--workers", "2", "--loops", "1")
+    pids = server.worker_pids(2)
+    victim = min(pids)
+    os.kill(victim, signal.SIGKILL)
+    wait_for(lambda: not alive(victim), "the killed worker to be reaped")
+    # From now on every request must be answered: by the survivor until the replacement serves.
+    answered_by: set[int] = set()
+
+    def replacement_answered() -> bool:
+        answered_by.add(server.pid_of_a_fresh_connection())
+        return bool(answered_by - pids)
+
+    wait_for(replacement_answered, "a new worker pid")
+    assert victim not in answered_by
+    wait_for(lambda: "was killed by SIGKILL; restarting" in server.log(), "the restart to be logged")
+    assert f"(pid {victim}) was killed by SIGKILL; restarting" in server.log()
+    assert server.stop() == 0
+
+
+def test_sigterm_stops_every_worker_and_exits_0(supervised):
+    server = supervised(WORKERS_APP, "--workers", "2", "--loops", "1")
+    pids = server.worker_pids(2)
+    assert server.stop() == 0
+    # The supervisor reaps its workers before it exits: they are gone, not orphaned.
+    assert not any(alive(pid) for pid in pids), server.stderr
+    assert "stopped" in server.stderr.splitlines()[-1]
+
+
+def test_a_second_signal_kills_workers_that_are_still_draining(supervised, tmp_path):
+    server = supervised(WORKERS_APP, "--workers", "2", "--loops", "1", "--shutdown-timeout", "60")
+    pids = server.worker_pids(2)
+    marker = tmp_path / "in-flight"
+
+    def slow_request() -> None:
+        client = Client(server.port, timeout=DEADLINE)
+        try:
+            client.get(f"/hold?marker={marker}&seconds=50")
+        except OSError:
+            pass  # cut when its worker is killed
+        finally:
+            client.close()
+
+    thread = threading.Thread(target=slow_request, daemon=True)
+    thread.start()
+    wait_for(marker.exists, "the slow request to run")
+    server.process.send_signal(signal.SIGTERM)
+    wait_for(lambda: "SIGTERM: stopping" in server.log(), "the supervisor to start stopping")
+    holder = int(wait_for(marker.read_text, "the holder's pid"))
+    assert alive(holder)  # draining its in-flight request, for up to --shutdown-timeout
+    server.process.send_signal(signal.SIGTERM)
+    server.process.wait(DEADLINE)
+    assert server.process.returncode == 128 + signal.SIGTERM, server.log()
+    assert "second signal: killing" in server.log()
+    assert not any(alive(pid) for pid in pids)
+    thread.join(DEADLINE)
+
+
+def test_an_app_that_fails_to_import_exits_non_zero_with_its_message(tmp_path):
+    (tmp_path / "refusing_app.py").write_text('raise RuntimeError("this app refuses to start")\n')
+    result = run_cli(
+        "serve", "refusing_app:api", "--workers", "2", "--port", str(free_port()), path=(tmp_path,)
+    )
+    assert result.returncode == 1, result.stderr
+    assert "this app refuses to start" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1].startswith("runtime: error: worker "), result.stderr
+    assert "before serving" in result.stderr.splitlines()[-1]
+
+
+def test_a_port_taken_by_another_program_fails_with_one_line():
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        result = run_cli("serve", WORKERS_APP, "--workers", "2", "--port", str(port))
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("runtime: error: ")]
+    assert errors == [f"runtime: error: address 127.0.0.1:{port} is already in use"], result.stderr
+
+
+def test_workers_and_a_single_process_server_never_share_a_port(supervised):
+    """SO_REUSEPORT would let two servers of the same user split one port's traffic: both refuse."""
+    single = ServerProcess(WORKERS_APP, "--loops", "1").start()
+    try:
+        result = run_cli("serve", WORKERS_APP, "--workers", "2", "--port", str(single.port))
+        assert result.returncode == 1 and "already in use" in result.stderr, result.stderr
+    finally:
+        assert single.stop() == 0
+    server = supervised(WORKERS_APP, "--workers", "2", "--loops", "1")
+    server.worker_pids(2)
+    result = run_cli("serve", WORKERS_APP, "--loops", "1", "--port", str(server.port))
+    assert result.returncode == 1 and f"127.0.0.1:{server.port} is already in use" in result.stderr
+
+
+def test_zero_workers_is_a_clear_error():
+    result = run_cli("serve", WORKERS_APP, "--workers", "0")
+    assert result.returncode == 1
+    assert result.stderr.strip() == "runtime: error: --workers must be at least 1, got 0"
+
+
+def test_the_flags_are_in_the_help():
+    result = run_cli("serve", "--help")
+    assert result.returncode == 0
+    for flag in ("--workers", "--reload", "--reload-dir"):
+        assert flag in result.stdout
+    assert "--supervised" not in result.stdout  # the supervisor's own flags stay hidden
+
+
+# --- reload --------------------------------------------------------------------------------------------
+
+VERSIONED_APP = """\
+import percore
+from reload_helper import SUFFIX
+
+api = percore.App()
+
+
+@api.get("/version")
+async def version():
+    return {{"version": "{version}" + SUFFIX}}
+"""
+
+
+def version_of(server: Supervised) -> str | None:
+    try:
+        client = Client(server.port, timeout=10)
+        try:
+            return client.get("/version").json()["version"]
+        finally:
+            client.close()
+    except OSError:
+        return None
+
+
+def write(path: Path, text: str) -> None:
+    # Through a temporary file and a rename, as editors do, so a poll never sees half a file.
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_reload_serves_edits_and_keeps_the_old_code_while_the_new_code_is_broken(
+    supervised, tmp_path, workers
+):
+    app_dir, helper_dir = tmp_path / "app", tmp_path / "lib"
+    app_dir.mkdir()
+    helper_dir.mkdir()
+    app_file = app_dir / "reloaded_app.py"
+    write(app_file, VERSIONED_APP.format(version="one"))
+    write(helper_dir / "reload_helper.py", 'SUFFIX = ""\n')
+    server = supervised(
+        "reloaded_app:api",
+        "--reload",
+        "--reload-dir",
+        str(helper_dir),
+        "--workers",
+        str(workers),
+        "--loops",
+        "1",
+        path=(app_dir, helper_dir),
+    )
+    assert version_of(server) == "one"
+
+    write(app_file, VERSIONED_APP.format(version="two"))
+    wait_for(lambda: version_of(server) == "two", "the edit to be served")
+    # The new workers serve and the old ones are gone (until then the old code may still answer).
+    wait_for(lambda: server.log().count("replaced worker") >= workers, "the old workers to stop")
+
+    # Broken code: the new worker fails to import, the old one keeps serving the last good code.
+    write(app_file, "import percore\napi = percore.App(\n")
+    wait_for(lambda: "before serving; the previous code keeps serving" in server.log(), "the failed reload")
+    assert "SyntaxError" in server.log()
+    for _ in range(5):
+        assert version_of(server) == "two"
+
+    # Fixed: served again. A change in a --reload-dir counts too.
+    write(app_file, VERSIONED_APP.format(version="three"))
+    wait_for(lambda: version_of(server) == "three", "the fixed code to be served")
+    write(helper_dir / "reload_helper.py", 'SUFFIX = "+helper"\n')
+    wait_for(lambda: version_of(server) == "three+helper", "the --reload-dir edit to be served")
+    assert server.stop() == 0
+
+
+def test_reload_waits_for_a_fix_when_the_app_is_broken_from_the_start(supervised, tmp_path):
+    app_file = tmp_path / "late_app.py"
+    write(app_file, 'raise RuntimeError("not yet")\n')
+    write(tmp_path / "reload_helper.py", 'SUFFIX = ""\n')
+    server = Supervised(
+        "late_app:api", "--reload", "--loops", "1", log=tmp_path / "late.log", path=(tmp_path,)
+    )
+    server.launch()
+    try:
+        wait_for(lambda: "waiting for a source change" in server.log(), "the failed first start")
+        assert server.process.poll() is None, "--reload must not exit on broken code"
+        assert "not yet" in server.log()
+        write(app_file, VERSIONED_APP.format(version="fixed"))
+        wait_for(lambda: version_of(server) == "fixed", "the fixed app to be served")
+    finally:
+        assert server.stop() == 0, server.log()
+
+
+# --- in-process: how CPUs are sliced, how sources are found and watched --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("cpus", "workers", "loops", "expected"),
+    [
+        ([0, 1], 2, "auto", [[0], [1]]),
+        ([0, 1, 2, 3, 4, 5, 6, 7], 2, "auto", [[0, 1, 2, 3], [4, 5, 6, 7]]),
+        ([0, 1, 2, 3, 4, 5, 6, 7], 3, "auto", [[0, 1], [2, 3, 4], [5, 6, 7]]),
+        ([0, 1], 3, "auto", [[0], [1], [0]]),
+        ([2, 5], 1, "auto", [[2, 5]]),
+        ([0, 1, 2, 3], 2, "1", [[0], [1]]),
+        ([0, 1, 2, 3], 2, "2", [[0, 1], [2, 3]]),
+        ([0, 1], 2, "2", [[0, 1], [0, 1]]),
+        ([0, 1, 2, 3], 2, "3", [[0, 1, 2], [0, 1, 3]]),
+        ([0, 1], 2, "zero", [[0, 1], [0, 1]]),  # the workers report the bad --loops themselves
+    ],
+)
+def test_cpu_slices(cpus, workers, loops, expected):
+    assert _supervisor.cpu_slices(cpus, workers, loops) == expected
+
+
+def test_backoff_grows_and_is_capped():
+    delays = [_supervisor.backoff(n) for n in range(1, 10)]
+    assert delays[0] == 0
+    assert delays == sorted(delays)
+    assert max(delays) == _supervisor.MAX_BACKOFF_SECONDS
+
+
+def test_the_app_source_dir_is_found_without_importing_the_app(tmp_path, monkeypatch):
+    package = tmp_path / "shop"
+    (package / "api").mkdir(parents=True)
+    (package / "__init__.py").write_text("raise RuntimeError('imported')\n")
+    (package / "api" / "__init__.py").write_text("")
+    (package / "api" / "main.py").write_text("raise RuntimeError('imported')\n")
+    monkeypatch.chdir(tmp_path)
+    assert _supervisor.app_source_dir("shop.api.main:app") == package / "api"
+    assert _supervisor.app_source_dir("shop:app") == package
+    assert _supervisor.app_source_dir("tests.apps.workers_app:api") == ROOT / "tests" / "apps"
+    assert _supervisor.app_source_dir("no_such_module:app") == tmp_path
+
+
+def test_the_source_watcher_sees_edits_new_and_deleted_files_but_not_caches(tmp_path):
+    (tmp_path / "a.py").write_text("x = 1\n")
+    (tmp_path / "__pycache__").mkdir()
+    watcher = _supervisor.SourceWatcher([tmp_path])
+    assert watcher.changes() == []
+    (tmp_path / "a.py").write_text("x = 22\n")
+    (tmp_path / "b.py").write_text("")
+    (tmp_path / "notes.txt").write_text("not python")
+    (tmp_path / "__pycache__" / "c.py").write_text("")
+    assert watcher.changes() == [str(tmp_path / "a.py"), str(tmp_path / "b.py")]
+    (tmp_path / "b.py").unlink()
+    assert watcher.changes() == [str(tmp_path / "b.py")]
+    assert watcher.changes() == []
