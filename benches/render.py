@@ -147,7 +147,7 @@ def charts(document: dict, stem: Path) -> list[Path]:
     columns = 2
     rows = math.ceil(len(keys) / columns)
     for kind in ("rps", "latency"):
-        height = 0.22 * len(names) * rows + 1.2
+        height = max(5.0, 0.22 * len(names) * rows + 1.2)
         figure, axes = plt.subplots(rows, columns, figsize=(11, height), sharey=True, squeeze=False)
         for index, key in enumerate(keys):
             ax = axes[index // columns][index % columns]
@@ -223,6 +223,8 @@ def markdown(document: dict, images: list[Path], relative_to: Path) -> str:
 
 def _relative(path: Path, base: Path) -> str:
     """`path` as a link from a file in `base` (both inside the repository; else absolute)."""
+    if path.parent == base:
+        return path.name
     if not (path.is_relative_to(ROOT) and base.is_relative_to(ROOT)):
         return path.as_posix()
     return Path(*([".."] * len(base.relative_to(ROOT).parts)), path.relative_to(ROOT)).as_posix()
