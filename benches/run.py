@@ -247,14 +247,53 @@ def stop(process: subprocess.Popen) -> dict:
     }
 
 
+DEBUG_BUILD_BYTES = 20 * 2**20  # percore's release extension is ~2.5 MB, a debug build ~45 MB
+
+
+def percore_extension(python: str) -> dict | None:
+    """Path, size and mtime of the percore extension `python` imports, or None if it has none.
+
+    The venvs are shared with `scripts/dev test` and `scripts/dev env`, which rebuild the extension in
+    *debug* into the same place: a measurement must notice if it ran against a debug build, or against an
+    extension that was swapped while it ran."""
+    script = "import os, percore._runtime as r; print(r.__file__)"
+    try:
+        found = subprocess.run([python, "-c", script], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    path = found.stdout.strip()
+    if found.returncode != 0 or not path:
+        return None
+    stat = os.stat(path)
+    return {"path": path, "bytes": stat.st_size, "mtime": stat.st_mtime}
+
+
+def extension_problems(before: dict | None, python: str) -> list[str]:
+    if before is None:
+        return []
+    problems = []
+    if before["bytes"] > DEBUG_BUILD_BYTES:
+        problems.append(
+            f"percore extension {before['path']} looks like a debug build ({before['bytes'] >> 20} MB)"
+        )
+    after = percore_extension(python)
+    if after is None or (after["bytes"], after["mtime"]) != (before["bytes"], before["mtime"]):
+        problems.append(f"percore extension {before['path']} was rebuilt during the measurement")
+    return problems
+
+
 def measure(contender: Contender, args) -> tuple[dict, dict]:
     """Results per endpoint key, and what happened to the server (command, exit, failures)."""
+    is_percore = contender.name.startswith("percore")
+    extension = percore_extension(contender.command[0]) if is_percore else None
     port = free_port()
     command = [part.replace(PORT, str(port)) for part in contender.command]
     extra = {key: value.replace(PORT, str(port)) for key, value in contender.env.items()}
     env = dict(os.environ, PYTHONPATH=str(ROOT), **extra)
     results: dict = {}
     server: dict = {"command": command, "failures": [], "killed_is_expected": contender.killed_is_expected}
+    if extension:
+        server["extension"] = extension
     with tempfile.TemporaryFile("w+") as log:
         process = subprocess.Popen(
             ["taskset", "-c", SERVER_CORE, *command],
@@ -290,6 +329,9 @@ def measure(contender: Contender, args) -> tuple[dict, dict]:
             print(f"  FAILED: {error}", flush=True)
         finally:
             server.update(stop(process))
+            for problem in extension_problems(extension, contender.command[0]):
+                server["failures"].append(problem)
+                print(f"  PROBLEM: {problem}", flush=True)
             log.seek(0)
             output = log.read()
         if server["failures"] and output.strip():

@@ -59,6 +59,13 @@ def header(document: dict, path: Path) -> str:
     )
 
 
+def problems_markdown(document: dict) -> list[str]:
+    if not document.get("problems"):
+        return []
+    lines = ["", "Problems in this run (numbers for these are not comparable):", ""]
+    return lines + [f"- {problem}" for problem in document["problems"]]
+
+
 def pyplot():
     try:
         import matplotlib
@@ -168,6 +175,7 @@ def scaling_markdown(document: dict, path: Path, images: list[Path], base: Path)
                     f"| `{endpoint}` | {a['median_rps']:.0f} | {b['median_rps']:.0f} | "
                     f"{a['median_rps'] / b['median_rps']:.2f}× | {a['p99_ms']:.2f} / {b['p99_ms']:.2f} |"
                 )
+    lines += problems_markdown(document)
     measured = "\n".join(lines) + "\n"
 
     lines = [
@@ -295,6 +303,7 @@ def routing_markdown(document: dict, path: Path, images: list[Path], base: Path)
                     f"| {label} | {mix} | `{policy}` | {e['median_rps']:.0f} | {e['p50_ms']:.2f} | "
                     f"{e['p90_ms']:.2f} | {e['p99_ms']:.2f} |"
                 )
+    lines += problems_markdown(document)
     return "\n".join(lines) + "\n"
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import sys
 
-from scaling import BUILDS, ROOT, arguments, measure, run, start, write
+from scaling import BUILDS, ROOT, arguments, checked_stop, measure, run, start, write
 
 POLICIES = ["local", "round-robin", "least-loaded"]
 FAST_MS, SLOW_MS, SLOW_FRACTION = 0.2, 10.0, 0.05
@@ -37,11 +37,13 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=4, help="wrk connections (default 4: few)")
     args = parser.parse_args()
     results: dict = {}
+    problems: list[str] = []
     for key, label in BUILDS:
         python = os.environ.get(key)
         if not python:
             continue
         for policy in POLICIES:
+            extension = run.percore_extension(python)
             process, port = start(python, args.loops, policy)
             try:
                 for mix, fraction in MIXES.items():
@@ -55,11 +57,11 @@ def main() -> int:
                         flush=True,
                     )
             finally:
-                run.stop(process)
+                checked_stop(process, python, extension, problems)
     mixes = {mix: {"fast_ms": FAST_MS, "slow_ms": SLOW_MS, "slow_fraction": f} for mix, f in MIXES.items()}
     settings = {**vars(args), "mixes": mixes, "policies": POLICIES}
-    write("routing", {"settings": settings, "results": results})
-    return 0
+    write("routing", {"settings": settings, "results": results, "problems": problems})
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":

@@ -35,6 +35,14 @@ ENDPOINTS = {"/json": 64, "/cpu": 8, "/sleep": 256}
 PERCENTILES = ("p50_ms", "p75_ms", "p90_ms", "p99_ms")
 
 
+def checked_stop(process: subprocess.Popen, python: str, extension: dict | None, problems: list[str]) -> None:
+    """Stop the server; note it if percore's extension was a debug build or was rebuilt meanwhile."""
+    run.stop(process)
+    for problem in run.extension_problems(extension, python):
+        problems.append(problem)
+        print(f"PROBLEM: {problem}", flush=True)
+
+
 def start(python: str, loops: int, routing: str) -> tuple[subprocess.Popen, int]:
     """A percore server of experiments/apps/work.py, answering HTTP."""
     port = run.free_port()
@@ -113,11 +121,13 @@ def main() -> int:
     parser.add_argument("--max-loops", type=int, default=cores, help=f"default: every core ({cores})")
     args = parser.parse_args()
     results: dict = {}
+    problems: list[str] = []
     for key, label in BUILDS:
         python = os.environ.get(key)
         if not python:
             continue
         for loops in range(1, args.max_loops + 1):
+            extension = run.percore_extension(python)
             process, port = start(python, loops, "least-loaded")
             try:
                 for path, connections in ENDPOINTS.items():
@@ -129,10 +139,10 @@ def main() -> int:
                         flush=True,
                     )
             finally:
-                run.stop(process)
+                checked_stop(process, python, extension, problems)
     settings = {**vars(args), "endpoints": ENDPOINTS, "routing": "least-loaded"}
-    write("scaling", {"settings": settings, "results": results})
-    return 0
+    write("scaling", {"settings": settings, "results": results, "problems": problems})
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":
