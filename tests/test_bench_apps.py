@@ -1,0 +1,38 @@
+"""The benchmark's promise: every contender does the same work. The apps percore serves in benches/
+(native, FastAPI, Starlette) must give the same answers on every endpoint, over a real socket. (Granian's
+RSGI app and Robyn's live in the peers' venv and are checked by benches/run.py before it measures.)"""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benches.apps.common import SLEEP_SECONDS, burn
+
+ECHO_BODY = (Path(__file__).resolve().parent.parent / "benches" / "echo.json").read_bytes().rstrip()
+
+APPS = ["benches.apps.native:api", "benches.apps.fastapi_app:app", "benches.apps.starlette_app:app"]
+
+
+@pytest.mark.parametrize("app", APPS)
+def test_every_bench_app_answers_every_endpoint_alike(serve, app):
+    server = serve(app, "--loops", "1", "--log-level", "warning")
+    client = server.client()
+    try:
+        expected = {
+            "/json": {"message": "Hello, World!"},
+            "/users/42?q=x": {"id": "42", "q": "x"},
+            "/cpu": {"total": burn()},
+            "/sleep": {"slept": SLEEP_SECONDS},
+        }
+        for path, body in expected.items():
+            response = client.get(path)
+            assert response.status == 200, path
+            assert response.json() == body, path
+        plaintext = client.get("/plaintext")
+        assert (plaintext.status, plaintext.body) == (200, b"Hello, World!")
+        echo = client.request("POST", "/echo", ECHO_BODY, {"Content-Type": "application/json"})
+        assert echo.status == 200
+        assert echo.json() == json.loads(ECHO_BODY)
+    finally:
+        client.close()
