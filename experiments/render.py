@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -37,6 +38,13 @@ def update_docs(name: str, text: str, docs: Path = DOCS) -> None:
     docs.write_text(current[: start + len(begin)] + "\n" + text + current[stop:])
 
 
+def smoke_label(document: dict) -> str:
+    settings = document.get("settings", {})
+    runs = settings.get("runs", document.get("runs", 0))
+    duration = settings.get("duration", document.get("duration", 0))
+    return " **Smoke run (too short to draw conclusions from).**" if runs * duration < SMOKE_SECONDS else ""
+
+
 def header(document: dict, path: Path) -> str:
     machine, settings = document["machine"], document.get("settings", {})
     timing = ""
@@ -48,11 +56,7 @@ def header(document: dict, path: Path) -> str:
     else:
         timing = f"; {document.get('runs', '?')} × {document.get('duration', '?')} s per point"
     dirty = " (with uncommitted changes)" if machine.get("uncommitted_changes") else ""
-    runs, duration = (
-        settings.get("runs", document.get("runs", 0)),
-        settings.get("duration", document.get("duration", 0)),
-    )
-    smoke = " **Smoke run (too short to draw conclusions from).**" if runs * duration < SMOKE_SECONDS else ""
+    smoke = smoke_label(document)
     return (
         f"Run of {machine['date']}, commit {machine['commit']}{dirty}, {machine['cores']} cores "
         f"({machine['cpu']}){timing}. Raw data: `{_relative(path, ROOT)}`.{smoke}"
@@ -89,12 +93,14 @@ def percentile(entry: dict, key: str) -> float:
 # --- scaling ------------------------------------------------------------------------------------------
 
 
-def fit(speedups: dict[int, float]) -> dict:
+def fit(speedups: dict[int, float], gil: bool) -> dict:
     """Universal Scalability Law S(N) = N / (1 + σ(N−1) + κN(N−1)) from measured speedups (S(1) = 1).
 
     With speedups at two or more N > 1: least squares on N/S − 1 = σ(N−1) + κN(N−1), both ≥ 0. With one
     (a 2-core machine): κ cannot be told apart from σ, so Amdahl (κ = 0) when S ≥ 1; when S < 1 (adding a
-    loop lost throughput: the GIL) σ = 1 is assumed (fully serial) and κ takes the measured loss."""
+    loop lost throughput) on a GIL build σ = 1 is assumed (the GIL serialises Python) and κ takes the
+    measured loss; on the free-threaded build nothing is projected (the loss is the load generator's share
+    of the cores or noise, not a property a fit can carry to more cores)."""
     points = [(n, s) for n, s in sorted(speedups.items()) if n > 1 and s > 0]
     if not points:
         return {"sigma": float("nan"), "kappa": float("nan"), "model": "no data beyond one loop"}
@@ -116,6 +122,12 @@ def fit(speedups: dict[int, float]) -> dict:
     n, s = points[0]
     if s >= 1:
         return {"sigma": max(0.0, (n / s - 1) / (n - 1)), "kappa": 0.0, "model": f"Amdahl from N = 1, {n}"}
+    if not gil:
+        return {
+            "sigma": float("nan"),
+            "kappa": float("nan"),
+            "model": f"not projected: {n} loops slower than 1 (load generator on the same cores?)",
+        }
     return {
         "sigma": 1.0,
         "kappa": (n / s - 1 - (n - 1)) / (n * (n - 1)),
@@ -180,7 +192,7 @@ def scaling_markdown(document: dict, path: Path, images: list[Path], base: Path)
 
     lines = [
         f"**PROJECTION, not a measurement.** Fitted to the run above ({path.name}); measured only up to "
-        f"{top} loops.",
+        f"{top} loops.{smoke_label(document)}",
         "",
     ]
     lines += [f"![{image.stem}]({_relative(image, base)})" for image in images if "projection" in image.name]
@@ -192,11 +204,17 @@ def scaling_markdown(document: dict, path: Path, images: list[Path], base: Path)
         "|---|---|---|---:|---:|" + "---:|" * len(PROJECTED_CORES),
     ]
     for label, endpoint, model in models(results):
-        cells = " | ".join(f"{projected(model, n):.1f}×" for n in PROJECTED_CORES)
+        cells = " | ".join(
+            f"{projected(model, n):.1f}×" if not math.isnan(model["sigma"]) else "–" for n in PROJECTED_CORES
+        )
         lines.append(
-            f"| {label} | `{endpoint}` | {model['model']} | {model['sigma']:.3f} | {model['kappa']:.3f} | {cells} |"
+            f"| {label} | `{endpoint}` | {model['model']} | {number(model['sigma'])} | {number(model['kappa'])} | {cells} |"
         )
     return measured, "\n".join(lines) + "\n"
+
+
+def number(value: float) -> str:
+    return "–" if math.isnan(value) else f"{value:.3f}"
 
 
 def models(results: dict) -> list[tuple[str, str, dict]]:
@@ -206,7 +224,7 @@ def models(results: dict) -> list[tuple[str, str, dict]]:
             if "1" not in by or not by["1"]["median_rps"]:
                 continue
             speedups = {int(n): entry["median_rps"] / by["1"]["median_rps"] for n, entry in by.items()}
-            found.append((label, endpoint, fit(speedups)))
+            found.append((label, endpoint, fit(speedups, gil="GIL" in label)))
     return found
 
 
@@ -247,13 +265,14 @@ def scaling_charts(document: dict, stem: Path) -> list[Path]:
     for label, endpoint, model in models(results):
         style = "-" if label == "3.13t" else "--"
         line_color = {"/cpu": "#1f5fa8", "/json": "#6aa84f", "/sleep": "#8e63b5"}.get(endpoint, "#666666")
-        ax.plot(
-            PROJECTED_CORES,
-            [projected(model, n) for n in PROJECTED_CORES],
-            ls=style,
-            color=line_color,
-            label=f"{label} {endpoint} (σ={model['sigma']:.2f}, κ={model['kappa']:.3f})",
-        )
+        if not math.isnan(model["sigma"]):
+            ax.plot(
+                PROJECTED_CORES,
+                [projected(model, n) for n in PROJECTED_CORES],
+                ls=style,
+                color=line_color,
+                label=f"{label} {endpoint} (σ={model['sigma']:.2f}, κ={model['kappa']:.3f})",
+            )
         by = results[label][endpoint]
         loops = sorted(int(n) for n in by)
         ax.plot(
