@@ -42,6 +42,15 @@ def alive(pid: int) -> bool:
     return os.path.exists(f"/proc/{pid}")
 
 
+def running(pid: int) -> bool:
+    """True while ``pid`` exists and has not exited (an exited process nobody reaps stays a zombie)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
 class Supervised(ServerProcess):
     """`python -m percore serve` whose stderr goes to a file, so a test can wait for log lines while it runs,
     with extra directories on PYTHONPATH (apps written to tmp_path)."""
@@ -238,6 +247,45 @@ def test_an_app_that_fails_to_import_exits_non_zero_with_its_message(tmp_path):
     assert "Traceback" not in result.stderr
     assert result.stderr.splitlines()[-1].startswith("runtime: error: worker "), result.stderr
     assert "before serving" in result.stderr.splitlines()[-1]
+
+
+def test_a_worker_that_keeps_failing_to_restart_makes_the_supervisor_give_up(supervised, tmp_path):
+    app_file = tmp_path / "fragile_app.py"
+    app_file.write_text("from tests.apps.workers_app import api\n")
+    server = supervised("fragile_app:api", "--workers", "2", "--loops", "1", path=(tmp_path,))
+    survivor, victim = sorted(server.worker_pids(2))
+    app_file.write_text('raise RuntimeError("broken since the last deploy")\n')
+    os.kill(victim, signal.SIGKILL)
+    # Restarted with a backoff, each attempt fails at import; after MAX_START_FAILURES the supervisor stops
+    # the survivor and exits 1.
+    wait_for(lambda: server.process.poll() is not None, "the supervisor to give up", timeout=3 * DEADLINE)
+    log = server.log()
+    assert server.process.returncode == 1, log
+    assert log.count("broken since the last deploy") == _supervisor.MAX_START_FAILURES
+    last = log.splitlines()[-1]
+    assert last.startswith("runtime: error: worker ") and last.endswith(
+        f"failed to start {_supervisor.MAX_START_FAILURES} times in a row (last: exited with 1); giving up"
+    ), log
+    assert not alive(survivor)
+
+
+def test_workers_exit_when_the_supervisor_is_killed(supervised):
+    server = supervised(WORKERS_APP, "--workers", "2", "--loops", "1")
+    pids = server.worker_pids(2)
+    server.process.kill()
+    server.process.wait()
+    # PR_SET_PDEATHSIG: each worker gets SIGTERM and stops; nothing is left holding the port.
+    wait_for(lambda: not any(running(pid) for pid in pids), "the orphaned workers to exit")
+
+    def port_is_free() -> bool:
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", server.port))
+            except OSError:
+                return False
+            return True
+
+    wait_for(port_is_free, "the port to be free")
 
 
 def test_a_port_taken_by_another_program_fails_with_one_line():

@@ -327,7 +327,7 @@ class Supervisor:
                 self.watcher = SourceWatcher(directories)
                 logger.info("reload: watching *.py under %s", ", ".join(map(str, directories)))
             where = f"http://{_format_address((self.host, self.port))}"
-            slices = ", ".join(f"{i}→cpu{','.join(map(str, cpus))}" for i, cpus in enumerate(self.cpus))
+            slices = "; ".join(f"{i}→cpu{','.join(map(str, cpus))}" for i, cpus in enumerate(self.cpus))
             logger.info(
                 "supervisor (pid %d): starting %d worker(s) on %s [%s]",
                 os.getpid(),
