@@ -391,7 +391,10 @@ def test_reload_serves_edits_and_keeps_the_old_code_while_the_new_code_is_broken
 
     # Broken code: the new worker fails to import, the old one keeps serving the last good code.
     write(app_file, "import percore\napi = percore.App(\n")
-    wait_for(lambda: "before serving; the previous code keeps serving" in server.log(), "the failed reload")
+    wait_for(
+        lambda: "before the new workers took over; the previous code keeps serving" in server.log(),
+        "the failed reload",
+    )
     assert "SyntaxError" in server.log()
     for _ in range(5):
         assert version_of(server) == "two"

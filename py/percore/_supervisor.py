@@ -390,7 +390,7 @@ class Supervisor:
             if self.signals:
                 break
             self._read_ready(ready_r)
-            self._reap()
+            self._reap(ready_r)
             now = time.monotonic()
             for index, due in list(self.restart_at.items()):
                 if now >= due:
@@ -400,6 +400,7 @@ class Supervisor:
             for worker, deadline in self.retiring.items():
                 if now >= deadline:
                     worker.send(signal.SIGKILL)
+                    self.retiring[worker] = now + 1.0
             if self.watcher and now >= next_scan:
                 changes = self.watcher.changes()
                 if changes:
@@ -447,16 +448,19 @@ class Supervisor:
                 ", ".join(str(w.pid) for w in self.serving if w is not None),
             )
 
-    def _reap(self) -> None:
+    def _reap(self, ready_r: int) -> None:
+        exited = [w for w in self.serving if w is not None and not w.running()]
+        failed = next((w for w in self.pending if not w.running()), None)
+        if exited or failed:  # a worker may have reported ready just before it exited: read that first
+            self._read_ready(ready_r)
         now = time.monotonic()
-        for worker in [w for w in self.serving if w is not None and not w.running()]:
+        for worker in exited:
             self.serving[worker.index] = None
             self._serving_exited(worker, now)
-        failed = next((w for w in self.pending if not w.running()), None)
         if failed is not None:
             self.pending.remove(failed)
             logger.error(
-                "reload: new worker %d (pid %d) %s before serving; %s; waiting for the next change",
+                "reload: new worker %d (pid %d) %s before the new workers took over; %s; waiting for the next change",
                 failed.index,
                 failed.pid,
                 failed.describe_exit(),
