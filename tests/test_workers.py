@@ -179,6 +179,24 @@ def test_two_workers_both_answer_each_on_its_own_cpus(supervised):
     assert server.stop() == 0
 
 
+def test_lifespan_runs_on_every_loop_of_every_worker(supervised):
+    server = supervised("tests.apps.workers_app:asgi", "--workers", "2", "--loops", "2")
+    startups: dict[int, int] = {}
+
+    def answered() -> bool:
+        client = Client(server.port, timeout=DEADLINE)
+        try:
+            body = client.get("/").json()
+        finally:
+            client.close()
+        startups[body["pid"]] = body["startups"]
+        return len(startups) >= 2
+
+    wait_for(answered, "both workers to answer")
+    assert list(startups.values()) == [2, 2]
+    assert server.stop() == 0
+
+
 def test_a_killed_worker_is_restarted_and_the_port_answers_throughout(supervised):
     server = supervised(WORKERS_APP, "--workers", "2", "--loops", "1")
     pids = server.worker_pids(2)
@@ -199,10 +217,14 @@ def test_a_killed_worker_is_restarted_and_the_port_answers_throughout(supervised
     assert server.stop() == 0
 
 
-def test_sigterm_stops_every_worker_and_exits_0(supervised):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_or_sigint_stops_every_worker_and_exits_0(supervised, signum):
     server = supervised(WORKERS_APP, "--workers", "2", "--loops", "1")
     pids = server.worker_pids(2)
-    assert server.stop() == 0
+    server.process.send_signal(signum)
+    server.process.wait(DEADLINE)
+    assert server.stop() == 0, server.stderr
+    assert f"{signum.name}: stopping 2 worker(s)" in server.stderr
     # The supervisor reaps its workers before it exits: they are gone, not orphaned.
     assert not any(alive(pid) for pid in pids), server.stderr
     assert "stopped" in server.stderr.splitlines()[-1]

@@ -1,7 +1,9 @@
 """The app the --workers tests serve: it says which process answered."""
 
 import asyncio
+import json
 import os
+import threading
 
 import percore
 
@@ -20,3 +22,27 @@ async def hold(marker: str, seconds: float):
         file.write(str(os.getpid()))
     await asyncio.sleep(seconds)
     return {"pid": os.getpid()}
+
+
+_startups = 0
+_startups_lock = threading.Lock()
+
+
+async def asgi(scope, receive, send):
+    """An ASGI app whose every response says how many lifespan startups its process ran."""
+    global _startups
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                with _startups_lock:
+                    _startups += 1
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    body = json.dumps({"pid": os.getpid(), "startups": _startups}).encode()
+    await send(
+        {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]}
+    )
+    await send({"type": "http.response.body", "body": body})
