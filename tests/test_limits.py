@@ -176,3 +176,18 @@ def test_a_chunked_upload_to_an_asgi_app_is_cut_off_at_the_limit(serve):
     )
     assert status_of(reply) == 413
     assert server.get("/plaintext").status == 200
+
+
+@pytest.mark.parametrize(
+    "app", ["tests.apps.runtime_app:api", "tests.apps.starlette_app:app"], ids=["native", "asgi"]
+)
+def test_bad_chunk_encoding_is_400_for_native_and_asgi_apps(serve, app):
+    server = serve(app, "--loops", "1")
+    path = b"/upload" if app.endswith(":api") else b"/echo"
+    # A chunk size that is not hex, after the head: the ASGI app is already reading its body by then.
+    reply = raw_exchange(
+        server.port,
+        b"POST " + path + b" HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nZZ\r\nabc\r\n0\r\n\r\n",
+    )
+    assert status_of(reply) == 400, reply
+    assert server.get("/plaintext" if app.endswith(":app") else "/where").status == 200

@@ -207,8 +207,25 @@ impl AsgiExchange {
                         let data = data.unwrap_or_default();
                         Self::http_request_message(py, &data, more)
                     }
-                    Err(_) => {
+                    Err(err) if err.is_incomplete_message() || err.is_closed() => {
                         exchange.lock().body_complete = true;
+                        Self::disconnect_message(py)
+                    }
+                    Err(_) => {
+                        // A malformed body (bad chunk encoding): the client's fault, so 400 — as for
+                        // bodies read before dispatch — not the 500 an app failing on a truncated body
+                        // would give. The app sees the client gone; hyper closes the connection.
+                        let mut state = exchange.lock();
+                        state.body_complete = true;
+                        let reply = state.reply.take();
+                        state.response = ResponseState::Finished;
+                        drop(state);
+                        if let Some(reply) = reply {
+                            let _ = reply.send(HttpResponse::text(
+                                400,
+                                "Bad Request: malformed request body",
+                            ));
+                        }
                         Self::disconnect_message(py)
                     }
                 };
