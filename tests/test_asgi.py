@@ -14,12 +14,13 @@ import time
 import pytest
 
 from .apps import starlette_app
-from .conftest import ServerProcess, free_port
+from .conftest import FREE_THREADED, ServerProcess, free_port
 from .websocket_client import BINARY, TEXT
 from .websocket_client import connect as connect_websocket
 
 FASTAPI = "tests.apps.fastapi_app:app"
 STARLETTE = "tests.apps.starlette_app:app"
+LITESTAR = "tests.apps.litestar_app:app"
 RAW = "tests.apps.asgi_apps"
 HEADERS_THAT_MATTER = (
     "content-type",
@@ -88,7 +89,42 @@ STARLETTE_SCRIPT = [
 ]
 
 
-@pytest.mark.parametrize(("app", "script"), [(FASTAPI, FASTAPI_SCRIPT), (STARLETTE, STARLETTE_SCRIPT)])
+LITESTAR_SCRIPT = [
+    ("GET", "/json", None, {}),
+    ("GET", "/items/5?q=hello&limit=3", None, {"User-Agent": "percore-test", "Cookie": "session=s1"}),
+    ("GET", "/items/not-a-number", None, {}),
+    (
+        "POST",
+        "/items",
+        b'{"name": "widget", "price": 9.5, "tags": ["a"]}',
+        {"Content-Type": "application/json"},
+    ),
+    ("POST", "/items", b'{"name": "widget"}', {"Content-Type": "application/json"}),
+    ("POST", "/items", b"{not json", {"Content-Type": "application/json"}),
+    ("GET", "/missing/7", None, {}),
+    ("GET", "/teapot", None, {}),
+    ("GET", "/crash", None, {}),
+    ("GET", "/sync", None, {}),
+    ("GET", "/stream", None, {}),
+    ("GET", "/state", None, {}),
+    ("GET", "/no/such/route", None, {}),
+    ("DELETE", "/json", None, {}),
+]
+# Litestar needs msgspec, which has no free-threaded (cp313t) wheel and whose sdist does not build there,
+# so it is installed (tests/requirements-gil.txt) and tested on the GIL build only.
+LITESTAR_ON_THIS_BUILD = pytest.mark.skipif(
+    FREE_THREADED, reason="Litestar's msgspec does not build for free-threaded 3.13t"
+)
+
+
+@pytest.mark.parametrize(
+    ("app", "script"),
+    [
+        (FASTAPI, FASTAPI_SCRIPT),
+        (STARLETTE, STARLETTE_SCRIPT),
+        pytest.param(LITESTAR, LITESTAR_SCRIPT, marks=LITESTAR_ON_THIS_BUILD, id="litestar"),
+    ],
+)
 def test_same_answers_as_uvicorn(serve, routing, app, script):
     percore = serve(app, "--loops", "2", "--routing", routing)
     uvicorn = serve(app, "--lifespan", "on", "--log-level", "warning", server="uvicorn")
@@ -359,3 +395,35 @@ def test_websocket_receive_survives_a_cancelled_receive(websocket_server):
     ws.send_text("hello")
     assert ws.receive() == (TEXT, b"late: hello")
     ws.sock.close()
+
+
+@LITESTAR_ON_THIS_BUILD
+@pytest.mark.parametrize("server", ["percore", "uvicorn"])
+def test_litestar_background_tasks_and_websockets(serve, server):
+    if server == "percore":
+        running = serve(LITESTAR, "--loops", "2", "--routing", "round-robin")
+    else:
+        running = serve(
+            LITESTAR, "--lifespan", "on", "--ws", "wsproto", "--log-level", "warning", server="uvicorn"
+        )
+    assert running.get("/background").json() == {"scheduled": True}
+    deadline = time.monotonic() + 5
+    while "background ran" not in running.get("/events").json()["events"]:
+        assert time.monotonic() < deadline, "the background task never ran"
+        time.sleep(0.05)
+    ws = connect_websocket(running.port, "/ws")
+    assert ws.status == 101
+    for n in range(3):
+        ws.send_text(f"hi {n}")
+        assert ws.receive() == (TEXT, f"echo: hi {n}".encode())
+    ws.send_text("bye")
+    assert ws.receive_close_code() == 4000
+    ws.sock.close()
+
+
+@LITESTAR_ON_THIS_BUILD
+def test_litestar_app_state_is_shared_by_every_loop(serve):
+    """The documented pitfall: Litestar's lifespan writes app.state, which every loop shares."""
+    server = serve(LITESTAR, "--loops", "2", "--routing", "round-robin")
+    seen = {server.get("/state-thread").json()["same_thread"] for _ in range(6)}
+    assert seen == {True, False}
