@@ -189,11 +189,13 @@ def test_lifespan_runs_on_every_loop_of_every_worker(supervised):
             body = client.get("/").json()
         finally:
             client.close()
+        assert body["startups"] <= 2, body  # once per loop, never more
         startups[body["pid"]] = body["startups"]
-        return len(startups) >= 2
+        return len(startups) >= 2 and all(count == 2 for count in startups.values())
 
-    wait_for(answered, "both workers to answer")
-    assert list(startups.values()) == [2, 2]
+    # A loop serves its listener's queue once its own lifespan has started; the other loop's may still run.
+    wait_for(answered, "both workers to report a lifespan startup on each of their 2 loops")
+    assert len(startups) == 2
     assert server.stop() == 0
 
 
