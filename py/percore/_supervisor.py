@@ -260,8 +260,10 @@ class Supervisor:
         shutdown_timeout: float | None,
         reload: bool = False,
         reload_dirs: list[str] = (),
+        metrics_port: int | None = None,
     ) -> None:
         self.serve_argv = list(serve_argv)
+        self.metrics_port = metrics_port
         self.app = app
         self.host = host
         self.port = port
@@ -303,6 +305,13 @@ class Supervisor:
             ",".join(map(str, self.cpus[index])),
             "--supervised-ready-fd",
             str(self._ready_fd),
+            # Each worker is its own pool with its own counters: worker i serves them on PORT + i (0: each
+            # worker picks a free port and prints it in its banner).
+            *(
+                ("--metrics-port", str(self.metrics_port and self.metrics_port + index))
+                if self.metrics_port is not None
+                else ()
+            ),
         ]
 
     # --- running ---

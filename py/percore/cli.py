@@ -174,6 +174,7 @@ def _supervise(argv: list[str], arguments: argparse.Namespace) -> int:
         shutdown_timeout=arguments.shutdown_timeout,
         reload=arguments.reload,
         reload_dirs=arguments.reload_dir,
+        metrics_port=arguments.metrics_port,
     ).run()
 
 

@@ -258,18 +258,35 @@ fn resident_memory_bytes() -> Option<u64> {
 }
 
 /// Binds the metrics listener (before any loop starts, so a busy port fails the start cleanly).
-pub fn bind(host: &str, port: u16) -> Result<std::net::TcpListener, String> {
-    let listener = std::net::TcpListener::bind((host, port)).map_err(|e| {
+///
+/// `shared`: a `--workers` worker, whose successor (`--reload` starts the next generation before the
+/// old one stops) must be able to bind the same port while it still runs, so SO_REUSEPORT is set.
+pub fn bind(host: &str, port: u16, shared: bool) -> Result<std::net::TcpListener, String> {
+    let failed = |e: std::io::Error| {
         if e.kind() == std::io::ErrorKind::AddrInUse {
             format!("metrics port {port} on {host} is already in use")
         } else {
             format!("cannot listen for metrics on {host}:{port}: {e}")
         }
-    })?;
-    listener
-        .set_nonblocking(true)
-        .map_err(|e| format!("metrics listener: {e}"))?;
-    Ok(listener)
+    };
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(&(host, port))
+        .map_err(failed)?
+        .next()
+        .ok_or_else(|| format!("host {host:?} has no address"))?;
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )
+    .map_err(failed)?;
+    socket.set_reuse_address(true).map_err(failed)?;
+    if shared {
+        socket.set_reuse_port(true).map_err(failed)?;
+    }
+    socket.bind(&addr.into()).map_err(failed)?;
+    socket.listen(128).map_err(failed)?;
+    socket.set_nonblocking(true).map_err(failed)?;
+    Ok(socket.into())
 }
 
 /// Serves `GET /metrics` on `listener` from a thread of its own until `stop` turns true.
