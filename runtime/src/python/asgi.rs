@@ -571,6 +571,49 @@ pub struct AsgiEndpoint {
     pub root_path: String,
 }
 
+thread_local! {
+    /// The last client host seen on this loop thread, as the `str` the scope needs: formatting an IP
+    /// costs more than the rest of the scope's fixed keys, and a loop's clients (a load balancer, a
+    /// proxy, localhost) are few.
+    static CLIENT_HOST: std::cell::RefCell<Option<(std::net::IpAddr, Py<PyString>)>> =
+        const { std::cell::RefCell::new(None) };
+    /// `scope["server"]`: the same `(host, port)` tuple for every request on this loop's listener.
+    static SERVER: std::cell::RefCell<Option<(std::net::SocketAddr, Py<PyTuple>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+fn host_string(py: Python<'_>, ip: std::net::IpAddr) -> Bound<'_, PyString> {
+    CLIENT_HOST.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        match &*cache {
+            Some((cached, host)) if *cached == ip => host.bind(py).clone(),
+            _ => {
+                let host = PyString::new(py, &ip.to_string());
+                *cache = Some((ip, host.clone().unbind()));
+                host
+            }
+        }
+    })
+}
+
+fn server_tuple(py: Python<'_>, server: std::net::SocketAddr) -> PyResult<Bound<'_, PyTuple>> {
+    SERVER.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if let Some((cached, tuple)) = &*cache {
+            if *cached == server {
+                return Ok(tuple.bind(py).clone());
+            }
+        }
+        let host = PyString::new(py, &server.ip().to_string());
+        let tuple = PyTuple::new(
+            py,
+            [host.into_any(), server.port().into_pyobject(py)?.into_any()],
+        )?;
+        *cache = Some((server, tuple.clone().unbind()));
+        Ok(tuple)
+    })
+}
+
 /// The scope keys HTTP and WebSocket connections share: `type`, `asgi`, `http_version`, `scheme`,
 /// `path` (percent-decoded and prefixed with `root_path`, as uvicorn does), `raw_path`, `root_path`,
 /// `query_string`, `headers` (byte pairs, in order, duplicates kept), `client`, `server` and `state`.
@@ -620,15 +663,14 @@ pub fn base_scope<'py>(
     }
     scope.set_item(intern!(py, "headers"), headers)?;
     if let Some(client) = request.client {
-        scope.set_item(
-            intern!(py, "client"),
-            (client.ip().to_string(), client.port()),
+        let host = host_string(py, client.ip());
+        let client = PyTuple::new(
+            py,
+            [host.into_any(), client.port().into_pyobject(py)?.into_any()],
         )?;
+        scope.set_item(intern!(py, "client"), client)?;
     }
-    scope.set_item(
-        intern!(py, "server"),
-        (request.server.ip().to_string(), request.server.port()),
-    )?;
+    scope.set_item(intern!(py, "server"), server_tuple(py, request.server)?)?;
     if let Some(state) = loop_state {
         scope.set_item(intern!(py, "state"), state.copy()?)?;
     }

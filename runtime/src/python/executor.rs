@@ -18,7 +18,7 @@ use std::fmt::Write as _;
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pyo3::ffi;
 use pyo3::intern;
@@ -85,6 +85,19 @@ pub struct NativeEndpoint {
     /// "GET /users/{id}", for logs.
     pub name: String,
 }
+
+/// A response that took at least this long to compute is written only after the connections that are
+/// ready now have been served (one `yield_now`), so responses leave in bursts instead of one at a time.
+///
+/// Why: each write to an idle client (a load balancer, wrk) wakes it on another core, and that wake-up
+/// is paid by the writer inside `writev` (the loopback/NIC softirq runs `try_to_wake_up` and an IPI; in a
+/// VM the IPI is a VM exit). Measured with Starlette `/json` on one loop: ~10 µs of kernel time per
+/// request (a quarter of the loop's CPU) went to that wake-up when every response was written as soon as
+/// it was ready, because a client served every ~35 µs falls asleep between responses; written in bursts
+/// the client is woken once per burst (experiments/starlette-gap/README.md). Fast handlers (the
+/// native API's ~2–3 µs) keep the client busy anyway and are written at once; 10 µs was too high:
+/// Starlette `/plaintext` (~10 µs) then still woke the client on a third of its responses.
+pub const COALESCE_AFTER: Duration = Duration::from_micros(5);
 
 /// What a loop's executor and its in-flight `RequestTask`s share.
 pub struct LoopShared {
@@ -630,12 +643,18 @@ impl Executor for PyExecutor {
         if let Endpoint::Const(constant) = endpoint {
             return Box::pin(std::future::ready(constant.response()));
         }
+        let began = Instant::now();
         let started = Python::attach(|py| {
             let started = self.start(py, endpoint, request);
             self.wake_driver_if_needed(py);
             started
         });
         match started {
+            // A slow response waits for the other ready connections: see `COALESCE_AFTER`.
+            Started::Done(response) if began.elapsed() >= COALESCE_AFTER => Box::pin(async move {
+                tokio::task::yield_now().await;
+                response
+            }),
             Started::Done(response) => Box::pin(std::future::ready(response)),
             Started::Pending(pending, task) => {
                 let cancel = CancelOnDrop {
