@@ -202,6 +202,11 @@ def markdown(document: dict, images: list[Path], relative_to: Path) -> str:
         "unless noted."
         + (f" Contenders restricted with --only {settings['only']}." if settings.get("only") else "")
         + (
+            " Server and wrk under SCHED_FIFO (`chrt -f 10`)."
+            if settings.get("realtime") == "on"
+            else " Plain `taskset` pinning (no SCHED_FIFO): other load on the machine shows in these numbers."
+        )
+        + (
             " **Smoke run (too short to draw conclusions from).**"
             if settings["runs"] * settings["duration"] < SMOKE_SECONDS
             else ""
