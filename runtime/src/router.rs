@@ -12,6 +12,26 @@ use crate::query::percent_decode_path;
 /// An index into the server's endpoint table.
 pub type EndpointId = usize;
 
+/// matchit 0.9 renames a route's parameters `a`..=`z` internally and panics on the 26th.
+const MAX_PARAMS: usize = 25;
+
+/// An upper bound on the parameters in `path`: every `{` that is not part of an escaped `{{`.
+fn count_params(path: &str) -> usize {
+    let bytes = path.as_bytes();
+    let (mut i, mut count) = (0, 0);
+    while i < bytes.len() {
+        if bytes[i] == b'{' {
+            if bytes.get(i + 1) == Some(&b'{') {
+                i += 2;
+                continue;
+            }
+            count += 1;
+        }
+        i += 1;
+    }
+    count
+}
+
 #[derive(Default)]
 struct MethodTable {
     entries: Vec<(Method, EndpointId)>,
@@ -84,6 +104,13 @@ impl Router {
             // that matchit reports below.
             Ok(found) if self.paths[*found.value] == path => *found.value,
             _ => {
+                // Found by fuzz/fuzz_targets/router.rs: matchit panics instead of returning an error.
+                if count_params(path) > MAX_PARAMS {
+                    return Err(RouterError::Conflict {
+                        path: path.to_owned(),
+                        reason: format!("more than {MAX_PARAMS} path parameters"),
+                    });
+                }
                 let index = self.tables.len();
                 self.tree
                     .insert(path, index)
@@ -206,6 +233,21 @@ mod tests {
         ] {
             assert_eq!(found(router.lookup(&method, path)), (7, vec![]));
         }
+    }
+
+    #[test]
+    fn too_many_parameters_fail_at_registration_instead_of_panicking() {
+        let path = |n: usize| (0..n).map(|i| format!("/{{p{i}}}")).collect::<String>();
+        let mut router = Router::new();
+        router.insert(Method::GET, &path(25), 0).unwrap();
+        let (_, params) = found(router.lookup(&Method::GET, &"/x".repeat(25)));
+        assert_eq!(params.len(), 25);
+        match router.insert(Method::GET, &format!("/b{}", path(26)), 1) {
+            Err(RouterError::Conflict { reason, .. }) => assert!(reason.contains("25"), "{reason}"),
+            _ => panic!("expected an error"),
+        }
+        // Escaped braces are not parameters.
+        assert_eq!(count_params("/{{a}}/{b}/{*rest}"), 2);
     }
 
     #[test]
