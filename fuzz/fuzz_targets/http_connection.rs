@@ -386,9 +386,9 @@ fuzz_target!(|data: &[u8]| {
             )
         });
     for status in statuses {
-        // 505 is hyper's answer to an HTTP/2 preface or an unknown version: a client error.
+        // An HTTP/2 preface is closed without a response, other versions get 400: nothing here is a 5xx.
         assert!(
-            status < 500 || status == 505,
+            status < 500,
             "status {status} for input {:?}",
             String::from_utf8_lossy(&data[..data.len().min(300)])
         );
