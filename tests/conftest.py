@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -78,8 +79,11 @@ class ServerProcess:
 
     def start(self, timeout: float = 20.0) -> ServerProcess:
         env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        # stderr to a file, not a pipe read only at the end: a server that logs more than a pipe holds
+        # (~64 KiB of tracebacks) would block in its log call and stop answering.
+        self._stderr_file = tempfile.TemporaryFile("w+")
         self.process = subprocess.Popen(
-            self.command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            self.command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=self._stderr_file, text=True
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -110,12 +114,18 @@ class ServerProcess:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
         try:
-            _, self.stderr = self.process.communicate(timeout=timeout)
+            self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.process.kill()
-            _, self.stderr = self.process.communicate()
+            self.process.wait()
+            self.stderr = self.read_stderr()
             raise AssertionError(f"server did not exit within {timeout}s of SIGTERM") from None
+        self.stderr = self.read_stderr()
         return self.process.returncode
+
+    def read_stderr(self) -> str:
+        self._stderr_file.seek(0)
+        return self._stderr_file.read()
 
 
 @pytest.fixture

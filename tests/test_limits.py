@@ -191,3 +191,7 @@ def test_bad_chunk_encoding_is_400_for_native_and_asgi_apps(serve, app):
     )
     assert status_of(reply) == 400, reply
     assert server.get("/plaintext" if app.endswith(":app") else "/where").status == 200
+    # The client's fault: the app (told the client is gone) may fail or send on; nothing is logged as a
+    # server error and nothing it sends reaches anyone.
+    assert server.stop() == 0
+    assert "Traceback" not in server.stderr and "ERROR" not in server.stderr, server.stderr

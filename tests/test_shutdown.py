@@ -60,7 +60,7 @@ def test_a_handler_running_past_the_shutdown_timeout_is_cancelled_before_the_shu
         except (ConnectionError, http.client.HTTPException):
             reply = None  # the connection was dropped: its handler was cancelled
         assert reply is None or reply.status >= 500
-    _, server.stderr = server.process.communicate()
+    server.stderr = server.read_stderr()
     assert code == 0, server.stderr
     assert events(start.log) == ["handler started", "handler cancelled", hook]
     assert "cancelling 1 running request(s)" in server.stderr
@@ -76,7 +76,7 @@ def test_open_websockets_are_closed_with_going_away_and_the_app_sees_it(start):
     server.process.send_signal(signal.SIGTERM)
     assert socket.receive_close_code() == 1001
     code = server.process.wait(timeout=15)
-    _, server.stderr = server.process.communicate()
+    server.stderr = server.read_stderr()
     # Not held for the whole shutdown timeout: the WebSocket was told to close at once.
     assert time.monotonic() - started < 8
     assert code == 0, server.stderr

@@ -89,6 +89,10 @@ enum ResponseState {
     },
     Streaming(mpsc::Sender<Result<Bytes, StreamAborted>>),
     Finished,
+    /// The server answered for the app (413, 400 for a malformed body) and told it the client is gone:
+    /// whatever the app still sends is dropped silently, as after a disconnect (uvicorn does the same),
+    /// and its failure is not logged as an error — the request was the client's fault.
+    AnsweredByServer,
 }
 
 struct ExchangeState {
@@ -150,7 +154,11 @@ impl AsgiExchange {
                 None => return Err(PyRuntimeError::new_err("receive() called concurrently")),
             }
         }
-        if matches!(state.response, ResponseState::Finished) || self.client_gone.is_set() {
+        if matches!(
+            state.response,
+            ResponseState::Finished | ResponseState::AnsweredByServer
+        ) || self.client_gone.is_set()
+        {
             return ready(py, Self::disconnect_message(py)?);
         }
         let future = self.shared.create_future(py)?;
@@ -190,7 +198,7 @@ impl AsgiExchange {
                             // client is gone; nothing the app sends afterwards reaches the client.
                             state.body_complete = true;
                             let reply = state.reply.take();
-                            state.response = ResponseState::Finished;
+                            state.response = ResponseState::AnsweredByServer;
                             drop(state);
                             if let Some(reply) = reply {
                                 let _ = reply.send(HttpResponse::text(413, "Payload Too Large"));
@@ -218,7 +226,7 @@ impl AsgiExchange {
                         let mut state = exchange.lock();
                         state.body_complete = true;
                         let reply = state.reply.take();
-                        state.response = ResponseState::Finished;
+                        state.response = ResponseState::AnsweredByServer;
                         drop(state);
                         if let Some(reply) = reply {
                             let _ = reply.send(HttpResponse::text(
@@ -270,6 +278,11 @@ impl AsgiExchange {
             .ok_or_else(|| PyTypeError::new_err("ASGI message has no 'type'"))?;
         let kind = kind.cast::<PyString>()?.to_str()?.to_owned();
         let none = py.None().into_bound(py);
+        if kind.starts_with("http.response.")
+            && matches!(self.lock().response, ResponseState::AnsweredByServer)
+        {
+            return ready(py, none);
+        }
         match kind.as_str() {
             "http.response.start" => {
                 let mut state = self.lock();
@@ -334,6 +347,10 @@ impl AsgiExchange {
             ResponseState::Finished => Err(PyRuntimeError::new_err(
                 "Unexpected ASGI message 'http.response.body' after the response completed",
             )),
+            ResponseState::AnsweredByServer => {
+                state.response = ResponseState::AnsweredByServer;
+                ready(py, py.None().into_bound(py))
+            }
             ResponseState::Started { status, headers } => {
                 let reply = state.reply.take();
                 if more {
@@ -484,7 +501,8 @@ impl AppConnection for AsgiExchange {
                     let _ = sender.send(Err(StreamAborted(reason))).await;
                 });
             }
-            (ResponseState::Finished, None) => {}
+            (ResponseState::Finished | ResponseState::AnsweredByServer, None) => {}
+            (ResponseState::AnsweredByServer, Some(_)) => {}
             (ResponseState::Finished, Some(err)) => {
                 // The response was already sent (e.g. a background task failed afterwards).
                 self.shared.fail(py, &err, &self.name);
