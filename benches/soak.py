@@ -26,6 +26,7 @@ import re
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -229,9 +230,10 @@ def soak(app_name: str, python: str, total: int, segment: int) -> dict:
         "--max-body-size",
         "1048576",
     ]
-    server = subprocess.Popen(
-        command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
+    # stderr to a file: a pipe read only on failure would fill up with the app's tracebacks (bad traffic)
+    # and block the server's logging.
+    log = tempfile.TemporaryFile("w+")
+    server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log, text=True)
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -240,7 +242,8 @@ def soak(app_name: str, python: str, total: int, segment: int) -> dict:
                 break
             except OSError:
                 if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"server did not start: {server.stderr.read()}") from None
+                    log.seek(0)
+                    raise RuntimeError(f"server did not start: {log.read()}") from None
                 time.sleep(0.1)
         script = Path(f"/tmp/percore-soak-{os.getpid()}.lua")
         script.write_text(WRK_SCRIPT % ECHO)

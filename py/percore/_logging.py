@@ -1,10 +1,72 @@
-"""percore's logger and the hook the Rust side calls when a handler fails."""
+"""percore's logger and the hook the Rust side calls when a handler fails.
+
+Log lines are formatted on the thread that logs (a traceback must be rendered while its frames exist) but
+written by a thread of their own through a bounded queue: handler errors are logged on a loop thread, and a
+stderr that blocks (a pipe nobody reads, a stalled terminal) must never stall a loop — found by the soak
+run, where a full stderr pipe stopped a loop serving. When the queue is full, lines are dropped and the
+writer says how many.
+"""
 
 from __future__ import annotations
 
 import logging
+import queue
+import sys
+import threading
+import time
 
 logger = logging.getLogger("percore")
+
+QUEUE_CAPACITY = 10_000
+# How long flush() (logging.shutdown at exit) waits for queued lines to reach the stream.
+FLUSH_SECONDS = 2.0
+
+
+class BackgroundStreamHandler(logging.Handler):
+    """A StreamHandler whose writes happen on a daemon thread, behind a bounded queue."""
+
+    def __init__(self, stream=None, capacity: int = QUEUE_CAPACITY) -> None:
+        super().__init__()
+        self.stream = stream if stream is not None else sys.stderr
+        self.lines: queue.Queue[str] = queue.Queue(capacity)
+        self._dropped = 0
+        self._dropped_lock = threading.Lock()
+        self._writer = threading.Thread(target=self._write_forever, name="percore-log", daemon=True)
+        self._writer.start()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+        except Exception:
+            self.handleError(record)
+            return
+        try:
+            self.lines.put_nowait(line)
+        except queue.Full:
+            with self._dropped_lock:
+                self._dropped += 1
+
+    def _write_forever(self) -> None:
+        while True:
+            line = self.lines.get()
+            try:
+                with self._dropped_lock:
+                    dropped, self._dropped = self._dropped, 0
+                if dropped:
+                    self.stream.write(
+                        f"percore: {dropped} log line(s) dropped: the log stream was not keeping up\n"
+                    )
+                self.stream.write(line + "\n")
+                self.stream.flush()
+            except Exception:  # a closed or broken stream: nothing sensible left to report to
+                pass
+            finally:
+                self.lines.task_done()
+
+    def flush(self) -> None:
+        deadline = time.monotonic() + FLUSH_SECONDS
+        while self.lines.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.005)
 
 
 def log_handler_error(route: str, error: BaseException) -> None:
@@ -13,7 +75,7 @@ def log_handler_error(route: str, error: BaseException) -> None:
 
 def configure(level: str) -> None:
     if not logger.handlers:
-        handler = logging.StreamHandler()
+        handler = BackgroundStreamHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logger.addHandler(handler)
     logger.setLevel(level.upper())

@@ -165,4 +165,6 @@ def _raise_keyboard_interrupt(signum, frame):
 
 def _force_exit(signum, frame):
     logger.warning("second signal: exiting without waiting for in-flight requests")
+    for handler in logger.handlers:
+        handler.flush()
     os._exit(128 + signum)
