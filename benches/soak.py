@@ -150,7 +150,8 @@ def bad_requests(rng: random.Random, app_name: str) -> list[tuple[str, bytes, se
         (
             "CL and TE together",
             b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
-            {*invalid_json, None},
+            # Read as chunked (RFC 9112): an empty body, which the native API answers 422 (required body).
+            {*invalid_json, *wrong_type, None},
         ),
         (
             "random bytes",
