@@ -6,7 +6,6 @@ import http.client
 import json
 import re
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -14,6 +13,7 @@ import time
 import pytest
 
 from .conftest import FREE_THREADED, ROOT, free_port
+from .test_cli import run_cli
 
 APP = "tests.apps.runtime_app:api"
 SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$")
@@ -190,23 +190,7 @@ def test_a_busy_metrics_port_fails_the_start_clearly():
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         busy = taken.getsockname()[1]
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "percore",
-                "serve",
-                APP,
-                "--port",
-                str(free_port()),
-                "--metrics-port",
-                str(busy),
-            ],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        result = run_cli("serve", APP, "--port", str(free_port()), "--metrics-port", str(busy), timeout=60)
     assert result.returncode == 1
     assert f"metrics port {busy} on 127.0.0.1 is already in use" in result.stderr
 
