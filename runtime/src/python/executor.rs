@@ -265,7 +265,7 @@ impl PyExecutor {
         endpoint: &AsgiEndpoint,
         request: HttpRequest,
     ) -> Result<HttpResponse, oneshot::Receiver<HttpResponse>> {
-        let name = format!("{} {}", request.method, request.uri.path());
+        let name = asgi::request_name(&request);
         let (reply, mut response) = oneshot::channel();
         let loop_state = self
             .loop_state
@@ -292,6 +292,7 @@ impl PyExecutor {
                         request,
                         loop_state.as_ref(),
                         reply,
+                        name.clone(),
                     )?;
                     (exchange.clone(), arguments, Some(exchange))
                 };

@@ -78,6 +78,7 @@ fn _runtime(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<request::Request>()?;
     m.add_class::<task::RequestTask>()?;
     m.add_class::<asgi::Ready>()?;
+    m.add_class::<asgi::Done>()?;
     m.add_class::<response::ChunkSender>()?;
     m.add_function(wrap_pyfunction!(current_request_task, m)?)?;
     m.add_function(wrap_pyfunction!(dumps, m)?)?;
