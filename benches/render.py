@@ -3,7 +3,8 @@
     python benches/render.py                         # the newest benches/results/*.json
     python benches/render.py RESULTS.json [--docs]   # --docs also rewrites the results block of docs/benchmarks.md
 
-Writes <stem>.md (tables: every contender × endpoint, then percore ÷ peer ratios) and <stem>-rps.png,
+Writes <stem>.md (tables: every contender × endpoint, then the percore ÷ peer ratios run.py took per
+round) and <stem>-rps.png,
 <stem>-latency.png, and prints the markdown. Charts need matplotlib (the peers venv has it: scripts/dev
 bench renders from there); without it only the markdown is written. `scripts/dev bench` runs this after
 every run, with --docs when the run covered every contender.
@@ -26,23 +27,6 @@ BEGIN, END = "<!-- bench-results:begin (benches/render.py --docs) -->", "<!-- be
 HYPER = "hyper (pure Rust, the limit)"
 NOT_APPLICABLE = "n/a (no Python)"
 SMOKE_SECONDS = 10  # runs × duration below this: labelled a smoke run, not a measurement
-
-
-def ratio_pairs(names: list[str]) -> list[tuple[str, str]]:
-    """(percore contender, the peer it is divided by): the same app, or each server's rawest interface."""
-    pairs = []
-    for build in ("3.13t", "3.13 GIL"):
-        fastapi, starlette = f"percore FastAPI, 1 loop ({build})", f"percore Starlette, 1 loop ({build})"
-        native = f"percore native, 1 loop ({build})"
-        pairs += [
-            (fastapi, "uvicorn FastAPI (uvloop+httptools)"),
-            (fastapi, "Granian ASGI FastAPI"),
-            (starlette, "uvicorn Starlette (uvloop+httptools)"),
-            (starlette, "Granian ASGI Starlette"),
-            (native, "Granian RSGI (raw)"),
-            (native, "Robyn"),
-        ]
-    return [(a, b) for a, b in pairs if a in names and b in names]
 
 
 def endpoint_keys(document: dict) -> list[str]:
@@ -88,33 +72,39 @@ def table(document: dict) -> str:
 
 
 def ratios(document: dict) -> str:
-    """Median req/s of percore ÷ its peer, per endpoint both served; empty if no pair ran."""
-    results = document["results"]
-    rows = ratio_pairs(list(results))
-    columns = [key for key in endpoint_keys(document) if any(key in results[a] for a, _ in rows)]
-    if not rows:
+    """percore ÷ peer per endpoint: the median of the per-round ratios run.py recorded (each taken within
+    one round, so both sides met the same machine), with their min–max; empty if no pair ran (or the file
+    predates interleaved rounds)."""
+    pairs = document.get("ratios", [])
+    columns = [key for key in endpoint_keys(document) if any(key in pair["endpoints"] for pair in pairs)]
+    if not columns:
         return ""
     lines = [
-        "| req/s ratio (× > 1: percore faster) | " + " | ".join(f"`{key}`" for key in columns) + " |",
+        "| percore ÷ peer (× > 1: percore faster) | " + " | ".join(f"`{key}`" for key in columns) + " |",
         "|---|" + "---:|" * len(columns),
     ]
-    for a, b in rows:
+    for pair in pairs:
         cells = []
         for key in columns:
-            if key in results[a] and key in results[b] and results[b][key]["median_rps"]:
-                cells.append(f"{results[a][key]['median_rps'] / results[b][key]['median_rps']:.2f}×")
-            else:
+            found = pair["endpoints"].get(key)
+            if found is None:
                 cells.append("–")
-        lines.append(f"| {a} ÷ {b} | " + " | ".join(cells) + " |")
+                continue
+            values = [entry["ratio"] for entry in found["per_round"]]
+            spread = f" ({min(values):.2f}–{max(values):.2f})" if len(values) > 1 else ""
+            cells.append(f"{found['median']:.2f}×{spread}")
+        lines.append(f"| {pair['percore']} ÷ {pair['peer']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def color(name: str) -> str:
     if name.startswith("percore"):
         return "#1f5fa8" if "3.13t" in name else "#6fa8dc"
-    for prefix, value in (("Granian", "#e69138"), ("uvicorn", "#6aa84f"), ("Robyn", "#8e63b5")):
+    # Like percore's: the darker shade for the peers on 3.13t.
+    peers = {"Granian": ("#e69138", "#b45f06"), "uvicorn": ("#6aa84f", "#38761d"), "Robyn": ("#8e63b5",) * 2}
+    for prefix, (gil, nogil) in peers.items():
         if name.startswith(prefix):
-            return value
+            return nogil if "3.13t" in name else gil
     return "#666666"
 
 
@@ -197,9 +187,9 @@ def markdown(document: dict, images: list[Path], relative_to: Path) -> str:
     lines = [
         f"Run of {machine['date']}, commit {machine['commit']}"
         + (" (with uncommitted changes)" if machine.get("uncommitted_changes") else "")
-        + f", {machine['cores']} cores ({machine['cpu']}); {settings['runs']} × {settings['duration']} s per "
-        f"endpoint after a {settings['warmup']} s warm-up, {settings['connections']} connections "
-        "unless noted."
+        + f", {machine['cores']} cores ({machine['cpu']}); "
+        + runs_sentence(settings)
+        + f", {settings['connections']} connections unless noted."
         + (f" Contenders restricted with --only {settings['only']}." if settings.get("only") else "")
         + (
             " Server and wrk under SCHED_FIFO (`chrt -f 10`)."
@@ -218,12 +208,28 @@ def markdown(document: dict, images: list[Path], relative_to: Path) -> str:
     lines += [table(document), ""]
     summary = ratios(document)
     if summary:
-        lines += ["Ratios (same run):", "", summary, ""]
+        lines += [
+            "Ratios: per endpoint the median over the rounds of percore's req/s ÷ the peer's in the same "
+            "round (the two measured a minute or two apart), per-round min–max in brackets:",
+            "",
+            summary,
+            "",
+        ]
     if document.get("problems"):
         lines += ["Problems in this run (numbers for these are not comparable):", ""]
         lines += [f"- {problem}" for problem in document["problems"]] + [""]
     lines.append(f"Raw data: `{_relative(document['_path'], ROOT)}`.")
     return "\n".join(lines) + "\n"
+
+
+def runs_sentence(settings: dict) -> str:
+    runs, duration, warmup = settings["runs"], settings["duration"], settings["warmup"]
+    if settings.get("interleaved"):
+        return (
+            f"{runs} interleaved rounds (each round restarts every contender and measures each endpoint once: "
+            f"{warmup} s warm-up, {duration} s run)"
+        )
+    return f"{runs} × {duration} s per endpoint after a {warmup} s warm-up"
 
 
 def _relative(path: Path, base: Path) -> str:

@@ -6,15 +6,21 @@
 
 Environment (scripts/dev bench sets it): PERCORE_PYTHON_NOGIL / PERCORE_PYTHON_GIL — interpreters with a
 release build of percore (and FastAPI) installed; HYPER_BASELINE — the benches/hyper-baseline binary;
-PEERS_PYTHON — a GIL CPython with benches/requirements-peers.txt (uvicorn, Granian, Robyn). Contenders whose
-variable is unset are left out.
+PEERS_PYTHON — a GIL CPython 3.13 with benches/requirements-peers.txt (uvicorn, Granian, Robyn);
+PEERS_PYTHON_NOGIL — a CPython 3.13t with benches/requirements-peers-nogil.txt (uvicorn, Granian). Contenders
+whose variable is unset are left out.
 
 Every contender serves the same endpoints (benches/apps/) with one worker, one event loop, one thread,
-pinned to core 1. Before measuring, each endpoint is requested once and must answer 2xx.
+pinned to core 1. The measurement is interleaved, because throughput on a shared machine drifts by ±20%
+over minutes: --runs rounds, and in each round every contender is started, each of its endpoints is
+requested once (must answer 2xx), warmed up for --warmup s and measured once for --duration s, and it is
+stopped. The contender order changes every round (rotated, and reversed every other round) so that none is
+always first, and peers stay next to each other. Each percore ÷ peer ratio is taken within a round (same
+machine mood), and the median of those per-round ratios is what the run reports.
 
-Results: a JSON file per run in benches/results/ (machine, versions, commit, every repetition);
-benches/render.py turns it into markdown tables and PNG charts beside it (scripts/dev bench runs both).
-Conclusions are drawn from ratios within one run, never from absolute numbers.
+Results: a JSON file per run in benches/results/ (machine, versions, commit, every run with its round,
+the per-round ratios); benches/render.py turns it into markdown tables and PNG charts beside it
+(scripts/dev bench runs both). Conclusions are drawn from ratios within one run, never from absolute numbers.
 """
 
 from __future__ import annotations
@@ -79,13 +85,49 @@ APP_ENDPOINTS += [Endpoint("/cpu"), SLEEP]
 HYPER_ENDPOINTS = [Endpoint("/json"), SLEEP]
 
 HYPER = "hyper (pure Rust, the limit)"
-UVICORN = "uvicorn {} (uvloop+httptools)"
-GRANIAN_ASGI = "Granian ASGI {}"
-GRANIAN_RSGI = "Granian RSGI (raw)"
 ROBYN = "Robyn"
-PERCORE = "percore {}, 1 loop ({})"
+PERCORE = "percore {}, 1 loop ({})"  # app, build
 BUILDS = [("PERCORE_PYTHON_NOGIL", "3.13t"), ("PERCORE_PYTHON_GIL", "3.13 GIL")]
 FRAMEWORKS = {"FastAPI": "benches.apps.fastapi_app:app", "Starlette": "benches.apps.starlette_app:app"}
+RSGI_APP = "benches.apps.rsgi_app:app"
+
+
+@dataclass(frozen=True)
+class PeerStack:
+    """The peers' venv of one CPython build (`variable` names its python) and how the peers run on it."""
+
+    variable: str
+    loop: str  # uvicorn's and Granian's event loop
+    http: str  # uvicorn's HTTP parser
+    uvicorn: str  # contender names; {} is the framework
+    granian_asgi: str
+    granian_rsgi: str
+    robyn: bool
+
+
+# The peers of each percore build, on the same interpreter. uvloop and httptools (and Robyn) have no 3.13t
+# wheels, so on 3.13t uvicorn runs on asyncio with the pure-Python h11 and Granian on asyncio; the GIL names
+# are kept as they were before the 3.13t peers existed, so earlier runs stay comparable.
+PEERS = {
+    "3.13t": PeerStack(
+        "PEERS_PYTHON_NOGIL",
+        loop="asyncio",
+        http="h11",
+        uvicorn="uvicorn {} (3.13t, h11)",
+        granian_asgi="Granian ASGI {} (3.13t, asyncio)",
+        granian_rsgi="Granian RSGI (raw, 3.13t)",
+        robyn=False,
+    ),
+    "3.13 GIL": PeerStack(
+        "PEERS_PYTHON",
+        loop="uvloop",
+        http="httptools",
+        uvicorn="uvicorn {} (uvloop+httptools)",
+        granian_asgi="Granian ASGI {}",
+        granian_rsgi="Granian RSGI (raw)",
+        robyn=True,
+    ),
+}
 
 
 @dataclass
@@ -94,7 +136,7 @@ class Contender:
     command: list[str]
     endpoints: list[Endpoint]
     env: dict[str, str] = field(default_factory=dict)
-    # Robyn 0.88 in single-process mode ignores SIGTERM and SIGINT (measured): it is killed after the
+    # Robyn 0.88 in single-process mode ignores SIGTERM and SIGINT (measured): it is killed after a short
     # grace period every time, which says nothing about the numbers, so it is not reported as a problem.
     killed_is_expected: bool = False
 
@@ -109,19 +151,20 @@ def percore(python: str, app: str) -> list[str]:
     return [python, "-m", "percore", "serve", app, "--loops", "1", "--log-level", "warning", "--port", PORT]
 
 
-def uvicorn(python: str, app: str) -> list[str]:
+def uvicorn(python: str, app: str, stack: PeerStack) -> list[str]:
     return [
         *(python, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", PORT, "--workers", "1"),
-        *("--loop", "uvloop", "--http", "httptools", "--log-level", "warning", "--no-access-log"),
+        *("--loop", stack.loop, "--http", stack.http, "--log-level", "warning", "--no-access-log"),
     ]
 
 
-def granian(python: str, interface: str, app: str) -> list[str]:
-    # One worker process with one Rust runtime thread; the event loop is named rather than left to "auto"
-    # (which picks uvloop when installed). HTTP/1 only, like every other contender here.
+def granian(python: str, interface: str, app: str, stack: PeerStack) -> list[str]:
+    # One worker (a process on the GIL build, a thread of this process on 3.13t) with one Rust runtime
+    # thread; the event loop is named rather than left to "auto" (which picks uvloop when installed).
+    # HTTP/1 only, like every other contender here.
     return [
         *(python, "-m", "granian", "--interface", interface, "--host", "127.0.0.1", "--port", PORT),
-        *("--workers", "1", "--runtime-threads", "1", "--loop", "uvloop", "--http", "1", "--no-ws"),
+        *("--workers", "1", "--runtime-threads", "1", "--loop", stack.loop, "--http", "1", "--no-ws"),
         *("--no-access-log", "--log-level", "warning", app),
     ]
 
@@ -134,41 +177,51 @@ def robyn(python: str) -> list[str]:
 
 
 def contenders() -> list[Contender]:
-    """Every contender the environment provides, grouped so that peers sit next to each other."""
-    pythons = [(os.environ[key], label) for key, label in BUILDS if os.environ.get(key)]
-    peers = os.environ.get("PEERS_PYTHON")
+    """Every contender the environment provides, grouped so that like-for-like peers sit next to each
+    other: per app, each percore build followed by the peers on the same interpreter."""
     found = []
     baseline = os.environ.get("HYPER_BASELINE")
     if baseline:
         found.append(Contender(HYPER, [baseline, PORT], HYPER_ENDPOINTS))
-    for python, label in pythons:
-        found.append(
-            Contender(
-                PERCORE.format("native", label), percore(python, "benches.apps.native:api"), APP_ENDPOINTS
-            )
-        )
-    if peers:
-        found.append(
-            Contender(GRANIAN_RSGI, granian(peers, "rsgi", "benches.apps.rsgi_app:app"), APP_ENDPOINTS)
-        )
-        found.append(
-            Contender(
-                ROBYN,
-                robyn(peers),
-                APP_ENDPOINTS,
-                env={"ROBYN_HOST": "127.0.0.1", "ROBYN_PORT": PORT},
-                killed_is_expected=True,
-            )
-        )
-    for framework, app in FRAMEWORKS.items():
-        for python, label in pythons:
-            found.append(Contender(PERCORE.format(framework, label), percore(python, app), APP_ENDPOINTS))
+    builds = [(os.environ.get(variable), label, PEERS[label]) for variable, label in BUILDS]
+    for python, label, stack in builds:
+        peers = os.environ.get(stack.variable)
+        if python:
+            native = percore(python, "benches.apps.native:api")
+            found.append(Contender(PERCORE.format("native", label), native, APP_ENDPOINTS))
         if peers:
-            found.append(Contender(UVICORN.format(framework), uvicorn(peers, app), APP_ENDPOINTS))
-            found.append(
-                Contender(GRANIAN_ASGI.format(framework), granian(peers, "asgi", app), APP_ENDPOINTS)
-            )
+            rsgi = granian(peers, "rsgi", RSGI_APP, stack)
+            found.append(Contender(stack.granian_rsgi, rsgi, APP_ENDPOINTS))
+        if peers and stack.robyn:
+            env = {"ROBYN_HOST": "127.0.0.1", "ROBYN_PORT": PORT}
+            found.append(Contender(ROBYN, robyn(peers), APP_ENDPOINTS, env=env, killed_is_expected=True))
+    for framework, app in FRAMEWORKS.items():
+        for python, label, stack in builds:
+            peers = os.environ.get(stack.variable)
+            if python:
+                found.append(Contender(PERCORE.format(framework, label), percore(python, app), APP_ENDPOINTS))
+            if peers:
+                found.append(
+                    Contender(stack.uvicorn.format(framework), uvicorn(peers, app, stack), APP_ENDPOINTS)
+                )
+                asgi = granian(peers, "asgi", app, stack)
+                found.append(Contender(stack.granian_asgi.format(framework), asgi, APP_ENDPOINTS))
     return found
+
+
+def ratio_pairs(names: list[str]) -> list[tuple[str, str]]:
+    """(percore contender, the peer it is divided by) among `names`: the same app on the same interpreter,
+    or each server's rawest interface (native ÷ Granian RSGI, and Robyn on the GIL build)."""
+    pairs = []
+    for label, stack in PEERS.items():
+        for framework in FRAMEWORKS:
+            mine = PERCORE.format(framework, label)
+            pairs += [(mine, stack.uvicorn.format(framework)), (mine, stack.granian_asgi.format(framework))]
+        native = PERCORE.format("native", label)
+        pairs.append((native, stack.granian_rsgi))
+        if stack.robyn:
+            pairs.append((native, ROBYN))
+    return [(mine, peer) for mine, peer in pairs if mine in names and peer in names]
 
 
 def request(port: int, method: str, path: str, body: bytes | None, timeout: float) -> tuple[int, bytes]:
@@ -239,15 +292,15 @@ def wrk(url: str, script: Path | None, duration: int, connections: int) -> dict:
     return parse_wrk(output)
 
 
-def stop(process: subprocess.Popen) -> dict:
-    """SIGTERM, up to 10 s for a graceful exit, then SIGKILL to the whole process group (Granian's worker
-    processes included) so that nothing of this contender is left to compete with the next one."""
+def stop(process: subprocess.Popen, grace: float = 10) -> dict:
+    """SIGTERM, up to `grace` s for a graceful exit, then SIGKILL to the whole process group (Granian's
+    worker processes included) so that nothing of this contender is left to compete with the next one."""
     started = time.monotonic()
     killed = False
     if process.poll() is None:
         process.terminate()
         try:
-            process.wait(timeout=10)
+            process.wait(timeout=grace)
         except subprocess.TimeoutExpired:
             killed = True
     try:
@@ -297,18 +350,44 @@ def extension_problems(before: dict | None, python: str) -> list[str]:
     return problems
 
 
-def measure(contender: Contender, args) -> tuple[dict, dict]:
-    """Results per endpoint key, and what happened to the server (command, exit, failures)."""
-    is_percore = contender.name.startswith("percore")
-    extension = percore_extension(contender.command[0]) if is_percore else None
+@dataclass
+class Record:
+    """What the rounds measured of one contender: per endpoint key its runs (one per round it answered in,
+    each tagged with its round) and the pre-flight response of the first round; `server` is the command,
+    the percore extension, each start's stop, and the failures."""
+
+    runs: dict[str, list[dict]] = field(default_factory=dict)
+    samples: dict[str, dict] = field(default_factory=dict)
+    server: dict = field(default_factory=dict)
+
+
+ERRORS = (OSError, RuntimeError, http.client.HTTPException, subprocess.CalledProcessError)
+# Robyn ignores SIGTERM (Contender.killed_is_expected): no point waiting the full grace period every round.
+KILL_GRACE_SECONDS = 1
+
+
+def round_order(chosen: list[Contender], index: int, rounds: int) -> list[Contender]:
+    """The contenders in the order round `index` measures them: rotated by an even share of the list per
+    round, and reversed every other round, so that no contender is always first and a pair of neighbours
+    is measured A-then-B in one round and B-then-A in the next (a drift within a round then evens out)."""
+    shift = index * len(chosen) // max(rounds, 1)
+    order = chosen[shift:] + chosen[:shift]
+    return order[::-1] if index % 2 else order
+
+
+def measure_round(contender: Contender, args, index: int, record: Record) -> None:
+    """Start the contender, measure each endpoint once (`measure_endpoint`), stop it; into `record`."""
     port = free_port()
     command = [part.replace(PORT, str(port)) for part in contender.command]
     extra = {key: value.replace(PORT, str(port)) for key, value in contender.env.items()}
     env = dict(os.environ, PYTHONPATH=str(ROOT), **extra)
-    results: dict = {}
-    server: dict = {"command": command, "failures": [], "killed_is_expected": contender.killed_is_expected}
-    if extension:
-        server["extension"] = extension
+    server = record.server
+    failures_before = len(server["failures"])
+
+    def fail(message: str) -> None:
+        server["failures"].append(f"round {index + 1}: {message}")
+        print(f"  {contender.name:44} FAILED: {message}", flush=True)
+
     with tempfile.TemporaryFile("w+") as log:
         process = subprocess.Popen(
             [*REALTIME, "taskset", "-c", SERVER_CORE, *command],
@@ -324,50 +403,55 @@ def measure(contender: Contender, args) -> tuple[dict, dict]:
             for endpoint in contender.endpoints:
                 key = endpoint.key
                 try:
-                    results[key] = measure_endpoint(port, endpoint, args)
-                except (
-                    OSError,
-                    RuntimeError,
-                    http.client.HTTPException,
-                    subprocess.CalledProcessError,
-                ) as error:
-                    server["failures"].append(f"{key}: {error}")
-                    print(f"  {contender.name:44} {key:16} FAILED: {error}", flush=True)
+                    run, sample = measure_endpoint(port, endpoint, args)
+                except ERRORS as error:
+                    fail(f"{key}: {error}")
                     continue
-                rate = results[key]["median_rps"]
+                run["round"] = index + 1
+                record.runs.setdefault(key, []).append(run)
+                record.samples.setdefault(key, sample)
+                rate = run["requests_per_second"]
                 print(f"  {contender.name:44} {key:16} {rate:>10.0f} req/s", flush=True)
                 if process.poll() is not None:
-                    server["failures"].append(f"server exited with {process.returncode} after {key}")
+                    fail(f"server exited with {process.returncode} after {key}")
                     break
         except RuntimeError as error:
-            server["failures"].append(str(error))
-            print(f"  FAILED: {error}", flush=True)
+            fail(str(error))
         finally:
-            server.update(stop(process))
-            for problem in extension_problems(extension, contender.command[0]):
-                server["failures"].append(problem)
-                print(f"  PROBLEM: {problem}", flush=True)
+            grace = KILL_GRACE_SECONDS if contender.killed_is_expected else 10
+            stopped = {"round": index + 1, "port": port, **stop(process, grace)}
+            server["stops"].append(stopped)
             log.seek(0)
             output = log.read()
-        if server["failures"] and output.strip():
-            server["log_tail"] = output[-3000:]
+        if len(server["failures"]) > failures_before and output.strip():
+            server.setdefault("log_tails", []).append(f"round {index + 1}:\n{output[-3000:]}")
             print(
                 "  server output (tail):\n    " + output[-3000:].strip().replace("\n", "\n    "), flush=True
             )
     # uvicorn re-raises SIGTERM after its graceful shutdown, so -15 without a kill is graceful too.
-    graceful = "" if server["exit"] in (0, -signal.SIGTERM) and not server["killed"] else " (not graceful)"
-    print(f"  stopped: exit {server['exit']} after {server['stop_seconds']} s{graceful}", flush=True)
-    return results, server
+    graceful = stopped["exit"] in (0, -signal.SIGTERM) and not stopped["killed"]
+    note = "" if graceful or contender.killed_is_expected else " (not graceful)"
+    print(f"  stopped: exit {stopped['exit']} after {stopped['stop_seconds']} s{note}", flush=True)
 
 
-def measure_endpoint(port: int, endpoint: Endpoint, args) -> dict:
+def measure_endpoint(port: int, endpoint: Endpoint, args) -> tuple[dict, dict]:
+    """The pre-flight request (must be 2xx), a --warmup s wrk run, then one measured --duration s run:
+    the measured run's wrk figures, and a sample of the pre-flight response."""
     status, body = request(port, endpoint.method, endpoint.path, request_body(endpoint.script), timeout=10)
     if not 200 <= status < 300:
         raise RuntimeError(f"answered {status} before measuring: {body[:300]!r}")
     url = f"http://127.0.0.1:{port}{endpoint.path}"
     connections = endpoint.connections or args.connections
-    wrk(url, endpoint.script, args.warmup, connections)
-    runs = [wrk(url, endpoint.script, args.duration, connections) for _ in range(args.runs)]
+    if args.warmup > 0:
+        wrk(url, endpoint.script, args.warmup, connections)
+    run = wrk(url, endpoint.script, args.duration, connections)
+    run["connections"] = connections
+    sample = {"status": status, "bytes": len(body), "body": body[:200].decode("utf-8", "replace")}
+    return run, sample
+
+
+def summarise(runs: list[dict], sample: dict) -> dict:
+    """One endpoint of one contender over the rounds: median req/s with its min–max, median p50/p99."""
     rates = [run["requests_per_second"] for run in runs]
     return {
         "median_rps": statistics.median(rates),
@@ -376,13 +460,74 @@ def measure_endpoint(port: int, endpoint: Endpoint, args) -> dict:
         "p50_ms": statistics.median(run.get("p50_ms", float("nan")) for run in runs),
         "p99_ms": statistics.median(run.get("p99_ms", float("nan")) for run in runs),
         "errors": sum(run["non_2xx"] for run in runs),
-        "connections": connections,
+        "connections": runs[0]["connections"],
         "runs": runs,
-        "sample": {"status": status, "bytes": len(body), "body": body[:200].decode("utf-8", "replace")},
+        "sample": sample,
     }
 
 
-PACKAGES = ["fastapi", "starlette", "pydantic", "anyio", "uvicorn", "uvloop", "httptools", "granian", "robyn"]
+def round_ratios(records: dict[str, Record]) -> list[dict]:
+    """Per ratio pair and endpoint: percore's req/s ÷ the peer's in each round both were measured in, and
+    the median of those per-round ratios (the figure the run reports: same round, same machine mood)."""
+    found = []
+    for mine, peer in ratio_pairs(list(records)):
+        endpoints = {}
+        for key, my_runs in records[mine].runs.items():
+            theirs = {run["round"]: run["requests_per_second"] for run in records[peer].runs.get(key, [])}
+            per_round = [
+                {"round": run["round"], "ratio": round(run["requests_per_second"] / theirs[run["round"]], 4)}
+                for run in my_runs
+                if theirs.get(run["round"])
+            ]
+            if per_round:
+                median = statistics.median(entry["ratio"] for entry in per_round)
+                endpoints[key] = {"median": round(median, 4), "per_round": per_round}
+        if endpoints:
+            found.append({"percore": mine, "peer": peer, "endpoints": endpoints})
+    return found
+
+
+def measure(chosen: list[Contender], args) -> tuple[dict[str, Record], list[dict]]:
+    """Every round (`round_order`), every contender in it (`measure_round`): the records, and per round
+    its contender order and duration."""
+    records = {}
+    for contender in chosen:
+        server = {"command": contender.command, "failures": [], "stops": []}
+        server["killed_is_expected"] = contender.killed_is_expected
+        if contender.name.startswith("percore"):
+            server["extension"] = percore_extension(contender.command[0])
+        records[contender.name] = Record(server=server)
+    rounds = []
+    for index in range(args.runs):
+        order = round_order(chosen, index, args.runs)
+        started = time.monotonic()
+        print(f"round {index + 1}/{args.runs}", flush=True)
+        for contender in order:
+            print(f" {contender.name}", flush=True)
+            measure_round(contender, args, index, records[contender.name])
+        seconds = round(time.monotonic() - started)
+        rounds.append({"round": index + 1, "order": [c.name for c in order], "seconds": seconds})
+        print(f"round {index + 1}/{args.runs} took {seconds // 60} min {seconds % 60} s", flush=True)
+    for contender in chosen:
+        server = records[contender.name].server
+        for problem in extension_problems(server.get("extension"), contender.command[0]):
+            server["failures"].append(problem)
+            print(f"PROBLEM: {contender.name}: {problem}", flush=True)
+    return records, rounds
+
+
+PACKAGES = [
+    "fastapi",
+    "starlette",
+    "pydantic",
+    "anyio",
+    "uvicorn",
+    "uvloop",
+    "httptools",
+    "h11",
+    "granian",
+    "robyn",
+]
 
 
 def machine() -> dict:
@@ -407,9 +552,8 @@ def machine() -> dict:
         except (OSError, ValueError):
             return {}
 
-    keys = [
-        key for key in ("PERCORE_PYTHON_NOGIL", "PERCORE_PYTHON_GIL", "PEERS_PYTHON") if os.environ.get(key)
-    ]
+    variables = [variable for variable, _ in BUILDS] + [stack.variable for stack in PEERS.values()]
+    keys = [key for key in variables if os.environ.get(key)]
     commit = version(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"])
     status = subprocess.run(
         ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
@@ -441,8 +585,10 @@ def problems(results: dict, servers: dict) -> list[str]:
     found = []
     for name, server in servers.items():
         found += [f"{name}: {failure}" for failure in server["failures"]]
-        if server.get("killed") and not server.get("killed_is_expected"):
-            found.append(f"{name}: did not exit within 10 s of SIGTERM, killed")
+        killed = [stopped["round"] for stopped in server["stops"] if stopped["killed"]]
+        if killed and not server["killed_is_expected"]:
+            rounds = ", ".join(map(str, killed))
+            found.append(f"{name}: did not exit within 10 s of SIGTERM, killed (round {rounds})")
     for name, endpoints in results.items():
         for key, r in endpoints.items():
             socket_errors = [run["socket_errors"] for run in r["runs"] if run["socket_errors"]]
@@ -458,8 +604,15 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--duration", type=int, default=10, help="seconds per measured run (default 10)")
-    parser.add_argument("--warmup", type=int, default=2, help="seconds of warm-up per endpoint (default 2)")
-    parser.add_argument("--runs", type=int, default=3, help="measured runs per endpoint (default 3)")
+    parser.add_argument(
+        "--warmup", type=int, default=1, help="seconds of warm-up per endpoint and round (default 1)"
+    )
+    parser.add_argument(
+        "--runs",
+        type=int,
+        default=3,
+        help="rounds; each measures every contender once per endpoint, so also the runs per endpoint (default 3)",
+    )
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument(
         "--only",
@@ -505,16 +658,22 @@ def main() -> int:
     if (os.cpu_count() or 1) < 2:
         print("needs 2 cores: one for the server, one for wrk", file=sys.stderr)
         return 1
-    results, servers = {}, {}
-    for contender in chosen:
-        print(f"{contender.name}", flush=True)
-        results[contender.name], servers[contender.name] = measure(contender, args)
+    if args.runs < 1 or args.duration < 1 or args.warmup < 0:
+        print("--runs and --duration must be at least 1, --warmup at least 0", file=sys.stderr)
+        return 1
+    records, rounds = measure(chosen, args)
+    results = {
+        name: {key: summarise(runs, record.samples[key]) for key, runs in record.runs.items()}
+        for name, record in records.items()
+    }
+    servers = {name: record.server for name, record in records.items()}
     info = machine()
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"{info['date'][:10]}-{info['commit']}.json"
     if path.exists():  # a second run (or an --only rerun) on the same day and commit keeps the first
         path = path.with_stem(f"{path.stem}-{info['date'][11:19].replace(':', '')}")
     settings = {k: v for k, v in vars(args).items() if k not in ("out", "list")}
+    settings["interleaved"] = True  # --runs rounds of every contender; earlier files: runs back to back
     trouble = problems(results, servers)
     document = {
         "machine": info,
@@ -524,6 +683,9 @@ def main() -> int:
             {"key": e.key, "connections": e.connections or args.connections} for e in APP_ENDPOINTS
         ],
         "results": results,
+        # percore ÷ peer per round, and the median of those ratios (benches/render.py's ratio table).
+        "ratios": round_ratios(records),
+        "rounds": rounds,
         "servers": servers,
         "problems": trouble,
     }
