@@ -14,6 +14,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -30,6 +31,47 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def run_cli(*args: str, path: tuple[Path, ...] = (), timeout: float = 120) -> subprocess.CompletedProcess:
+    """`python -m percore ARGS` to completion, output captured; `path` goes before the repository on
+    PYTHONPATH (apps written into a test's tmp_path). The timeout is generous: the machine is small and busy,
+    and a command that hangs still fails the test."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([*map(str, path), str(ROOT)]))
+    return subprocess.run(
+        [sys.executable, "-m", "percore", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def assert_one_clear_line(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    """The command failed with a single `runtime: error: ...` line on stderr naming every fragment."""
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("runtime: error: ")
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def leave_an_endless_stream(port: int, path: str = "/endless", chunks: int = 3) -> None:
+    """GET `path`, a streamed response that never ends, read until `chunks` b"tick"s arrived, then hang up
+    (the client leaves mid-stream; the server must stop producing)."""
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    try:
+        raw.sendall(f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+        received = b""
+        while received.count(b"tick") < chunks:
+            chunk = raw.recv(4096)
+            assert chunk, f"the stream ended after {received!r}"
+            received += chunk
+    finally:
+        raw.close()
 
 
 class Response:
@@ -65,11 +107,22 @@ class Client:
 
 
 class ServerProcess:
-    """`python -m percore serve APP` in a subprocess, stopped with SIGTERM."""
+    """`python -m percore serve APP` in a subprocess, stopped with SIGTERM.
 
-    def __init__(self, app: str, *args: str, port: int | None = None, server: str = "percore") -> None:
+    Its stderr goes to a file, read at stop() (and by read_stderr() at any time); with stderr="pipe" it is a
+    pipe that nobody reads while the server runs (a stalled log reader), read to its end by stop()."""
+
+    def __init__(
+        self,
+        app: str,
+        *args: str,
+        port: int | None = None,
+        server: str = "percore",
+        stderr: Literal["file", "pipe"] = "file",
+    ) -> None:
         self.port = port or free_port()
         self.server = server
+        self.stderr_to = stderr
         if server == "percore":
             self.command = [sys.executable, "-m", "percore", "serve", app, "--port", str(self.port), *args]
         else:  # the reference server, for side-by-side comparisons
@@ -79,11 +132,16 @@ class ServerProcess:
 
     def start(self, timeout: float = 20.0) -> ServerProcess:
         env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        # stderr to a file, not a pipe read only at the end: a server that logs more than a pipe holds
-        # (~64 KiB of tracebacks) would block in its log call and stop answering.
-        self._stderr_file = tempfile.TemporaryFile("w+")
+        # stderr to a file by default, not a pipe read only at the end: a server that logs more than a pipe
+        # holds (~64 KiB of tracebacks) would block in its log call and stop answering.
+        self._stderr_file = tempfile.TemporaryFile("w+") if self.stderr_to == "file" else None
         self.process = subprocess.Popen(
-            self.command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=self._stderr_file, text=True
+            self.command,
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=self._stderr_file or subprocess.PIPE,
+            text=True,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -114,16 +172,22 @@ class ServerProcess:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
         try:
-            self.process.wait(timeout=timeout)
+            self.stderr = self._wait(timeout)
         except subprocess.TimeoutExpired:
             self.process.kill()
-            self.process.wait()
-            self.stderr = self.read_stderr()
+            self.stderr = self._wait(None)
             raise AssertionError(f"server did not exit within {timeout}s of SIGTERM") from None
-        self.stderr = self.read_stderr()
         return self.process.returncode
 
+    def _wait(self, timeout: float | None) -> str:
+        """Wait for the exit; returns all of stderr."""
+        if self._stderr_file is None:  # a pipe: read while waiting, or a full one would hold up the exit
+            return self.process.communicate(timeout=timeout)[1]
+        self.process.wait(timeout=timeout)
+        return self.read_stderr()
+
     def read_stderr(self) -> str:
+        assert self._stderr_file is not None, "stderr is a pipe: it is read by stop()"
         self._stderr_file.seek(0)
         return self._stderr_file.read()
 
@@ -133,8 +197,10 @@ def serve() -> Iterator:
     """serve(app, *cli_args) -> a started ServerProcess; all are stopped (and must exit 0) at teardown."""
     started: list[ServerProcess] = []
 
-    def start(app: str, *args: str, server: str = "percore") -> ServerProcess:
-        server = ServerProcess(app, *args, server=server).start()
+    def start(
+        app: str, *args: str, server: str = "percore", stderr: Literal["file", "pipe"] = "file"
+    ) -> ServerProcess:
+        server = ServerProcess(app, *args, server=server, stderr=stderr).start()
         started.append(server)
         return server
 

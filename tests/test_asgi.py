@@ -14,7 +14,14 @@ import time
 import pytest
 
 from .apps import starlette_app
-from .conftest import FREE_THREADED, ServerProcess, free_port
+from .conftest import (
+    FREE_THREADED,
+    ServerProcess,
+    assert_one_clear_line,
+    free_port,
+    leave_an_endless_stream,
+    run_cli,
+)
 from .websocket_client import BINARY, TEXT
 from .websocket_client import connect as connect_websocket
 
@@ -326,8 +333,6 @@ def test_concurrent_requests_across_loops(serve):
     ],
 )
 def test_objects_that_are_not_asgi_3_apps_fail_at_startup(target, args, fragment):
-    from .test_cli import assert_one_clear_line, run_cli
-
     assert_one_clear_line(run_cli("serve", target, *args), fragment)
 
 
@@ -376,12 +381,7 @@ def test_websocket_denied_before_accept(websocket_server, path, status):
 
 def test_a_client_leaving_a_stream_stops_the_generator(serve):
     server = serve(STARLETTE, "--loops", "1")
-    raw = socket.create_connection(("127.0.0.1", server.port), timeout=10)
-    raw.sendall(b"GET /endless HTTP/1.1\r\nHost: t\r\n\r\n")
-    received = b""
-    while received.count(b"tick") < 3:
-        received += raw.recv(4096)
-    raw.close()
+    leave_an_endless_stream(server.port)
     deadline = time.monotonic() + 5
     while server.get("/stream-log").json()["events"] != ["stream closed"]:
         assert time.monotonic() < deadline, "the stream kept running after its client left"

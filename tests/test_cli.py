@@ -2,37 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
 import sys
 import time
 
 import pytest
 
-from .conftest import FREE_THREADED, ROOT, ServerProcess
-
-
-def run_cli(*args: str, timeout: float = 20) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run(
-        [sys.executable, "-m", "percore", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def assert_one_clear_line(result: subprocess.CompletedProcess, *fragments: str) -> None:
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("runtime: error: ")
-    for fragment in fragments:
-        assert fragment in lines[0]
+from .conftest import FREE_THREADED, ServerProcess, assert_one_clear_line, run_cli
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,8 @@ import time
 
 import pytest
 
+from .conftest import assert_one_clear_line, run_cli
+
 APP = "tests.apps.runtime_app:api"
 
 
@@ -162,8 +164,6 @@ def test_a_client_that_leaves_cancels_its_handler(serve, routing):
 
 @pytest.mark.parametrize(("flag", "value"), [("--max-in-flight", "0"), ("--header-timeout", "-1")])
 def test_bad_limit_values_exit_with_one_line(flag, value):
-    from .test_cli import assert_one_clear_line, run_cli
-
     assert_one_clear_line(run_cli("serve", APP, flag, value), flag)
 
 

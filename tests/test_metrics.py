@@ -12,8 +12,7 @@ import time
 
 import pytest
 
-from .conftest import FREE_THREADED, ROOT, free_port
-from .test_cli import run_cli
+from .conftest import FREE_THREADED, ROOT, free_port, run_cli
 
 APP = "tests.apps.runtime_app:api"
 SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$")

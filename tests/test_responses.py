@@ -9,6 +9,8 @@ import percore
 import pytest
 from percore._runtime import dumps
 
+from .conftest import leave_an_endless_stream
+
 APP = "tests.apps.responses_app:api"
 
 
@@ -113,16 +115,10 @@ def test_streaming_responses_from_async_and_sync_iterators(serve):
 
 
 def test_a_client_leaving_a_native_stream_cancels_the_producer(serve):
-    import socket
     import time
 
     server = serve(NATIVE, "--loops", "1")
-    raw = socket.create_connection(("127.0.0.1", server.port), timeout=10)
-    raw.sendall(b"GET /endless HTTP/1.1\r\nHost: t\r\n\r\n")
-    received = b""
-    while received.count(b"tick") < 3:
-        received += raw.recv(4096)
-    raw.close()
+    leave_an_endless_stream(server.port)
     deadline = time.monotonic() + 5
     while "endless closed" not in server.get("/stream-events").json()["events"]:
         assert time.monotonic() < deadline, "the producer kept running after its client left"

@@ -7,17 +7,13 @@ per interpreter build (scripts/dev test runs pytest on the GIL build and on 3.13
 from __future__ import annotations
 
 import concurrent.futures
-import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 
 import pytest
 from percore._runtime import available_cores
 
-from .conftest import FREE_THREADED, ROOT, Client, free_port
+from .conftest import FREE_THREADED
 
 APP = "tests.apps.runtime_app:api"
 POLICIES = ["local", "round-robin", "least-loaded"]
@@ -198,34 +194,15 @@ def test_a_second_signal_forces_exit(serve):
             stuck.result(timeout=5)
 
 
-def test_a_blocked_stderr_never_stalls_a_loop():
+def test_a_blocked_stderr_never_stalls_a_loop(serve):
     """Handler errors are logged from the loop thread; with stderr a pipe nobody reads (full after ~64 KiB
     of tracebacks) the loop must go on serving: lines are written by a thread of their own, dropped when
     its bounded queue is full."""
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "percore", "serve", APP, "--loops", "1", "--port", str(port)],
-        cwd=ROOT,
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,  # never read while it serves
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "the server did not start"
-                time.sleep(0.05)
-        client = Client(port, timeout=10)
-        for _ in range(300):  # ~300 tracebacks: several times what a pipe buffers
-            assert client.get("/boom").status == 500
-        assert client.get("/where").status == 200
-        client.close()
-    finally:
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=30)
-    assert process.returncode == 0
-    assert b"Exception in handler for GET /boom" in stderr
+    server = serve(APP, "--loops", "1", stderr="pipe")  # the pipe is read only by stop()
+    client = server.client()
+    for _ in range(300):  # ~300 tracebacks: several times what a pipe buffers
+        assert client.get("/boom").status == 500
+    assert client.get("/where").status == 200
+    client.close()
+    assert server.stop(timeout=30) == 0, server.stderr
+    assert "Exception in handler for GET /boom" in server.stderr

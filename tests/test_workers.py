@@ -10,7 +10,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,7 +18,7 @@ from pathlib import Path
 import pytest
 from percore import _supervisor
 
-from .conftest import ROOT, Client, ServerProcess, free_port
+from .conftest import ROOT, Client, ServerProcess, free_port, run_cli
 
 DEADLINE = 60.0
 WORKERS_APP = "tests.apps.workers_app:api"
@@ -138,18 +137,6 @@ def supervised(tmp_path) -> Iterator:
         if server.process is not None and server.process.returncode is None:
             code = server.stop()
             assert code == 0, f"server exited with {code}:\n{server.stderr}"
-
-
-def run_cli(*args: str, path: tuple[Path, ...] = (), timeout: float = 120) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([*map(str, path), str(ROOT)]))
-    return subprocess.run(
-        [sys.executable, "-m", "percore", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 # --- workers -------------------------------------------------------------------------------------------
