@@ -22,7 +22,8 @@ from __future__ import annotations
 import os
 import sys
 
-from scaling import BUILDS, ROOT, arguments, checked_stop, measure, run, start, write
+from _server import ROOT, builds, serving
+from scaling import arguments, measure, write
 
 POLICIES = ["local", "round-robin", "least-loaded"]
 FAST_MS, SLOW_MS, SLOW_FRACTION = 0.2, 10.0, 0.05
@@ -38,14 +39,9 @@ def main() -> int:
     args = parser.parse_args()
     results: dict = {}
     problems: list[str] = []
-    for key, label in BUILDS:
-        python = os.environ.get(key)
-        if not python:
-            continue
+    for label, python in builds():
         for policy in POLICIES:
-            extension = run.percore_extension(python)
-            process, port = start(python, args.loops, policy)
-            try:
+            with serving(python, args.loops, policy, problems) as port:
                 for mix, fraction in MIXES.items():
                     env = {"FAST_MS": str(FAST_MS), "SLOW_MS": str(SLOW_MS), "SLOW_FRACTION": str(fraction)}
                     url = f"http://127.0.0.1:{port}/work"
@@ -56,8 +52,6 @@ def main() -> int:
                         f"{entry['p50_ms']:.2f}  p90 {entry['p90_ms']:.2f}  p99 {entry['p99_ms']:.2f} ms",
                         flush=True,
                     )
-            finally:
-                checked_stop(process, python, extension, problems)
     mixes = {mix: {"fast_ms": FAST_MS, "slow_ms": SLOW_MS, "slow_fraction": f} for mix, f in MIXES.items()}
     settings = {**vars(args), "mixes": mixes, "policies": POLICIES}
     write("routing", {"settings": settings, "results": results, "problems": problems})

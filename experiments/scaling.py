@@ -23,45 +23,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "benches"))
+from _server import ROOT, builds, run, serving
 
-import run  # noqa: E402  (the benchmark runner's wrk parsing and process helpers)
-
-BUILDS = [("PERCORE_PYTHON_NOGIL", "3.13t"), ("PERCORE_PYTHON_GIL", "3.13 GIL")]
 # path -> wrk connections: /cpu needs only a few in flight per loop to keep every loop busy (more would only
 # queue); /json as in the benchmark suite; /sleep with many waiting requests (concurrency).
 ENDPOINTS = {"/json": 64, "/cpu": 8, "/sleep": 256}
 PERCENTILES = ("p50_ms", "p75_ms", "p90_ms", "p99_ms")
-
-
-def checked_stop(process: subprocess.Popen, python: str, extension: dict | None, problems: list[str]) -> None:
-    """Stop the server; note it if percore's extension was a debug build or was rebuilt meanwhile."""
-    run.stop(process)
-    for problem in run.extension_problems(extension, python):
-        problems.append(problem)
-        print(f"PROBLEM: {problem}", flush=True)
-
-
-def start(python: str, loops: int, routing: str) -> tuple[subprocess.Popen, int]:
-    """A percore server of experiments/apps/work.py, answering HTTP."""
-    port = run.free_port()
-    command = [python, "-m", "percore", "serve", "experiments.apps.work:api", "--port", str(port)]
-    command += ["--loops", str(loops), "--routing", routing, "--log-level", "warning"]
-    process = subprocess.Popen(
-        command,
-        cwd=ROOT,
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        run.wait_until_serving(port, process, run.Endpoint("/json"))
-    except RuntimeError:
-        run.stop(process)
-        raise
-    return process, port
 
 
 def measure(url: str, connections: int, args, script: Path | None = None, env: dict | None = None) -> dict:
@@ -122,14 +89,9 @@ def main() -> int:
     args = parser.parse_args()
     results: dict = {}
     problems: list[str] = []
-    for key, label in BUILDS:
-        python = os.environ.get(key)
-        if not python:
-            continue
+    for label, python in builds():
         for loops in range(1, args.max_loops + 1):
-            extension = run.percore_extension(python)
-            process, port = start(python, loops, "least-loaded")
-            try:
+            with serving(python, loops, "least-loaded", problems) as port:
                 for path, connections in ENDPOINTS.items():
                     entry = measure(f"http://127.0.0.1:{port}{path}", max(connections, loops), args)
                     results.setdefault(label, {}).setdefault(path, {})[str(loops)] = entry
@@ -138,8 +100,6 @@ def main() -> int:
                         f"p50 {entry['p50_ms']:.2f} ms p99 {entry['p99_ms']:.2f} ms",
                         flush=True,
                     )
-            finally:
-                checked_stop(process, python, extension, problems)
     settings = {**vars(args), "endpoints": ENDPOINTS, "routing": "least-loaded"}
     write("scaling", {"settings": settings, "results": results, "problems": problems})
     return 1 if problems else 0
