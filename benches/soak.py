@@ -31,15 +31,11 @@ import threading
 import time
 from pathlib import Path
 
+from run import Endpoint, free_port, wait_until_serving  # benches/run.py: this script's folder is on sys.path
+
 ROOT = Path(__file__).resolve().parent.parent
 APPS = {"native": "benches.apps.native:api", "starlette": "benches.apps.starlette_app:app"}
 ECHO = (ROOT / "benches" / "echo.json").read_text()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def rss_bytes(pid: int) -> int:
@@ -236,16 +232,11 @@ def soak(app_name: str, python: str, total: int, segment: int) -> dict:
     log = tempfile.TemporaryFile("w+")
     server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log, text=True)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    log.seek(0)
-                    raise RuntimeError(f"server did not start: {log.read()}") from None
-                time.sleep(0.1)
+        try:
+            wait_until_serving(port, server, Endpoint("/json"))
+        except RuntimeError as error:
+            log.seek(0)
+            raise RuntimeError(f"{error}: {log.read()}") from None
         script = Path(f"/tmp/percore-soak-{os.getpid()}.lua")
         script.write_text(WRK_SCRIPT % ECHO)
         bad = BadTraffic(port, app_name)
