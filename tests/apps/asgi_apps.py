@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import types
+
 
 async def misbehaving(scope, receive, send):
     if scope["type"] == "lifespan":
@@ -38,6 +42,44 @@ async def misbehaving(scope, receive, send):
     else:
         await send({"type": "http.response.start", "status": 404})
         await send({"type": "http.response.body", "body": b"not found"})
+
+
+def _drive_by_hand(awaitable):
+    """What some libraries do: step an awaitable's iterator themselves instead of awaiting it."""
+    iterator = awaitable.__await__()
+    try:
+        iterator.send(None)
+    except StopIteration as stop:
+        return stop.value
+    raise AssertionError("a completed awaitable yielded")
+
+
+@types.coroutine
+def _yield_from(awaitable):
+    return (yield from awaitable.__await__())
+
+
+async def awaitables(scope, receive, send):
+    """Awaits ``receive()`` and ``send()`` in every way apps and libraries do, and reports what each gave."""
+    if scope["type"] != "http":
+        return
+    seen = {}
+    message = _drive_by_hand(receive())
+    seen["receive by hand"] = [message["type"], message["body"].decode(), message["more_body"]]
+    seen["await send"] = await send({"type": "http.response.start", "status": 200})
+    seen["send by hand"] = _drive_by_hand(
+        send({"type": "http.response.body", "body": b"1", "more_body": True})
+    )
+    seen["send as a task"] = await asyncio.ensure_future(
+        send({"type": "http.response.body", "body": b"2", "more_body": True})
+    )
+    seen["send with wait_for"] = await asyncio.wait_for(
+        send({"type": "http.response.body", "body": b"3", "more_body": True}), 5
+    )
+    seen["send via yield from"] = await _yield_from(
+        send({"type": "http.response.body", "body": b"4", "more_body": True})
+    )
+    await send({"type": "http.response.body", "body": b"|" + json.dumps(seen).encode()})
 
 
 async def failing_startup(scope, receive, send):

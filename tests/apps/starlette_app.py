@@ -144,7 +144,7 @@ async def patient(websocket: WebSocket):
     try:
         await asyncio.wait_for(websocket.receive_text(), 0.1)
     except TimeoutError:
-        pass
+        await websocket.send_text("timed out")  # the client waits for this: no race with the timeout
     text = await websocket.receive_text()  # the cancelled receive() must not break this one
     await websocket.send_text(f"late: {text}")
     await websocket.close()
