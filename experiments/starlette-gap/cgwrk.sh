@@ -15,10 +15,10 @@ for i in $(seq 1 600); do
   if curl -s -o /dev/null --max-time 2 http://127.0.0.1:$port$path; then break; fi; sleep 1
 done
 $CLIENT $port 1000 $path 2>>$out/$name.log
-wrk -t1 -c64 -d3s --timeout 20s http://127.0.0.1:$port$path > /dev/null
+wrk -t1 -c${CONNS:-64} -d3s --timeout 20s http://127.0.0.1:$port$path > /dev/null
 pids=$(callgrind_control -l 2>/dev/null | awk -F'[ :]' '/PID/{print $2}')
 for p in $(pgrep -s $vpid); do callgrind_control -i on $p >/dev/null 2>&1; done
-wrk -t1 -c64 -d${secs}s --timeout 20s http://127.0.0.1:$port$path > $out/$name.wrk
+wrk -t1 -c${CONNS:-64} -d${secs}s --timeout 20s http://127.0.0.1:$port$path > $out/$name.wrk
 for p in $(pgrep -s $vpid); do callgrind_control -i off $p >/dev/null 2>&1; callgrind_control -d $p >/dev/null 2>&1; done
 sleep 1
 kill -TERM -- -$vpid; sleep 4; kill -KILL -- -$vpid 2>/dev/null; wait $vpid 2>/dev/null
