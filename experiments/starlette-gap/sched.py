@@ -74,7 +74,10 @@ for _ in range(200):
         break
     except Exception:
         time.sleep(0.2)
-subprocess.run([*RT0, "taskset", "-c", "0", "wrk", "-t1", f"-c{os.environ.get('CONNS', 64)}", "-d2s", url], capture_output=True)
+subprocess.run(
+    [*RT0, "taskset", "-c", "0", "wrk", "-t1", f"-c{os.environ.get('CONNS', 64)}", "-d2s", url],
+    capture_output=True,
+)
 pids = tree(server.pid)
 before = sched(pids)
 wrk = subprocess.Popen(
