@@ -95,7 +95,7 @@ def test_http_exceptions_and_registered_handlers(serve):
         "earl grey",
     )
     reply = client.get("/teapot/custom")
-    assert (reply.status, reply.json()) == (503, {"error": "no more oolong"})
+    assert (reply.status, reply.json()) == (503, {"error": "no more oolong", "path": "/teapot/custom"})
     reply = client.get("/teapot/bug")
     assert (reply.status, reply.text) == (500, "Internal Server Error")
     server.stop()

@@ -239,11 +239,14 @@ class App(Router):
                 if path not in have_options:
                     preflight.add_route(path, _no_content, ["OPTIONS"])
             routes += preflight.routes
+        # A registered exception handler gets the request and may await: routes run in the same Python
+        # wrapper as middleware then. Without one, HTTPException is answered from Rust at no cost.
+        custom_handlers = self._exception_handlers != {HTTPException: _http_exception_response}
         wrapped = []
         for route in routes:
             layers = [*middleware, *route.middleware]
-            if layers and not route.const:
-                route = _with_middleware(route, layers, self._exception_response)
+            if (layers or custom_handlers) and not route.const:
+                route = _with_middleware(route, layers, self._handle_exception)
             wrapped.append(route)
         routes = wrapped
         return [_computed(route) if route.const else route for route in routes]
@@ -276,25 +279,31 @@ class App(Router):
             return None
         return _LoopLifecycle(list(self._loop_start), list(self._loop_stop))
 
-    def _exception_response(self, error: BaseException) -> Response | None:
-        """The response a registered handler makes of ``error``, or None (then: 500 and a log).
-
-        Handlers may be ``async def`` as long as they do not suspend (building a response does not):
-        they are stepped to completion here."""
+    def _exception_handler(self, error: BaseException) -> Callable[[Any, BaseException], Any] | None:
         for kind in type(error).__mro__:
             handler = self._exception_handlers.get(kind)
             if handler is not None:
-                result = handler(None, error)
-                if inspect.iscoroutine(result):
-                    try:
-                        result.send(None)
-                    except StopIteration as done:
-                        result = done.value
-                    else:
-                        result.close()
-                        raise RuntimeError(f"exception handler {handler!r} awaited something; it must not")
-                return result if isinstance(result, Response) else as_response(result)
+                return handler
         return None
+
+    async def _handle_exception(self, request: Any, error: BaseException) -> Response | None:
+        """The response the handler registered for ``error`` makes of it, or None (then: 500 and a log)."""
+        handler = self._exception_handler(error)
+        if handler is None:
+            return None
+        result = handler(request, error)
+        if inspect.isawaitable(result):
+            result = await result
+        return result if isinstance(result, Response) else as_response(result)
+
+    def _exception_response(self, error: BaseException) -> Response | None:
+        """For routes the Rust side runs without a Python wrapper, i.e. when only the built-in
+        HTTPException handler is registered (``serving_routes`` wraps every route otherwise)."""
+        handler = self._exception_handler(error)
+        if handler is None:
+            return None
+        result = handler(None, error)
+        return result if isinstance(result, Response) else as_response(result)
 
 
 def _computed(route: Route) -> Route:
@@ -322,9 +331,10 @@ def _bind_call_next(layer: Middleware, call_next: Callable[[Any], Awaitable[Resp
 def _with_middleware(
     route: Route,
     middleware: list[Middleware],
-    exception_response: Callable[[BaseException], Any] | None = None,
+    handle_exception: Callable[[Any, BaseException], Awaitable[Response | None]] | None = None,
 ) -> Route:
-    """The route with its handler called through ``middleware`` (outermost first)."""
+    """The route with its handler called through ``middleware`` (outermost first); an exception the
+    handler raises becomes ``handle_exception(request, error)``'s response if it makes one."""
     handler = route.function
     status_code = route.status_code
     passes_request = any(p.source == "request" for p in route.params)
@@ -339,7 +349,7 @@ def _with_middleware(
                     result = await result
             except Exception as error:
                 # Handled exceptions become responses here, so middleware (CORS) sees them too.
-                handled = exception_response(error) if exception_response else None
+                handled = await handle_exception(_request, error) if handle_exception else None
                 if handled is None:
                     raise
                 return handled

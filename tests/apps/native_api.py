@@ -105,8 +105,9 @@ class OutOfTea(Exception):
 
 
 @api.exception_handler(OutOfTea)
-def out_of_tea(request, error: OutOfTea):
-    return percore.JSONResponse({"error": str(error)}, status_code=503)
+async def out_of_tea(request: percore.Request, error: OutOfTea):
+    await asyncio.sleep(0.01)  # handlers may await (e.g. to report the error somewhere)
+    return percore.JSONResponse({"error": str(error), "path": request.path}, status_code=503)
 
 
 @api.on_loop_start
