@@ -18,9 +18,9 @@ APP = "tests.apps.runtime_app:api"
 SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$")
 
 
-def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+def scrape(port: int, host: str = "127.0.0.1") -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """GET /metrics and parse the text format: {(name, sorted labels): value}; every line must parse."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    connection = http.client.HTTPConnection(host, port, timeout=10)
     try:
         connection.request("GET", "/metrics")
         reply = connection.getresponse()
@@ -192,6 +192,34 @@ def test_a_busy_metrics_port_fails_the_start_clearly():
         result = run_cli("serve", APP, "--port", str(free_port()), "--metrics-port", str(busy), timeout=60)
     assert result.returncode == 1
     assert f"metrics port {busy} on 127.0.0.1 is already in use" in result.stderr
+
+
+def test_metrics_host_puts_the_metrics_on_another_address_than_the_app(serve):
+    """The app on 127.0.0.1, its metrics only on 127.0.0.2 (another loopback address, as an internal
+    interface would be): nothing answers metrics where the app is public."""
+    metrics_port = free_port()
+    server = serve(APP, "--loops", "1", "--metrics-port", str(metrics_port), "--metrics-host", "127.0.0.2")
+    assert server.get("/where").status == 200
+    assert ("percore_loops", ()) in scrape(metrics_port, host="127.0.0.2")
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", metrics_port), timeout=5).close()
+
+
+def test_an_unusable_metrics_host_fails_the_start_clearly():
+    # 192.0.2.1 (TEST-NET-1) is no address of this machine: binding it fails.
+    result = run_cli(
+        "serve",
+        APP,
+        "--port",
+        str(free_port()),
+        "--metrics-port",
+        "0",
+        "--metrics-host",
+        "192.0.2.1",
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "cannot listen for metrics on 192.0.2.1" in result.stderr
 
 
 def test_the_grafana_dashboard_only_queries_metrics_the_server_exports(serve):

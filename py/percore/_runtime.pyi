@@ -83,6 +83,7 @@ class Server:
         shutdown_timeout: float | None = None,
         access_log: bool = False,
         metrics_port: int | None = None,
+        metrics_host: str | None = None,
         shared_port: bool = False,
     ) -> None: ...
     def start(self) -> None: ...

@@ -74,6 +74,10 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         help="serve Prometheus metrics at http://HOST:PORT/metrics (off by default; docs/observability.md)",
     )
+    run.add_argument(
+        "--metrics-host",
+        help="the address the metrics port binds (default: --host), e.g. an internal interface",
+    )
     processes = run.add_argument_group("processes (see docs/workers.md)")
     processes.add_argument(
         "--workers",
@@ -150,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             shutdown_timeout=arguments.shutdown_timeout,
             access_log=arguments.access_log,
             metrics_port=arguments.metrics_port,
+            metrics_host=arguments.metrics_host,
             shared_port=worker,
         )
         serve(app, config, on_ready)

@@ -37,6 +37,8 @@ class ServerConfig:
     access_log: bool = False
     # Prometheus metrics on this port (same host) when set; 0 picks a free one (see docs/observability.md).
     metrics_port: int | None = None
+    # The metrics port's address (None: ``host``), e.g. an internal interface while the app is public.
+    metrics_host: str | None = None
     # Set in `--workers` worker processes: the supervisor has probed and reserved the port, so the listeners
     # join their siblings' SO_REUSEPORT group instead of probing (see docs/workers.md).
     shared_port: bool = False
@@ -80,6 +82,7 @@ class Server:
             shutdown_timeout=config.shutdown_timeout,
             access_log=config.access_log,
             metrics_port=config.metrics_port,
+            metrics_host=config.metrics_host,
             shared_port=config.shared_port,
         )
 
@@ -107,7 +110,8 @@ class Server:
         build = "free-threaded" if free_threaded_build() else "GIL"
         gil = "enabled" if gil_enabled() else "disabled"
         pins = ", ".join(f"{index}→cpu{core}" for index, core in enumerate(self.cores))
-        metrics = f" | metrics http://{self.host}:{self.metrics_port}/metrics" if self.metrics_port else ""
+        metrics_host = self.config.metrics_host or self.host
+        metrics = f" | metrics http://{metrics_host}:{self.metrics_port}/metrics" if self.metrics_port else ""
         return (
             f"percore {_runtime.__version__} | Python {version} ({build} build, GIL {gil} at runtime) | "
             f"{self.interface} app | {len(self.cores)} loop(s) pinned [{pins}] | routing {self._server.routing} | "

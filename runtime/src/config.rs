@@ -68,8 +68,11 @@ pub struct Config {
     pub access_log: bool,
     /// The port is reserved by a `--workers` supervisor for its workers: bind without the busy-port probe.
     pub shared_port: bool,
-    /// Serve Prometheus metrics on this port (same host) when set; 0 picks a free port.
+    /// Serve Prometheus metrics on this port when set; 0 picks a free port.
     pub metrics_port: Option<u16>,
+    /// The address the metrics port binds; None: the server's `host` (keeping metrics off a public
+    /// interface is the usual reason to set it).
+    pub metrics_host: Option<String>,
 }
 
 impl Config {
@@ -99,6 +102,7 @@ impl Config {
             access_log: false,
             shared_port: false,
             metrics_port: None,
+            metrics_host: None,
         })
     }
 

@@ -396,7 +396,10 @@ pub fn start<F: ExecutorFactory>(
         .map_err(|e| PoolError::Bind(e.to_string()))?;
     let metrics_listener = config
         .metrics_port
-        .map(|port| metrics::bind(&config.host, port, config.shared_port))
+        .map(|port| {
+            let host = config.metrics_host.as_deref().unwrap_or(&config.host);
+            metrics::bind(host, port, config.shared_port)
+        })
         .transpose()
         .map_err(PoolError::Bind)?;
     let metrics_addr = metrics_listener.as_ref().and_then(metrics::local_addr);

@@ -75,7 +75,7 @@ impl Server {
         routes, *, host, port, loops, routing, loop_factory, response_class, on_error,
         asgi_app=None, root_path=String::new(), lifecycle=None, exception_responder=None,
         max_body_size=None, header_timeout=None, max_connections=None, max_in_flight=None,
-        shutdown_timeout=None, access_log=false, metrics_port=None, shared_port=false
+        shutdown_timeout=None, access_log=false, metrics_port=None, metrics_host=None, shared_port=false
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -99,6 +99,7 @@ impl Server {
         shutdown_timeout: Option<f64>,
         access_log: bool,
         metrics_port: Option<u16>,
+        metrics_host: Option<String>,
         shared_port: bool,
     ) -> PyResult<Self> {
         let loops = LoopCount::parse(loops).map_err(config_error)?;
@@ -138,6 +139,7 @@ impl Server {
         }
         config.access_log = access_log;
         config.metrics_port = metrics_port;
+        config.metrics_host = metrics_host;
         config.shared_port = shared_port;
         let factory = Arc::new(PyExecutorFactory {
             loop_factory,
