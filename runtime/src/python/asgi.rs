@@ -109,8 +109,8 @@ impl Done {
 
 thread_local! {
     /// This thread's `Done`. One per thread, not per process: on 3.13t an object shared by every loop
-    /// would have its reference count written by all of them on every await. Deliberately leaked (one
-    /// small object per thread): a `Py` dropped at thread exit could outlive the interpreter.
+    /// would have its reference count written by all of them on every await. A raw pointer, leaked on
+    /// purpose (one small object per loop thread): it needs no care when the thread exits.
     static DONE: std::cell::Cell<*mut pyo3::ffi::PyObject> =
         const { std::cell::Cell::new(std::ptr::null_mut()) };
 }
@@ -729,8 +729,8 @@ thread_local! {
 }
 
 /// A fresh scope dict holding the fixed keys (`type`, `asgi`, `http_version` 1.1, `scheme`, `root_path`,
-/// `server`, and placeholders for the rest so that setting them never grows the dict). `asgi` is a fresh
-/// dict too: nothing in a scope is shared between requests, as under uvicorn.
+/// `server`) and placeholders for the keys `base_scope` sets (so that setting them replaces rather than
+/// inserts). `asgi` is a fresh dict too: nothing in a scope is shared between requests, as under uvicorn.
 fn scope_from_template<'py>(
     py: Python<'py>,
     kind: &Bound<'py, PyString>,
