@@ -673,9 +673,6 @@ thread_local! {
     /// proxy, localhost) are few.
     static CLIENT_HOST: std::cell::RefCell<Option<(std::net::IpAddr, Py<PyString>)>> =
         const { std::cell::RefCell::new(None) };
-    /// `scope["server"]`: the same `(host, port)` tuple for every request on this loop's listener.
-    static SERVER: std::cell::RefCell<Option<(std::net::SocketAddr, Py<PyTuple>)>> =
-        const { std::cell::RefCell::new(None) };
 }
 
 fn host_string(py: Python<'_>, ip: std::net::IpAddr) -> Bound<'_, PyString> {
@@ -692,22 +689,13 @@ fn host_string(py: Python<'_>, ip: std::net::IpAddr) -> Bound<'_, PyString> {
     })
 }
 
+/// `scope["server"]`, built once per scope template (see `SCOPE_TEMPLATES`).
 fn server_tuple(py: Python<'_>, server: std::net::SocketAddr) -> PyResult<Bound<'_, PyTuple>> {
-    SERVER.with(|cache| {
-        let mut cache = cache.borrow_mut();
-        if let Some((cached, tuple)) = &*cache {
-            if *cached == server {
-                return Ok(tuple.bind(py).clone());
-            }
-        }
-        let host = PyString::new(py, &server.ip().to_string());
-        let tuple = PyTuple::new(
-            py,
-            [host.into_any(), server.port().into_pyobject(py)?.into_any()],
-        )?;
-        *cache = Some((server, tuple.clone().unbind()));
-        Ok(tuple)
-    })
+    let host = PyString::new(py, &server.ip().to_string());
+    PyTuple::new(
+        py,
+        [host.into_any(), server.port().into_pyobject(py)?.into_any()],
+    )
 }
 
 /// The scope keys that do not change between requests of one kind on one listener.
