@@ -192,6 +192,11 @@ def markdown(document: dict, images: list[Path], relative_to: Path) -> str:
         + f", {settings['connections']} connections unless noted."
         + (f" Contenders restricted with --only {settings['only']}." if settings.get("only") else "")
         + (
+            f" Endpoints restricted with --endpoint {settings['endpoint']}."
+            if settings.get("endpoint")
+            else ""
+        )
+        + (
             " Server and wrk under SCHED_FIFO (`chrt -f 10`)."
             if settings.get("realtime") == "on"
             else " Plain `taskset` pinning (no SCHED_FIFO): other load on the machine shows in these numbers."

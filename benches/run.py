@@ -2,6 +2,7 @@
 
     scripts/dev bench                                  # builds everything, then runs this
     scripts/dev bench --only FastAPI --only RSGI       # a subset (case-insensitive substrings of names)
+    scripts/dev bench --only Starlette --endpoint /json --runs 15   # one pair, many rounds
     python benches/run.py --list                       # with the environment below already set
 
 Environment (scripts/dev bench sets it): PERCORE_PYTHON_NOGIL / PERCORE_PYTHON_GIL — interpreters with a
@@ -621,6 +622,13 @@ def main() -> int:
         metavar="SUBSTRING",
         help="keep contenders whose name contains SUBSTRING (case-insensitive; repeatable: any matches)",
     )
+    parser.add_argument(
+        "--endpoint",
+        action="append",
+        default=[],
+        metavar="SUBSTRING",
+        help="measure only endpoints whose key contains SUBSTRING (e.g. /json; repeatable: any matches)",
+    )
     parser.add_argument("--list", action="store_true", help="list the contenders and exit")
     parser.add_argument("--out", type=Path, default=BENCHES / "results")
     parser.add_argument(
@@ -645,12 +653,18 @@ def main() -> int:
         for contender in contenders()
         if not args.only or any(part.lower() in contender.name.lower() for part in args.only)
     ]
+    wanted = [e for e in APP_ENDPOINTS if not args.endpoint or any(part in e.key for part in args.endpoint)]
+    for contender in chosen:
+        contender.endpoints = [e for e in contender.endpoints if e in wanted]
+    chosen = [contender for contender in chosen if contender.endpoints]
     if args.list:
         for contender in chosen:
             print(contender.name)
         return 0
     if not chosen:
-        print(f"no contender matches --only {args.only}; see --list", file=sys.stderr)
+        print(
+            f"no contender matches --only {args.only} --endpoint {args.endpoint}; see --list", file=sys.stderr
+        )
         return 1
     if shutil.which("wrk") is None:
         print("wrk is not installed (scripts/dev bench installs it)", file=sys.stderr)
@@ -679,9 +693,7 @@ def main() -> int:
         "machine": info,
         "settings": settings,
         # In the order the tables and charts show them, with the connections each was driven with.
-        "endpoints": [
-            {"key": e.key, "connections": e.connections or args.connections} for e in APP_ENDPOINTS
-        ],
+        "endpoints": [{"key": e.key, "connections": e.connections or args.connections} for e in wanted],
         "results": results,
         # percore ÷ peer per round, and the median of those ratios (benches/render.py's ratio table).
         "ratios": round_ratios(records),
