@@ -101,12 +101,15 @@ def test_cpu_bound_requests_on_two_loops(serve):
     first, second = (r.json() for r in replies)
     assert {first["loop"], second["loop"]} == {0, 1}
     if FREE_THREADED:
-        # Truly parallel: the two intervals overlap, and each thread was on a CPU nearly all its wall time
-        # (time-slicing a GIL would give each about half).
+        # Truly parallel: the two intervals overlap, and together the threads used more than one CPU over
+        # them. Time-slicing a GIL can never exceed 1.0 CPU; parallel threads give ~2.0, so 1.15 leaves room
+        # for other processes taking a share of the machine without letting a serialised run pass.
         assert first["start"] < second["end"] and second["start"] < first["end"]
-        for reply in (first, second):
-            wall = reply["end"] - reply["start"]
-            assert reply["cpu"] / wall > 0.7, f"thread got {reply['cpu']:.3f}s of CPU in {wall:.3f}s"
+        wall = max(first["end"], second["end"]) - min(first["start"], second["start"])
+        used = (first["cpu"] + second["cpu"]) / wall
+        assert used > 1.15, (
+            f"two loops used {used:.2f} CPUs over {wall:.3f}s ({first['cpu']:.3f}s + {second['cpu']:.3f}s)"
+        )
 
 
 @pytest.mark.parametrize("loops", LOOPS)
