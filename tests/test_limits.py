@@ -122,8 +122,12 @@ def test_in_flight_cap_answers_503_with_retry_after(serve):
     server = serve(APP, "--loops", "1", "--max-in-flight", "1")
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         slow = pool.submit(server.get, "/slow")
-        time.sleep(0.2)
-        busy = server.get("/where")
+        # Poll until /slow is in flight (a fixed sleep raced a loaded machine); if the cap let requests
+        # through, /where would answer 200 until /slow is done and the assert below fails.
+        deadline = time.monotonic() + 10
+        while (busy := server.get("/where")).status == 200 and not slow.done():
+            assert time.monotonic() < deadline, "the /slow request never got in flight"
+            time.sleep(0.01)
         assert busy.status == 503
         assert busy.headers["retry-after"] == "1"
         assert slow.result(timeout=10).status == 200

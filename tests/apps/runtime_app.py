@@ -33,10 +33,21 @@ def where_sync(request: percore.Request):
     return _where(request)
 
 
+# One entry per /slow request whose handler has begun: tests wait on /slow-started instead of sleeping
+# and hoping the request has arrived.
+slow_started: list[None] = []
+
+
 @api.get("/slow")
 async def slow(request: percore.Request):
+    slow_started.append(None)
     await asyncio.sleep(0.6)
     return _where(request)
+
+
+@api.get("/slow-started")
+def slow_started_count():
+    return {"count": len(slow_started)}
 
 
 @api.get("/sleep")
