@@ -78,6 +78,17 @@ def _parser() -> argparse.ArgumentParser:
         "--metrics-host",
         help="the address the metrics port binds (default: --host), e.g. an internal interface",
     )
+    run.add_argument(
+        "--no-proxy-headers",
+        action="store_true",
+        help="ignore X-Forwarded-For/-Proto even from trusted peers (docs/proxies.md)",
+    )
+    run.add_argument(
+        "--forwarded-allow-ips",
+        metavar="LIST",
+        help="peers (IPs, networks like 10.0.0.0/8, or '*') whose X-Forwarded-For/-Proto name the client "
+        "and scheme; default $FORWARDED_ALLOW_IPS or 127.0.0.1,::1, as uvicorn",
+    )
     processes = run.add_argument_group("processes (see docs/workers.md)")
     processes.add_argument(
         "--workers",
@@ -156,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
             metrics_port=arguments.metrics_port,
             metrics_host=arguments.metrics_host,
             shared_port=worker,
+            proxy_headers=not arguments.no_proxy_headers,
+            forwarded_allow_ips=arguments.forwarded_allow_ips,
         )
         serve(app, config, on_ready)
     except PercoreError as error:

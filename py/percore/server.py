@@ -42,6 +42,19 @@ class ServerConfig:
     # Set in `--workers` worker processes: the supervisor has probed and reserved the port, so the listeners
     # join their siblings' SO_REUSEPORT group instead of probing (see docs/workers.md).
     shared_port: bool = False
+    # X-Forwarded-For/-Proto from these peers name the client and scheme, as under uvicorn (same defaults:
+    # on, trusting FORWARDED_ALLOW_IPS or 127.0.0.1,::1); see docs/proxies.md.
+    proxy_headers: bool = True
+    forwarded_allow_ips: str | None = None
+
+
+def trusted_proxies(config: ServerConfig) -> str | None:
+    """The peers allowed to set proxy headers, or None when they are not applied at all."""
+    if not config.proxy_headers:
+        return None
+    if config.forwarded_allow_ips is not None:
+        return config.forwarded_allow_ips
+    return os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
 
 
 def free_threaded_build() -> bool:
@@ -84,6 +97,7 @@ class Server:
             metrics_port=config.metrics_port,
             metrics_host=config.metrics_host,
             shared_port=config.shared_port,
+            forwarded_allow_ips=trusted_proxies(config),
         )
 
     def start(self) -> None:

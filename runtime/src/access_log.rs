@@ -6,7 +6,6 @@
 //! writer catches up.
 
 use std::io::Write;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::OnceLock;
@@ -44,7 +43,7 @@ fn writer() -> &'static SyncSender<String> {
 /// Queues one request's line.
 #[allow(clippy::too_many_arguments)]
 pub fn record(
-    peer: SocketAddr,
+    client: impl std::fmt::Display,
     method: &http::Method,
     target: &http::Uri,
     version: http::Version,
@@ -55,7 +54,7 @@ pub fn record(
     let size = body_length.map_or_else(|| "-".to_owned(), |n| n.to_string());
     let line = format!(
         "{} - - [{}] \"{} {} {:?}\" {} {} {}us",
-        peer.ip(),
+        client,
         clf_time(SystemTime::now()),
         method,
         target,

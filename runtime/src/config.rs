@@ -73,6 +73,9 @@ pub struct Config {
     /// The address the metrics port binds; None: the server's `host` (keeping metrics off a public
     /// interface is the usual reason to set it).
     pub metrics_host: Option<String>,
+    /// Peers whose `X-Forwarded-For`/`-Proto` headers name the client and scheme (`proxy`); None: the
+    /// headers are never applied (`--no-proxy-headers`).
+    pub trusted_proxies: Option<crate::proxy::TrustedProxies>,
 }
 
 impl Config {
@@ -103,6 +106,7 @@ impl Config {
             shared_port: false,
             metrics_port: None,
             metrics_host: None,
+            trusted_proxies: None,
         })
     }
 

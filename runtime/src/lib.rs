@@ -8,6 +8,7 @@ pub mod access_log;
 pub mod config;
 pub mod metrics;
 pub mod pool;
+pub mod proxy;
 pub mod query;
 pub mod router;
 pub mod routing;

@@ -99,8 +99,11 @@ pub struct HttpRequest {
     pub headers: http::HeaderMap,
     pub body: RequestBody,
     pub params: Vec<(String, String)>,
+    /// The peer: the client, or the proxy in front of it (then see `forwarded`).
     pub client: Option<SocketAddr>,
     pub server: SocketAddr,
+    /// What a trusted proxy's headers said (client, scheme); None for most requests.
+    pub forwarded: Option<Box<crate::proxy::Forwarded>>,
     /// Set when the client goes away before its response is ready.
     pub client_gone: Arc<Latch>,
     /// For an `Upgrade` request (WebSocket): resolves to the raw connection once a 101 response is sent.

@@ -32,6 +32,7 @@ use crate::pool::{
     BodyChunks, Executor, HttpRequest, HttpResponse, Latch, LoopContext, PoolError, RequestBody,
     ResponseBody, StreamAborted,
 };
+use crate::proxy::Forwarded;
 use crate::router::Lookup;
 
 const LISTEN_BACKLOG: i32 = 1024;
@@ -272,11 +273,24 @@ async fn handle<X: Executor>(
         .then(|| hyper::upgrade::on(&mut request));
     let (parts, body) = request.into_parts();
     let started = Instant::now();
-    let logged = context
+    let forwarded = context
         .shared
         .config
-        .access_log
-        .then(|| (parts.method.clone(), parts.uri.clone(), parts.version));
+        .trusted_proxies
+        .as_ref()
+        .and_then(|trusted| Forwarded::of(trusted, peer.ip(), &parts.headers));
+    let logged = context.shared.config.access_log.then(|| {
+        let client = match forwarded.as_ref().and_then(|f| f.client.as_ref()) {
+            Some((host, _)) => host.clone(),
+            None => peer.ip().to_string(),
+        };
+        (
+            client,
+            parts.method.clone(),
+            parts.uri.clone(),
+            parts.version,
+        )
+    });
     let response = match context
         .shared
         .router
@@ -309,6 +323,7 @@ async fn handle<X: Executor>(
                     params,
                     client: Some(peer),
                     server: context.local_addr,
+                    forwarded,
                     client_gone: Default::default(),
                     upgrade,
                 };
@@ -322,13 +337,13 @@ async fn handle<X: Executor>(
         .metrics
         .of_loop(context.index)
         .observe(response.status.as_u16(), elapsed);
-    if let Some((method, uri, version)) = logged {
+    if let Some((client, method, uri, version)) = logged {
         let length = match &response.body {
             ResponseBody::Full(bytes) => Some(bytes.len()),
             ResponseBody::Stream(..) => None,
         };
         access_log::record(
-            peer,
+            client,
             &method,
             &uri,
             version,

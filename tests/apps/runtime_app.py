@@ -23,6 +23,17 @@ def _where(request: percore.Request) -> dict:
     }
 
 
+@api.get("/whoami")
+def whoami(request: percore.Request):
+    # Same shape as tests/apps/starlette_app.py's /whoami, so both compare with uvicorn's answers.
+    host, port = request.client
+    shown_port = "ephemeral" if host == "127.0.0.1" and port else port
+    # As Starlette's url_for builds it: an HTTP route's URL is https when the scheme is secure.
+    secure = request.scheme in ("https", "wss")
+    url = f"{'https' if secure else 'http'}://{request.headers['host']}/whoami"
+    return {"client": [host, shown_port], "scheme": request.scheme, "url": url}
+
+
 @api.get("/where")
 async def where(request: percore.Request):
     return _where(request)

@@ -53,6 +53,15 @@ async def headers(request):
     )
 
 
+async def whoami(request):
+    # The client and scheme after proxy headers (tests/test_proxies.py); a direct peer's port is random.
+    host, port = request.client
+    shown_port = "ephemeral" if host == "127.0.0.1" and port else port
+    return JSONResponse(
+        {"client": [host, shown_port], "scheme": request.url.scheme, "url": str(request.url_for("whoami"))}
+    )
+
+
 async def echo(request):
     body = await request.body()
     return PlainTextResponse(body, media_type="application/octet-stream")
@@ -173,6 +182,7 @@ app = Starlette(
     routes=[
         Route("/plaintext", plaintext),
         Route("/headers", headers),
+        Route("/whoami", whoami),
         Route("/echo", echo, methods=["POST"]),
         Route("/stream", stream),
         Route("/slow-stream", slow_stream),

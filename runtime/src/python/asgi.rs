@@ -837,7 +837,22 @@ pub fn base_scope<'py>(
         )?)?;
     }
     scope.set_item(intern!(py, "headers"), headers)?;
+    if let Some(forwarded) = &request.forwarded {
+        // A trusted proxy's view of the client and scheme (runtime/src/proxy.rs), as uvicorn applies it.
+        let scheme = if kind.to_str()? == "websocket" {
+            forwarded.websocket_scheme()
+        } else {
+            forwarded.scheme
+        };
+        if let Some(scheme) = scheme {
+            scope.set_item(intern!(py, "scheme"), scheme)?;
+        }
+    }
+    let forwarded_client = request.forwarded.as_ref().and_then(|f| f.client.as_ref());
     match request.client {
+        _ if forwarded_client.is_some() => {
+            scope.set_item(intern!(py, "client"), forwarded_client)?;
+        }
         Some(client) => {
             let host = host_string(py, client.ip());
             let client = PyTuple::new(

@@ -135,10 +135,24 @@ impl Request {
         PyString::new(py, &String::from_utf8_lossy(self.inner.body.full()))
     }
 
-    /// (host, port) of the peer.
+    /// (host, port) of the client: the peer, or what a trusted proxy named in `X-Forwarded-For`
+    /// (port 0 when it gave none; docs/proxies.md).
     #[getter]
     fn client(&self) -> Option<(String, u16)> {
-        self.inner.client.map(|a| (a.ip().to_string(), a.port()))
+        match self.inner.forwarded.as_ref().and_then(|f| f.client.clone()) {
+            Some(client) => Some(client),
+            None => self.inner.client.map(|a| (a.ip().to_string(), a.port())),
+        }
+    }
+
+    /// "http", or what a trusted proxy said in `X-Forwarded-Proto` ("https" behind a TLS terminator).
+    #[getter]
+    fn scheme(&self) -> &'static str {
+        self.inner
+            .forwarded
+            .as_ref()
+            .and_then(|f| f.scheme)
+            .unwrap_or("http")
     }
 
     /// (host, port) this server accepted the connection on.

@@ -14,6 +14,7 @@ use super::response::to_response;
 use super::{ConfigurationError, StartupError};
 use crate::config::{Config, LoopCount};
 use crate::pool::{self, RunningPool};
+use crate::proxy::TrustedProxies;
 use crate::router::Router;
 use crate::routing::RoutingPolicy;
 
@@ -75,7 +76,8 @@ impl Server {
         routes, *, host, port, loops, routing, loop_factory, response_class, on_error,
         asgi_app=None, root_path=String::new(), lifecycle=None, exception_responder=None,
         max_body_size=None, header_timeout=None, max_connections=None, max_in_flight=None,
-        shutdown_timeout=None, access_log=false, metrics_port=None, metrics_host=None, shared_port=false
+        shutdown_timeout=None, access_log=false, metrics_port=None, metrics_host=None, shared_port=false,
+        forwarded_allow_ips=None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -101,6 +103,7 @@ impl Server {
         metrics_port: Option<u16>,
         metrics_host: Option<String>,
         shared_port: bool,
+        forwarded_allow_ips: Option<&str>,
     ) -> PyResult<Self> {
         let loops = LoopCount::parse(loops).map_err(config_error)?;
         let routing: RoutingPolicy = routing.parse().map_err(config_error)?;
@@ -141,6 +144,10 @@ impl Server {
         config.metrics_port = metrics_port;
         config.metrics_host = metrics_host;
         config.shared_port = shared_port;
+        config.trusted_proxies = forwarded_allow_ips
+            .map(TrustedProxies::parse)
+            .transpose()
+            .map_err(config_error)?;
         let factory = Arc::new(PyExecutorFactory {
             loop_factory,
             lifecycle,
