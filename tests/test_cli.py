@@ -18,10 +18,37 @@ from .conftest import FREE_THREADED, ServerProcess, assert_one_clear_line, run_c
         ("tests.apps.runtime_app:nope", "has no attribute 'nope'"),
         ("tests.apps.runtime_app:asyncio", "neither a percore.App nor an ASGI application"),
         ("tests.apps.runtime_app", "expected MODULE:ATTR"),
+        (
+            "tests.apps.factory_apps:create_app",
+            "takes no arguments: if it returns the app, serve it with --factory",
+        ),
     ],
 )
 def test_a_bad_app_target_exits_with_one_line(target, fragment):
     assert_one_clear_line(run_cli("serve", target), fragment)
+
+
+def test_factory_serves_the_app_the_function_returns(serve):
+    native = serve("tests.apps.factory_apps:create_app", "--factory", "--loops", "2")
+    # Called once per process, not once per loop.
+    assert native.get("/made").json() == {"by": "factory", "apps_created": 1}
+    asgi = serve("tests.apps.factory_apps:create_starlette", "--factory", "--loops", "2")
+    assert asgi.get("/made").text == "made by a factory"
+
+
+@pytest.mark.parametrize(
+    ("factory", "fragments"),
+    [
+        (
+            "broken_factory",
+            ("'tests.apps.factory_apps:broken_factory' failed", "RuntimeError", "URL is not set"),
+        ),
+        ("forgets_to_return", ("returned None",)),
+        ("not_callable", ("--factory", "is not callable", "int")),
+    ],
+)
+def test_a_failing_factory_exits_with_one_line(factory, fragments):
+    assert_one_clear_line(run_cli("serve", f"tests.apps.factory_apps:{factory}", "--factory"), *fragments)
 
 
 def test_zero_loops_exits_with_one_line():

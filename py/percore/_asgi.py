@@ -47,11 +47,22 @@ def choose_interface(app: Any, requested: str = "auto") -> str:
     if not callable(app):
         raise AppLoadError(f"a {type(app).__name__} is neither a percore.App nor an ASGI application")
     if not is_asgi3(app):
+        name = getattr(app, "__qualname__", type(app).__name__)
+        if _takes_no_arguments(app):
+            raise AppLoadError(f"{name} takes no arguments: if it returns the app, serve it with --factory")
         raise AppLoadError(
-            f"{getattr(app, '__qualname__', type(app).__name__)} is not an ASGI 3 application "
+            f"{name} is not an ASGI 3 application "
             "(async def app(scope, receive, send)); ASGI 2 apps are not supported"
         )
     return "asgi"
+
+
+def _takes_no_arguments(function: Any) -> bool:
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return all(p.default is not p.empty or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in parameters)
 
 
 class Lifespan:

@@ -40,6 +40,19 @@ def load_app(target: str) -> Any:
     return app
 
 
+def build_app(target: str, factory: Any) -> Any:
+    """``--factory``: ``factory`` (what ``target`` named) called with no arguments returns the app."""
+    if not callable(factory):
+        raise AppLoadError(f"--factory: {target!r} is not callable ({type(factory).__name__})")
+    try:
+        app = factory()
+    except Exception as error:
+        raise AppLoadError(f"the app factory {target!r} failed: {type(error).__name__}: {error}") from error
+    if app is None:
+        raise AppLoadError(f"the app factory {target!r} returned None (did it forget to return the app?)")
+    return app
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="runtime", description="percore: a thread-per-core Python web runtime"
@@ -47,6 +60,11 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("serve", help="serve an app")
     run.add_argument("app", metavar="MODULE:ATTR", help="the app to serve, e.g. examples.hello:api")
+    run.add_argument(
+        "--factory",
+        action="store_true",
+        help="MODULE:ATTR is a function returning the app (called once per worker process), as in uvicorn",
+    )
     run.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     run.add_argument("--port", type=int, default=8000, help="port to bind (default 8000)")
     run.add_argument(
@@ -150,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
                 arguments.supervised_ready_fd,
             )
         app = load_app(arguments.app)
+        if arguments.factory:
+            app = build_app(arguments.app, app)
         config = ServerConfig(
             host=arguments.host,
             port=arguments.port,
