@@ -391,6 +391,27 @@ def test_websocket_client_disconnect_reaches_the_app(websocket_server):
         time.sleep(0.05)
 
 
+@pytest.mark.parametrize("server", ["percore", "uvicorn"])
+def test_a_websocket_message_over_ws_max_size_closes_with_1009(serve, server):
+    if server == "percore":
+        websocket_server = serve(STARLETTE, "--loops", "1", "--ws-max-size", "1000")
+    else:
+        websocket_server = serve(
+            STARLETTE, "--ws", "wsproto", "--ws-max-size", "1000", "--log-level", "warning", server="uvicorn"
+        )
+    ws = connect_websocket(websocket_server.port, "/ws")
+    ws.send_text("x" * 1000)  # at the limit: fine
+    assert ws.receive() == (TEXT, b"echo: " + b"x" * 1000)
+    ws.send_bytes(b"y" * 1001)
+    assert ws.receive_close_code() == 1009
+    ws.sock.close()
+    deadline = time.monotonic() + 5
+    while "disconnect 1009" not in websocket_server.get("/websocket-log").json()["log"]:
+        assert time.monotonic() < deadline, websocket_server.get("/websocket-log").json()
+        time.sleep(0.05)
+    assert websocket_server.get("/plaintext").status == 200
+
+
 @pytest.mark.parametrize(("path", "status"), [("/ws-denied", 403), ("/ws-crash", 500)])
 def test_websocket_denied_before_accept(websocket_server, path, status):
     ws = connect_websocket(websocket_server.port, path)

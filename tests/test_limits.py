@@ -166,7 +166,9 @@ def test_a_client_that_leaves_cancels_its_handler(serve, routing):
         time.sleep(0.05)
 
 
-@pytest.mark.parametrize(("flag", "value"), [("--max-in-flight", "0"), ("--header-timeout", "-1")])
+@pytest.mark.parametrize(
+    ("flag", "value"), [("--max-in-flight", "0"), ("--header-timeout", "-1"), ("--ws-max-size", "0")]
+)
 def test_bad_limit_values_exit_with_one_line(flag, value):
     assert_one_clear_line(run_cli("serve", APP, flag, value), flag)
 

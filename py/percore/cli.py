@@ -146,6 +146,11 @@ def _parser() -> argparse.ArgumentParser:
         "--max-in-flight", type=int, help="requests in flight per loop; beyond it 503 + Retry-After (4096)"
     )
     limits.add_argument(
+        "--ws-max-size",
+        type=int,
+        help="bytes; a larger WebSocket message closes it with 1009 (default 16 MiB, as uvicorn)",
+    )
+    limits.add_argument(
         "--shutdown-timeout", type=float, help="seconds in-flight requests get after SIGTERM (default 5)"
     )
     return parser
@@ -183,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             max_connections=arguments.max_connections,
             max_in_flight=arguments.max_in_flight,
             shutdown_timeout=arguments.shutdown_timeout,
+            ws_max_size=arguments.ws_max_size,
             access_log=arguments.access_log,
             metrics_port=arguments.metrics_port,
             metrics_host=arguments.metrics_host,

@@ -34,6 +34,7 @@ class ServerConfig:
     max_connections: int | None = None
     max_in_flight: int | None = None
     shutdown_timeout: float | None = None
+    ws_max_size: int | None = None
     access_log: bool = False
     # Prometheus metrics on this port (same host) when set; 0 picks a free one (see docs/observability.md).
     metrics_port: int | None = None
@@ -93,6 +94,7 @@ class Server:
             max_connections=config.max_connections,
             max_in_flight=config.max_in_flight,
             shutdown_timeout=config.shutdown_timeout,
+            ws_max_size=config.ws_max_size,
             access_log=config.access_log,
             metrics_port=config.metrics_port,
             metrics_host=config.metrics_host,

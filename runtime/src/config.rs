@@ -41,6 +41,9 @@ pub struct Limits {
     pub max_connections_per_loop: usize,
     /// Requests in flight per loop; beyond it new requests routed to that loop get 503 + Retry-After.
     pub max_in_flight_per_loop: usize,
+    /// A WebSocket message (or frame) larger than this closes the socket with 1009 (message too big)
+    /// instead of being buffered: uvicorn's `--ws-max-size` and its default.
+    pub max_websocket_message: usize,
 }
 
 impl Default for Limits {
@@ -50,6 +53,7 @@ impl Default for Limits {
             header_timeout: std::time::Duration::from_secs(30),
             max_connections_per_loop: 10_000,
             max_in_flight_per_loop: 4096,
+            max_websocket_message: 16 * 1024 * 1024,
         }
     }
 }

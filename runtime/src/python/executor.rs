@@ -108,6 +108,8 @@ pub struct LoopShared {
     pub uuid_class: Py<PyAny>,
     /// `--max-body-size`, for request bodies read as they stream in (ASGI).
     pub max_body_size: u64,
+    /// `--ws-max-size`: the largest WebSocket message a client may send.
+    pub max_websocket_message: usize,
     response_class: Py<PyAny>,
     on_error: Py<PyAny>,
     /// The native app's `_exception_response(error)`: a response for handled exception types, or None.
@@ -733,6 +735,7 @@ pub struct PyExecutorFactory {
     pub on_error: Py<PyAny>,
     pub exception_responder: Option<Py<PyAny>>,
     pub max_body_size: u64,
+    pub max_websocket_message: usize,
 }
 
 impl ExecutorFactory for PyExecutorFactory {
@@ -850,6 +853,7 @@ impl PyExecutorFactory {
                     wake: Arc::new(Notify::new()),
                     uuid_class,
                     max_body_size: self.max_body_size,
+                    max_websocket_message: self.max_websocket_message,
                     response_class: self.response_class.clone_ref(py),
                     on_error: self.on_error.clone_ref(py),
                     exception_responder: self.exception_responder.as_ref().map(|r| r.clone_ref(py)),

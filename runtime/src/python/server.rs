@@ -77,7 +77,7 @@ impl Server {
         asgi_app=None, root_path=String::new(), lifecycle=None, exception_responder=None,
         max_body_size=None, header_timeout=None, max_connections=None, max_in_flight=None,
         shutdown_timeout=None, access_log=false, metrics_port=None, metrics_host=None, shared_port=false,
-        forwarded_allow_ips=None
+        forwarded_allow_ips=None, ws_max_size=None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -104,6 +104,7 @@ impl Server {
         metrics_host: Option<String>,
         shared_port: bool,
         forwarded_allow_ips: Option<&str>,
+        ws_max_size: Option<usize>,
     ) -> PyResult<Self> {
         let loops = LoopCount::parse(loops).map_err(config_error)?;
         let routing: RoutingPolicy = routing.parse().map_err(config_error)?;
@@ -137,6 +138,9 @@ impl Server {
         if let Some(count) = max_in_flight {
             limits.max_in_flight_per_loop = positive(count, "--max-in-flight")?;
         }
+        if let Some(size) = ws_max_size {
+            limits.max_websocket_message = positive(size, "--ws-max-size")?;
+        }
         if let Some(timeout) = shutdown_timeout {
             config.shutdown_timeout = seconds(timeout, "--shutdown-timeout")?;
         }
@@ -155,6 +159,7 @@ impl Server {
             on_error,
             exception_responder,
             max_body_size: config.limits.max_body_size,
+            max_websocket_message: config.limits.max_websocket_message,
         });
         if let Some(app) = asgi_app {
             return Ok(Server::with(

@@ -22,7 +22,8 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString, PyTuple};
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
@@ -355,6 +356,12 @@ impl WebSocketExchange {
     /// The server is stopping: close an open WebSocket with 1001 (going away) and tell the app, which
     /// sees `websocket.disconnect` with that code.
     fn server_closing(&self, py: Python<'_>) {
+        self.close_from_server(py, CloseCode::Away, "server shutting down");
+    }
+
+    /// Closes an open WebSocket from the server's side with `code`, and tells the app (its
+    /// `websocket.disconnect` carries the same code).
+    fn close_from_server(&self, py: Python<'_>, code: CloseCode, reason: &'static str) {
         let mut state = self.lock();
         if !matches!(state.phase, Phase::Open) {
             return;
@@ -365,11 +372,11 @@ impl WebSocketExchange {
         send_eventually(
             sender,
             Message::Close(Some(CloseFrame {
-                code: CloseCode::Away,
-                reason: "server shutting down".into(),
+                code,
+                reason: reason.into(),
             })),
         );
-        self.deliver(py, Event::Disconnect(u16::from(CloseCode::Away)));
+        self.deliver(py, Event::Disconnect(u16::from(code)));
     }
 }
 
@@ -392,7 +399,12 @@ async fn pump(
         Python::attach(|py| exchange.deliver(py, Event::Disconnect(1006)));
         return;
     };
-    let socket = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+    let limit = exchange.shared.max_websocket_message;
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(limit))
+        .max_frame_size(Some(limit));
+    let socket =
+        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
     let (mut sink, mut stream) = socket.split();
     let writer = async {
         while let Some(frame) = outgoing.recv().await {
@@ -412,6 +424,13 @@ async fn pump(
                     Event::Disconnect(frame.map(|f| u16::from(f.code)).unwrap_or(1005))
                 }
                 Some(Ok(_)) => continue, // ping/pong are answered by tungstenite
+                Some(Err(WsError::Capacity(_))) => {
+                    // Over --ws-max-size: close with 1009 rather than buffer it; the app hears 1009.
+                    Python::attach(|py| {
+                        exchange.close_from_server(py, CloseCode::Size, "message too big")
+                    });
+                    break;
+                }
                 Some(Err(_)) | None => Event::Disconnect(1006),
             };
             let last = matches!(event, Event::Disconnect(_));
