@@ -356,12 +356,26 @@ def test_objects_that_are_not_asgi_3_apps_fail_at_startup(target, args, fragment
     assert_one_clear_line(run_cli("serve", target, *args), fragment)
 
 
+def serve_websockets(serve, server: str, app: str = STARLETTE, *args: str) -> ServerProcess:
+    """percore (two loops, round-robin) or uvicorn with wsproto, both given `args`: the same WebSocket
+    tests run against uvicorn to prove the tests themselves."""
+    if server == "percore":
+        return serve(app, "--loops", "2", "--routing", "round-robin", *args)
+    return serve(
+        app, "--lifespan", "on", "--ws", "wsproto", "--log-level", "warning", *args, server="uvicorn"
+    )
+
+
+def wait_for_websocket_log(server: ServerProcess, entry: str) -> None:
+    deadline = time.monotonic() + 5
+    while entry not in server.get("/websocket-log").json()["log"]:
+        assert time.monotonic() < deadline, server.get("/websocket-log").json()
+        time.sleep(0.05)
+
+
 @pytest.fixture(params=["percore", "uvicorn"])
 def websocket_server(serve, request):
-    """The same WebSocket tests run against uvicorn (wsproto) to prove the tests themselves."""
-    if request.param == "percore":
-        return serve(STARLETTE, "--loops", "2", "--routing", "round-robin")
-    return serve(STARLETTE, "--lifespan", "on", "--ws", "wsproto", "--log-level", "warning", server="uvicorn")
+    return serve_websockets(serve, request.param)
 
 
 def test_websocket_accepts_with_subprotocol_and_echoes_text_and_binary(websocket_server):
@@ -385,30 +399,19 @@ def test_websocket_client_disconnect_reaches_the_app(websocket_server):
     assert ws.receive()[0] == TEXT
     ws.close(1001)
     ws.sock.close()
-    deadline = time.monotonic() + 5
-    while "disconnect 1001" not in websocket_server.get("/websocket-log").json()["log"]:
-        assert time.monotonic() < deadline, websocket_server.get("/websocket-log").json()
-        time.sleep(0.05)
+    wait_for_websocket_log(websocket_server, "disconnect 1001")
 
 
 @pytest.mark.parametrize("server", ["percore", "uvicorn"])
 def test_a_websocket_message_over_ws_max_size_closes_with_1009(serve, server):
-    if server == "percore":
-        websocket_server = serve(STARLETTE, "--loops", "1", "--ws-max-size", "1000")
-    else:
-        websocket_server = serve(
-            STARLETTE, "--ws", "wsproto", "--ws-max-size", "1000", "--log-level", "warning", server="uvicorn"
-        )
+    websocket_server = serve_websockets(serve, server, STARLETTE, "--ws-max-size", "1000")
     ws = connect_websocket(websocket_server.port, "/ws")
     ws.send_text("x" * 1000)  # at the limit: fine
     assert ws.receive() == (TEXT, b"echo: " + b"x" * 1000)
     ws.send_bytes(b"y" * 1001)
     assert ws.receive_close_code() == 1009
     ws.sock.close()
-    deadline = time.monotonic() + 5
-    while "disconnect 1009" not in websocket_server.get("/websocket-log").json()["log"]:
-        assert time.monotonic() < deadline, websocket_server.get("/websocket-log").json()
-        time.sleep(0.05)
+    wait_for_websocket_log(websocket_server, "disconnect 1009")
     assert websocket_server.get("/plaintext").status == 200
 
 
@@ -441,12 +444,7 @@ def test_websocket_receive_survives_a_cancelled_receive(websocket_server):
 @LITESTAR_ON_THIS_BUILD
 @pytest.mark.parametrize("server", ["percore", "uvicorn"])
 def test_litestar_background_tasks_and_websockets(serve, server):
-    if server == "percore":
-        running = serve(LITESTAR, "--loops", "2", "--routing", "round-robin")
-    else:
-        running = serve(
-            LITESTAR, "--lifespan", "on", "--ws", "wsproto", "--log-level", "warning", server="uvicorn"
-        )
+    running = serve_websockets(serve, server, LITESTAR)
     assert running.get("/background").json() == {"scheduled": True}
     deadline = time.monotonic() + 5
     while "background ran" not in running.get("/events").json()["events"]:
