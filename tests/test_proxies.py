@@ -8,7 +8,9 @@ import json
 import pytest
 
 from .conftest import assert_one_clear_line, run_cli
-from .test_asgi import exchange
+from .test_asgi import exchange, serve_websockets
+from .websocket_client import TEXT
+from .websocket_client import connect as connect_websocket
 
 STARLETTE = "tests.apps.starlette_app:app"
 NATIVE = "tests.apps.runtime_app:api"
@@ -86,6 +88,17 @@ def test_the_access_log_names_the_forwarded_client(serve):
     assert server.stop() == 0
     lines = [line for line in server.stderr.splitlines() if '"GET /whoami' in line]
     assert len(lines) == 1 and lines[0].startswith("203.0.113.7 - - ["), server.stderr
+
+
+@pytest.mark.parametrize("server", ["percore", "uvicorn"])
+def test_a_websocket_behind_a_tls_proxy_sees_wss_and_the_client(serve, server):
+    running = serve_websockets(serve, server)
+    headers = {"X-Forwarded-Proto": "https", "X-Forwarded-For": "203.0.113.7"}
+    ws = connect_websocket(running.port, "/ws-whoami", headers=headers)
+    assert ws.status == 101
+    opcode, payload = ws.receive()
+    assert (opcode, json.loads(payload)) == (TEXT, {"client": ["203.0.113.7", 0], "scheme": "wss"})
+    ws.sock.close()
 
 
 def test_a_malformed_network_fails_the_start_with_one_clear_line():

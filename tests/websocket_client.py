@@ -63,7 +63,13 @@ class Handshake:
         return struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
 
 
-def connect(port: int, path: str, subprotocols: tuple[str, ...] = (), timeout: float = 10) -> Handshake:
+def connect(
+    port: int,
+    path: str,
+    subprotocols: tuple[str, ...] = (),
+    timeout: float = 10,
+    headers: dict[str, str] | None = None,
+) -> Handshake:
     sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
     key = base64.b64encode(os.urandom(16)).decode()
     lines = [
@@ -76,6 +82,7 @@ def connect(port: int, path: str, subprotocols: tuple[str, ...] = (), timeout: f
     ]
     if subprotocols:
         lines.append("Sec-WebSocket-Protocol: " + ", ".join(subprotocols))
+    lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
     sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
     data = b""
     while b"\r\n\r\n" not in data:

@@ -159,6 +159,12 @@ async def patient(websocket: WebSocket):
     await websocket.close()
 
 
+async def websocket_whoami(websocket: WebSocket):
+    await websocket.accept()
+    await websocket.send_json({"client": list(websocket.client), "scheme": websocket.url.scheme})
+    await websocket.close()
+
+
 async def denied(websocket: WebSocket):
     await websocket.close()
 
@@ -195,6 +201,7 @@ app = Starlette(
         Route("/websocket-log", websocket_events),
         WebSocketRoute("/ws", chat),
         WebSocketRoute("/ws-denied", denied),
+        WebSocketRoute("/ws-whoami", websocket_whoami),
         WebSocketRoute("/ws-patient", patient),
         WebSocketRoute("/ws-crash", crashes),
     ],
