@@ -103,6 +103,33 @@ def test_http_exceptions_and_registered_handlers(serve):
     assert "I'm a teapot" not in server.stderr  # handled exceptions are not logged as failures
 
 
+def test_an_exception_raised_by_an_exception_handler_is_handled_once_more(serve):
+    """As in Starlette/FastAPI: the handler of the exception a handler raises answers, with the same
+    request and inside the middleware; if that one raises too, the client gets a 500 and it is logged."""
+    server = serve("tests.apps.exception_chain:api", "--loops", "1")
+    client = server.client()
+    reply = client.get("/orders/payment")
+    assert (reply.status, reply.json(), reply.headers["x-middleware"]) == (
+        503,
+        {"error": "cannot retry: card declined", "path": "/orders/payment"},
+        "saw it",
+    )
+    reply = client.get("/orders/conflict")
+    assert (reply.status, reply.json(), reply.headers["x-middleware"]) == (
+        409,
+        {"detail": "conflict on /orders/conflict"},
+        "saw it",
+    )
+    reply = client.get("/orders/fraud")
+    assert (reply.status, reply.text) == (500, "Internal Server Error")
+    assert "x-middleware" not in reply.headers
+    assert client.get("/orders/paid").json() == {"ok": "paid"}  # the loop keeps serving
+    server.stop()
+    assert "Exception in handler for GET /orders/{kind}" in server.stderr
+    assert "OutOfStock: cannot retry: flagged: stolen card" in server.stderr
+    assert "card declined" not in server.stderr  # handled exceptions are not logged as failures
+
+
 def test_routers_mount_under_their_prefix(serve):
     server = serve(NATIVE, "--loops", "1")
     client = server.client()

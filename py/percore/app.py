@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from . import params as _params
-from ._logging import logger
+from ._logging import log_handler_error, logger
 from .exceptions import ConfigurationError, HTTPException
 from .responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, as_response
 
@@ -287,14 +287,27 @@ class App(Router):
         return None
 
     async def _handle_exception(self, request: Any, error: BaseException) -> Response | None:
-        """The response the handler registered for ``error`` makes of it, or None (then: 500 and a log)."""
+        """The response the handler registered for ``error`` makes of it, or None (then: 500 and a log).
+
+        As in Starlette/FastAPI (which handle at the route and again in ExceptionMiddleware), an exception
+        a handler raises gets one more pass through the handlers, with the same request. One that no
+        further pass handles propagates (through middleware) marked, and the route's wrapper makes it a
+        logged 500: the Rust-side ``_exception_response`` must not handle it (again, without a request).
+        """
         handler = self._exception_handler(error)
         if handler is None:
             return None
-        result = handler(request, error)
-        if inspect.isawaitable(result):
-            result = await result
-        return result if isinstance(result, Response) else as_response(result)
+        try:
+            try:
+                return await _call_exception_handler(handler, request, error)
+            except Exception as again:
+                handler = self._exception_handler(again)
+                if handler is None:
+                    raise
+                return await _call_exception_handler(handler, request, again)
+        except Exception as failed:
+            vars(failed)[_HANDLER_RAISED] = True  # not setattr: a frozen dataclass exception refuses it
+            raise
 
     def _exception_response(self, error: BaseException) -> Response | None:
         """For routes the Rust side runs without a Python wrapper, i.e. when only the built-in
@@ -304,6 +317,19 @@ class App(Router):
             return None
         result = handler(None, error)
         return result if isinstance(result, Response) else as_response(result)
+
+
+#: Marks (in its ``__dict__``) an exception an exception handler raised that no handler handled.
+_HANDLER_RAISED = "_percore_raised_by_exception_handler"
+
+
+async def _call_exception_handler(
+    handler: Callable[[Any, BaseException], Any], request: Any, error: BaseException
+) -> Response:
+    result = handler(request, error)
+    if inspect.isawaitable(result):
+        result = await result
+    return result if isinstance(result, Response) else as_response(result)
 
 
 def _computed(route: Route) -> Route:
@@ -338,6 +364,7 @@ def _with_middleware(
     handler = route.function
     status_code = route.status_code
     passes_request = any(p.source == "request" for p in route.params)
+    name = f"{route.method} {route.path}"  # as the Rust side names the route in its logs
 
     async def endpoint(**kwargs: Any) -> Response:
         request = kwargs.pop(_REQUEST_PARAM)
@@ -358,7 +385,14 @@ def _with_middleware(
         call = call_handler
         for layer in reversed(middleware):
             call = _bind_call_next(layer, call)
-        return await call(request)
+        try:
+            return await call(request)
+        except Exception as error:
+            if not vars(error).pop(_HANDLER_RAISED, False):
+                raise
+            # An exception handler raised: a 500 and a log, as the Rust side makes of an unhandled error.
+            log_handler_error(name, error)
+            return PlainTextResponse("Internal Server Error", status_code=500)
 
     params = list(route.params)
     if not passes_request:
