@@ -124,6 +124,12 @@ def test_an_exception_raised_by_an_exception_handler_is_handled_once_more(serve)
     assert (reply.status, reply.text) == (500, "Internal Server Error")
     assert "x-middleware" not in reply.headers
     assert client.get("/orders/paid").json() == {"ok": "paid"}  # the loop keeps serving
+    # Middleware's own exceptions go to the handlers too, with the request (outside the chain: the
+    # outer middleware does not see that response).
+    reply = client.request("GET", "/orders/paid", headers={"X-Token": "bad"})
+    assert (reply.status, reply.json()) == (401, {"detail": "bad token for /orders/paid"})
+    reply = client.request("GET", "/orders/paid", headers={"X-Token": "stale"})
+    assert (reply.status, reply.json()) == (503, {"error": "token refresh service", "path": "/orders/paid"})
     server.stop()
     assert "Exception in handler for GET /orders/{kind}" in server.stderr
     assert "OutOfStock: cannot retry: flagged: stolen card" in server.stderr

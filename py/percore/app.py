@@ -388,10 +388,23 @@ def _with_middleware(
         try:
             return await call(request)
         except Exception as error:
+            failure = error
             if not vars(error).pop(_HANDLER_RAISED, False):
-                raise
+                # Not from a handler that raised: raised by middleware, or one no handler matched (the
+                # route handler's own were offered inside the chain). Offered to the handlers here, with
+                # the request, outside the chain; unmatched, it goes on to the Rust side's 500.
+                try:
+                    handled = await handle_exception(request, error) if handle_exception else None
+                except Exception as again:
+                    if not vars(again).pop(_HANDLER_RAISED, False):
+                        raise
+                    failure = again
+                else:
+                    if handled is None:
+                        raise
+                    return handled
             # An exception handler raised: a 500 and a log, as the Rust side makes of an unhandled error.
-            log_handler_error(name, error)
+            log_handler_error(name, failure)
             return PlainTextResponse("Internal Server Error", status_code=500)
 
     params = list(route.params)

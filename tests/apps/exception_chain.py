@@ -33,6 +33,16 @@ async def tag(request, call_next):
     return response
 
 
+@api.middleware
+async def guard(request, call_next):
+    # Inner middleware raising: its exceptions reach the handlers too, outside the chain.
+    if request.headers.get("x-token") == "bad":
+        raise HTTPException(401, f"bad token for {request.path}")
+    if request.headers.get("x-token") == "stale":
+        raise OutOfStock("token refresh service")
+    return await call_next(request)
+
+
 @api.get("/orders/{kind}")
 async def order(kind: str):
     if kind == "payment":
