@@ -169,8 +169,14 @@ impl Forwarded {
                 .find(|s| value.as_bytes().trim_ascii() == s.as_bytes())
         });
         let client = for_values.peek().is_some().then(|| {
+            // Latin-1, as uvicorn decodes it: every byte is one character.
             let joined = for_values
-                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .map(|v| {
+                    v.as_bytes()
+                        .iter()
+                        .map(|&b| char::from(b))
+                        .collect::<String>()
+                })
                 .collect::<Vec<_>>()
                 .join(", ");
             trusted.client_from(&joined)
@@ -275,6 +281,14 @@ mod tests {
         let seen = Forwarded::of(&local(), "::1".parse().unwrap(), &sent).unwrap();
         assert_eq!(seen.client, Some(("198.51.100.2".to_owned(), 0)));
         assert_eq!(seen.scheme, Some("http"));
+        // Bytes past ASCII are Latin-1 characters, as uvicorn decodes them.
+        let mut latin1 = HeaderMap::new();
+        latin1.insert(
+            "x-forwarded-for",
+            http::HeaderValue::from_bytes(b"caf\xe9").unwrap(),
+        );
+        let seen = Forwarded::of(&local(), "::1".parse().unwrap(), &latin1).unwrap();
+        assert_eq!(seen.client, Some(("caf\u{e9}".to_owned(), 0)));
         let odd = headers(&[("x-forwarded-proto", "gopher")]);
         let seen = Forwarded::of(&local(), "::1".parse().unwrap(), &odd).unwrap();
         assert_eq!((seen.client.clone(), seen.scheme), (None, None));
