@@ -23,7 +23,7 @@ from .conftest import (
     leave_an_endless_stream,
     run_cli,
 )
-from .websocket_client import BINARY, TEXT
+from .websocket_client import BINARY, PING, PONG, TEXT
 from .websocket_client import connect as connect_websocket
 
 FASTAPI = "tests.apps.fastapi_app:app"
@@ -413,6 +413,28 @@ def test_a_websocket_message_over_ws_max_size_closes_with_1009(serve, server):
     ws.sock.close()
     wait_for_websocket_log(websocket_server, "disconnect 1009")
     assert websocket_server.get("/plaintext").status == 200
+
+
+def test_a_websocket_client_that_stops_answering_pings_is_closed_with_1011(serve):
+    server = serve(STARLETTE, "--loops", "1", "--ws-ping-interval", "0.2", "--ws-ping-timeout", "0.3")
+    alive = connect_websocket(server.port, "/ws")
+    silent = connect_websocket(server.port, "/ws")
+    # A client that answers every ping stays open across several intervals...
+    deadline = time.monotonic() + 1.2
+    while time.monotonic() < deadline:
+        opcode, payload = alive.receive()
+        assert opcode == PING
+        alive.send(PONG, payload)
+    # ...while one that answers nothing was pinged, then closed with 1011, and its app was told.
+    assert silent.receive()[0] == PING
+    assert silent.receive_close_code() == 1011
+    wait_for_websocket_log(server, "disconnect 1011")
+    alive.send_text("still here")
+    while (frame := alive.receive())[0] == PING:
+        alive.send(PONG, frame[1])
+    assert frame == (TEXT, b"echo: still here")
+    alive.sock.close()
+    silent.sock.close()
 
 
 @pytest.mark.parametrize(("path", "status"), [("/ws-denied", 403), ("/ws-crash", 500)])

@@ -167,7 +167,13 @@ def test_a_client_that_leaves_cancels_its_handler(serve, routing):
 
 
 @pytest.mark.parametrize(
-    ("flag", "value"), [("--max-in-flight", "0"), ("--header-timeout", "-1"), ("--ws-max-size", "0")]
+    ("flag", "value"),
+    [
+        ("--max-in-flight", "0"),
+        ("--header-timeout", "-1"),
+        ("--ws-max-size", "0"),
+        ("--ws-ping-timeout", "0"),
+    ],
 )
 def test_bad_limit_values_exit_with_one_line(flag, value):
     assert_one_clear_line(run_cli("serve", APP, flag, value), flag)

@@ -151,6 +151,16 @@ def _parser() -> argparse.ArgumentParser:
         help="bytes; a larger WebSocket message closes it with 1009 (default 16 MiB, as uvicorn)",
     )
     limits.add_argument(
+        "--ws-ping-interval",
+        type=float,
+        help="seconds between keepalive pings on each WebSocket; 0 disables (default 20, as uvicorn)",
+    )
+    limits.add_argument(
+        "--ws-ping-timeout",
+        type=float,
+        help="seconds a WebSocket client has to answer a ping before it is closed with 1011 (default 20)",
+    )
+    limits.add_argument(
         "--shutdown-timeout", type=float, help="seconds in-flight requests get after SIGTERM (default 5)"
     )
     return parser
@@ -189,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
             max_in_flight=arguments.max_in_flight,
             shutdown_timeout=arguments.shutdown_timeout,
             ws_max_size=arguments.ws_max_size,
+            ws_ping_interval=arguments.ws_ping_interval,
+            ws_ping_timeout=arguments.ws_ping_timeout,
             access_log=arguments.access_log,
             metrics_port=arguments.metrics_port,
             metrics_host=arguments.metrics_host,

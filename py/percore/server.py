@@ -35,6 +35,8 @@ class ServerConfig:
     max_in_flight: int | None = None
     shutdown_timeout: float | None = None
     ws_max_size: int | None = None
+    ws_ping_interval: float | None = None
+    ws_ping_timeout: float | None = None
     access_log: bool = False
     # Prometheus metrics on this port (same host) when set; 0 picks a free one (see docs/observability.md).
     metrics_port: int | None = None
@@ -95,6 +97,8 @@ class Server:
             max_in_flight=config.max_in_flight,
             shutdown_timeout=config.shutdown_timeout,
             ws_max_size=config.ws_max_size,
+            ws_ping_interval=config.ws_ping_interval,
+            ws_ping_timeout=config.ws_ping_timeout,
             access_log=config.access_log,
             metrics_port=config.metrics_port,
             metrics_host=config.metrics_host,

@@ -110,6 +110,8 @@ pub struct LoopShared {
     pub max_body_size: u64,
     /// `--ws-max-size`: the largest WebSocket message a client may send.
     pub max_websocket_message: usize,
+    /// `--ws-ping-interval` (None: off) and `--ws-ping-timeout`.
+    pub websocket_ping: (Option<Duration>, Duration),
     response_class: Py<PyAny>,
     on_error: Py<PyAny>,
     /// The native app's `_exception_response(error)`: a response for handled exception types, or None.
@@ -736,6 +738,7 @@ pub struct PyExecutorFactory {
     pub exception_responder: Option<Py<PyAny>>,
     pub max_body_size: u64,
     pub max_websocket_message: usize,
+    pub websocket_ping: (Option<Duration>, Duration),
 }
 
 impl ExecutorFactory for PyExecutorFactory {
@@ -854,6 +857,7 @@ impl PyExecutorFactory {
                     uuid_class,
                     max_body_size: self.max_body_size,
                     max_websocket_message: self.max_websocket_message,
+                    websocket_ping: self.websocket_ping,
                     response_class: self.response_class.clone_ref(py),
                     on_error: self.on_error.clone_ref(py),
                     exception_responder: self.exception_responder.as_ref().map(|r| r.clone_ref(py)),

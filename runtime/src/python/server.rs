@@ -77,7 +77,7 @@ impl Server {
         asgi_app=None, root_path=String::new(), lifecycle=None, exception_responder=None,
         max_body_size=None, header_timeout=None, max_connections=None, max_in_flight=None,
         shutdown_timeout=None, access_log=false, metrics_port=None, metrics_host=None, shared_port=false,
-        forwarded_allow_ips=None, ws_max_size=None
+        forwarded_allow_ips=None, ws_max_size=None, ws_ping_interval=None, ws_ping_timeout=None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -105,6 +105,8 @@ impl Server {
         shared_port: bool,
         forwarded_allow_ips: Option<&str>,
         ws_max_size: Option<usize>,
+        ws_ping_interval: Option<f64>,
+        ws_ping_timeout: Option<f64>,
     ) -> PyResult<Self> {
         let loops = LoopCount::parse(loops).map_err(config_error)?;
         let routing: RoutingPolicy = routing.parse().map_err(config_error)?;
@@ -141,6 +143,16 @@ impl Server {
         if let Some(size) = ws_max_size {
             limits.max_websocket_message = positive(size, "--ws-max-size")?;
         }
+        match ws_ping_interval {
+            Some(interval) if interval == 0.0 => limits.websocket_ping_interval = None,
+            Some(interval) => {
+                limits.websocket_ping_interval = Some(seconds(interval, "--ws-ping-interval")?)
+            }
+            None => {}
+        }
+        if let Some(timeout) = ws_ping_timeout {
+            limits.websocket_ping_timeout = seconds(timeout, "--ws-ping-timeout")?;
+        }
         if let Some(timeout) = shutdown_timeout {
             config.shutdown_timeout = seconds(timeout, "--shutdown-timeout")?;
         }
@@ -160,6 +172,10 @@ impl Server {
             exception_responder,
             max_body_size: config.limits.max_body_size,
             max_websocket_message: config.limits.max_websocket_message,
+            websocket_ping: (
+                config.limits.websocket_ping_interval,
+                config.limits.websocket_ping_timeout,
+            ),
         });
         if let Some(app) = asgi_app {
             return Ok(Server::with(

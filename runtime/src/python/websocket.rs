@@ -9,6 +9,7 @@
 //! Invariants: one HTTP answer per handshake (101, 403, or 500 if the app fails before deciding); once
 //! closed by either side nothing more is sent; everything runs on the connection's loop thread.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
@@ -406,6 +407,28 @@ async fn pump(
     let socket =
         WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
     let (mut sink, mut stream) = socket.split();
+    // When the client last sent anything (a pong included): what the keepalive checks.
+    let heard = Cell::new(tokio::time::Instant::now());
+    let keepalive = async {
+        let (Some(interval), timeout) = exchange.shared.websocket_ping else {
+            return std::future::pending().await;
+        };
+        let sender = exchange.lock().outgoing.clone();
+        loop {
+            tokio::time::sleep(interval).await;
+            let pinged = tokio::time::Instant::now();
+            // A full queue means the app is sending: the ping would only wait behind it, and a client
+            // that is alive answers the frames before it anyway (its silence still counts below).
+            let _ = sender.try_send(Message::Ping(Default::default()));
+            tokio::time::sleep(timeout).await;
+            if heard.get() < pinged {
+                Python::attach(|py| {
+                    exchange.close_from_server(py, CloseCode::Error, "keepalive ping timeout")
+                });
+                return;
+            }
+        }
+    };
     let writer = async {
         while let Some(frame) = outgoing.recv().await {
             let closing = matches!(frame, Message::Close(_));
@@ -417,7 +440,9 @@ async fn pump(
     };
     let reader = async {
         loop {
-            let event = match stream.next().await {
+            let next = stream.next().await;
+            heard.set(tokio::time::Instant::now());
+            let event = match next {
                 Some(Ok(Message::Text(text))) => Event::Text(text.to_string()),
                 Some(Ok(Message::Binary(data))) => Event::Binary(data),
                 Some(Ok(Message::Close(frame))) => {
@@ -450,6 +475,10 @@ async fn pump(
     tokio::pin!(reader);
     tokio::select! {
         _ = closing => {}
+        _ = keepalive => {
+            // No answer to a ping: the close is queued; send it if the socket takes it, then drop it.
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), writer).await;
+        }
         _ = &mut reader => {
             // The client is gone or closed: flush what the app already queued (a close reply).
             let _ = tokio::time::timeout(std::time::Duration::from_secs(1), writer).await;
