@@ -144,7 +144,7 @@ impl Server {
             limits.max_websocket_message = positive(size, "--ws-max-size")?;
         }
         match ws_ping_interval {
-            Some(interval) if interval == 0.0 => limits.websocket_ping_interval = None,
+            Some(0.0) => limits.websocket_ping_interval = None,
             Some(interval) => {
                 limits.websocket_ping_interval = Some(seconds(interval, "--ws-ping-interval")?)
             }
