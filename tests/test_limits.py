@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from .conftest import assert_one_clear_line, run_cli
+from .conftest import assert_one_clear_line, free_port, run_cli
+from .test_metrics import scrape, value, wait_for
 
 APP = "tests.apps.runtime_app:api"
 
@@ -119,15 +120,14 @@ def test_a_slowloris_connection_is_closed_and_others_are_served(serve):
 
 
 def test_in_flight_cap_answers_503_with_retry_after(serve):
-    server = serve(APP, "--loops", "1", "--max-in-flight", "1")
+    metrics_port = free_port()
+    server = serve(APP, "--loops", "1", "--max-in-flight", "1", "--metrics-port", str(metrics_port))
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         slow = pool.submit(server.get, "/slow")
-        # Poll until /slow is in flight (a fixed sleep raced a loaded machine); if the cap let requests
-        # through, /where would answer 200 until /slow is done and the assert below fails.
-        deadline = time.monotonic() + 10
-        while (busy := server.get("/where")).status == 200 and not slow.done():
-            assert time.monotonic() < deadline, "the /slow request never got in flight"
-            time.sleep(0.01)
+        # Wait for /slow to be in flight by watching the gauge on the metrics port, which the cap does not
+        # count: polling the capped port itself raced /slow for the one slot (CI: /slow got the 503).
+        assert wait_for(lambda: value(scrape(metrics_port), "percore_in_flight_requests", loop="0") == 1)
+        busy = server.get("/where")
         assert busy.status == 503
         assert busy.headers["retry-after"] == "1"
         assert slow.result(timeout=10).status == 200
