@@ -210,3 +210,12 @@ def serve() -> Iterator:
             code = server.stop()
             if server.server == "percore":
                 assert code == 0, f"server exited with {code}:\n{server.stderr}"
+
+
+def wait_until_started(server: ServerProcess, endpoint: str, count: int = 1, timeout: float = 10.0) -> None:
+    """Until `count` handlers of `endpoint` have begun, per the test app's /started counters
+    (tests/apps/runtime_app.py): a fixed sleep raced a loaded machine."""
+    deadline = time.monotonic() + timeout
+    while server.get("/started").json().get(endpoint, 0) < count:
+        assert time.monotonic() < deadline, f"no {count} {endpoint} request(s) reached the handler"
+        time.sleep(0.01)

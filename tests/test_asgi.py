@@ -306,10 +306,13 @@ def test_a_body_after_the_response_completed_is_logged_not_sent(serve):
 
 def test_a_client_that_goes_away_is_seen_as_http_disconnect(serve):
     server = serve(STARLETTE, "--loops", "2", "--routing", "round-robin")
-    for _ in range(2):
+    for attempt in range(2):
         raw = socket.create_connection(("127.0.0.1", server.port))
         raw.sendall(b"GET /wait-for-disconnect HTTP/1.1\r\nHost: t\r\n\r\n")
-        time.sleep(0.2)
+        deadline = time.monotonic() + 10
+        while server.get("/disconnects").json()["waiting"] < attempt + 1:  # the handler is waiting
+            assert time.monotonic() < deadline, "the /wait-for-disconnect request never reached the app"
+            time.sleep(0.01)
         raw.close()
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from .conftest import assert_one_clear_line, free_port, run_cli
+from .conftest import assert_one_clear_line, free_port, run_cli, wait_until_started
 from .test_metrics import scrape, value, wait_for
 
 APP = "tests.apps.runtime_app:api"
@@ -152,10 +152,10 @@ def test_connection_cap_makes_new_connections_wait(serve):
 @pytest.mark.parametrize("routing", ["local", "round-robin"])
 def test_a_client_that_leaves_cancels_its_handler(serve, routing):
     server = serve(APP, "--loops", "2", "--routing", routing)
-    for _ in range(2):
+    for attempt in range(2):
         raw = socket.create_connection(("127.0.0.1", server.port))
         raw.sendall(b"GET /cancellable HTTP/1.1\r\nHost: t\r\n\r\n")
-        time.sleep(0.2)
+        wait_until_started(server, "cancellable", count=attempt + 1)
         raw.close()
     deadline = time.monotonic() + 5
     while True:

@@ -13,7 +13,7 @@ import time
 import pytest
 from percore._runtime import available_cores
 
-from .conftest import FREE_THREADED
+from .conftest import FREE_THREADED, wait_until_started
 
 APP = "tests.apps.runtime_app:api"
 POLICIES = ["local", "round-robin", "least-loaded"]
@@ -47,14 +47,6 @@ def test_round_robin_reaches_every_loop(serve, loops):
     assert seen == set(range(loops))
 
 
-def wait_until_slow_request_runs(server, timeout: float = 10.0) -> None:
-    """Until a /slow handler has begun (it then sleeps 0.6 s): a fixed sleep raced a loaded machine."""
-    deadline = time.monotonic() + timeout
-    while server.get("/slow-started").json()["count"] < 1:
-        assert time.monotonic() < deadline, "the /slow request never reached its handler"
-        time.sleep(0.01)
-
-
 def test_local_keeps_a_connection_on_the_loop_that_accepted_it(serve):
     server = serve(APP, "--loops", "2", "--routing", "local")
     client = server.client()
@@ -66,7 +58,7 @@ def test_least_loaded_sends_new_requests_away_from_a_busy_loop(serve):
     server = serve(APP, "--loops", "2", "--routing", "least-loaded")
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         slow = pool.submit(server.get, "/slow")
-        wait_until_slow_request_runs(server)
+        wait_until_started(server, "slow")
         client = server.client()
         fast_loops = {client.get("/where").json()["loop"] for _ in range(6)}
         slow_reply = slow.result(timeout=10)
@@ -178,7 +170,7 @@ def test_a_stop_signal_finishes_in_flight_requests_and_exits_zero(serve, signum)
     server = serve(APP, "--loops", "2", "--routing", "round-robin")
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         slow = pool.submit(server.get, "/slow")
-        wait_until_slow_request_runs(server)
+        wait_until_started(server, "slow")
         started = time.monotonic()
         server.process.send_signal(signum)
         reply = slow.result(timeout=10)
@@ -192,7 +184,7 @@ def test_a_second_signal_forces_exit(serve):
     server = serve(APP, "--loops", "1", "--shutdown-timeout", "30")
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         stuck = pool.submit(server.get, "/cancellable")  # sleeps 5 s: would hold a graceful stop
-        time.sleep(0.2)
+        wait_until_started(server, "cancellable")
         server.process.send_signal(signal.SIGTERM)
         time.sleep(0.3)
         assert server.process.poll() is None, "the first signal waits for in-flight requests"

@@ -1,6 +1,7 @@
 """The app the end-to-end runtime tests serve."""
 
 import asyncio
+import collections
 import contextvars
 import os
 import sys
@@ -44,21 +45,21 @@ def where_sync(request: percore.Request):
     return _where(request)
 
 
-# One entry per /slow request whose handler has begun: tests wait on /slow-started instead of sleeping
-# and hoping the request has arrived.
-slow_started: list[None] = []
+# How many handlers of each long-running endpoint have begun: tests wait on /started instead of sleeping
+# and hoping the request has arrived (a fixed sleep raced a loaded CI machine).
+started: collections.Counter[str] = collections.Counter()
 
 
 @api.get("/slow")
 async def slow(request: percore.Request):
-    slow_started.append(None)
+    started["slow"] += 1
     await asyncio.sleep(0.6)
     return _where(request)
 
 
-@api.get("/slow-started")
-def slow_started_count():
-    return {"count": len(slow_started)}
+@api.get("/started")
+def started_counts():
+    return dict(started)
 
 
 @api.get("/sleep")
@@ -216,6 +217,7 @@ cancel_log: list[str] = []
 
 @api.get("/cancellable")
 async def cancellable():
+    started["cancellable"] += 1
     try:
         await asyncio.sleep(5)
     except asyncio.CancelledError:

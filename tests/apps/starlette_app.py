@@ -25,6 +25,7 @@ FILE = os.path.join(tempfile.gettempdir(), f"percore-starlette-{os.getpid()}.bin
 FILE_BYTES = bytes(range(256)) * 1024  # 256 KiB, several read chunks
 
 disconnects: list[str] = []
+waiting_for_disconnect: list[None] = []  # one entry per /wait-for-disconnect handler that has begun waiting
 
 
 @asynccontextmanager
@@ -116,13 +117,14 @@ async def redirect(request):
 
 async def wait_for_disconnect(request):
     message = await request.receive()  # the (empty) body
+    waiting_for_disconnect.append(None)
     message = await request.receive()  # blocks until the client goes away
     disconnects.append(message["type"])
     return PlainTextResponse("unreachable")
 
 
 async def disconnect_log(request):
-    return JSONResponse({"disconnects": disconnects})
+    return JSONResponse({"disconnects": disconnects, "waiting": len(waiting_for_disconnect)})
 
 
 websocket_log: list[str] = []
