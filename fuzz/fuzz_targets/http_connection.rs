@@ -18,6 +18,7 @@ use _runtime::pool::{
     Executor, HttpRequest, HttpResponse, Latch, LocalBoxFuture, LoopContext, RequestBody,
     ResponseBody, Shared,
 };
+use _runtime::listener::LocalAddress;
 use _runtime::query::{parse_cookies, parse_query};
 use _runtime::router::Router;
 use _runtime::routing::{Chooser, RoutingPolicy};
@@ -162,7 +163,7 @@ fn harness() -> Harness {
         executor: Rc::new(TestExecutor),
         chooser: Chooser::new(RoutingPolicy::Local, 0, Arc::clone(&shared.load)),
         shared,
-        local_addr: SocketAddr::from(([127, 0, 0, 1], 8000)),
+        local_addr: LocalAddress::Tcp(SocketAddr::from(([127, 0, 0, 1], 8000))),
     });
     let (stop_sender, stop) = watch::channel(false);
     Harness {
@@ -193,7 +194,7 @@ fn exchange(data: &[u8], pipe: usize) -> Vec<u8> {
         let serve = serve_connection(
             server,
             Rc::clone(&h.context),
-            SocketAddr::from(([127, 0, 0, 1], 40000)),
+            Some(SocketAddr::from(([127, 0, 0, 1], 40000))),
             h.stop.clone(),
         );
         let client = async move {

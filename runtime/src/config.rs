@@ -68,8 +68,11 @@ impl Default for Limits {
 
 #[derive(Clone, Debug)]
 pub struct Config {
+    /// TCP address to listen on, unless `socket` says otherwise.
     pub host: String,
     pub port: u16,
+    /// A Unix socket path (`--uds`) or an inherited socket (`--fd`) instead of `host:port`.
+    pub socket: Option<crate::listener::SocketSource>,
     pub routing: RoutingPolicy,
     /// The core each loop is pinned to; its length is the loop count. More loops than cores wrap around.
     pub cores: Vec<usize>,
@@ -110,6 +113,7 @@ impl Config {
         Ok(Config {
             host: host.to_owned(),
             port,
+            socket: None,
             routing,
             cores,
             shutdown_timeout: std::time::Duration::from_secs(5),

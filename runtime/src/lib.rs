@@ -6,6 +6,7 @@
 
 pub mod access_log;
 pub mod config;
+pub mod listener;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;

@@ -21,10 +21,11 @@ use bytes::Bytes;
 use tokio::sync::{oneshot, watch, Notify};
 
 use crate::config::Config;
+use crate::listener::{self, Listener, LocalAddress, SocketFile};
 use crate::metrics::{self, ExtraMetrics, Gauges, Metrics};
 use crate::router::{EndpointId, Router};
 use crate::routing::{Chooser, InFlight, LoadTable};
-use crate::server;
+use crate::server::{self, AsyncListener};
 
 pub type LocalBoxFuture<T> = Pin<Box<dyn Future<Output = T>>>;
 
@@ -99,9 +100,9 @@ pub struct HttpRequest {
     pub headers: http::HeaderMap,
     pub body: RequestBody,
     pub params: Vec<(String, String)>,
-    /// The peer: the client, or the proxy in front of it (then see `forwarded`).
+    /// The peer: the client, or the proxy in front of it (then see `forwarded`); None on a Unix socket.
     pub client: Option<SocketAddr>,
-    pub server: SocketAddr,
+    pub server: LocalAddress,
     /// What a trusted proxy's headers said (client, scheme); None for most requests.
     pub forwarded: Option<Box<crate::proxy::Forwarded>>,
     /// Set when the client goes away before its response is ready.
@@ -280,7 +281,7 @@ pub struct LoopContext<X: Executor> {
     pub executor: Rc<X>,
     pub shared: Arc<Shared<X::Endpoint>>,
     pub chooser: Chooser,
-    pub local_addr: SocketAddr,
+    pub local_addr: LocalAddress,
 }
 
 impl<X: Executor> LoopContext<X> {
@@ -363,9 +364,11 @@ pub struct RunningPool {
     threads: Vec<JoinHandle<()>>,
     metrics_thread: Option<JoinHandle<()>>,
     stop: watch::Sender<bool>,
-    pub local_addr: SocketAddr,
+    pub local_addr: LocalAddress,
     /// Where `GET /metrics` is served, when `Config::metrics_port` is set.
     pub metrics_addr: Option<SocketAddr>,
+    /// The `--uds` socket file, removed once every loop has stopped accepting on it.
+    socket_file: Option<SocketFile>,
 }
 
 impl RunningPool {
@@ -382,6 +385,7 @@ impl RunningPool {
         for thread in self.threads.into_iter().chain(self.metrics_thread) {
             let _ = thread.join();
         }
+        drop(self.socket_file);
     }
 }
 
@@ -393,10 +397,15 @@ pub fn start<F: ExecutorFactory>(
     factory: Arc<F>,
 ) -> Result<RunningPool, PoolError> {
     let loops = config.loops();
-    let listeners = server::bind_listeners(&config.host, config.port, loops, config.shared_port)?;
-    let local_addr = listeners[0]
-        .local_addr()
-        .map_err(|e| PoolError::Bind(e.to_string()))?;
+    let bound = listener::bind(
+        config.socket.as_ref(),
+        &config.host,
+        config.port,
+        loops,
+        config.shared_port,
+    )
+    .map_err(|e| PoolError::Bind(e.0))?;
+    let local_addr = bound.address.clone();
     let metrics_listener = config
         .metrics_port
         .map(|port| {
@@ -413,11 +422,12 @@ pub fn start<F: ExecutorFactory>(
     let shared = Arc::new(Shared::new(router, endpoints, config, senders));
     let (ready_tx, ready_rx) = mpsc::channel::<(usize, Result<(), String>)>();
     let mut threads = Vec::with_capacity(loops);
-    for ((index, listener), jobs) in listeners.into_iter().enumerate().zip(receivers) {
+    for ((index, listener), jobs) in bound.listeners.into_iter().enumerate().zip(receivers) {
         let shared = Arc::clone(&shared);
         let factory = Arc::clone(&factory);
         let stop = stop.subscribe();
         let ready = ready_tx.clone();
+        let listener = (listener, local_addr.clone());
         let thread = std::thread::Builder::new()
             .name(format!("percore-loop-{index}"))
             .spawn(move || {
@@ -440,6 +450,7 @@ pub fn start<F: ExecutorFactory>(
         stop,
         local_addr,
         metrics_addr,
+        socket_file: bound.socket_file,
     };
     for _ in 0..loops {
         match ready_rx.recv() {
@@ -483,7 +494,7 @@ fn run_loop<F: ExecutorFactory>(
     index: usize,
     factory: &F,
     shared: Arc<Shared<F::Endpoint>>,
-    listener: std::net::TcpListener,
+    (listener, local_addr): (Listener, LocalAddress),
     jobs: async_channel::Receiver<Job>,
     mut stop: watch::Receiver<bool>,
     ready: mpsc::Sender<(usize, Result<(), String>)>,
@@ -512,10 +523,7 @@ fn run_loop<F: ExecutorFactory>(
             Ok(executor) => Rc::new(executor),
             Err(message) => return give_up(message),
         };
-        let listener = match listener
-            .set_nonblocking(true)
-            .and_then(|_| tokio::net::TcpListener::from_std(listener))
-        {
+        let listener = match AsyncListener::from_std(listener) {
             Ok(listener) => listener,
             Err(e) => {
                 executor.close();
@@ -526,9 +534,7 @@ fn run_loop<F: ExecutorFactory>(
             index,
             executor: Rc::clone(&executor),
             chooser: Chooser::new(shared.config.routing, index, Arc::clone(&shared.load)),
-            local_addr: listener
-                .local_addr()
-                .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0))),
+            local_addr: local_addr.clone(),
             shared: Arc::clone(&shared),
         });
         let driver = tokio::task::spawn_local(Rc::clone(&executor).drive());

@@ -152,15 +152,18 @@ pub struct Forwarded {
 }
 
 impl Forwarded {
-    /// The proxy headers of a request from `peer`, if `trusted` lets that peer set them and it did.
+    /// The proxy headers of a request from `peer`, if `trusted` lets that peer set them and it did. A peer
+    /// without an address (a Unix socket) is trusted only by `*`, as under uvicorn.
     pub fn of(
         trusted: &TrustedProxies,
-        peer: IpAddr,
+        peer: Option<IpAddr>,
         headers: &HeaderMap,
     ) -> Option<Box<Forwarded>> {
         let proto = headers.get_all("x-forwarded-proto").iter().next_back();
         let mut for_values = headers.get_all("x-forwarded-for").iter().peekable();
-        if (proto.is_none() && for_values.peek().is_none()) || !trusted.trusts(peer) {
+        if (proto.is_none() && for_values.peek().is_none())
+            || !peer.map_or(trusted.everyone, |p| trusted.trusts(p))
+        {
             return None;
         }
         let scheme = proto.and_then(|value| {
@@ -221,20 +224,29 @@ mod tests {
             ("x-forwarded-for", "1.2.3.4"),
             ("x-forwarded-proto", "https"),
         ]);
-        let seen = Forwarded::of(&local(), "127.0.0.1".parse().unwrap(), &sent).unwrap();
+        let seen = Forwarded::of(&local(), Some("127.0.0.1".parse().unwrap()), &sent).unwrap();
         assert_eq!(seen.client, Some(("1.2.3.4".to_owned(), 0)));
         assert_eq!(seen.scheme, Some("https"));
         assert_eq!(seen.websocket_scheme(), Some("wss"));
         assert_eq!(
-            Forwarded::of(&local(), "10.1.1.1".parse().unwrap(), &sent),
+            Forwarded::of(&local(), Some("10.1.1.1".parse().unwrap()), &sent),
             None
         );
         // An IPv4 peer seen through a dual-stack socket is the same address.
         assert!(local().trusts("::ffff:127.0.0.1".parse().unwrap()));
         assert_eq!(
-            Forwarded::of(&local(), "127.0.0.1".parse().unwrap(), &headers(&[])),
+            Forwarded::of(&local(), Some("127.0.0.1".parse().unwrap()), &headers(&[])),
             None
         );
+    }
+
+    #[test]
+    fn a_unix_socket_peer_is_trusted_only_by_everyone() {
+        let sent = headers(&[("x-forwarded-for", "1.2.3.4")]);
+        assert_eq!(Forwarded::of(&local(), None, &sent), None);
+        let everyone = TrustedProxies::parse("*").unwrap();
+        let seen = Forwarded::of(&everyone, None, &sent).unwrap();
+        assert_eq!(seen.client, Some(("1.2.3.4".to_owned(), 0)));
     }
 
     #[test]
@@ -278,7 +290,7 @@ mod tests {
             ("x-forwarded-proto", "https"),
             ("x-forwarded-proto", "http"),
         ]);
-        let seen = Forwarded::of(&local(), "::1".parse().unwrap(), &sent).unwrap();
+        let seen = Forwarded::of(&local(), Some("::1".parse().unwrap()), &sent).unwrap();
         assert_eq!(seen.client, Some(("198.51.100.2".to_owned(), 0)));
         assert_eq!(seen.scheme, Some("http"));
         // Bytes past ASCII are Latin-1 characters, as uvicorn decodes them.
@@ -287,10 +299,10 @@ mod tests {
             "x-forwarded-for",
             http::HeaderValue::from_bytes(b"caf\xe9").unwrap(),
         );
-        let seen = Forwarded::of(&local(), "::1".parse().unwrap(), &latin1).unwrap();
+        let seen = Forwarded::of(&local(), Some("::1".parse().unwrap()), &latin1).unwrap();
         assert_eq!(seen.client, Some(("caf\u{e9}".to_owned(), 0)));
         let odd = headers(&[("x-forwarded-proto", "gopher")]);
-        let seen = Forwarded::of(&local(), "::1".parse().unwrap(), &odd).unwrap();
+        let seen = Forwarded::of(&local(), Some("::1".parse().unwrap()), &odd).unwrap();
         assert_eq!((seen.client.clone(), seen.scheme), (None, None));
     }
 

@@ -1,16 +1,15 @@
-//! HTTP on each loop: the per-loop SO_REUSEPORT listeners, Hyper HTTP/1.1 connections with keep-alive,
-//! and the request path from bytes on a socket to a routed `HttpRequest` and back.
+//! HTTP on each loop: accepting on the loop's listener (`listener` binds them), Hyper HTTP/1.1
+//! connections with keep-alive, and the request path from bytes on a socket to a routed `HttpRequest`
+//! and back.
 //!
-//! Why one SO_REUSEPORT listener per loop: each loop accepts on its own socket, so accepting never crosses
-//! threads and no loop wakes for another's connection. The kernel spreads new connections over the
-//! listeners by a hash of the connection's addresses; a single long-lived connection stays on one loop,
-//! which is what the routing policies (hand-off per request) correct for.
+//! A connection stays on the loop that accepted it; the routing policies (hand-off per request) are what
+//! spread a single long-lived connection's requests.
 //!
 //! Invariant: 404 and 405 are answered here, before any executor (Python) is involved.
 
 use std::cell::Cell;
 use std::convert::Infallible;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -23,84 +22,43 @@ use http_body_util::BodyExt;
 use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::{watch, Notify};
 
 use crate::access_log;
+use crate::listener::Listener;
 use crate::metrics::Metrics;
 use crate::pool::{
-    BodyChunks, Executor, HttpRequest, HttpResponse, Latch, LoopContext, PoolError, RequestBody,
-    ResponseBody, StreamAborted,
+    BodyChunks, Executor, HttpRequest, HttpResponse, Latch, LoopContext, RequestBody, ResponseBody,
+    StreamAborted,
 };
 use crate::proxy::Forwarded;
 use crate::router::Lookup;
 
-const LISTEN_BACKLOG: i32 = 1024;
 /// A request head (request line and headers) larger than this is answered 431.
 const MAX_HEADER_SIZE: usize = 64 * 1024;
 /// Declared bodies up to this size are read before the handler runs.
 const EAGER_BODY_LIMIT: u64 = 64 * 1024;
 
-fn resolve(host: &str, port: u16) -> Result<SocketAddr, PoolError> {
-    (host, port)
-        .to_socket_addrs()
-        .map_err(|e| PoolError::Bind(format!("cannot resolve host {host:?}: {e}")))?
-        .next()
-        .ok_or_else(|| PoolError::Bind(format!("host {host:?} has no address")))
+/// A loop's listening socket in its async form (`listener` binds them).
+pub enum AsyncListener {
+    Tcp(tokio::net::TcpListener),
+    Unix(tokio::net::UnixListener),
 }
 
-fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(LISTEN_BACKLOG)?;
-    Ok(socket.into())
-}
-
-/// Binds one listener per loop on the same address.
-///
-/// SO_REUSEPORT would let us silently share a port with another process of the same user, so the port
-/// is first probed with a plain (non-reuseport) bind: if anything else holds it, that fails with
-/// "address in use" and we report it instead of splitting traffic with a stranger.
-///
-/// `shared_port`: a `--workers` supervisor has already probed and reserved the port for its worker
-/// processes, which must join each other's SO_REUSEPORT group, so they skip the probe (it would fail on
-/// their siblings' listeners). Port 0 is always probed: it is how the kernel picks one port for all loops.
-pub fn bind_listeners(
-    host: &str,
-    port: u16,
-    loops: usize,
-    shared_port: bool,
-) -> Result<Vec<std::net::TcpListener>, PoolError> {
-    let mut addr = resolve(host, port)?;
-    let busy = |addr: SocketAddr, e: std::io::Error| {
-        if e.kind() == std::io::ErrorKind::AddrInUse {
-            PoolError::Bind(format!("address {addr} is already in use"))
-        } else {
-            PoolError::Bind(format!("cannot listen on {addr}: {e}"))
-        }
-    };
-    let mut listeners = Vec::with_capacity(loops);
-    if port == 0 || !shared_port {
-        let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
-            .map_err(|e| busy(addr, e))?;
-        probe.set_reuse_address(true).map_err(|e| busy(addr, e))?;
-        probe.bind(&addr.into()).map_err(|e| busy(addr, e))?;
-        if port == 0 {
-            // Let the kernel pick once, then every loop listens on that same port.
-            let picked = probe
-                .local_addr()
-                .ok()
-                .and_then(|a| a.as_socket())
-                .ok_or_else(|| PoolError::Bind("cannot read the bound address".into()))?;
-            addr.set_port(picked.port());
-        }
+impl AsyncListener {
+    /// Must run on the loop's runtime (registers the socket with its reactor).
+    pub fn from_std(listener: Listener) -> std::io::Result<Self> {
+        Ok(match listener {
+            Listener::Tcp(listener) => {
+                listener.set_nonblocking(true)?;
+                AsyncListener::Tcp(tokio::net::TcpListener::from_std(listener)?)
+            }
+            Listener::Unix(listener) => {
+                listener.set_nonblocking(true)?;
+                AsyncListener::Unix(tokio::net::UnixListener::from_std(listener)?)
+            }
+        })
     }
-    for _ in 0..loops {
-        listeners.push(reuseport_listener(addr).map_err(|e| busy(addr, e))?);
-    }
-    Ok(listeners)
 }
 
 /// Counts a loop's open connections so shutdown can wait for them to finish.
@@ -151,7 +109,7 @@ impl Drop for ConnectionGuard {
 /// Accepts and serves connections until `stop` turns true; returns the tracker of connections still open.
 /// Those are told to finish their current request and close (graceful shutdown).
 pub async fn accept_until_stopped<X: Executor>(
-    listener: tokio::net::TcpListener,
+    listener: AsyncListener,
     context: Rc<LoopContext<X>>,
     stop: &mut watch::Receiver<bool>,
 ) -> Rc<Connections> {
@@ -168,33 +126,63 @@ pub async fn accept_until_stopped<X: Executor>(
             break;
         }
         let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
+            accepted = accept(&listener) => accepted,
             _ = stop.wait_for(|stopped| *stopped) => break,
         };
-        let (stream, peer) = match accepted {
-            Ok(pair) => pair,
+        match accepted {
+            Ok(Accepted::Tcp(stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                spawn_connection(stream, Some(peer), &connections, &context, stop);
+            }
+            // A Unix socket's peer has no address: ASGI's `client` is absent, as under uvicorn.
+            Ok(Accepted::Unix(stream)) => {
+                spawn_connection(stream, None, &connections, &context, stop)
+            }
             // Transient (EMFILE, ECONNABORTED, ...): back off briefly instead of spinning.
-            Err(_) => {
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        connections.open.set(connections.open.get() + 1);
-        let guard = ConnectionGuard(Rc::clone(&connections));
-        let context = Rc::clone(&context);
-        let stop = stop.clone();
-        let mut abort = connections.abort.subscribe();
-        tokio::task::spawn_local(async move {
-            let _guard = guard;
-            tokio::select! {
-                _ = serve_connection(stream, context, peer, stop) => {}
-                _ = abort.wait_for(|aborted| *aborted) => {}
-            }
-        });
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+        }
     }
     drop(listener);
     connections
+}
+
+enum Accepted {
+    Tcp(tokio::net::TcpStream, SocketAddr),
+    Unix(tokio::net::UnixStream),
+}
+
+async fn accept(listener: &AsyncListener) -> std::io::Result<Accepted> {
+    match listener {
+        AsyncListener::Tcp(listener) => {
+            let (stream, peer) = listener.accept().await?;
+            Ok(Accepted::Tcp(stream, peer))
+        }
+        AsyncListener::Unix(listener) => Ok(Accepted::Unix(listener.accept().await?.0)),
+    }
+}
+
+fn spawn_connection<X, IO>(
+    stream: IO,
+    peer: Option<SocketAddr>,
+    connections: &Rc<Connections>,
+    context: &Rc<LoopContext<X>>,
+    stop: &watch::Receiver<bool>,
+) where
+    X: Executor,
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    connections.open.set(connections.open.get() + 1);
+    let guard = ConnectionGuard(Rc::clone(connections));
+    let context = Rc::clone(context);
+    let stop = stop.clone();
+    let mut abort = connections.abort.subscribe();
+    tokio::task::spawn_local(async move {
+        let _guard = guard;
+        tokio::select! {
+            _ = serve_connection(stream, context, peer, stop) => {}
+            _ = abort.wait_for(|aborted| *aborted) => {}
+        }
+    });
 }
 
 /// Serves one client connection (HTTP/1.1, keep-alive, upgrades) until it closes, or until `stop` turns
@@ -205,7 +193,7 @@ pub async fn accept_until_stopped<X: Executor>(
 pub async fn serve_connection<X, IO>(
     io: IO,
     context: Rc<LoopContext<X>>,
-    peer: SocketAddr,
+    peer: Option<SocketAddr>,
     mut stop: watch::Receiver<bool>,
 ) where
     X: Executor,
@@ -264,7 +252,7 @@ impl Drop for OpenConnection {
 async fn handle<X: Executor>(
     request: hyper::Request<Incoming>,
     context: Rc<LoopContext<X>>,
-    peer: SocketAddr,
+    peer: Option<SocketAddr>,
 ) -> hyper::Response<Body> {
     let mut request = request;
     let upgrade = request
@@ -278,11 +266,11 @@ async fn handle<X: Executor>(
         .config
         .trusted_proxies
         .as_ref()
-        .and_then(|trusted| Forwarded::of(trusted, peer.ip(), &parts.headers));
+        .and_then(|trusted| Forwarded::of(trusted, peer.map(|p| p.ip()), &parts.headers));
     let logged = context.shared.config.access_log.then(|| {
         let client = match forwarded.as_ref().and_then(|f| f.client.as_ref()) {
             Some((host, _)) => host.clone(),
-            None => peer.ip().to_string(),
+            None => peer.map_or_else(|| "-".to_owned(), |p| p.ip().to_string()),
         };
         (
             client,
@@ -321,8 +309,8 @@ async fn handle<X: Executor>(
                     headers: parts.headers,
                     body,
                     params,
-                    client: Some(peer),
-                    server: context.local_addr,
+                    client: peer,
+                    server: context.local_addr.clone(),
                     forwarded,
                     client_gone: Default::default(),
                     upgrade,
@@ -465,24 +453,4 @@ fn into_hyper(response: HttpResponse) -> hyper::Response<Body> {
         headers.append(name, value);
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::bind_listeners;
-
-    #[test]
-    fn workers_share_a_port_that_other_servers_cannot_take() {
-        let first = bind_listeners("127.0.0.1", 0, 2, false).unwrap();
-        let port = first[0].local_addr().unwrap().port();
-        assert!(first.iter().all(|l| l.local_addr().unwrap().port() == port));
-        // Another server (no supervisor reserved the port for it) probes and is refused.
-        let refused = bind_listeners("127.0.0.1", port, 1, false).unwrap_err();
-        assert!(refused.to_string().contains("already in use"), "{refused}");
-        // A sibling worker joins the SO_REUSEPORT group.
-        let sibling = bind_listeners("127.0.0.1", port, 2, true).unwrap();
-        assert!(sibling
-            .iter()
-            .all(|l| l.local_addr().unwrap().port() == port));
-    }
 }

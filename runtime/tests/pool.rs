@@ -2,12 +2,13 @@
 //! hand-off and shutdown, without Python.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use _runtime::config::{available_cores, Config, LoopCount};
+use _runtime::listener::{LocalAddress, SocketSource};
 use _runtime::pool::{self, Executor, ExecutorFactory, HttpRequest, HttpResponse, LocalBoxFuture};
 use _runtime::router::Router;
 use _runtime::routing::RoutingPolicy;
@@ -57,7 +58,16 @@ impl ExecutorFactory for WhereFactory {
 }
 
 fn start(loops: usize, routing: RoutingPolicy) -> pool::RunningPool {
-    let config = Config::new("127.0.0.1", 0, LoopCount::Fixed(loops), routing).unwrap();
+    start_on(None, loops, routing)
+}
+
+fn start_on(
+    socket: Option<SocketSource>,
+    loops: usize,
+    routing: RoutingPolicy,
+) -> pool::RunningPool {
+    let mut config = Config::new("127.0.0.1", 0, LoopCount::Fixed(loops), routing).unwrap();
+    config.socket = socket;
     let mut router = Router::new();
     router
         .insert(http::Method::GET, "/where/{name}", 0)
@@ -66,12 +76,12 @@ fn start(loops: usize, routing: RoutingPolicy) -> pool::RunningPool {
     pool::start(config, router, vec![0, 1], Arc::new(WhereFactory)).unwrap()
 }
 
-fn get(stream: &mut TcpStream, path: &str) -> (u16, String) {
+fn get(stream: &mut (impl Read + Write), path: &str) -> (u16, String) {
     write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
     read_response(stream)
 }
 
-fn read_response(stream: &mut TcpStream) -> (u16, String) {
+fn read_response(stream: &mut impl Read) -> (u16, String) {
     let mut buffer = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
@@ -97,8 +107,11 @@ fn read_response(stream: &mut TcpStream) -> (u16, String) {
     }
 }
 
-fn connect(addr: SocketAddr) -> TcpStream {
-    let stream = TcpStream::connect(addr).unwrap();
+fn connect(address: &LocalAddress) -> TcpStream {
+    let LocalAddress::Tcp(address) = address else {
+        panic!("not a TCP address: {address}")
+    };
+    let stream = TcpStream::connect(address).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
@@ -106,10 +119,47 @@ fn connect(addr: SocketAddr) -> TcpStream {
 }
 
 #[test]
+fn a_unix_socket_is_served_by_every_loop_and_removed_at_shutdown() {
+    let dir = std::env::temp_dir().join(format!("percore-pool-uds-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("app.sock");
+    let pool = start_on(
+        Some(SocketSource::UnixPath(path.clone())),
+        2,
+        RoutingPolicy::Local,
+    );
+    assert_eq!(
+        pool.local_addr,
+        LocalAddress::Unix(path.display().to_string().into())
+    );
+    // Every loop accepts on the one socket: with Local routing, the loop that answers is the loop that
+    // accepted, so enough connections reach both.
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..40 {
+        let mut stream = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let (status, body) = get(&mut stream, "/where/unix");
+        assert_eq!(status, 200);
+        assert!(body.ends_with("name=unix"));
+        seen.insert(body.split_whitespace().next().unwrap().to_owned());
+        if seen.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(seen.len(), 2, "only {seen:?} accepted");
+    pool.stop();
+    pool.join();
+    assert!(!path.exists(), "the socket file outlived the server");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
 fn loops_are_pinned_and_round_robin_reaches_every_loop() {
     let pool = start(2, RoutingPolicy::RoundRobin);
     let cores = available_cores();
-    let mut stream = connect(pool.local_addr);
+    let mut stream = connect(&pool.local_addr);
     let mut seen = std::collections::BTreeSet::new();
     for _ in 0..6 {
         let (status, body) = get(&mut stream, "/where/x");
@@ -136,7 +186,7 @@ fn loops_are_pinned_and_round_robin_reaches_every_loop() {
 #[test]
 fn local_policy_keeps_a_connection_on_its_loop() {
     let pool = start(2, RoutingPolicy::Local);
-    let mut stream = connect(pool.local_addr);
+    let mut stream = connect(&pool.local_addr);
     let first = get(&mut stream, "/where/a").1;
     let loop_of = |body: &str| body.split_whitespace().next().unwrap().to_string();
     for _ in 0..5 {
@@ -149,11 +199,11 @@ fn local_policy_keeps_a_connection_on_its_loop() {
 #[test]
 fn least_loaded_steers_new_requests_away_from_a_busy_loop() {
     let pool = start(2, RoutingPolicy::LeastLoaded);
-    let mut slow = connect(pool.local_addr);
+    let mut slow = connect(&pool.local_addr);
     write!(slow, "GET /slow HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
     std::thread::sleep(Duration::from_millis(100));
     // Whichever loop reads these, the one busy with /slow has one in flight and the other none.
-    let mut fast = connect(pool.local_addr);
+    let mut fast = connect(&pool.local_addr);
     let mut seen = std::collections::BTreeSet::new();
     for _ in 0..4 {
         seen.insert(
@@ -180,7 +230,7 @@ fn least_loaded_steers_new_requests_away_from_a_busy_loop() {
 #[test]
 fn unknown_path_and_wrong_method_are_answered_by_the_router() {
     let pool = start(1, RoutingPolicy::Local);
-    let mut stream = connect(pool.local_addr);
+    let mut stream = connect(&pool.local_addr);
     assert_eq!(get(&mut stream, "/nope").0, 404);
     write!(
         stream,
@@ -195,7 +245,7 @@ fn unknown_path_and_wrong_method_are_answered_by_the_router() {
 #[test]
 fn stop_finishes_in_flight_requests_and_joins_quickly() {
     let pool = start(2, RoutingPolicy::RoundRobin);
-    let mut slow = connect(pool.local_addr);
+    let mut slow = connect(&pool.local_addr);
     write!(slow, "GET /slow HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
     std::thread::sleep(Duration::from_millis(100));
     let started = Instant::now();

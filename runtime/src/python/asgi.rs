@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::executor::LoopShared;
 use super::task::AppConnection;
+use crate::listener::LocalAddress;
 use crate::pool::{HttpRequest, HttpResponse, Latch, RequestBody, ResponseBody, StreamAborted};
 use crate::query::percent_decode_path;
 
@@ -690,12 +691,21 @@ fn host_string(py: Python<'_>, ip: std::net::IpAddr) -> Bound<'_, PyString> {
 }
 
 /// `scope["server"]`, built once per scope template (see `SCOPE_TEMPLATES`).
-fn server_tuple(py: Python<'_>, server: std::net::SocketAddr) -> PyResult<Bound<'_, PyTuple>> {
-    let host = PyString::new(py, &server.ip().to_string());
-    PyTuple::new(
-        py,
-        [host.into_any(), server.port().into_pyobject(py)?.into_any()],
-    )
+/// ASGI's `server`: (host, port), or (path, None) on a Unix socket, as uvicorn reports it.
+pub fn server_tuple<'py>(py: Python<'py>, server: &LocalAddress) -> PyResult<Bound<'py, PyTuple>> {
+    match server {
+        LocalAddress::Tcp(address) => PyTuple::new(
+            py,
+            [
+                PyString::new(py, &address.ip().to_string()).into_any(),
+                address.port().into_pyobject(py)?.into_any(),
+            ],
+        ),
+        LocalAddress::Unix(path) => PyTuple::new(
+            py,
+            [PyString::new(py, path).into_any(), py.None().into_bound(py)],
+        ),
+    }
 }
 
 /// The scope keys that do not change between requests of one kind on one listener.
@@ -703,7 +713,7 @@ struct ScopeTemplate {
     kind: usize,
     scheme: usize,
     root_path: String,
-    server: std::net::SocketAddr,
+    server: LocalAddress,
     scope: Py<PyDict>,
     asgi: Py<PyDict>,
 }
@@ -724,14 +734,14 @@ fn scope_from_template<'py>(
     kind: &Bound<'py, PyString>,
     scheme: &Bound<'py, PyString>,
     root_path: &str,
-    server: std::net::SocketAddr,
+    server: &LocalAddress,
 ) -> PyResult<Bound<'py, PyDict>> {
     SCOPE_TEMPLATES.with(|templates| {
         let mut templates = templates.borrow_mut();
         let found = templates.iter().position(|t| {
             t.kind == kind.as_ptr() as usize
                 && t.scheme == scheme.as_ptr() as usize
-                && t.server == server
+                && t.server == *server
                 && t.root_path == root_path
         });
         let template = match found {
@@ -762,7 +772,7 @@ fn scope_from_template<'py>(
                     kind: kind.as_ptr() as usize,
                     scheme: scheme.as_ptr() as usize,
                     root_path: root_path.to_owned(),
-                    server,
+                    server: server.clone(),
                     scope: scope.unbind(),
                     asgi: asgi.unbind(),
                 });
@@ -801,7 +811,7 @@ pub fn base_scope<'py>(
     request: &HttpRequest,
     loop_state: Option<&Bound<'py, PyDict>>,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let scope = scope_from_template(py, kind, scheme, &endpoint.root_path, request.server)?;
+    let scope = scope_from_template(py, kind, scheme, &endpoint.root_path, &request.server)?;
     match request.version {
         http::Version::HTTP_10 => {
             scope.set_item(intern!(py, "http_version"), intern!(py, "1.0"))?
@@ -861,7 +871,8 @@ pub fn base_scope<'py>(
             )?;
             scope.set_item(intern!(py, "client"), client)?;
         }
-        None => scope.del_item(intern!(py, "client"))?,
+        // A Unix socket peer: the template's None, as uvicorn reports it.
+        None => {}
     }
     if let Some(state) = loop_state {
         scope.set_item(intern!(py, "state"), state.copy()?)?;

@@ -75,6 +75,7 @@ fn _runtime(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<server::Server>()?;
+    m.add_class::<server::UnixSocket>()?;
     m.add_class::<request::Request>()?;
     m.add_class::<task::RequestTask>()?;
     m.add_class::<asgi::Ready>()?;

@@ -155,10 +155,10 @@ impl Request {
             .unwrap_or("http")
     }
 
-    /// (host, port) this server accepted the connection on.
+    /// (host, port) this server accepted the connection on; (path, None) on a Unix socket (`--uds`).
     #[getter]
-    fn server(&self) -> (String, u16) {
-        (self.inner.server.ip().to_string(), self.inner.server.port())
+    fn server<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, pyo3::types::PyTuple>> {
+        super::asgi::server_tuple(py, &self.inner.server)
     }
 
     /// This loop's state: what the app's `on_loop_start` hooks put there (a dict; None without hooks).

@@ -13,6 +13,7 @@ use super::params::{Param, ParamSpec};
 use super::response::to_response;
 use super::{ConfigurationError, StartupError};
 use crate::config::{Config, LoopCount};
+use crate::listener::{self, LocalAddress, SocketFile, SocketSource};
 use crate::pool::{self, RunningPool};
 use crate::proxy::TrustedProxies;
 use crate::router::Router;
@@ -42,7 +43,7 @@ pub struct Server {
     prepared: Mutex<Option<Prepared>>,
     factory: Arc<PyExecutorFactory>,
     running: Mutex<Option<RunningPool>>,
-    address: Mutex<Option<SocketAddr>>,
+    address: Mutex<Option<LocalAddress>>,
     metrics_address: Mutex<Option<SocketAddr>>,
 }
 
@@ -77,7 +78,8 @@ impl Server {
         asgi_app=None, root_path=String::new(), lifecycle=None, exception_responder=None,
         max_body_size=None, header_timeout=None, max_connections=None, max_in_flight=None,
         shutdown_timeout=None, access_log=false, metrics_port=None, metrics_host=None, shared_port=false,
-        forwarded_allow_ips=None, ws_max_size=None, ws_ping_interval=None, ws_ping_timeout=None
+        forwarded_allow_ips=None, ws_max_size=None, ws_ping_interval=None, ws_ping_timeout=None,
+        uds=None, fd=None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -107,6 +109,8 @@ impl Server {
         ws_max_size: Option<usize>,
         ws_ping_interval: Option<f64>,
         ws_ping_timeout: Option<f64>,
+        uds: Option<std::path::PathBuf>,
+        fd: Option<i32>,
     ) -> PyResult<Self> {
         let loops = LoopCount::parse(loops).map_err(config_error)?;
         let routing: RoutingPolicy = routing.parse().map_err(config_error)?;
@@ -156,6 +160,19 @@ impl Server {
         if let Some(timeout) = shutdown_timeout {
             config.shutdown_timeout = seconds(timeout, "--shutdown-timeout")?;
         }
+        config.socket = match (uds, fd) {
+            (Some(_), Some(_)) => {
+                return Err(config_error("--uds and --fd are exclusive: pick one"))
+            }
+            (Some(path), None) => Some(SocketSource::UnixPath(path)),
+            (None, Some(fd)) if fd < 0 => {
+                return Err(config_error(format!(
+                    "--fd must be a file descriptor, got {fd}"
+                )))
+            }
+            (None, Some(fd)) => Some(SocketSource::Fd(fd)),
+            (None, None) => None,
+        };
         config.access_log = access_log;
         config.metrics_port = metrics_port;
         config.metrics_host = metrics_host;
@@ -240,7 +257,7 @@ impl Server {
         let pool = py
             .detach(|| pool::start(config, prepared.router, prepared.endpoints, factory))
             .map_err(|e| StartupError::new_err(e.to_string()))?;
-        *self.address.lock().unwrap() = Some(pool.local_addr);
+        *self.address.lock().unwrap() = Some(pool.local_addr.clone());
         *self.metrics_address.lock().unwrap() = pool.metrics_addr;
         *self.running.lock().unwrap() = Some(pool);
         Ok(())
@@ -278,14 +295,28 @@ impl Server {
         }
     }
 
+    /// The TCP address's host once started; None on a Unix socket.
     #[getter]
     fn host(&self) -> Option<String> {
-        self.address.lock().unwrap().map(|a| a.ip().to_string())
+        match self.address.lock().unwrap().as_ref() {
+            Some(LocalAddress::Tcp(address)) => Some(address.ip().to_string()),
+            _ => None,
+        }
     }
 
+    /// The TCP port once started (the one picked for port 0); None on a Unix socket.
     #[getter]
     fn port(&self) -> Option<u16> {
-        self.address.lock().unwrap().map(|a| a.port())
+        match self.address.lock().unwrap().as_ref() {
+            Some(LocalAddress::Tcp(address)) => Some(address.port()),
+            _ => None,
+        }
+    }
+
+    /// Where it serves once started: `http://HOST:PORT` or `unix:PATH`.
+    #[getter]
+    fn address(&self) -> Option<String> {
+        self.address.lock().unwrap().as_ref().map(|a| a.to_string())
     }
 
     /// The port `GET /metrics` is served on, once started with `metrics_port`.
@@ -303,5 +334,38 @@ impl Server {
     #[getter]
     fn routing(&self) -> &'static str {
         self.config.routing.name()
+    }
+}
+
+/// A listening Unix socket a `--workers` supervisor creates for its workers (passed to them as `--fd`):
+/// the same checks as a single server's `--uds` (a path in use or not a socket is refused, a stale one
+/// replaced), and the file is removed by `close()`, or when this object is collected.
+#[pyclass(module = "percore._runtime")]
+pub struct UnixSocket {
+    socket: Option<(socket2::Socket, SocketFile)>,
+}
+
+#[pymethods]
+impl UnixSocket {
+    #[new]
+    fn new(path: std::path::PathBuf) -> PyResult<Self> {
+        let bound = listener::bind_unix(&path).map_err(|e| StartupError::new_err(e.0))?;
+        Ok(UnixSocket {
+            socket: Some(bound),
+        })
+    }
+
+    /// The listening socket's descriptor, for the workers to inherit.
+    fn fileno(&self) -> PyResult<i32> {
+        use std::os::fd::AsRawFd;
+        self.socket
+            .as_ref()
+            .map(|(socket, _)| socket.as_raw_fd())
+            .ok_or_else(|| StartupError::new_err("the unix socket is closed"))
+    }
+
+    /// Closes the socket and removes its file (unless another server has replaced it since).
+    fn close(&mut self) {
+        self.socket = None;
     }
 }

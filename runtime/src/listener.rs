@@ -1,0 +1,429 @@
+//! Where connections come from: the listening sockets every loop accepts on, and the address they serve.
+//!
+//! Three sources (`Config::socket`):
+//! - TCP `host:port` (the default): one SO_REUSEPORT listener per loop, so accepting never crosses
+//!   threads and no loop wakes for another's connection. The kernel spreads new connections over the
+//!   listeners by a hash of the connection's addresses.
+//! - a Unix domain socket path (`--uds`, a proxy such as nginx on the same host): Linux has no
+//!   SO_REUSEPORT for Unix sockets, so one socket is bound and every loop accepts on its own duplicate of
+//!   it (the kernel hands each connection to one of the waiting accepts).
+//! - an inherited listening socket (`--fd`, systemd socket activation or a supervisor that bound it): TCP
+//!   or Unix, shared the same way.
+//!
+//! Invariants: a socket file is only ever removed by whoever created it, and only while it is still the
+//! file that was created (`SocketFile`); a path something is listening on is never taken over.
+
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::fd::{FromRawFd, RawFd};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+const LISTEN_BACKLOG: i32 = 1024;
+
+/// What the server listens on, besides the default TCP `host:port`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SocketSource {
+    /// A Unix domain socket at this path, created here (`--uds`).
+    UnixPath(PathBuf),
+    /// An already bound socket this process inherited (`--fd`); the pool takes ownership of it.
+    Fd(RawFd),
+}
+
+/// A listening socket, before a loop turns it into its async form.
+#[derive(Debug)]
+pub enum Listener {
+    Tcp(std::net::TcpListener),
+    Unix(std::os::unix::net::UnixListener),
+}
+
+/// The address connections arrive on: what ASGI's `server` and the native `Request.server` report.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LocalAddress {
+    Tcp(SocketAddr),
+    /// The socket's path (or `@name` for Linux's abstract namespace, `""` when unnamed).
+    Unix(Arc<str>),
+}
+
+impl fmt::Display for LocalAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LocalAddress::Tcp(address) => write!(f, "http://{address}"),
+            LocalAddress::Unix(path) => write!(f, "unix:{path}"),
+        }
+    }
+}
+
+/// Why listening failed, said so that the user can act on it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BindError(pub String);
+
+impl fmt::Display for BindError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BindError {}
+
+/// The listeners of a pool: one per loop, all on `address`.
+#[derive(Debug)]
+pub struct Bound {
+    pub listeners: Vec<Listener>,
+    pub address: LocalAddress,
+    /// The socket file this process created, removed when the pool is done with it.
+    pub socket_file: Option<SocketFile>,
+}
+
+/// Listens where `source` says (or on TCP `host:port`), one listener per loop.
+///
+/// `shared_port`: see `bind_tcp`.
+pub fn bind(
+    source: Option<&SocketSource>,
+    host: &str,
+    port: u16,
+    loops: usize,
+    shared_port: bool,
+) -> Result<Bound, BindError> {
+    match source {
+        None => {
+            let listeners = bind_tcp(host, port, loops, shared_port)?;
+            let address = listeners[0]
+                .local_addr()
+                .map_err(|e| BindError(format!("cannot read the bound address: {e}")))?;
+            Ok(Bound {
+                listeners: listeners.into_iter().map(Listener::Tcp).collect(),
+                address: LocalAddress::Tcp(address),
+                socket_file: None,
+            })
+        }
+        Some(SocketSource::UnixPath(path)) => {
+            let (socket, file) = bind_unix(path)?;
+            share(socket, loops, Some(file))
+        }
+        Some(SocketSource::Fd(fd)) => share(inherited(*fd)?, loops, None),
+    }
+}
+
+fn resolve(host: &str, port: u16) -> Result<SocketAddr, BindError> {
+    (host, port)
+        .to_socket_addrs()
+        .map_err(|e| BindError(format!("cannot resolve host {host:?}: {e}")))?
+        .next()
+        .ok_or_else(|| BindError(format!("host {host:?} has no address")))
+}
+
+fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
+}
+
+/// Binds one TCP listener per loop on the same address.
+///
+/// SO_REUSEPORT would let us silently share a port with another process of the same user, so the port
+/// is first probed with a plain (non-reuseport) bind: if anything else holds it, that fails with
+/// "address in use" and we report it instead of splitting traffic with a stranger.
+///
+/// `shared_port`: a `--workers` supervisor has already probed and reserved the port for its worker
+/// processes, which must join each other's SO_REUSEPORT group, so they skip the probe (it would fail on
+/// their siblings' listeners). Port 0 is always probed: it is how the kernel picks one port for all loops.
+pub fn bind_tcp(
+    host: &str,
+    port: u16,
+    loops: usize,
+    shared_port: bool,
+) -> Result<Vec<std::net::TcpListener>, BindError> {
+    let mut addr = resolve(host, port)?;
+    let busy = |addr: SocketAddr, e: std::io::Error| {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            BindError(format!("address {addr} is already in use"))
+        } else {
+            BindError(format!("cannot listen on {addr}: {e}"))
+        }
+    };
+    let mut listeners = Vec::with_capacity(loops);
+    if port == 0 || !shared_port {
+        let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+            .map_err(|e| busy(addr, e))?;
+        probe.set_reuse_address(true).map_err(|e| busy(addr, e))?;
+        probe.bind(&addr.into()).map_err(|e| busy(addr, e))?;
+        if port == 0 {
+            // Let the kernel pick once, then every loop listens on that same port.
+            let picked = probe
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_socket())
+                .ok_or_else(|| BindError("cannot read the bound address".into()))?;
+            addr.set_port(picked.port());
+        }
+    }
+    for _ in 0..loops {
+        listeners.push(reuseport_listener(addr).map_err(|e| busy(addr, e))?);
+    }
+    Ok(listeners)
+}
+
+/// The socket file a server created, identified by its inode so that a file someone put in its place
+/// since (a newer server on the same path) is left alone. Removed on drop.
+#[derive(Debug)]
+pub struct SocketFile {
+    path: PathBuf,
+    identity: (u64, u64),
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        if let Ok(metadata) = std::fs::symlink_metadata(&self.path) {
+            if (metadata.dev(), metadata.ino()) == self.identity {
+                let _ = std::fs::remove_file(&self.path);
+            }
+        }
+    }
+}
+
+/// Creates a listening Unix domain socket at `path`.
+///
+/// A socket file left by a server that is gone (nothing accepts on it) is replaced, as asyncio and
+/// uvicorn do; a path something listens on, or that is not a socket, is an error. The file is made
+/// readable and writable by everyone (0o666, as uvicorn), or keeps the mode of the file it replaces:
+/// the proxy in front usually runs as another user.
+pub fn bind_unix(path: &Path) -> Result<(Socket, SocketFile), BindError> {
+    let shown = path.display();
+    let mut mode = 0o666;
+    match std::fs::symlink_metadata(path) {
+        Ok(metadata) if metadata.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(BindError(format!(
+                    "unix socket {shown} is already in use (a server accepts on it)"
+                )));
+            }
+            mode = metadata.permissions().mode() & 0o777;
+            std::fs::remove_file(path)
+                .map_err(|e| BindError(format!("cannot replace the stale socket {shown}: {e}")))?;
+        }
+        Ok(_) => {
+            return Err(BindError(format!(
+                "{shown} exists and is not a socket: refusing to replace it"
+            )))
+        }
+        Err(_) => {}
+    }
+    let cannot =
+        |e: std::io::Error| BindError(format!("cannot listen on unix socket {shown}: {e}"));
+    let address = SockAddr::unix(path).map_err(cannot)?;
+    let socket = Socket::new(Domain::UNIX, Type::STREAM, None).map_err(cannot)?;
+    socket.bind(&address).map_err(cannot)?;
+    let metadata = std::fs::symlink_metadata(path).map_err(cannot)?;
+    let file = SocketFile {
+        path: path.to_owned(),
+        identity: (metadata.dev(), metadata.ino()),
+    };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(cannot)?;
+    socket.listen(LISTEN_BACKLOG).map_err(cannot)?;
+    Ok((socket, file))
+}
+
+/// Takes ownership of inherited descriptor `fd`, which must be a bound stream socket (TCP or Unix).
+fn inherited(fd: RawFd) -> Result<Socket, BindError> {
+    let not_a_listener = |why: String| BindError(format!("--fd {fd}: {why}"));
+    // SAFETY: fstat on any integer is sound; it only tells whether `fd` is an open socket, which we check
+    // before taking ownership (so a typo cannot make us close a descriptor we did not get).
+    let mut stat = std::mem::MaybeUninit::<libc::stat>::uninit();
+    if unsafe { libc::fstat(fd, stat.as_mut_ptr()) } != 0 {
+        return Err(not_a_listener(format!(
+            "not an open file descriptor ({})",
+            std::io::Error::last_os_error()
+        )));
+    }
+    // SAFETY: fstat succeeded, so it filled `stat`.
+    let stat = unsafe { stat.assume_init() };
+    if stat.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        return Err(not_a_listener("not a socket".into()));
+    }
+    // SAFETY: `fd` is an open socket this process was handed to serve on; from here the pool owns it.
+    let socket = unsafe { Socket::from_raw_fd(fd) };
+    match socket.r#type() {
+        Ok(kind) if kind == Type::STREAM => {}
+        _ => {
+            // Not ours to close: give the descriptor back untouched.
+            std::mem::forget(socket);
+            return Err(not_a_listener("not a stream socket".into()));
+        }
+    }
+    // Listening again only updates the backlog of a socket that already listens (systemd's do).
+    socket
+        .listen(LISTEN_BACKLOG)
+        .map_err(|e| not_a_listener(format!("cannot listen: {e}")))?;
+    Ok(socket)
+}
+
+/// One duplicate of `socket` per loop.
+fn share(
+    socket: Socket,
+    loops: usize,
+    socket_file: Option<SocketFile>,
+) -> Result<Bound, BindError> {
+    let local = socket
+        .local_addr()
+        .map_err(|e| BindError(format!("cannot read the bound address: {e}")))?;
+    let unix = local.domain() == Domain::UNIX;
+    let address = match local.as_socket() {
+        Some(address) => LocalAddress::Tcp(address),
+        None => LocalAddress::Unix(unix_name(&local).into()),
+    };
+    let mut listeners = Vec::with_capacity(loops);
+    for _ in 1..loops {
+        let copy = socket
+            .try_clone()
+            .map_err(|e| BindError(format!("cannot share the listening socket: {e}")))?;
+        listeners.push(copy);
+    }
+    listeners.push(socket);
+    let listeners = listeners
+        .into_iter()
+        .map(|s| {
+            if unix {
+                Listener::Unix(s.into())
+            } else {
+                Listener::Tcp(s.into())
+            }
+        })
+        .collect();
+    Ok(Bound {
+        listeners,
+        address,
+        socket_file,
+    })
+}
+
+fn unix_name(address: &SockAddr) -> String {
+    if let Some(path) = address.as_pathname() {
+        return path.display().to_string();
+    }
+    match address.as_abstract_namespace() {
+        Some(name) => format!("@{}", String::from_utf8_lossy(name)),
+        None => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    #[test]
+    fn workers_share_a_port_that_other_servers_cannot_take() {
+        let first = bind_tcp("127.0.0.1", 0, 2, false).unwrap();
+        let port = first[0].local_addr().unwrap().port();
+        assert!(first.iter().all(|l| l.local_addr().unwrap().port() == port));
+        // Another server (no supervisor reserved the port for it) probes and is refused.
+        let refused = bind_tcp("127.0.0.1", port, 1, false).unwrap_err();
+        assert!(refused.to_string().contains("already in use"), "{refused}");
+        // A sibling worker joins the SO_REUSEPORT group.
+        let sibling = bind_tcp("127.0.0.1", port, 2, true).unwrap();
+        assert!(sibling
+            .iter()
+            .all(|l| l.local_addr().unwrap().port() == port));
+    }
+
+    fn scratch_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("percore-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_unix_socket_is_shared_by_every_loop_and_removed_when_done() {
+        let dir = scratch_dir("uds");
+        let path = dir.join("app.sock");
+        let bound = bind(Some(&SocketSource::UnixPath(path.clone())), "", 0, 3, false).unwrap();
+        assert_eq!(bound.listeners.len(), 3);
+        assert_eq!(
+            bound.address,
+            LocalAddress::Unix(path.display().to_string().into())
+        );
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o666);
+        // A connection is accepted by whichever loop's duplicate accepts first: here the last one.
+        let mut client = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        client.write_all(b"ping").unwrap();
+        let Listener::Unix(last) = &bound.listeners[2] else {
+            panic!("not a unix listener")
+        };
+        let (mut accepted, _) = last.accept().unwrap();
+        let mut received = [0; 4];
+        accepted.read_exact(&mut received).unwrap();
+        assert_eq!(&received, b"ping");
+        // A second server on the same path is refused while this one listens.
+        let refused = bind_unix(&path).unwrap_err();
+        assert!(refused.0.contains("already in use"), "{refused}");
+        drop(bound);
+        assert!(!path.exists(), "the socket file outlived its server");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_stale_socket_file_is_replaced_and_other_files_are_not() {
+        let dir = scratch_dir("stale");
+        let path = dir.join("app.sock");
+        let (socket, file) = bind_unix(&path).unwrap();
+        std::mem::forget(file); // the server "crashed": its file stays, nothing listens
+        drop(socket);
+        let (_socket, _file) = bind_unix(&path).expect("a stale socket is replaced");
+        let plain = dir.join("notes.txt");
+        std::fs::write(&plain, "keep me").unwrap();
+        let refused = bind_unix(&plain).unwrap_err();
+        assert!(refused.0.contains("not a socket"), "{refused}");
+        assert_eq!(std::fs::read_to_string(&plain).unwrap(), "keep me");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_socket_file_replaced_by_another_server_is_left_alone() {
+        let dir = scratch_dir("replaced");
+        let path = dir.join("app.sock");
+        let (socket, file) = bind_unix(&path).unwrap();
+        drop(socket);
+        // Moved aside (not removed: a freed inode number may be reused at once by the next file).
+        std::fs::rename(&path, dir.join("old.sock")).unwrap();
+        let (_newer, newer_file) = bind_unix(&path).unwrap();
+        drop(file); // the old server exits after the new one took the path
+        assert!(
+            path.exists(),
+            "the old server removed the new server's socket"
+        );
+        drop(newer_file);
+        assert!(!path.exists());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn an_inherited_descriptor_must_be_a_stream_socket() {
+        use std::os::fd::IntoRawFd;
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = tcp.local_addr().unwrap().port();
+        let bound = bind(Some(&SocketSource::Fd(tcp.into_raw_fd())), "", 0, 2, false).unwrap();
+        assert_eq!(bound.listeners.len(), 2);
+        assert_eq!(
+            bound.address,
+            LocalAddress::Tcp(SocketAddr::from(([127, 0, 0, 1], port)))
+        );
+        let file = std::fs::File::open("/dev/null").unwrap().into_raw_fd();
+        let refused = bind(Some(&SocketSource::Fd(file)), "", 0, 1, false).unwrap_err();
+        assert!(refused.0.contains("not a socket"), "{refused}");
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let refused =
+            bind(Some(&SocketSource::Fd(udp.into_raw_fd())), "", 0, 1, false).unwrap_err();
+        assert!(refused.0.contains("not a stream socket"), "{refused}");
+        let closed = bind(Some(&SocketSource::Fd(987_654)), "", 0, 1, false).unwrap_err();
+        assert!(closed.0.contains("not an open file descriptor"), "{closed}");
+    }
+}
