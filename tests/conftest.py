@@ -119,14 +119,18 @@ class ServerProcess:
         port: int | None = None,
         server: str = "percore",
         stderr: Literal["file", "pipe"] = "file",
+        uds: Path | None = None,
     ) -> None:
         self.port = port or free_port()
         self.server = server
         self.stderr_to = stderr
+        # A Unix socket path instead of the TCP port (--uds, the same flag in uvicorn).
+        self.uds = uds
+        listen = ["--uds", str(uds)] if uds is not None else ["--port", str(self.port)]
         if server == "percore":
-            self.command = [sys.executable, "-m", "percore", "serve", app, "--port", str(self.port), *args]
+            self.command = [sys.executable, "-m", "percore", "serve", app, *listen, *args]
         else:  # the reference server, for side-by-side comparisons
-            self.command = [sys.executable, "-m", server, app, "--port", str(self.port), *args]
+            self.command = [sys.executable, "-m", server, app, *listen, *args]
         self.process: subprocess.Popen | None = None
         self.stderr = ""
 
@@ -149,6 +153,11 @@ class ServerProcess:
                 self.stop()
                 raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.stderr}")
             try:
+                if self.uds is not None:
+                    with socket.socket(socket.AF_UNIX) as probe:
+                        probe.settimeout(0.2)
+                        probe.connect(str(self.uds))
+                        return self
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
                     return self
             except OSError:
@@ -198,9 +207,13 @@ def serve() -> Iterator:
     started: list[ServerProcess] = []
 
     def start(
-        app: str, *args: str, server: str = "percore", stderr: Literal["file", "pipe"] = "file"
+        app: str,
+        *args: str,
+        server: str = "percore",
+        stderr: Literal["file", "pipe"] = "file",
+        uds: Path | None = None,
     ) -> ServerProcess:
-        server = ServerProcess(app, *args, server=server, stderr=stderr).start()
+        server = ServerProcess(app, *args, server=server, stderr=stderr, uds=uds).start()
         started.append(server)
         return server
 

@@ -6,7 +6,9 @@ that ``Supervisor.worker_argv`` adds. The supervisor
 
 * reserves the port before any worker starts: the same busy-port probe the single-process server does
   (so a port held by another program fails with one clear line), then a bound, non-listening SO_REUSEPORT
-  socket that keeps strangers out while the workers (``shared_port``) join each other's listeners;
+  socket that keeps strangers out while the workers (``shared_port``) join each other's listeners; with
+  ``--uds`` it creates the Unix socket once (and removes it at exit) and every worker accepts on it,
+  inherited as ``--supervised-socket-fd`` (a user's ``--fd`` is passed on the same way);
 * gives each worker its own slice of the CPU affinity mask (``cpu_slices``);
 * restarts a worker that exits without being asked to, with a backoff; gives up with an error (exit 1)
   when a worker exits before it serves during the first launch, or ``MAX_START_FAILURES`` times in a row
@@ -35,6 +37,7 @@ from dataclasses import dataclass
 from importlib.machinery import PathFinder
 from pathlib import Path
 
+from . import _runtime
 from ._logging import logger
 from .exceptions import StartupError
 
@@ -261,8 +264,15 @@ class Supervisor:
         reload: bool = False,
         reload_dirs: list[str] = (),
         metrics_port: int | None = None,
+        uds: str | None = None,
+        fd: int | None = None,
     ) -> None:
         self.serve_argv = list(serve_argv)
+        self.uds = uds
+        # The listening socket every worker inherits (--uds: created here; --fd: the user's), or None for
+        # TCP, where each worker binds its own SO_REUSEPORT listeners on the reserved port.
+        self.socket_fd = fd
+        self.where = ""  # for the log: http://HOST:PORT, unix:PATH or the inherited fd
         self.metrics_port = metrics_port
         self.app = app
         self.host = host
@@ -293,10 +303,11 @@ class Supervisor:
             "-m",
             "percore",
             *self.serve_argv,
-            "--host",
-            self.host,
-            "--port",
-            str(self.port),
+            *(
+                ("--supervised-socket-fd", str(self.socket_fd))
+                if self.socket_fd is not None
+                else ("--host", self.host, "--port", str(self.port))
+            ),
             "--supervised-index",
             str(index),
             "--supervised-by",
@@ -319,8 +330,17 @@ class Supervisor:
     def run(self) -> int:
         """Serve until a signal; returns the exit code. Raises ``StartupError`` when the port is taken or
         the workers cannot start."""
-        reservation = reserve_port(self.host, self.port)
-        self.host, self.port = reservation.getsockname()[:2]
+        reservation: socket.socket | _runtime.UnixSocket | None = None
+        if self.uds is not None:
+            reservation = _runtime.UnixSocket(self.uds)
+            self.socket_fd = reservation.fileno()
+            self.where = f"unix:{self.uds}"
+        elif self.socket_fd is not None:
+            self.where = f"the inherited socket --fd {self.socket_fd}"
+        else:
+            reservation = reserve_port(self.host, self.port)
+            self.host, self.port = reservation.getsockname()[:2]
+            self.where = f"http://{_format_address((self.host, self.port))}"
         ready_r, self._ready_fd = os.pipe()
         wake_r, wake_w = os.pipe()
         for fd in (ready_r, wake_r, wake_w):
@@ -335,13 +355,12 @@ class Supervisor:
                 directories = [app_source_dir(self.app), *self.reload_dirs]
                 self.watcher = SourceWatcher(directories)
                 logger.info("reload: watching *.py under %s", ", ".join(map(str, directories)))
-            where = f"http://{_format_address((self.host, self.port))}"
             slices = "; ".join(f"{i}→cpu{','.join(map(str, cpus))}" for i, cpus in enumerate(self.cpus))
             logger.info(
                 "supervisor (pid %d): starting %d worker(s) on %s [%s]",
                 os.getpid(),
                 self.workers,
-                where,
+                self.where,
                 slices,
             )
             for index in range(self.workers):
@@ -363,7 +382,8 @@ class Supervisor:
                 signal.signal(sig, handler)
             for fd in (ready_r, self._ready_fd, wake_r, wake_w):
                 os.close(fd)
-            reservation.close()
+            if reservation is not None:
+                reservation.close()  # a --uds socket file is removed with it
 
     def _on_signal(self, signum: int, frame) -> None:
         self.signals.append(signum)
@@ -375,7 +395,9 @@ class Supervisor:
         try:
             # Own session: a Ctrl-C in the terminal reaches the supervisor only, which stops the workers once.
             process = subprocess.Popen(
-                self.worker_argv(index), pass_fds=(self._ready_fd,), start_new_session=True
+                self.worker_argv(index),
+                pass_fds=(self._ready_fd,) if self.socket_fd is None else (self._ready_fd, self.socket_fd),
+                start_new_session=True,
             )
         except OSError as error:
             raise StartupError(f"cannot start worker {index}: {error}") from None
@@ -437,9 +459,9 @@ class Supervisor:
         if not self.launched and all(w is not None and w.ready_at for w in self.serving):
             self.launched = True
             logger.info(
-                "%d worker(s) serving on http://%s (pids %s)",
+                "%d worker(s) serving on %s (pids %s)",
                 self.workers,
-                _format_address((self.host, self.port)),
+                self.where,
                 ", ".join(str(w.pid) for w in self.serving if w is not None),
             )
         if self.pending and all(w.ready_at for w in self.pending):

@@ -68,6 +68,18 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     run.add_argument("--port", type=int, default=8000, help="port to bind (default 8000)")
     run.add_argument(
+        "--uds",
+        metavar="PATH",
+        help="listen on a Unix domain socket at PATH instead of --host/--port, e.g. behind nginx on the "
+        "same machine (docs/deployment.md)",
+    )
+    run.add_argument(
+        "--fd",
+        type=int,
+        help="listen on this inherited, bound socket (TCP or Unix) instead of --host/--port, e.g. from "
+        "systemd socket activation",
+    )
+    run.add_argument(
         "--loops", default="auto", help="'auto' (one per CPU in the affinity mask) or a count (default auto)"
     )
     run.add_argument("--routing", choices=ROUTING_POLICIES, default="local", help="default local")
@@ -134,6 +146,8 @@ def _parser() -> argparse.ArgumentParser:
     processes.add_argument("--supervised-by", type=int, help=argparse.SUPPRESS)
     processes.add_argument("--supervised-cpus", help=argparse.SUPPRESS)
     processes.add_argument("--supervised-ready-fd", type=int, help=argparse.SUPPRESS)
+    # The listening socket the supervisor shares with its workers (for --uds and --fd).
+    processes.add_argument("--supervised-socket-fd", type=int, help=argparse.SUPPRESS)
     limits = run.add_argument_group("limits (see docs/limits.md)")
     limits.add_argument("--max-body-size", type=int, help="bytes; larger bodies get 413 (default 16 MiB)")
     limits.add_argument(
@@ -182,6 +196,11 @@ def main(argv: list[str] | None = None) -> int:
                 arguments.supervised_cpus,
                 arguments.supervised_ready_fd,
             )
+        if arguments.uds is not None and arguments.fd is not None:
+            raise ConfigurationError("--uds and --fd are exclusive: pick one")
+        uds, fd = arguments.uds, arguments.fd
+        if arguments.supervised_socket_fd is not None:
+            uds, fd = None, arguments.supervised_socket_fd
         app = load_app(arguments.app)
         if arguments.factory:
             app = build_app(arguments.app, app)
@@ -207,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
             shared_port=worker,
             proxy_headers=not arguments.no_proxy_headers,
             forwarded_allow_ips=arguments.forwarded_allow_ips,
+            uds=uds,
+            fd=fd,
         )
         serve(app, config, on_ready)
     except PercoreError as error:
@@ -220,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
 def _supervise(argv: list[str], arguments: argparse.Namespace) -> int:
     if arguments.workers < 1:
         raise ConfigurationError(f"--workers must be at least 1, got {arguments.workers}")
+    if arguments.uds is not None and arguments.fd is not None:
+        raise ConfigurationError("--uds and --fd are exclusive: pick one")
     return _supervisor.Supervisor(
         argv,
         app=arguments.app,
@@ -231,6 +254,8 @@ def _supervise(argv: list[str], arguments: argparse.Namespace) -> int:
         reload=arguments.reload,
         reload_dirs=arguments.reload_dir,
         metrics_port=arguments.metrics_port,
+        uds=arguments.uds,
+        fd=arguments.fd,
     ).run()
 
 

@@ -49,6 +49,10 @@ class ServerConfig:
     # on, trusting FORWARDED_ALLOW_IPS or 127.0.0.1,::1); see docs/proxies.md.
     proxy_headers: bool = True
     forwarded_allow_ips: str | None = None
+    # Listen on a Unix domain socket at this path (``--uds``) or on an inherited socket (``--fd``, e.g. from
+    # systemd) instead of host:port; see docs/deployment.md.
+    uds: str | None = None
+    fd: int | None = None
 
 
 def trusted_proxies(config: ServerConfig) -> str | None:
@@ -104,6 +108,8 @@ class Server:
             metrics_host=config.metrics_host,
             shared_port=config.shared_port,
             forwarded_allow_ips=trusted_proxies(config),
+            uds=config.uds,
+            fd=config.fd,
         )
 
     def start(self) -> None:
@@ -118,6 +124,11 @@ class Server:
         return self._server.host
 
     @property
+    def address(self) -> str | None:
+        """Where it serves once started: ``http://HOST:PORT`` or ``unix:PATH``."""
+        return self._server.address
+
+    @property
     def metrics_port(self) -> int | None:
         return self._server.metrics_port
 
@@ -130,12 +141,12 @@ class Server:
         build = "free-threaded" if free_threaded_build() else "GIL"
         gil = "enabled" if gil_enabled() else "disabled"
         pins = ", ".join(f"{index}→cpu{core}" for index, core in enumerate(self.cores))
-        metrics_host = self.config.metrics_host or self.host
+        metrics_host = self.config.metrics_host or self.host or self.config.host
         metrics = f" | metrics http://{metrics_host}:{self.metrics_port}/metrics" if self.metrics_port else ""
         return (
             f"percore {_runtime.__version__} | Python {version} ({build} build, GIL {gil} at runtime) | "
             f"{self.interface} app | {len(self.cores)} loop(s) pinned [{pins}] | routing {self._server.routing} | "
-            f"http://{self.host}:{self.port}{metrics}"
+            f"{self.address}{metrics}"
         )
 
     def wait(self, timeout: float) -> bool:

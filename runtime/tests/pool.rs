@@ -4,6 +4,7 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,7 +14,11 @@ use _runtime::pool::{self, Executor, ExecutorFactory, HttpRequest, HttpResponse,
 use _runtime::router::Router;
 use _runtime::routing::RoutingPolicy;
 
-/// Endpoints: 0 = report where it ran, 1 = report after a 400 ms sleep.
+/// Endpoints: 0 = report where it ran, 1 = report after a 400 ms sleep, 2 = block the loop's thread (nothing
+/// else runs on that loop, not even accepting) until `UNBLOCK`, after saying which loop in `BLOCKED_LOOP`.
+static BLOCKED_LOOP: AtomicUsize = AtomicUsize::new(0);
+static UNBLOCK: AtomicBool = AtomicBool::new(false);
+
 struct Where {
     index: usize,
 }
@@ -24,6 +29,12 @@ impl Executor for Where {
     fn call(&self, endpoint: &usize, request: HttpRequest) -> LocalBoxFuture<HttpResponse> {
         let index = self.index;
         let slow = *endpoint == 1;
+        if *endpoint == 2 {
+            BLOCKED_LOOP.store(index + 1, Ordering::SeqCst);
+            while !UNBLOCK.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
         let params: Vec<String> = request
             .params
             .iter()
@@ -73,7 +84,8 @@ fn start_on(
         .insert(http::Method::GET, "/where/{name}", 0)
         .unwrap();
     router.insert(http::Method::GET, "/slow", 1).unwrap();
-    pool::start(config, router, vec![0, 1], Arc::new(WhereFactory)).unwrap()
+    router.insert(http::Method::GET, "/block", 2).unwrap();
+    pool::start(config, router, vec![0, 1, 2], Arc::new(WhereFactory)).unwrap()
 }
 
 fn get(stream: &mut (impl Read + Write), path: &str) -> (u16, String) {
@@ -132,23 +144,33 @@ fn a_unix_socket_is_served_by_every_loop_and_removed_at_shutdown() {
         pool.local_addr,
         LocalAddress::Unix(path.display().to_string().into())
     );
-    // Every loop accepts on the one socket: with Local routing, the loop that answers is the loop that
-    // accepted, so enough connections reach both.
-    let mut seen = std::collections::BTreeSet::new();
-    for _ in 0..40 {
-        let mut stream = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    let connect_unix = || {
+        let stream = std::os::unix::net::UnixStream::connect(&path).unwrap();
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
-        let (status, body) = get(&mut stream, "/where/unix");
-        assert_eq!(status, 200);
-        assert!(body.ends_with("name=unix"));
-        seen.insert(body.split_whitespace().next().unwrap().to_owned());
-        if seen.len() == 2 {
-            break;
-        }
+        stream
+    };
+    let (status, body) = get(&mut connect_unix(), "/where/unix");
+    assert_eq!((status, body.ends_with("name=unix")), (200, true), "{body}");
+    // Every loop accepts on the one socket: with one loop blocked in a handler, the other accepts the
+    // next connection (with Local routing, the loop that answers is the loop that accepted).
+    let mut blocked = connect_unix();
+    write!(blocked, "GET /block HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while BLOCKED_LOOP.load(Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline, "/block never ran");
+        std::thread::sleep(Duration::from_millis(5));
     }
-    assert_eq!(seen.len(), 2, "only {seen:?} accepted");
+    let blocked_loop = BLOCKED_LOOP.load(Ordering::SeqCst) - 1;
+    let (status, body) = get(&mut connect_unix(), "/where/unix");
+    UNBLOCK.store(true, Ordering::SeqCst);
+    assert_eq!(status, 200);
+    assert!(
+        body.starts_with(&format!("loop={} ", 1 - blocked_loop)),
+        "{body}"
+    );
+    assert_eq!(read_response(&mut blocked).0, 200);
     pool.stop();
     pool.join();
     assert!(!path.exists(), "the socket file outlived the server");

@@ -27,12 +27,19 @@ def _where(request: percore.Request) -> dict:
 @api.get("/whoami")
 def whoami(request: percore.Request):
     # Same shape as tests/apps/starlette_app.py's /whoami, so both compare with uvicorn's answers.
-    host, port = request.client
+    # No client on a Unix socket (tests/test_sockets.py) unless a trusted proxy names one.
+    host, port = request.client or (None, None)
     shown_port = "ephemeral" if host == "127.0.0.1" and port else port
     # As Starlette's url_for builds it: an HTTP route's URL is https when the scheme is secure.
     secure = request.scheme in ("https", "wss")
     url = f"{'https' if secure else 'http'}://{request.headers['host']}/whoami"
     return {"client": [host, shown_port], "scheme": request.scheme, "url": url}
+
+
+@api.get("/addresses")
+def addresses(request: percore.Request):
+    # As tests/apps/starlette_app.py's /addresses reports the ASGI scope's.
+    return {"client": request.client, "server": request.server}
 
 
 @api.get("/where")

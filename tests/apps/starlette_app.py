@@ -56,11 +56,21 @@ async def headers(request):
 
 async def whoami(request):
     # The client and scheme after proxy headers (tests/test_proxies.py); a direct peer's port is random.
-    host, port = request.client
+    # No client on a Unix socket (tests/test_sockets.py) unless a trusted proxy names one.
+    host, port = request.client or (None, None)
     shown_port = "ephemeral" if host == "127.0.0.1" and port else port
     return JSONResponse(
-        {"client": [host, shown_port], "scheme": request.url.scheme, "url": str(request.url_for("whoami"))}
+        {
+            "client": [host, shown_port],
+            "scheme": request.url.scheme,
+            "url": str(request.url_for("whoami")),
+        }
     )
+
+
+async def addresses(request):
+    # The peer and the listening address, as the server put them in the scope (tests/test_sockets.py).
+    return JSONResponse({"client": request.scope["client"], "server": request.scope["server"]})
 
 
 async def echo(request):
@@ -191,6 +201,7 @@ app = Starlette(
         Route("/plaintext", plaintext),
         Route("/headers", headers),
         Route("/whoami", whoami),
+        Route("/addresses", addresses),
         Route("/echo", echo, methods=["POST"]),
         Route("/stream", stream),
         Route("/slow-stream", slow_stream),

@@ -4,6 +4,7 @@ import asyncio
 import json
 import os
 import threading
+import time
 
 import percore
 
@@ -21,6 +22,15 @@ async def hold(marker: str, seconds: float):
     with open(marker, "w") as file:
         file.write(str(os.getpid()))
     await asyncio.sleep(seconds)
+    return {"pid": os.getpid()}
+
+
+@api.get("/block")
+def block(marker: str, seconds: float):
+    """Like /hold, but blocking: the worker's loop (tests run one per worker) accepts nothing meanwhile."""
+    with open(marker, "w") as file:
+        file.write(str(os.getpid()))
+    time.sleep(seconds)
     return {"pid": os.getpid()}
 
 
