@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import os
 import socket
+import ssl
 import struct
 
 TEXT, BINARY, CLOSE, PING, PONG = 0x1, 0x2, 0x8, 0x9, 0xA
@@ -69,8 +70,11 @@ def connect(
     subprotocols: tuple[str, ...] = (),
     timeout: float = 10,
     headers: dict[str, str] | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> Handshake:
     sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    if tls is not None:  # wss://
+        sock = tls.wrap_socket(sock, server_hostname="localhost")
     key = base64.b64encode(os.urandom(16)).decode()
     lines = [
         f"GET {path} HTTP/1.1",

@@ -266,13 +266,15 @@ class Supervisor:
         metrics_port: int | None = None,
         uds: str | None = None,
         fd: int | None = None,
+        secure: bool = False,
     ) -> None:
         self.serve_argv = list(serve_argv)
         self.uds = uds
         # The listening socket every worker inherits (--uds: created here; --fd: the user's), or None for
         # TCP, where each worker binds its own SO_REUSEPORT listeners on the reserved port.
         self.socket_fd = fd
-        self.where = ""  # for the log: http://HOST:PORT, unix:PATH or the inherited fd
+        self.where = ""  # for the log: http(s)://HOST:PORT, unix:PATH or the inherited fd
+        self.scheme = "https" if secure else "http"
         self.metrics_port = metrics_port
         self.app = app
         self.host = host
@@ -340,7 +342,7 @@ class Supervisor:
         else:
             reservation = reserve_port(self.host, self.port)
             self.host, self.port = reservation.getsockname()[:2]
-            self.where = f"http://{_format_address((self.host, self.port))}"
+            self.where = f"{self.scheme}://{_format_address((self.host, self.port))}"
         ready_r, self._ready_fd = os.pipe()
         wake_r, wake_w = os.pipe()
         for fd in (ready_r, wake_r, wake_w):

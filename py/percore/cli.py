@@ -84,6 +84,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--routing", choices=ROUTING_POLICIES, default="local", help="default local")
     run.add_argument(
+        "--ssl-certfile",
+        metavar="PEM",
+        help="serve HTTPS with this certificate chain (server certificate first); needs --ssl-keyfile "
+        "(docs/tls.md)",
+    )
+    run.add_argument("--ssl-keyfile", metavar="PEM", help="the certificate's private key (not encrypted)")
+    run.add_argument(
         "--interface",
         choices=INTERFACES,
         default="auto",
@@ -228,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
             forwarded_allow_ips=arguments.forwarded_allow_ips,
             uds=uds,
             fd=fd,
+            ssl_certfile=arguments.ssl_certfile,
+            ssl_keyfile=arguments.ssl_keyfile,
         )
         serve(app, config, on_ready)
     except PercoreError as error:
@@ -256,6 +265,7 @@ def _supervise(argv: list[str], arguments: argparse.Namespace) -> int:
         metrics_port=arguments.metrics_port,
         uds=arguments.uds,
         fd=arguments.fd,
+        secure=arguments.ssl_certfile is not None,
     ).run()
 
 

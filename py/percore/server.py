@@ -53,6 +53,9 @@ class ServerConfig:
     # systemd) instead of host:port; see docs/deployment.md.
     uds: str | None = None
     fd: int | None = None
+    # HTTPS: a PEM certificate chain and its private key (see docs/tls.md).
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
 
 
 def trusted_proxies(config: ServerConfig) -> str | None:
@@ -110,6 +113,8 @@ class Server:
             forwarded_allow_ips=trusted_proxies(config),
             uds=config.uds,
             fd=config.fd,
+            ssl_certfile=config.ssl_certfile,
+            ssl_keyfile=config.ssl_keyfile,
         )
 
     def start(self) -> None:
@@ -125,7 +130,7 @@ class Server:
 
     @property
     def address(self) -> str | None:
-        """Where it serves once started: ``http://HOST:PORT`` or ``unix:PATH``."""
+        """Where it serves once started: ``http://HOST:PORT``, ``https://HOST:PORT`` or ``unix:PATH``."""
         return self._server.address
 
     @property

@@ -91,6 +91,8 @@ pub struct Config {
     /// Peers whose `X-Forwarded-For`/`-Proto` headers name the client and scheme (`proxy`); None: the
     /// headers are never applied (`--no-proxy-headers`).
     pub trusted_proxies: Option<crate::proxy::TrustedProxies>,
+    /// Serve HTTPS with this certificate (`tls`); None: plain HTTP.
+    pub tls: Option<crate::tls::Tls>,
 }
 
 impl Config {
@@ -123,6 +125,7 @@ impl Config {
             metrics_port: None,
             metrics_host: None,
             trusted_proxies: None,
+            tls: None,
         })
     }
 

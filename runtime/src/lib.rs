@@ -14,6 +14,7 @@ pub mod query;
 pub mod router;
 pub mod routing;
 pub mod server;
+pub mod tls;
 
 #[cfg(feature = "python")]
 mod python;

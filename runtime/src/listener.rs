@@ -48,11 +48,14 @@ pub enum LocalAddress {
     Unix(Arc<str>),
 }
 
-impl fmt::Display for LocalAddress {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl LocalAddress {
+    /// `http://HOST:PORT` (`https` when `secure`) or `unix:PATH`, for banners and logs.
+    pub fn url(&self, secure: bool) -> String {
         match self {
-            LocalAddress::Tcp(address) => write!(f, "http://{address}"),
-            LocalAddress::Unix(path) => write!(f, "unix:{path}"),
+            LocalAddress::Tcp(address) if secure => format!("https://{address}"),
+            LocalAddress::Tcp(address) => format!("http://{address}"),
+            LocalAddress::Unix(path) if secure => format!("unix:{path} (TLS)"),
+            LocalAddress::Unix(path) => format!("unix:{path}"),
         }
     }
 }

@@ -103,6 +103,8 @@ pub struct HttpRequest {
     /// The peer: the client, or the proxy in front of it (then see `forwarded`); None on a Unix socket.
     pub client: Option<SocketAddr>,
     pub server: LocalAddress,
+    /// The connection is TLS (`--ssl-certfile`): the scheme is https/wss unless a trusted proxy says otherwise.
+    pub secure: bool,
     /// What a trusted proxy's headers said (client, scheme); None for most requests.
     pub forwarded: Option<Box<crate::proxy::Forwarded>>,
     /// Set when the client goes away before its response is ready.

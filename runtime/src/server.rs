@@ -179,10 +179,35 @@ fn spawn_connection<X, IO>(
     tokio::task::spawn_local(async move {
         let _guard = guard;
         tokio::select! {
-            _ = serve_connection(stream, context, peer, stop) => {}
+            _ = serve_stream(stream, context, peer, stop) => {}
             _ = abort.wait_for(|aborted| *aborted) => {}
         }
     });
+}
+
+/// `serve_connection`, after the TLS handshake when the server has a certificate. A handshake that fails
+/// or outlasts the header timeout (a client that connects and says nothing, or speaks plain HTTP) closes
+/// the connection and counts it as failed in the metrics.
+async fn serve_stream<X, IO>(
+    stream: IO,
+    context: Rc<LoopContext<X>>,
+    peer: Option<SocketAddr>,
+    stop: watch::Receiver<bool>,
+) where
+    X: Executor,
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let Some(tls) = &context.shared.config.tls else {
+        return serve_connection(stream, context, peer, stop).await;
+    };
+    let header_timeout = context.shared.config.limits.header_timeout;
+    match tls.accept(stream, header_timeout).await {
+        Some(stream) => serve_connection(stream, context, peer, stop).await,
+        None => {
+            let mut open = OpenConnection::new(Arc::clone(&context.shared.metrics), context.index);
+            open.failed = true;
+        }
+    }
 }
 
 /// Serves one client connection (HTTP/1.1, keep-alive, upgrades) until it closes, or until `stop` turns
@@ -311,6 +336,7 @@ async fn handle<X: Executor>(
                     params,
                     client: peer,
                     server: context.local_addr.clone(),
+                    secure: context.shared.config.tls.is_some(),
                     forwarded,
                     client_gone: Default::default(),
                     upgrade,

@@ -121,7 +121,7 @@ fn read_response(stream: &mut impl Read) -> (u16, String) {
 
 fn connect(address: &LocalAddress) -> TcpStream {
     let LocalAddress::Tcp(address) = address else {
-        panic!("not a TCP address: {address}")
+        panic!("not a TCP address: {address:?}")
     };
     let stream = TcpStream::connect(address).unwrap();
     stream

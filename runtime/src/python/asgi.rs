@@ -901,10 +901,15 @@ pub fn prepare<'py>(
     reply: oneshot::Sender<HttpResponse>,
     name: String,
 ) -> PyResult<(Arc<AsgiExchange>, Bound<'py, PyTuple>)> {
+    let scheme = if request.secure {
+        intern!(py, "https")
+    } else {
+        intern!(py, "http")
+    };
     let scope = base_scope(
         py,
         intern!(py, "http"),
-        intern!(py, "http"),
+        scheme,
         endpoint,
         &request,
         loop_state,

@@ -145,14 +145,15 @@ impl Request {
         }
     }
 
-    /// "http", or what a trusted proxy said in `X-Forwarded-Proto` ("https" behind a TLS terminator).
+    /// "http" ("https" with `--ssl-certfile`), or what a trusted proxy said in `X-Forwarded-Proto`
+    /// ("https" behind a TLS terminator).
     #[getter]
     fn scheme(&self) -> &'static str {
         self.inner
             .forwarded
             .as_ref()
             .and_then(|f| f.scheme)
-            .unwrap_or("http")
+            .unwrap_or(if self.inner.secure { "https" } else { "http" })
     }
 
     /// (host, port) this server accepted the connection on; (path, None) on a Unix socket (`--uds`).

@@ -18,6 +18,7 @@ use crate::pool::{self, RunningPool};
 use crate::proxy::TrustedProxies;
 use crate::router::Router;
 use crate::routing::RoutingPolicy;
+use crate::tls::Tls;
 
 /// A route as the Python app describes it.
 #[derive(FromPyObject)]
@@ -79,7 +80,7 @@ impl Server {
         max_body_size=None, header_timeout=None, max_connections=None, max_in_flight=None,
         shutdown_timeout=None, access_log=false, metrics_port=None, metrics_host=None, shared_port=false,
         forwarded_allow_ips=None, ws_max_size=None, ws_ping_interval=None, ws_ping_timeout=None,
-        uds=None, fd=None
+        uds=None, fd=None, ssl_certfile=None, ssl_keyfile=None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -111,6 +112,8 @@ impl Server {
         ws_ping_timeout: Option<f64>,
         uds: Option<std::path::PathBuf>,
         fd: Option<i32>,
+        ssl_certfile: Option<std::path::PathBuf>,
+        ssl_keyfile: Option<std::path::PathBuf>,
     ) -> PyResult<Self> {
         let loops = LoopCount::parse(loops).map_err(config_error)?;
         let routing: RoutingPolicy = routing.parse().map_err(config_error)?;
@@ -172,6 +175,17 @@ impl Server {
             }
             (None, Some(fd)) => Some(SocketSource::Fd(fd)),
             (None, None) => None,
+        };
+        config.tls = match (ssl_certfile, ssl_keyfile) {
+            (Some(certfile), Some(keyfile)) => {
+                Some(Tls::load(&certfile, &keyfile).map_err(config_error)?)
+            }
+            (None, None) => None,
+            _ => {
+                return Err(config_error(
+                    "HTTPS needs both --ssl-certfile and --ssl-keyfile",
+                ))
+            }
         };
         config.access_log = access_log;
         config.metrics_port = metrics_port;
@@ -313,10 +327,14 @@ impl Server {
         }
     }
 
-    /// Where it serves once started: `http://HOST:PORT` or `unix:PATH`.
+    /// Where it serves once started: `http://HOST:PORT`, `https://HOST:PORT` or `unix:PATH`.
     #[getter]
     fn address(&self) -> Option<String> {
-        self.address.lock().unwrap().as_ref().map(|a| a.to_string())
+        self.address
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(|a| a.url(self.config.tls.is_some()))
     }
 
     /// The port `GET /metrics` is served on, once started with `metrics_port`.

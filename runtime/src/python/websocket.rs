@@ -536,10 +536,15 @@ pub fn prepare<'py>(
     loop_state: Option<&Bound<'py, PyDict>>,
     reply: oneshot::Sender<HttpResponse>,
 ) -> PyResult<(Arc<WebSocketExchange>, Bound<'py, PyTuple>)> {
+    let scheme = if request.secure {
+        intern!(py, "wss")
+    } else {
+        intern!(py, "ws")
+    };
     let scope = base_scope(
         py,
         intern!(py, "websocket"),
-        intern!(py, "ws"),
+        scheme,
         endpoint,
         &request,
         loop_state,
