@@ -232,3 +232,16 @@ def wait_until_started(server: ServerProcess, endpoint: str, count: int = 1, tim
     while server.get("/started").json().get(endpoint, 0) < count:
         assert time.monotonic() < deadline, f"no {count} {endpoint} request(s) reached the handler"
         time.sleep(0.01)
+
+
+def loops_answering(connection: http.client.HTTPConnection, requests: int = 4) -> set[int]:
+    """The loops that answered `requests` GET /where (tests/apps/runtime_app.py) over one keep-alive
+    connection of any kind (TCP, TLS, Unix socket); the connection is closed after."""
+    loops = set()
+    try:
+        for _ in range(requests):
+            connection.request("GET", "/where")
+            loops.add(json.loads(connection.getresponse().read())["loop"])
+    finally:
+        connection.close()
+    return loops

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT, assert_one_clear_line, run_cli
+from .conftest import ROOT, assert_one_clear_line, loops_answering, run_cli
 
 STARLETTE = "tests.apps.starlette_app:app"
 NATIVE = "tests.apps.runtime_app:api"
@@ -79,13 +79,7 @@ def test_a_unix_socket_serves_the_app_as_uvicorn_does(serve, socket_dir, app):
     assert unix_json(uvicorn_path, "/addresses") == {"client": None, "server": [str(uvicorn_path), None]}
     # Both loops accept on the one socket and the routing policy spreads the requests over them.
     if app == NATIVE:
-        connection = UnixConnection(path)
-        loops = set()
-        for _ in range(4):
-            connection.request("GET", "/where")
-            loops.add(json.loads(connection.getresponse().read())["loop"])
-        connection.close()
-        assert loops == {0, 1}
+        assert loops_answering(UnixConnection(path)) == {0, 1}
     server.stop()
     assert not path.exists(), "the socket file outlived the server"
 

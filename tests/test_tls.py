@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from .conftest import ROOT, assert_one_clear_line, free_port, run_cli
+from .conftest import ROOT, assert_one_clear_line, free_port, loops_answering, run_cli
 from .test_asgi import serve_websockets
 from .test_metrics import scrape, total, wait_for
 from .websocket_client import connect as connect_websocket
@@ -64,12 +64,7 @@ def test_https_gives_the_app_the_https_scheme_as_uvicorn_does(serve, app):
         connection = http.client.HTTPSConnection(
             "localhost", percore.port, timeout=10, context=client_context()
         )
-        loops = set()
-        for _ in range(4):
-            connection.request("GET", "/where")
-            loops.add(json.loads(connection.getresponse().read())["loop"])
-        connection.close()
-        assert loops == {0, 1}
+        assert loops_answering(connection) == {0, 1}
 
 
 @pytest.mark.parametrize("server", ["percore", "uvicorn"])
