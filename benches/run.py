@@ -36,6 +36,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -54,6 +55,10 @@ LOAD_CORE = "0"
 # other tasks 5% (sched_rt_runtime_us), so nothing is starved for good.
 REALTIME: list[str] = []
 PORT = "{port}"  # stands for the contender's port in its command; a free one is chosen per contender
+# `--tls`: every contender terminates HTTPS with the test certificate (tests/certs; the same file for all),
+# wrk speaks TLS to it; contenders that cannot (Robyn, the hyper baseline) are left out.
+CERTFILE, KEYFILE = ROOT / "tests" / "certs" / "localhost.crt", ROOT / "tests" / "certs" / "localhost.key"
+TLS: list[bool] = []
 
 
 @dataclass(frozen=True)
@@ -148,14 +153,22 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def tls_flags(certificate: str = "--ssl-certfile", key: str = "--ssl-keyfile") -> list[str]:
+    return [certificate, str(CERTFILE), key, str(KEYFILE)] if TLS else []
+
+
 def percore(python: str, app: str) -> list[str]:
-    return [python, "-m", "percore", "serve", app, "--loops", "1", "--log-level", "warning", "--port", PORT]
+    return [
+        *(python, "-m", "percore", "serve", app, "--loops", "1", "--log-level", "warning", "--port", PORT),
+        *tls_flags(),
+    ]
 
 
 def uvicorn(python: str, app: str, stack: PeerStack) -> list[str]:
     return [
         *(python, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", PORT, "--workers", "1"),
         *("--loop", stack.loop, "--http", stack.http, "--log-level", "warning", "--no-access-log"),
+        *tls_flags(),
     ]
 
 
@@ -166,7 +179,10 @@ def granian(python: str, interface: str, app: str, stack: PeerStack) -> list[str
     return [
         *(python, "-m", "granian", "--interface", interface, "--host", "127.0.0.1", "--port", PORT),
         *("--workers", "1", "--runtime-threads", "1", "--loop", stack.loop, "--http", "1", "--no-ws"),
-        *("--no-access-log", "--log-level", "warning", app),
+        *("--no-access-log", "--log-level", "warning"),
+        # TLS 1.2 and 1.3 like the others (Granian's default minimum is 1.3; wrk negotiates 1.3 anyway).
+        *([*tls_flags("--ssl-certificate"), "--ssl-protocol-min", "tls1.2"] if TLS else []),
+        app,
     ]
 
 
@@ -182,7 +198,7 @@ def contenders() -> list[Contender]:
     other: per app, each percore build followed by the peers on the same interpreter."""
     found = []
     baseline = os.environ.get("HYPER_BASELINE")
-    if baseline:
+    if baseline and not TLS:
         found.append(Contender(HYPER, [baseline, PORT], HYPER_ENDPOINTS))
     builds = [(os.environ.get(variable), label, PEERS[label]) for variable, label in BUILDS]
     for python, label, stack in builds:
@@ -193,7 +209,7 @@ def contenders() -> list[Contender]:
         if peers:
             rsgi = granian(peers, "rsgi", RSGI_APP, stack)
             found.append(Contender(stack.granian_rsgi, rsgi, APP_ENDPOINTS))
-        if peers and stack.robyn:
+        if peers and stack.robyn and not TLS:
             env = {"ROBYN_HOST": "127.0.0.1", "ROBYN_PORT": PORT}
             found.append(Contender(ROBYN, robyn(peers), APP_ENDPOINTS, env=env, killed_is_expected=True))
     for framework, app in FRAMEWORKS.items():
@@ -226,7 +242,11 @@ def ratio_pairs(names: list[str]) -> list[tuple[str, str]]:
 
 
 def request(port: int, method: str, path: str, body: bytes | None, timeout: float) -> tuple[int, bytes]:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    if TLS:
+        context = ssl.create_default_context(cafile=CERTFILE)
+        connection = http.client.HTTPSConnection("localhost", port, timeout=timeout, context=context)
+    else:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         headers = {"Content-Type": "application/json"} if body is not None else {}
         connection.request(method, path, body=body, headers=headers)
@@ -441,7 +461,7 @@ def measure_endpoint(port: int, endpoint: Endpoint, args) -> tuple[dict, dict]:
     status, body = request(port, endpoint.method, endpoint.path, request_body(endpoint.script), timeout=10)
     if not 200 <= status < 300:
         raise RuntimeError(f"answered {status} before measuring: {body[:300]!r}")
-    url = f"http://127.0.0.1:{port}{endpoint.path}"
+    url = f"{'https' if TLS else 'http'}://127.0.0.1:{port}{endpoint.path}"
     connections = endpoint.connections or args.connections
     if args.warmup > 0:
         wrk(url, endpoint.script, args.warmup, connections)
@@ -629,6 +649,12 @@ def main() -> int:
         metavar="SUBSTRING",
         help="measure only endpoints whose key contains SUBSTRING (e.g. /json; repeatable: any matches)",
     )
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="every contender serves HTTPS (tests/certs' certificate) and wrk speaks TLS; Robyn and the hyper "
+        "baseline, which cannot, are left out",
+    )
     parser.add_argument("--list", action="store_true", help="list the contenders and exit")
     parser.add_argument("--out", type=Path, default=BENCHES / "results")
     parser.add_argument(
@@ -648,6 +674,8 @@ def main() -> int:
             print("--realtime on: chrt -f is not permitted here", file=sys.stderr)
             return 1
     args.realtime = "on" if REALTIME else "off"
+    if args.tls:
+        TLS.append(True)
     chosen = [
         contender
         for contender in contenders()
