@@ -247,3 +247,46 @@ def test_workers_share_one_unix_socket_and_the_supervisor_removes_it(socket_dir)
     assert supervisor.returncode == 0, stderr
     assert f"unix:{path}" in stderr
     assert not path.exists(), "the socket file outlived the supervisor"
+
+
+@pytest.mark.parametrize("backlog", [None, "1"])
+def test_backlog_bounds_the_connections_the_kernel_queues(serve, socket_dir, backlog):
+    marker = socket_dir / "blocked"
+    server = serve(WORKERS, "--loops", "1", *(("--backlog", backlog) if backlog else ()))
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        # The only loop blocks in a handler: nothing is accepted, new connections wait in the kernel's queue.
+        blocked = pool.submit(server.get, f"/block?marker={marker}&seconds=4")
+        deadline = time.monotonic() + 30
+        while not (marker.exists() and marker.read_text()):
+            assert time.monotonic() < deadline, "the /block request never ran"
+            time.sleep(0.01)
+        queued = []
+        try:
+            for _ in range(6):
+                try:
+                    queued.append(socket.create_connection(("127.0.0.1", server.port), timeout=0.5))
+                except TimeoutError:  # the queue is full: the kernel drops the handshake
+                    pass
+            if backlog is None:
+                assert len(queued) == 6
+            else:
+                # Linux queues backlog + 1 connections.
+                assert len(queued) <= 3, len(queued)
+        finally:
+            for connection in queued:
+                connection.close()
+        assert blocked.result(timeout=30).status == 200
+
+
+def test_app_dir_is_searched_for_the_module_first(serve, tmp_path):
+    app_dir = tmp_path / "service"
+    app_dir.mkdir()
+    (app_dir / "service_app.py").write_text(
+        "import percore\napi = percore.App()\n\n\n@api.get('/hello')\ndef hello():\n    return {'from': 'app-dir'}\n"
+    )
+    server = serve("service_app:api", "--loops", "1", "--app-dir", str(app_dir))
+    assert server.get("/hello").json() == {"from": "app-dir"}
+    assert_one_clear_line(
+        run_cli("serve", "service_app:api", "--app-dir", str(tmp_path / "nowhere")), "--app-dir"
+    )
+    assert_one_clear_line(run_cli("serve", NATIVE, "--backlog", "0"), "--backlog", "at least 1")

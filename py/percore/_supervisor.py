@@ -124,11 +124,12 @@ def reserve_port(host: str, port: int) -> socket.socket:
     return reservation
 
 
-def app_source_dir(target: str) -> Path:
+def app_source_dir(target: str, app_dir: str | None = None) -> Path:
     """The directory of the app module ``MODULE`` in ``MODULE:ATTR``, found without importing it (the
-    supervisor never runs app code); the current directory when it cannot be found."""
+    supervisor never runs app code) where the worker will import it from (``--app-dir`` first); the current
+    directory when it cannot be found."""
     module = target.partition(":")[0]
-    search: list[str] | None = [os.getcwd(), *sys.path]
+    search: list[str] | None = [*([os.path.abspath(app_dir)] if app_dir else []), os.getcwd(), *sys.path]
     spec = None
     parts = module.split(".")
     for depth in range(len(parts)):
@@ -267,7 +268,11 @@ class Supervisor:
         uds: str | None = None,
         fd: int | None = None,
         secure: bool = False,
+        backlog: int | None = None,
+        app_dir: str | None = None,
     ) -> None:
+        self.backlog = backlog
+        self.app_dir = app_dir
         self.serve_argv = list(serve_argv)
         self.uds = uds
         # The listening socket every worker inherits (--uds: created here; --fd: the user's), or None for
@@ -334,7 +339,7 @@ class Supervisor:
         the workers cannot start."""
         reservation: socket.socket | _runtime.UnixSocket | None = None
         if self.uds is not None:
-            reservation = _runtime.UnixSocket(self.uds)
+            reservation = _runtime.UnixSocket(self.uds, self.backlog)
             self.socket_fd = reservation.fileno()
             self.where = f"unix:{self.uds}"
         elif self.socket_fd is not None:
@@ -354,7 +359,7 @@ class Supervisor:
         previous_wakeup = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
         try:
             if self.reload:
-                directories = [app_source_dir(self.app), *self.reload_dirs]
+                directories = [app_source_dir(self.app, self.app_dir), *self.reload_dirs]
                 self.watcher = SourceWatcher(directories)
                 logger.info("reload: watching *.py under %s", ", ".join(map(str, directories)))
             slices = "; ".join(f"{i}→cpu{','.join(map(str, cpus))}" for i, cpus in enumerate(self.cpus))

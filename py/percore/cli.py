@@ -16,13 +16,18 @@ from .server import ServerConfig, serve
 ROUTING_POLICIES = ("local", "round-robin", "least-loaded")
 
 
-def load_app(target: str) -> Any:
-    """Import ``MODULE:ATTR`` (ATTR may be dotted) and return the object it names."""
+def load_app(target: str, app_dir: str | None = None) -> Any:
+    """Import ``MODULE:ATTR`` (ATTR may be dotted) and return the object it names; ``MODULE`` is looked
+    for in ``app_dir`` (``--app-dir``) first, then the current directory, then the usual ``sys.path``."""
     module_name, _, attribute = target.partition(":")
     if not module_name or not attribute:
         raise AppLoadError(f"expected MODULE:ATTR (e.g. examples.hello:api), got {target!r}")
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())
+    if app_dir is not None:
+        if not os.path.isdir(app_dir):
+            raise AppLoadError(f"--app-dir {app_dir!r} is not a directory")
+        sys.path.insert(0, os.path.abspath(app_dir))
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as error:
@@ -61,6 +66,11 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser("serve", help="serve an app")
     run.add_argument("app", metavar="MODULE:ATTR", help="the app to serve, e.g. examples.hello:api")
     run.add_argument(
+        "--app-dir",
+        metavar="DIR",
+        help="look for MODULE in DIR first (default: the current directory), as uvicorn's --app-dir",
+    )
+    run.add_argument(
         "--factory",
         action="store_true",
         help="MODULE:ATTR is a function returning the app (called once per worker process), as in uvicorn",
@@ -83,6 +93,12 @@ def _parser() -> argparse.ArgumentParser:
         "--loops", default="auto", help="'auto' (one per CPU in the affinity mask) or a count (default auto)"
     )
     run.add_argument("--routing", choices=ROUTING_POLICIES, default="local", help="default local")
+    run.add_argument(
+        "--backlog",
+        type=int,
+        help="pending connections each listening socket queues (default 1024; on TCP there is one socket "
+        "per loop; the kernel caps it at net.core.somaxconn)",
+    )
     run.add_argument(
         "--ssl-certfile",
         metavar="PEM",
@@ -208,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         uds, fd = arguments.uds, arguments.fd
         if arguments.supervised_socket_fd is not None:
             uds, fd = None, arguments.supervised_socket_fd
-        app = load_app(arguments.app)
+        app = load_app(arguments.app, arguments.app_dir)
         if arguments.factory:
             app = build_app(arguments.app, app)
         config = ServerConfig(
@@ -237,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
             fd=fd,
             ssl_certfile=arguments.ssl_certfile,
             ssl_keyfile=arguments.ssl_keyfile,
+            backlog=_backlog(arguments.backlog),
         )
         serve(app, config, on_ready)
     except PercoreError as error:
@@ -266,7 +283,15 @@ def _supervise(argv: list[str], arguments: argparse.Namespace) -> int:
         uds=arguments.uds,
         fd=arguments.fd,
         secure=arguments.ssl_certfile is not None,
+        backlog=_backlog(arguments.backlog),
+        app_dir=arguments.app_dir,
     ).run()
+
+
+def _backlog(value: int | None) -> int | None:
+    if value is not None and value < 1:
+        raise ConfigurationError(f"--backlog must be at least 1, got {value}")
+    return None if value is None else min(value, 2**31 - 1)  # listen(2) takes an int; the kernel caps it
 
 
 if __name__ == "__main__":

@@ -53,6 +53,8 @@ class ServerConfig:
     # systemd) instead of host:port; see docs/deployment.md.
     uds: str | None = None
     fd: int | None = None
+    # Pending connections each listening socket queues (None: 1024; on TCP there is one socket per loop).
+    backlog: int | None = None
     # HTTPS: a PEM certificate chain and its private key (see docs/tls.md).
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
@@ -115,6 +117,7 @@ class Server:
             fd=config.fd,
             ssl_certfile=config.ssl_certfile,
             ssl_keyfile=config.ssl_keyfile,
+            backlog=config.backlog,
         )
 
     def start(self) -> None:

@@ -73,6 +73,8 @@ pub struct Config {
     pub port: u16,
     /// A Unix socket path (`--uds`) or an inherited socket (`--fd`) instead of `host:port`.
     pub socket: Option<crate::listener::SocketSource>,
+    /// Pending connections each listening socket queues (`--backlog`).
+    pub backlog: i32,
     pub routing: RoutingPolicy,
     /// The core each loop is pinned to; its length is the loop count. More loops than cores wrap around.
     pub cores: Vec<usize>,
@@ -116,6 +118,7 @@ impl Config {
             host: host.to_owned(),
             port,
             socket: None,
+            backlog: crate::listener::DEFAULT_BACKLOG,
             routing,
             cores,
             shutdown_timeout: std::time::Duration::from_secs(5),

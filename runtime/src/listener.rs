@@ -22,7 +22,9 @@ use std::sync::Arc;
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
-const LISTEN_BACKLOG: i32 = 1024;
+/// Pending connections each listening socket queues (`--backlog`; the kernel caps it at
+/// `net.core.somaxconn`). On TCP every loop has its own listener, so the server queues `loops` times this.
+pub const DEFAULT_BACKLOG: i32 = 1024;
 
 /// What the server listens on, besides the default TCP `host:port`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -90,10 +92,11 @@ pub fn bind(
     port: u16,
     loops: usize,
     shared_port: bool,
+    backlog: i32,
 ) -> Result<Bound, BindError> {
     match source {
         None => {
-            let listeners = bind_tcp(host, port, loops, shared_port)?;
+            let listeners = bind_tcp(host, port, loops, shared_port, backlog)?;
             let address = listeners[0]
                 .local_addr()
                 .map_err(|e| BindError(format!("cannot read the bound address: {e}")))?;
@@ -104,10 +107,10 @@ pub fn bind(
             })
         }
         Some(SocketSource::UnixPath(path)) => {
-            let (socket, file) = bind_unix(path)?;
+            let (socket, file) = bind_unix(path, backlog)?;
             share(socket, loops, Some(file))
         }
-        Some(SocketSource::Fd(fd)) => share(inherited(*fd)?, loops, None),
+        Some(SocketSource::Fd(fd)) => share(inherited(*fd, backlog)?, loops, None),
     }
 }
 
@@ -119,12 +122,12 @@ fn resolve(host: &str, port: u16) -> Result<SocketAddr, BindError> {
         .ok_or_else(|| BindError(format!("host {host:?} has no address")))
 }
 
-fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+fn reuseport_listener(addr: SocketAddr, backlog: i32) -> std::io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     socket.bind(&addr.into())?;
-    socket.listen(LISTEN_BACKLOG)?;
+    socket.listen(backlog)?;
     Ok(socket.into())
 }
 
@@ -142,6 +145,7 @@ pub fn bind_tcp(
     port: u16,
     loops: usize,
     shared_port: bool,
+    backlog: i32,
 ) -> Result<Vec<std::net::TcpListener>, BindError> {
     let mut addr = resolve(host, port)?;
     let busy = |addr: SocketAddr, e: std::io::Error| {
@@ -168,7 +172,7 @@ pub fn bind_tcp(
         }
     }
     for _ in 0..loops {
-        listeners.push(reuseport_listener(addr).map_err(|e| busy(addr, e))?);
+        listeners.push(reuseport_listener(addr, backlog).map_err(|e| busy(addr, e))?);
     }
     Ok(listeners)
 }
@@ -197,7 +201,7 @@ impl Drop for SocketFile {
 /// uvicorn do; a path something listens on, or that is not a socket, is an error. The file is made
 /// readable and writable by everyone (0o666, as uvicorn), or keeps the mode of the file it replaces:
 /// the proxy in front usually runs as another user.
-pub fn bind_unix(path: &Path) -> Result<(Socket, SocketFile), BindError> {
+pub fn bind_unix(path: &Path, backlog: i32) -> Result<(Socket, SocketFile), BindError> {
     let shown = path.display();
     let mut mode = 0o666;
     match std::fs::symlink_metadata(path) {
@@ -229,12 +233,12 @@ pub fn bind_unix(path: &Path) -> Result<(Socket, SocketFile), BindError> {
         identity: (metadata.dev(), metadata.ino()),
     };
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(cannot)?;
-    socket.listen(LISTEN_BACKLOG).map_err(cannot)?;
+    socket.listen(backlog).map_err(cannot)?;
     Ok((socket, file))
 }
 
 /// Takes ownership of inherited descriptor `fd`, which must be a bound stream socket (TCP or Unix).
-fn inherited(fd: RawFd) -> Result<Socket, BindError> {
+fn inherited(fd: RawFd, backlog: i32) -> Result<Socket, BindError> {
     let not_a_listener = |why: String| BindError(format!("--fd {fd}: {why}"));
     // SAFETY: fstat on any integer is sound; it only tells whether `fd` is an open socket, which we check
     // before taking ownership (so a typo cannot make us close a descriptor we did not get).
@@ -262,7 +266,7 @@ fn inherited(fd: RawFd) -> Result<Socket, BindError> {
     }
     // Listening again only updates the backlog of a socket that already listens (systemd's do).
     socket
-        .listen(LISTEN_BACKLOG)
+        .listen(backlog)
         .map_err(|e| not_a_listener(format!("cannot listen: {e}")))?;
     Ok(socket)
 }
@@ -323,14 +327,14 @@ mod tests {
 
     #[test]
     fn workers_share_a_port_that_other_servers_cannot_take() {
-        let first = bind_tcp("127.0.0.1", 0, 2, false).unwrap();
+        let first = bind_tcp("127.0.0.1", 0, 2, false, DEFAULT_BACKLOG).unwrap();
         let port = first[0].local_addr().unwrap().port();
         assert!(first.iter().all(|l| l.local_addr().unwrap().port() == port));
         // Another server (no supervisor reserved the port for it) probes and is refused.
-        let refused = bind_tcp("127.0.0.1", port, 1, false).unwrap_err();
+        let refused = bind_tcp("127.0.0.1", port, 1, false, DEFAULT_BACKLOG).unwrap_err();
         assert!(refused.to_string().contains("already in use"), "{refused}");
         // A sibling worker joins the SO_REUSEPORT group.
-        let sibling = bind_tcp("127.0.0.1", port, 2, true).unwrap();
+        let sibling = bind_tcp("127.0.0.1", port, 2, true, DEFAULT_BACKLOG).unwrap();
         assert!(sibling
             .iter()
             .all(|l| l.local_addr().unwrap().port() == port));
@@ -347,7 +351,15 @@ mod tests {
     fn a_unix_socket_is_shared_by_every_loop_and_removed_when_done() {
         let dir = scratch_dir("uds");
         let path = dir.join("app.sock");
-        let bound = bind(Some(&SocketSource::UnixPath(path.clone())), "", 0, 3, false).unwrap();
+        let bound = bind(
+            Some(&SocketSource::UnixPath(path.clone())),
+            "",
+            0,
+            3,
+            false,
+            DEFAULT_BACKLOG,
+        )
+        .unwrap();
         assert_eq!(bound.listeners.len(), 3);
         assert_eq!(
             bound.address,
@@ -366,7 +378,7 @@ mod tests {
         accepted.read_exact(&mut received).unwrap();
         assert_eq!(&received, b"ping");
         // A second server on the same path is refused while this one listens.
-        let refused = bind_unix(&path).unwrap_err();
+        let refused = bind_unix(&path, DEFAULT_BACKLOG).unwrap_err();
         assert!(refused.0.contains("already in use"), "{refused}");
         drop(bound);
         assert!(!path.exists(), "the socket file outlived its server");
@@ -377,13 +389,14 @@ mod tests {
     fn a_stale_socket_file_is_replaced_and_other_files_are_not() {
         let dir = scratch_dir("stale");
         let path = dir.join("app.sock");
-        let (socket, file) = bind_unix(&path).unwrap();
+        let (socket, file) = bind_unix(&path, DEFAULT_BACKLOG).unwrap();
         std::mem::forget(file); // the server "crashed": its file stays, nothing listens
         drop(socket);
-        let (_socket, _file) = bind_unix(&path).expect("a stale socket is replaced");
+        let (_socket, _file) =
+            bind_unix(&path, DEFAULT_BACKLOG).expect("a stale socket is replaced");
         let plain = dir.join("notes.txt");
         std::fs::write(&plain, "keep me").unwrap();
-        let refused = bind_unix(&plain).unwrap_err();
+        let refused = bind_unix(&plain, DEFAULT_BACKLOG).unwrap_err();
         assert!(refused.0.contains("not a socket"), "{refused}");
         assert_eq!(std::fs::read_to_string(&plain).unwrap(), "keep me");
         std::fs::remove_dir_all(dir).unwrap();
@@ -393,11 +406,11 @@ mod tests {
     fn a_socket_file_replaced_by_another_server_is_left_alone() {
         let dir = scratch_dir("replaced");
         let path = dir.join("app.sock");
-        let (socket, file) = bind_unix(&path).unwrap();
+        let (socket, file) = bind_unix(&path, DEFAULT_BACKLOG).unwrap();
         drop(socket);
         // Moved aside (not removed: a freed inode number may be reused at once by the next file).
         std::fs::rename(&path, dir.join("old.sock")).unwrap();
-        let (_newer, newer_file) = bind_unix(&path).unwrap();
+        let (_newer, newer_file) = bind_unix(&path, DEFAULT_BACKLOG).unwrap();
         drop(file); // the old server exits after the new one took the path
         assert!(
             path.exists(),
@@ -413,20 +426,51 @@ mod tests {
         use std::os::fd::IntoRawFd;
         let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = tcp.local_addr().unwrap().port();
-        let bound = bind(Some(&SocketSource::Fd(tcp.into_raw_fd())), "", 0, 2, false).unwrap();
+        let bound = bind(
+            Some(&SocketSource::Fd(tcp.into_raw_fd())),
+            "",
+            0,
+            2,
+            false,
+            DEFAULT_BACKLOG,
+        )
+        .unwrap();
         assert_eq!(bound.listeners.len(), 2);
         assert_eq!(
             bound.address,
             LocalAddress::Tcp(SocketAddr::from(([127, 0, 0, 1], port)))
         );
         let file = std::fs::File::open("/dev/null").unwrap().into_raw_fd();
-        let refused = bind(Some(&SocketSource::Fd(file)), "", 0, 1, false).unwrap_err();
+        let refused = bind(
+            Some(&SocketSource::Fd(file)),
+            "",
+            0,
+            1,
+            false,
+            DEFAULT_BACKLOG,
+        )
+        .unwrap_err();
         assert!(refused.0.contains("not a socket"), "{refused}");
         let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let refused =
-            bind(Some(&SocketSource::Fd(udp.into_raw_fd())), "", 0, 1, false).unwrap_err();
+        let refused = bind(
+            Some(&SocketSource::Fd(udp.into_raw_fd())),
+            "",
+            0,
+            1,
+            false,
+            DEFAULT_BACKLOG,
+        )
+        .unwrap_err();
         assert!(refused.0.contains("not a stream socket"), "{refused}");
-        let closed = bind(Some(&SocketSource::Fd(987_654)), "", 0, 1, false).unwrap_err();
+        let closed = bind(
+            Some(&SocketSource::Fd(987_654)),
+            "",
+            0,
+            1,
+            false,
+            DEFAULT_BACKLOG,
+        )
+        .unwrap_err();
         assert!(closed.0.contains("not an open file descriptor"), "{closed}");
     }
 }

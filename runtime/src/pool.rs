@@ -405,6 +405,7 @@ pub fn start<F: ExecutorFactory>(
         config.port,
         loops,
         config.shared_port,
+        config.backlog,
     )
     .map_err(|e| PoolError::Bind(e.0))?;
     let local_addr = bound.address.clone();

@@ -80,7 +80,7 @@ impl Server {
         max_body_size=None, header_timeout=None, max_connections=None, max_in_flight=None,
         shutdown_timeout=None, access_log=false, metrics_port=None, metrics_host=None, shared_port=false,
         forwarded_allow_ips=None, ws_max_size=None, ws_ping_interval=None, ws_ping_timeout=None,
-        uds=None, fd=None, ssl_certfile=None, ssl_keyfile=None
+        uds=None, fd=None, ssl_certfile=None, ssl_keyfile=None, backlog=None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -114,6 +114,7 @@ impl Server {
         fd: Option<i32>,
         ssl_certfile: Option<std::path::PathBuf>,
         ssl_keyfile: Option<std::path::PathBuf>,
+        backlog: Option<i32>,
     ) -> PyResult<Self> {
         let loops = LoopCount::parse(loops).map_err(config_error)?;
         let routing: RoutingPolicy = routing.parse().map_err(config_error)?;
@@ -187,6 +188,9 @@ impl Server {
                 ))
             }
         };
+        if let Some(backlog) = backlog {
+            config.backlog = positive(backlog.max(0) as usize, "--backlog")? as i32;
+        }
         config.access_log = access_log;
         config.metrics_port = metrics_port;
         config.metrics_host = metrics_host;
@@ -366,8 +370,10 @@ pub struct UnixSocket {
 #[pymethods]
 impl UnixSocket {
     #[new]
-    fn new(path: std::path::PathBuf) -> PyResult<Self> {
-        let bound = listener::bind_unix(&path).map_err(|e| StartupError::new_err(e.0))?;
+    #[pyo3(signature = (path, backlog=None))]
+    fn new(path: std::path::PathBuf, backlog: Option<i32>) -> PyResult<Self> {
+        let backlog = backlog.unwrap_or(listener::DEFAULT_BACKLOG);
+        let bound = listener::bind_unix(&path, backlog).map_err(|e| StartupError::new_err(e.0))?;
         Ok(UnixSocket {
             socket: Some(bound),
         })
