@@ -206,10 +206,18 @@ pub fn bind_unix(path: &Path, backlog: i32) -> Result<(Socket, SocketFile), Bind
     let mut mode = 0o666;
     match std::fs::symlink_metadata(path) {
         Ok(metadata) if metadata.file_type().is_socket() => {
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                return Err(BindError(format!(
-                    "unix socket {shown} is already in use (a server accepts on it)"
-                )));
+            // Only "connection refused" proves nothing listens: a socket we may not connect to (another
+            // user's, EACCES) may still be served, so it is not ours to remove.
+            match std::os::unix::net::UnixStream::connect(path) {
+                Ok(_) => {
+                    return Err(BindError(format!(
+                        "unix socket {shown} is already in use (a server accepts on it)"
+                    )))
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
+                Err(e) => return Err(BindError(format!(
+                    "cannot tell whether unix socket {shown} is in use, so it is left alone: {e}"
+                ))),
             }
             mode = metadata.permissions().mode() & 0o777;
             std::fs::remove_file(path)
