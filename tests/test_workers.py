@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 from percore import _supervisor
 
-from .conftest import ROOT, Client, ServerProcess, free_port, run_cli
+from .conftest import ROOT, Client, ServerProcess, assert_one_clear_line, free_port, run_cli
+from .test_sockets import unix_json
 
 DEADLINE = 60.0
 WORKERS_APP = "tests.apps.workers_app:api"
@@ -528,3 +529,56 @@ def test_the_source_watcher_sees_edits_new_and_deleted_files_but_not_caches(tmp_
     (tmp_path / "b.py").unlink()
     assert watcher.changes() == [str(tmp_path / "b.py")]
     assert watcher.changes() == []
+
+
+def test_limit_max_requests_stops_a_single_server_after_that_many_responses():
+    server = ServerProcess(WORKERS_APP, "--loops", "2", "--limit-max-requests", "5").start()
+    for _ in range(5):
+        assert server.get("/pid").status == 200
+    # It stops by itself (graceful, exit 0) once the count is reached.
+    assert server.process.wait(timeout=20) == 0
+    server.stop()
+    assert "served 5 responses (--limit-max-requests 5): stopping" in server.stderr
+
+
+def test_limit_max_requests_recycles_workers_without_losing_a_connection(tmp_path):
+    # Over a Unix socket: one socket shared by every worker, so a worker that stops takes no queued
+    # connection with it (on TCP each has its own SO_REUSEPORT listener: docs/workers.md).
+    path = Path(f"/tmp/percore-recycle-{os.getpid()}.sock")
+    server = Supervised(
+        WORKERS_APP,
+        "--workers",
+        "2",
+        "--loops",
+        "1",
+        "--limit-max-requests",
+        "5",
+        "--uds",
+        str(path),
+        log=tmp_path / "log",
+    )
+    server.command.remove("--port")
+    server.command.remove(str(server.port))
+    server.launch()
+    try:
+        pids = []
+        deadline = time.monotonic() + 60
+        wait_for(path.exists, "the socket")
+        # Every request over a fresh connection is answered while workers are replaced under it.
+        while len(set(pids)) < 2 + 2:  # the first two workers and at least two replacements
+            assert time.monotonic() < deadline, pids
+            try:
+                pids.append(unix_json(path, "/pid")["pid"])
+            except (ConnectionRefusedError, FileNotFoundError):
+                assert not pids, "a connection was refused after the workers served"
+                time.sleep(0.05)  # not serving yet
+    finally:
+        code = server.stop(timeout=30)
+    log = server.log()
+    assert code == 0, log
+    assert log.count("reached --limit-max-requests: starting its replacement") >= 2
+    assert "serving in place of the recycled one" in log
+    assert not path.exists()
+    assert_one_clear_line(
+        run_cli("serve", WORKERS_APP, "--limit-max-requests", "0"), "--limit-max-requests", "at least 1"
+    )

@@ -192,10 +192,12 @@ class _WorkerTag(logging.Filter):
         return True
 
 
-def enter_worker(index: int, supervisor: int, cpus: str | None, ready_fd: int) -> Callable[[], None]:
+def enter_worker(
+    index: int, supervisor: int, cpus: str | None, ready_fd: int
+) -> tuple[Callable[[], None], Callable[[], None]]:
     """What a worker does before importing the app: exit with its supervisor, pin itself to its CPUs (the
-    loops pin to the CPUs in the mask), tag its log lines. Returns the callback that tells the supervisor
-    this worker serves."""
+    loops pin to the CPUs in the mask), tag its log lines. Returns the callbacks that tell the supervisor
+    this worker serves, and that it reached ``--limit-max-requests`` (start my replacement, then stop me)."""
     PR_SET_PDEATHSIG = 1
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) != 0:
@@ -206,14 +208,19 @@ def enter_worker(index: int, supervisor: int, cpus: str | None, ready_fd: int) -
         os.sched_setaffinity(0, [int(cpu) for cpu in cpus.split(",")])
     logger.addFilter(_WorkerTag(index))
 
-    def ready() -> None:
+    def tell(line: str, what: str) -> None:
         try:
-            os.write(ready_fd, f"{os.getpid()}\n".encode())
-            os.close(ready_fd)
+            os.write(ready_fd, f"{line}\n".encode())
         except OSError as error:  # the supervisor is gone; PR_SET_PDEATHSIG stops us
-            logger.warning("cannot tell the supervisor this worker serves: %s", error)
+            logger.warning("cannot tell the supervisor %s: %s", what, error)
 
-    return ready
+    def ready() -> None:
+        tell(str(os.getpid()), "this worker serves")
+
+    def recycle() -> None:
+        tell(f"recycle {os.getpid()}", "this worker reached --limit-max-requests")
+
+    return ready, recycle
 
 
 # --- the supervisor ---------------------------------------------------------------------------------
@@ -291,6 +298,9 @@ class Supervisor:
         self.reload_dirs = [Path(d).resolve() for d in reload_dirs]
         self.serving: list[_Worker | None] = [None] * workers
         self.pending: list[_Worker] = []  # the next generation, while --reload starts it
+        # index -> the worker starting in place of one that reached --limit-max-requests (which serves on
+        # until its replacement does, so the port never goes unserved).
+        self.replacing: dict[int, _Worker] = {}
         self.retiring: dict[_Worker, float] = {}  # told to stop -> when to SIGKILL
         self.restart_at: dict[int, float] = {}
         self.failures = [0] * workers  # consecutive exits, for the backoff
@@ -396,7 +406,12 @@ class Supervisor:
         self.signals.append(signum)
 
     def _all(self) -> list[_Worker]:
-        return [w for w in self.serving if w is not None] + self.pending + list(self.retiring)
+        return (
+            [w for w in self.serving if w is not None]
+            + self.pending
+            + list(self.replacing.values())
+            + list(self.retiring)
+        )
 
     def _spawn(self, index: int) -> _Worker:
         try:
@@ -457,6 +472,9 @@ class Supervisor:
         *lines, self._ready_buffer = self._ready_buffer.split(b"\n")
         now = time.monotonic()
         for line in lines:
+            if line.startswith(b"recycle "):
+                self._recycle(line.split()[1])
+                continue
             worker = next((w for w in self._all() if str(w.pid).encode() == line.strip()), None)
             if worker is None or worker in self.retiring:
                 continue
@@ -471,6 +489,14 @@ class Supervisor:
                 self.where,
                 ", ".join(str(w.pid) for w in self.serving if w is not None),
             )
+        for index, worker in list(self.replacing.items()):
+            if worker.ready_at:
+                del self.replacing[index]
+                old = self.serving[index]
+                if old is not None:
+                    self._retire(old, "recycled (--limit-max-requests)")
+                self.serving[index] = worker
+                logger.info("worker %d (pid %d) serving in place of the recycled one", index, worker.pid)
         if self.pending and all(w.ready_at for w in self.pending):
             for worker in self.pending:
                 old = self.serving[worker.index]
@@ -486,14 +512,45 @@ class Supervisor:
                 ", ".join(str(w.pid) for w in self.serving if w is not None),
             )
 
+    def _recycle(self, pid: bytes) -> None:
+        """A serving worker reached --limit-max-requests: start its replacement (unless a reload is
+        already replacing every worker)."""
+        worker = next((w for w in self.serving if w is not None and str(w.pid).encode() == pid), None)
+        if worker is None or worker.index in self.replacing or self.pending:
+            return
+        logger.info(
+            "worker %d (pid %d) reached --limit-max-requests: starting its replacement",
+            worker.index,
+            worker.pid,
+        )
+        self.replacing[worker.index] = self._spawn(worker.index)
+
     def _reap(self, ready_r: int) -> None:
         exited = [w for w in self.serving if w is not None and not w.running()]
         failed = next((w for w in self.pending if not w.running()), None)
-        if exited or failed:  # a worker may have reported ready just before it exited: read that first
+        failed_replacements = [w for w in self.replacing.values() if not w.running()]
+        if exited or failed or failed_replacements:  # a worker may have reported ready just before it exited
             self._read_ready(ready_r)
+        for worker in failed_replacements:
+            if self.replacing.get(worker.index) is worker:
+                del self.replacing[worker.index]
+                logger.error(
+                    "worker %d's replacement (pid %d) %s before serving; the worker it was to replace serves on",
+                    worker.index,
+                    worker.pid,
+                    worker.describe_exit(),
+                )
         now = time.monotonic()
         for worker in exited:
             self.serving[worker.index] = None
+            if worker.index in self.replacing:  # its replacement is starting: it takes the slot, no restart
+                logger.warning(
+                    "worker %d (pid %d) %s while its replacement starts",
+                    worker.index,
+                    worker.pid,
+                    worker.describe_exit(),
+                )
+                continue
             self._serving_exited(worker, now)
         if failed is not None:
             self.pending.remove(failed)
@@ -551,8 +608,9 @@ class Supervisor:
     def _reload(self, changes: list[str]) -> None:
         more = f" (and {len(changes) - 1} more)" if len(changes) > 1 else ""
         logger.info("reload: %s changed%s; starting %d new worker(s)", changes[0], more, self.workers)
-        for worker in self.pending:
+        for worker in [*self.pending, *self.replacing.values()]:
             self._retire(worker, "abandoned new")
+        self.replacing.clear()
         self.restart_at.clear()  # the new generation fills every slot
         self.pending = [self._spawn(index) for index in range(self.workers)]
 
@@ -562,7 +620,7 @@ class Supervisor:
         """SIGTERM every worker and wait up to the stop timeout (SIGKILL after it, or on a signal beyond
         the ``signals_expected`` that started the stop). Returns the workers told to stop and whether any
         had to be killed."""
-        stopping = [w for w in self.serving if w is not None] + self.pending
+        stopping = [w for w in self.serving if w is not None] + self.pending + list(self.replacing.values())
         for worker in stopping:
             worker.send(signal.SIGTERM)
         deadline = time.monotonic() + self.stop_timeout

@@ -198,6 +198,13 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds a WebSocket client has to answer a ping before it is closed with 1011 (default 20)",
     )
     limits.add_argument(
+        "--limit-max-requests",
+        type=int,
+        metavar="N",
+        help="after N responses, stop (finishing in-flight requests); under --workers the supervisor starts a "
+        "replacement first, so leaky apps are recycled without a gap (docs/workers.md)",
+    )
+    limits.add_argument(
         "--shutdown-timeout", type=float, help="seconds in-flight requests get after SIGTERM (default 5)"
     )
     return parser
@@ -209,11 +216,13 @@ def main(argv: list[str] | None = None) -> int:
     _logging.configure(arguments.log_level)
     worker = arguments.supervised_index is not None
     try:
+        if arguments.limit_max_requests is not None and arguments.limit_max_requests < 1:
+            raise ConfigurationError(f"--limit-max-requests must be at least 1, got {arguments.limit_max_requests}")
         if not worker and (arguments.workers != 1 or arguments.reload):
             return _supervise(argv, arguments)
-        on_ready = None
+        on_ready = on_request_limit = None
         if worker:  # before the app is imported and the loops read the affinity mask
-            on_ready = _supervisor.enter_worker(
+            on_ready, on_request_limit = _supervisor.enter_worker(
                 arguments.supervised_index,
                 arguments.supervised_by,
                 arguments.supervised_cpus,
@@ -254,8 +263,9 @@ def main(argv: list[str] | None = None) -> int:
             ssl_certfile=arguments.ssl_certfile,
             ssl_keyfile=arguments.ssl_keyfile,
             backlog=_backlog(arguments.backlog),
+            limit_max_requests=arguments.limit_max_requests,
         )
-        serve(app, config, on_ready)
+        serve(app, config, on_ready, on_request_limit)
     except PercoreError as error:
         if arguments.log_level == "debug" and error.__cause__ is not None:
             _logging.logger.exception("details")

@@ -16,6 +16,7 @@ from . import _loop, _runtime
 from ._asgi import Lifespan, choose_interface
 from ._logging import log_handler_error, logger
 from .app import App
+from .exceptions import ConfigurationError
 from .responses import Response
 
 
@@ -53,6 +54,8 @@ class ServerConfig:
     # systemd) instead of host:port; see docs/deployment.md.
     uds: str | None = None
     fd: int | None = None
+    # After this many responses the server stops (a --workers worker asks for its replacement first).
+    limit_max_requests: int | None = None
     # Pending connections each listening socket queues (None: 1024; on TCP there is one socket per loop).
     backlog: int | None = None
     # HTTPS: a PEM certificate chain and its private key (see docs/tls.md).
@@ -137,6 +140,11 @@ class Server:
         return self._server.address
 
     @property
+    def responses(self) -> int:
+        """Responses every loop has sent so far."""
+        return self._server.responses
+
+    @property
     def metrics_port(self) -> int | None:
         return self._server.metrics_port
 
@@ -168,11 +176,19 @@ class Server:
 
 
 def serve(
-    app: App | Any, config: ServerConfig | None = None, on_ready: Callable[[], None] | None = None
+    app: App | Any,
+    config: ServerConfig | None = None,
+    on_ready: Callable[[], None] | None = None,
+    on_request_limit: Callable[[], None] | None = None,
 ) -> None:
     """Serve until SIGINT or SIGTERM, then stop every loop (finishing in-flight requests). ``on_ready`` is
-    called once every loop accepts (a ``--workers`` worker tells its supervisor)."""
+    called once every loop accepts (a ``--workers`` worker tells its supervisor). With
+    ``limit_max_requests``, reaching it stops the server, or, given ``on_request_limit`` (a worker), calls it
+    once and serves on until the supervisor stops this process."""
     server = Server(app, config)
+    limit = server.config.limit_max_requests
+    if limit is not None and limit < 1:
+        raise ConfigurationError(f"--limit-max-requests must be at least 1, got {limit}")
     previous = None
     if threading.current_thread() is threading.main_thread():
         # Installed before the port opens, so a SIGTERM at any point stops the server cleanly.
@@ -184,7 +200,16 @@ def serve(
             on_ready()
         # Short waits so the main thread returns to Python and runs signal handlers promptly.
         while not server.wait(0.2):
-            pass
+            if limit is None or server.responses < limit:
+                continue
+            if on_request_limit is None:
+                logger.info(
+                    "served %d responses (--limit-max-requests %d): stopping", server.responses, limit
+                )
+                break
+            logger.info("served %d responses (--limit-max-requests %d): recycling", server.responses, limit)
+            on_request_limit()
+            limit = None
     except KeyboardInterrupt:
         logger.info("stopping: finishing in-flight requests (signal again to force)")
         if previous is not None:

@@ -215,9 +215,11 @@ pub fn bind_unix(path: &Path, backlog: i32) -> Result<(Socket, SocketFile), Bind
                     )))
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
-                Err(e) => return Err(BindError(format!(
+                Err(e) => {
+                    return Err(BindError(format!(
                     "cannot tell whether unix socket {shown} is in use, so it is left alone: {e}"
-                ))),
+                )))
+                }
             }
             mode = metadata.permissions().mode() & 0o777;
             std::fs::remove_file(path)

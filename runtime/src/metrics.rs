@@ -111,6 +111,11 @@ impl Metrics {
         &self.loops[index]
     }
 
+    /// Responses sent by every loop so far (`--limit-max-requests` counts these).
+    pub fn responses(&self) -> u64 {
+        self.loops.iter().map(LoopMetrics::responses).sum()
+    }
+
     /// The Prometheus text format (version 0.0.4).
     pub fn render(&self, gauges: &Gauges, extra: Option<&ExtraMetrics>) -> String {
         let mut out = String::with_capacity(4096 + 2048 * self.loops.len());

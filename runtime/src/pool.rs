@@ -371,11 +371,17 @@ pub struct RunningPool {
     pub metrics_addr: Option<SocketAddr>,
     /// The `--uds` socket file, removed once every loop has stopped accepting on it.
     socket_file: Option<SocketFile>,
+    metrics: Arc<Metrics>,
 }
 
 impl RunningPool {
     pub fn stop(&self) {
         self.stop.send_replace(true);
+    }
+
+    /// Responses every loop has sent so far.
+    pub fn responses(&self) -> u64 {
+        self.metrics.responses()
     }
 
     pub fn is_finished(&self) -> bool {
@@ -454,6 +460,7 @@ pub fn start<F: ExecutorFactory>(
         local_addr,
         metrics_addr,
         socket_file: bound.socket_file,
+        metrics: Arc::clone(&shared.metrics),
     };
     for _ in 0..loops {
         match ready_rx.recv() {

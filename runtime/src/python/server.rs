@@ -281,6 +281,16 @@ impl Server {
         Ok(())
     }
 
+    /// Responses sent so far by every loop (0 before start).
+    #[getter]
+    fn responses(&self) -> u64 {
+        self.running
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map_or(0, RunningPool::responses)
+    }
+
     /// Waits up to `timeout` seconds for the pool to stop; True once every loop has exited.
     fn wait(&self, py: Python<'_>, timeout: f64) -> bool {
         let deadline = Instant::now() + Duration::from_secs_f64(timeout.max(0.0));
