@@ -217,7 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     worker = arguments.supervised_index is not None
     try:
         if arguments.limit_max_requests is not None and arguments.limit_max_requests < 1:
-            raise ConfigurationError(f"--limit-max-requests must be at least 1, got {arguments.limit_max_requests}")
+            raise ConfigurationError(
+                f"--limit-max-requests must be at least 1, got {arguments.limit_max_requests}"
+            )
         if not worker and (arguments.workers != 1 or arguments.reload):
             return _supervise(argv, arguments)
         on_ready = on_request_limit = None

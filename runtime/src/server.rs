@@ -134,7 +134,7 @@ pub async fn accept_until_stopped<X: Executor>(
                 let _ = stream.set_nodelay(true);
                 spawn_connection(stream, Some(peer), &connections, &context, stop);
             }
-            // A Unix socket's peer has no address: ASGI's `client` is absent, as under uvicorn.
+            // A Unix socket's peer has no address: ASGI's `client` is None, as under uvicorn.
             Ok(Accepted::Unix(stream)) => {
                 spawn_connection(stream, None, &connections, &context, stop)
             }
