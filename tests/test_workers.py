@@ -6,6 +6,7 @@ none asserts a duration.
 
 from __future__ import annotations
 
+import http.client
 import os
 import signal
 import socket
@@ -541,10 +542,12 @@ def test_limit_max_requests_stops_a_single_server_after_that_many_responses():
     assert "served 5 responses (--limit-max-requests 5): stopping" in server.stderr
 
 
-def test_limit_max_requests_recycles_workers_without_losing_a_connection(tmp_path):
-    # Over a Unix socket: one socket shared by every worker, so a worker that stops takes no queued
-    # connection with it (on TCP each has its own SO_REUSEPORT listener: docs/workers.md).
+@pytest.mark.parametrize("transport", ["tcp", "uds"])
+def test_limit_max_requests_recycles_workers_without_losing_a_connection(tmp_path, transport):
+    # The supervisor holds the listening sockets (TCP: one per loop of each worker; --uds: the one socket)
+    # and a replacement accepts on the same ones, so a worker that stops takes no queued connection with it.
     path = Path(f"/tmp/percore-recycle-{os.getpid()}.sock")
+    listen = ("--uds", str(path)) if transport == "uds" else ()
     server = Supervised(
         WORKERS_APP,
         "--workers",
@@ -553,30 +556,56 @@ def test_limit_max_requests_recycles_workers_without_losing_a_connection(tmp_pat
         "1",
         "--limit-max-requests",
         "5",
-        "--uds",
-        str(path),
+        *listen,
         log=tmp_path / "log",
     )
-    server.command.remove("--port")
-    server.command.remove(str(server.port))
+    if transport == "uds":
+        server.command.remove("--port")
+        server.command.remove(str(server.port))
     server.launch()
+
+    def pid() -> int:
+        if transport == "uds":
+            return unix_json(path, "/pid")["pid"]
+        return server.pid_of_a_fresh_connection()
+
     try:
-        pids = []
         deadline = time.monotonic() + 60
-        wait_for(path.exists, "the socket")
-        # Every request over a fresh connection is answered while workers are replaced under it.
-        while len(set(pids)) < 2 + 2:  # the first two workers and at least two replacements
-            assert time.monotonic() < deadline, pids
+        while True:  # until it serves
             try:
-                pids.append(unix_json(path, "/pid")["pid"])
+                pids = [pid()]
+                break
             except (ConnectionRefusedError, FileNotFoundError):
-                assert not pids, "a connection was refused after the workers served"
-                time.sleep(0.05)  # not serving yet
+                assert time.monotonic() < deadline, "never served"
+                time.sleep(0.05)
+        # Clients on fresh connections, concurrently so that connections sit in the accept queues when
+        # workers stop; every one must be answered while at least four replacements take over.
+        failures: list[BaseException] = []
+        lock = threading.Lock()
+
+        def client() -> None:
+            while len(set(pids)) < 2 + 4 and not failures and time.monotonic() < deadline:
+                try:
+                    answered = pid()
+                except (OSError, http.client.HTTPException) as error:
+                    with lock:
+                        failures.append(error)
+                    return
+                with lock:
+                    pids.append(answered)
+
+        threads = [threading.Thread(target=client) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert not failures, f"{len(failures)} connection(s) lost: {failures[:3]}"
+        assert len(set(pids)) >= 2 + 4, pids
     finally:
         code = server.stop(timeout=30)
     log = server.log()
     assert code == 0, log
-    assert log.count("reached --limit-max-requests: starting its replacement") >= 2
+    assert log.count("reached --limit-max-requests: starting its replacement") >= 4
     assert "serving in place of the recycled one" in log
     assert not path.exists()
     assert_one_clear_line(

@@ -4,11 +4,12 @@ processes that share one port (see docs/workers.md).
 A worker is ``python -m percore serve ...``: the user's own arguments plus the hidden ``--supervised-*`` flags
 that ``Supervisor.worker_argv`` adds. The supervisor
 
-* reserves the port before any worker starts: the same busy-port probe the single-process server does
-  (so a port held by another program fails with one clear line), then a bound, non-listening SO_REUSEPORT
-  socket that keeps strangers out while the workers (``shared_port``) join each other's listeners; with
-  ``--uds`` it creates the Unix socket once (and removes it at exit) and every worker accepts on it,
-  inherited as ``--supervised-socket-fd`` (a user's ``--fd`` is passed on the same way);
+* binds the listeners before any worker starts and holds them until it exits: on TCP one SO_REUSEPORT
+  listener per loop of every worker, after the same busy-port probe the single-process server does (so a
+  port held by another program fails with one clear line); with ``--uds`` the one Unix socket (removed at
+  exit). Each worker inherits its share (``--supervised-socket-fd``; a user's ``--fd`` is passed on the
+  same way), and a worker that replaces another accepts on the same sockets, so the connections queued on
+  them when the old one stops are not lost (``--reload``, ``--limit-max-requests``, restarts);
 * gives each worker its own slice of the CPU affinity mask (``cpu_slices``);
 * restarts a worker that exits without being asked to, with a backoff; gives up with an error (exit 1)
   when a worker exits before it serves during the first launch, or ``MAX_START_FAILURES`` times in a row
@@ -28,7 +29,6 @@ import logging
 import os
 import select
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -83,45 +83,6 @@ def cpu_slices(cpus: list[int], workers: int, loops: str) -> list[list[int]]:
 def _format_address(address: tuple) -> str:
     host, port = address[0], address[1]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def reserve_port(host: str, port: int) -> socket.socket:
-    """Probe ``host:port`` like the single-process server does, then hold it for the workers.
-
-    The reservation is bound with SO_REUSEADDR and SO_REUSEPORT but never listens, so it receives no
-    connections; while the supervisor holds it, a program that does not use SO_REUSEPORT cannot bind the
-    port. The probe (SO_REUSEADDR only) fails if anything listens there — including another SO_REUSEPORT
-    server of the same user, which we would otherwise silently split traffic with.
-    """
-    try:
-        family, kind, protocol, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-    except (socket.gaierror, UnicodeError) as error:
-        raise StartupError(f"cannot resolve host {host!r}: {error}") from None
-
-    def busy(at: tuple, error: OSError) -> StartupError:
-        if error.errno == 98:  # EADDRINUSE
-            return StartupError(f"address {_format_address(at)} is already in use")
-        return StartupError(f"cannot listen on {_format_address(at)}: {error.strerror or error}")
-
-    reservation = socket.socket(family, kind, protocol)
-    try:
-        reservation.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        reservation.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        try:
-            reservation.bind(address)
-        except OSError as error:
-            raise busy(address, error) from None
-        bound = reservation.getsockname()
-        with socket.socket(family, kind, protocol) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind(bound)
-            except OSError as error:
-                raise busy(bound, error) from None
-    except BaseException:
-        reservation.close()
-        raise
-    return reservation
 
 
 def app_source_dir(target: str, app_dir: str | None = None) -> Path:
@@ -293,6 +254,8 @@ class Supervisor:
         self.port = port
         self.workers = workers
         self.cpus = cpu_slices(sorted(os.sched_getaffinity(0)), workers, loops)
+        self.loops = loops
+        self.worker_fds: list[list[int]] = []  # per worker index: the listening sockets it inherits
         self.stop_timeout = (shutdown_timeout or DEFAULT_SHUTDOWN_TIMEOUT) + EXIT_GRACE_SECONDS
         self.reload = reload
         self.reload_dirs = [Path(d).resolve() for d in reload_dirs]
@@ -320,11 +283,8 @@ class Supervisor:
             "-m",
             "percore",
             *self.serve_argv,
-            *(
-                ("--supervised-socket-fd", str(self.socket_fd))
-                if self.socket_fd is not None
-                else ("--host", self.host, "--port", str(self.port))
-            ),
+            "--supervised-socket-fd",
+            ",".join(map(str, self.worker_fds[index])),
             "--supervised-index",
             str(index),
             "--supervised-by",
@@ -347,16 +307,23 @@ class Supervisor:
     def run(self) -> int:
         """Serve until a signal; returns the exit code. Raises ``StartupError`` when the port is taken or
         the workers cannot start."""
-        reservation: socket.socket | _runtime.UnixSocket | None = None
+        reservation: _runtime.TcpListeners | _runtime.UnixSocket | None = None
         if self.uds is not None:
             reservation = _runtime.UnixSocket(self.uds, self.backlog)
-            self.socket_fd = reservation.fileno()
+            self.worker_fds = [[reservation.fileno()]] * self.workers
             self.where = f"unix:{self.uds}"
         elif self.socket_fd is not None:
+            self.worker_fds = [[self.socket_fd]] * self.workers
             self.where = f"the inherited socket --fd {self.socket_fd}"
         else:
-            reservation = reserve_port(self.host, self.port)
-            self.host, self.port = reservation.getsockname()[:2]
+            counts = [self._loops_of(index) for index in range(self.workers)]
+            reservation = _runtime.TcpListeners(self.host, self.port, sum(counts), self.backlog)
+            self.host, self.port = reservation.host, reservation.port
+            fds = reservation.filenos()
+            starts = [sum(counts[:index]) for index in range(self.workers)]
+            self.worker_fds = [
+                fds[start : start + count] for start, count in zip(starts, counts, strict=True)
+            ]
             self.where = f"{self.scheme}://{_format_address((self.host, self.port))}"
         ready_r, self._ready_fd = os.pipe()
         wake_r, wake_w = os.pipe()
@@ -400,7 +367,17 @@ class Supervisor:
             for fd in (ready_r, self._ready_fd, wake_r, wake_w):
                 os.close(fd)
             if reservation is not None:
-                reservation.close()  # a --uds socket file is removed with it
+                reservation.close()  # the listeners; a --uds socket file is removed with it
+
+    def _loops_of(self, index: int) -> int:
+        """How many loops worker ``index`` runs: one listener each (an invalid --loops: one, and the worker
+        reports the error itself)."""
+        if self.loops.strip().lower() == "auto":
+            return len(self.cpus[index])
+        try:
+            return max(1, int(self.loops))
+        except ValueError:
+            return 1
 
     def _on_signal(self, signum: int, frame) -> None:
         self.signals.append(signum)
@@ -418,7 +395,7 @@ class Supervisor:
             # Own session: a Ctrl-C in the terminal reaches the supervisor only, which stops the workers once.
             process = subprocess.Popen(
                 self.worker_argv(index),
-                pass_fds=(self._ready_fd,) if self.socket_fd is None else (self._ready_fd, self.socket_fd),
+                pass_fds=(self._ready_fd, *self.worker_fds[index]),
                 start_new_session=True,
             )
         except OSError as error:

@@ -170,7 +170,7 @@ def _parser() -> argparse.ArgumentParser:
     processes.add_argument("--supervised-cpus", help=argparse.SUPPRESS)
     processes.add_argument("--supervised-ready-fd", type=int, help=argparse.SUPPRESS)
     # The listening socket the supervisor shares with its workers (for --uds and --fd).
-    processes.add_argument("--supervised-socket-fd", type=int, help=argparse.SUPPRESS)
+    processes.add_argument("--supervised-socket-fd", help=argparse.SUPPRESS)  # FD[,FD...]: one per loop
     limits = run.add_argument_group("limits (see docs/limits.md)")
     limits.add_argument("--max-body-size", type=int, help="bytes; larger bodies get 413 (default 16 MiB)")
     limits.add_argument(
@@ -232,9 +232,15 @@ def main(argv: list[str] | None = None) -> int:
             )
         if arguments.uds is not None and arguments.fd is not None:
             raise ConfigurationError("--uds and --fd are exclusive: pick one")
-        uds, fd = arguments.uds, arguments.fd
+        uds, fd, listen_fds = arguments.uds, arguments.fd, None
         if arguments.supervised_socket_fd is not None:
-            uds, fd = None, arguments.supervised_socket_fd
+            # The supervisor's listeners: one shared socket (--uds, --fd), or one per loop (TCP).
+            inherited = [int(part) for part in arguments.supervised_socket_fd.split(",")]
+            uds, fd = None, None
+            if len(inherited) == 1:
+                fd = inherited[0]
+            else:
+                listen_fds = inherited
         app = load_app(arguments.app, arguments.app_dir)
         if arguments.factory:
             app = build_app(arguments.app, app)
@@ -262,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
             forwarded_allow_ips=arguments.forwarded_allow_ips,
             uds=uds,
             fd=fd,
+            listen_fds=listen_fds,
             ssl_certfile=arguments.ssl_certfile,
             ssl_keyfile=arguments.ssl_keyfile,
             backlog=_backlog(arguments.backlog),

@@ -54,6 +54,8 @@ class ServerConfig:
     # systemd) instead of host:port; see docs/deployment.md.
     uds: str | None = None
     fd: int | None = None
+    # A --workers worker's share of its supervisor's TCP listeners, one per loop (see docs/workers.md).
+    listen_fds: list[int] | None = None
     # After this many responses the server stops (a --workers worker asks for its replacement first).
     limit_max_requests: int | None = None
     # Pending connections each listening socket queues (None: 1024; on TCP there is one socket per loop).
@@ -118,6 +120,7 @@ class Server:
             forwarded_allow_ips=trusted_proxies(config),
             uds=config.uds,
             fd=config.fd,
+            listen_fds=config.listen_fds,
             ssl_certfile=config.ssl_certfile,
             ssl_keyfile=config.ssl_keyfile,
             backlog=config.backlog,

@@ -33,6 +33,10 @@ pub enum SocketSource {
     UnixPath(PathBuf),
     /// An already bound socket this process inherited (`--fd`); the pool takes ownership of it.
     Fd(RawFd),
+    /// One inherited socket per loop, in loop order: a `--workers` worker's share of the TCP listeners its
+    /// supervisor holds, so that they outlive the worker (a replacement accepts on the same ones and no
+    /// queued connection is lost when a worker stops).
+    FdPerLoop(Vec<RawFd>),
 }
 
 /// A listening socket, before a loop turns it into its async form.
@@ -111,6 +115,24 @@ pub fn bind(
             share(socket, loops, Some(file))
         }
         Some(SocketSource::Fd(fd)) => share(inherited(*fd, backlog)?, loops, None),
+        Some(SocketSource::FdPerLoop(fds)) => {
+            if fds.len() != loops {
+                return Err(BindError(format!(
+                    "{} inherited listening sockets for {loops} loop(s)",
+                    fds.len()
+                )));
+            }
+            let sockets = fds
+                .iter()
+                .map(|&fd| inherited(fd, backlog))
+                .collect::<Result<Vec<_>, _>>()?;
+            let address = address_of(&sockets[0])?;
+            Ok(Bound {
+                listeners: sockets.into_iter().map(|s| listener(s, &address)).collect(),
+                address,
+                socket_file: None,
+            })
+        }
     }
 }
 
@@ -287,37 +309,37 @@ fn share(
     loops: usize,
     socket_file: Option<SocketFile>,
 ) -> Result<Bound, BindError> {
-    let local = socket
-        .local_addr()
-        .map_err(|e| BindError(format!("cannot read the bound address: {e}")))?;
-    let unix = local.domain() == Domain::UNIX;
-    let address = match local.as_socket() {
-        Some(address) => LocalAddress::Tcp(address),
-        None => LocalAddress::Unix(unix_name(&local).into()),
-    };
-    let mut listeners = Vec::with_capacity(loops);
+    let address = address_of(&socket)?;
+    let mut sockets = Vec::with_capacity(loops);
     for _ in 1..loops {
         let copy = socket
             .try_clone()
             .map_err(|e| BindError(format!("cannot share the listening socket: {e}")))?;
-        listeners.push(copy);
+        sockets.push(copy);
     }
-    listeners.push(socket);
-    let listeners = listeners
-        .into_iter()
-        .map(|s| {
-            if unix {
-                Listener::Unix(s.into())
-            } else {
-                Listener::Tcp(s.into())
-            }
-        })
-        .collect();
+    sockets.push(socket);
     Ok(Bound {
-        listeners,
+        listeners: sockets.into_iter().map(|s| listener(s, &address)).collect(),
         address,
         socket_file,
     })
+}
+
+fn address_of(socket: &Socket) -> Result<LocalAddress, BindError> {
+    let local = socket
+        .local_addr()
+        .map_err(|e| BindError(format!("cannot read the bound address: {e}")))?;
+    Ok(match local.as_socket() {
+        Some(address) => LocalAddress::Tcp(address),
+        None => LocalAddress::Unix(unix_name(&local).into()),
+    })
+}
+
+fn listener(socket: Socket, address: &LocalAddress) -> Listener {
+    match address {
+        LocalAddress::Tcp(_) => Listener::Tcp(socket.into()),
+        LocalAddress::Unix(_) => Listener::Unix(socket.into()),
+    }
 }
 
 fn unix_name(address: &SockAddr) -> String {
@@ -429,6 +451,50 @@ mod tests {
         drop(newer_file);
         assert!(!path.exists());
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn inherited_listeners_one_per_loop_keep_their_sockets() {
+        use std::os::fd::{AsRawFd, IntoRawFd};
+        let held = bind_tcp("127.0.0.1", 0, 2, false, DEFAULT_BACKLOG).unwrap();
+        let port = held[0].local_addr().unwrap().port();
+        let fds: Vec<RawFd> = held.iter().map(|l| l.as_raw_fd()).collect();
+        let refused = bind(
+            Some(&SocketSource::FdPerLoop(fds.clone())),
+            "",
+            0,
+            3,
+            false,
+            DEFAULT_BACKLOG,
+        );
+        assert!(refused
+            .unwrap_err()
+            .0
+            .contains("2 inherited listening sockets for 3 loop(s)"));
+        // The pool takes ownership of the descriptors it is given (a worker's inherited copies).
+        let given = held.into_iter().map(IntoRawFd::into_raw_fd).collect();
+        let bound = bind(
+            Some(&SocketSource::FdPerLoop(given)),
+            "",
+            0,
+            2,
+            false,
+            DEFAULT_BACKLOG,
+        )
+        .unwrap();
+        assert_eq!(bound.listeners.len(), 2);
+        assert_eq!(
+            bound.address,
+            LocalAddress::Tcp(SocketAddr::from(([127, 0, 0, 1], port)))
+        );
+        let Listener::Tcp(second) = &bound.listeners[1] else {
+            panic!("not TCP")
+        };
+        assert_eq!(
+            second.as_raw_fd(),
+            fds[1],
+            "each loop gets its own socket, not a duplicate"
+        );
     }
 
     #[test]

@@ -226,7 +226,10 @@ pub async fn serve_connection<X, IO>(
 {
     let header_timeout = context.shared.config.limits.header_timeout;
     let mut open = OpenConnection::new(Arc::clone(&context.shared.metrics), context.index);
+    let served = Rc::new(Cell::new(false));
+    let seen = Rc::clone(&served);
     let service = service_fn(move |request| {
+        seen.set(true);
         let context = Rc::clone(&context);
         async move { Ok::<_, Infallible>(handle(request, context, peer).await) }
     });
@@ -241,11 +244,40 @@ pub async fn serve_connection<X, IO>(
     let outcome = tokio::select! {
         outcome = connection.as_mut() => outcome,
         _ = stop.wait_for(|stopped| *stopped) => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
+            match first_request_grace(connection.as_mut(), &served).await {
+                Some(outcome) => outcome,
+                None => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            }
         }
     };
     open.failed = outcome.is_err();
+}
+
+/// How long a connection that has not sent a request yet may take to send one after a stop signal.
+const FIRST_REQUEST_GRACE: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// On a stop, hyper closes a connection with no request in progress at once. A connection accepted just
+/// before the stop (a replaced worker's last ones, or a client that connected as the signal came) usually
+/// has its first request already on the wire, and closing it would lose that request: the client sees the
+/// connection close without an answer. So such a connection is polled until its first request starts (then
+/// the graceful shutdown lets it finish), it ends, or `FIRST_REQUEST_GRACE` passes. Returns the outcome if
+/// the connection ended meanwhile. Connections that have served a request already are idle keep-alives: they
+/// close at once.
+async fn first_request_grace<F: std::future::Future>(
+    mut connection: Pin<&mut F>,
+    served: &Cell<bool>,
+) -> Option<F::Output> {
+    let deadline = tokio::time::Instant::now() + FIRST_REQUEST_GRACE;
+    while !served.get() && tokio::time::Instant::now() < deadline {
+        tokio::select! {
+            outcome = connection.as_mut() => return Some(outcome),
+            _ = tokio::time::sleep(std::time::Duration::from_millis(5)) => {}
+        }
+    }
+    None
 }
 
 /// Counts a connection as open in the metrics until dropped (also when the connection is aborted).

@@ -76,6 +76,7 @@ fn _runtime(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<server::Server>()?;
     m.add_class::<server::UnixSocket>()?;
+    m.add_class::<server::TcpListeners>()?;
     m.add_class::<request::Request>()?;
     m.add_class::<task::RequestTask>()?;
     m.add_class::<asgi::Ready>()?;

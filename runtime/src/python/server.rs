@@ -80,7 +80,7 @@ impl Server {
         max_body_size=None, header_timeout=None, max_connections=None, max_in_flight=None,
         shutdown_timeout=None, access_log=false, metrics_port=None, metrics_host=None, shared_port=false,
         forwarded_allow_ips=None, ws_max_size=None, ws_ping_interval=None, ws_ping_timeout=None,
-        uds=None, fd=None, ssl_certfile=None, ssl_keyfile=None, backlog=None
+        uds=None, fd=None, ssl_certfile=None, ssl_keyfile=None, backlog=None, listen_fds=None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -115,6 +115,7 @@ impl Server {
         ssl_certfile: Option<std::path::PathBuf>,
         ssl_keyfile: Option<std::path::PathBuf>,
         backlog: Option<i32>,
+        listen_fds: Option<Vec<i32>>,
     ) -> PyResult<Self> {
         let loops = LoopCount::parse(loops).map_err(config_error)?;
         let routing: RoutingPolicy = routing.parse().map_err(config_error)?;
@@ -175,7 +176,7 @@ impl Server {
                 )))
             }
             (None, Some(fd)) => Some(SocketSource::Fd(fd)),
-            (None, None) => None,
+            (None, None) => listen_fds.map(SocketSource::FdPerLoop),
         };
         config.tls = match (ssl_certfile, ssl_keyfile) {
             (Some(certfile), Some(keyfile)) => {
@@ -401,5 +402,51 @@ impl UnixSocket {
     /// Closes the socket and removes its file (unless another server has replaced it since).
     fn close(&mut self) {
         self.socket = None;
+    }
+}
+
+/// The TCP listeners a `--workers` supervisor binds for all its workers (one per loop of each worker, one
+/// SO_REUSEPORT group, after the busy-port probe) and keeps open for their whole life: each worker inherits
+/// its share, and a worker that replaces another (`--reload`, `--limit-max-requests`, a restart) accepts on
+/// the same sockets, so the connections queued on them are not lost when the old worker stops.
+#[pyclass(module = "percore._runtime")]
+pub struct TcpListeners {
+    listeners: Vec<std::net::TcpListener>,
+    address: SocketAddr,
+}
+
+#[pymethods]
+impl TcpListeners {
+    #[new]
+    #[pyo3(signature = (host, port, count, backlog=None))]
+    fn new(host: &str, port: u16, count: usize, backlog: Option<i32>) -> PyResult<Self> {
+        let backlog = backlog.unwrap_or(listener::DEFAULT_BACKLOG);
+        let listeners = listener::bind_tcp(host, port, count.max(1), false, backlog)
+            .map_err(|e| StartupError::new_err(e.0))?;
+        let address = listeners[0]
+            .local_addr()
+            .map_err(|e| StartupError::new_err(e.to_string()))?;
+        Ok(TcpListeners { listeners, address })
+    }
+
+    /// The listeners' descriptors, for the workers to inherit.
+    fn filenos(&self) -> Vec<i32> {
+        use std::os::fd::AsRawFd;
+        self.listeners.iter().map(|l| l.as_raw_fd()).collect()
+    }
+
+    #[getter]
+    fn host(&self) -> String {
+        self.address.ip().to_string()
+    }
+
+    #[getter]
+    fn port(&self) -> u16 {
+        self.address.port()
+    }
+
+    /// Closes every listener.
+    fn close(&mut self) {
+        self.listeners.clear();
     }
 }
