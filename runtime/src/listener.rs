@@ -372,6 +372,10 @@ mod tests {
             .all(|l| l.local_addr().unwrap().port() == port));
     }
 
+    fn bind_from(source: SocketSource, loops: usize) -> Result<Bound, BindError> {
+        bind(Some(&source), "", 0, loops, false, DEFAULT_BACKLOG)
+    }
+
     fn scratch_dir(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("percore-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -383,15 +387,7 @@ mod tests {
     fn a_unix_socket_is_shared_by_every_loop_and_removed_when_done() {
         let dir = scratch_dir("uds");
         let path = dir.join("app.sock");
-        let bound = bind(
-            Some(&SocketSource::UnixPath(path.clone())),
-            "",
-            0,
-            3,
-            false,
-            DEFAULT_BACKLOG,
-        )
-        .unwrap();
+        let bound = bind_from(SocketSource::UnixPath(path.clone()), 3).unwrap();
         assert_eq!(bound.listeners.len(), 3);
         assert_eq!(
             bound.address,
@@ -459,29 +455,14 @@ mod tests {
         let held = bind_tcp("127.0.0.1", 0, 2, false, DEFAULT_BACKLOG).unwrap();
         let port = held[0].local_addr().unwrap().port();
         let fds: Vec<RawFd> = held.iter().map(|l| l.as_raw_fd()).collect();
-        let refused = bind(
-            Some(&SocketSource::FdPerLoop(fds.clone())),
-            "",
-            0,
-            3,
-            false,
-            DEFAULT_BACKLOG,
-        );
+        let refused = bind_from(SocketSource::FdPerLoop(fds.clone()), 3);
         assert!(refused
             .unwrap_err()
             .0
             .contains("2 inherited listening sockets for 3 loop(s)"));
         // The pool takes ownership of the descriptors it is given (a worker's inherited copies).
         let given = held.into_iter().map(IntoRawFd::into_raw_fd).collect();
-        let bound = bind(
-            Some(&SocketSource::FdPerLoop(given)),
-            "",
-            0,
-            2,
-            false,
-            DEFAULT_BACKLOG,
-        )
-        .unwrap();
+        let bound = bind_from(SocketSource::FdPerLoop(given), 2).unwrap();
         assert_eq!(bound.listeners.len(), 2);
         assert_eq!(
             bound.address,
@@ -502,51 +483,19 @@ mod tests {
         use std::os::fd::IntoRawFd;
         let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = tcp.local_addr().unwrap().port();
-        let bound = bind(
-            Some(&SocketSource::Fd(tcp.into_raw_fd())),
-            "",
-            0,
-            2,
-            false,
-            DEFAULT_BACKLOG,
-        )
-        .unwrap();
+        let bound = bind_from(SocketSource::Fd(tcp.into_raw_fd()), 2).unwrap();
         assert_eq!(bound.listeners.len(), 2);
         assert_eq!(
             bound.address,
             LocalAddress::Tcp(SocketAddr::from(([127, 0, 0, 1], port)))
         );
         let file = std::fs::File::open("/dev/null").unwrap().into_raw_fd();
-        let refused = bind(
-            Some(&SocketSource::Fd(file)),
-            "",
-            0,
-            1,
-            false,
-            DEFAULT_BACKLOG,
-        )
-        .unwrap_err();
+        let refused = bind_from(SocketSource::Fd(file), 1).unwrap_err();
         assert!(refused.0.contains("not a socket"), "{refused}");
         let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let refused = bind(
-            Some(&SocketSource::Fd(udp.into_raw_fd())),
-            "",
-            0,
-            1,
-            false,
-            DEFAULT_BACKLOG,
-        )
-        .unwrap_err();
+        let refused = bind_from(SocketSource::Fd(udp.into_raw_fd()), 1).unwrap_err();
         assert!(refused.0.contains("not a stream socket"), "{refused}");
-        let closed = bind(
-            Some(&SocketSource::Fd(987_654)),
-            "",
-            0,
-            1,
-            false,
-            DEFAULT_BACKLOG,
-        )
-        .unwrap_err();
+        let closed = bind_from(SocketSource::Fd(987_654), 1).unwrap_err();
         assert!(closed.0.contains("not an open file descriptor"), "{closed}");
     }
 }
