@@ -108,6 +108,9 @@ class Supervised(ServerProcess):
             return len(seen) >= count
 
         wait_for(more, f"{count} distinct worker pids")
+        # A worker answers as soon as its loops accept, a moment before it reports to the supervisor; one
+        # killed in that moment is a start-up failure. Tests that go on to kill one wait for the report.
+        wait_for(lambda: "worker(s) serving on" in self.log(), "the supervisor to see every worker serving")
         return seen
 
     def stop(self, timeout: float = DEADLINE) -> int:

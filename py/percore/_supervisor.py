@@ -256,6 +256,7 @@ class Supervisor:
         self.cpus = cpu_slices(sorted(os.sched_getaffinity(0)), workers, loops)
         self.loops = loops
         self.worker_fds: list[list[int]] = []  # per worker index: the listening sockets it inherits
+        self.slot_listeners: list[_runtime.TcpListeners] = []  # TCP: the listeners of each worker index
         self.stop_timeout = (shutdown_timeout or DEFAULT_SHUTDOWN_TIMEOUT) + EXIT_GRACE_SECONDS
         self.reload = reload
         self.reload_dirs = [Path(d).resolve() for d in reload_dirs]
@@ -307,7 +308,7 @@ class Supervisor:
     def run(self) -> int:
         """Serve until a signal; returns the exit code. Raises ``StartupError`` when the port is taken or
         the workers cannot start."""
-        reservation: _runtime.TcpListeners | _runtime.UnixSocket | None = None
+        reservation: _runtime.UnixSocket | None = None
         if self.uds is not None:
             reservation = _runtime.UnixSocket(self.uds, self.backlog)
             self.worker_fds = [[reservation.fileno()]] * self.workers
@@ -316,14 +317,15 @@ class Supervisor:
             self.worker_fds = [[self.socket_fd]] * self.workers
             self.where = f"the inherited socket --fd {self.socket_fd}"
         else:
-            counts = [self._loops_of(index) for index in range(self.workers)]
-            reservation = _runtime.TcpListeners(self.host, self.port, sum(counts), self.backlog)
-            self.host, self.port = reservation.host, reservation.port
-            fds = reservation.filenos()
-            starts = [sum(counts[:index]) for index in range(self.workers)]
-            self.worker_fds = [
-                fds[start : start + count] for start, count in zip(starts, counts, strict=True)
-            ]
+            # One set of listeners per worker slot: the first probes the port (and picks it for port 0), the
+            # others join its SO_REUSEPORT group.
+            for index in range(self.workers):
+                listeners = _runtime.TcpListeners(
+                    self.host, self.port, self._loops_of(index), self.backlog, shared=index > 0
+                )
+                self.host, self.port = listeners.host, listeners.port
+                self.slot_listeners.append(listeners)
+            self.worker_fds = [listeners.filenos() for listeners in self.slot_listeners]
             self.where = f"{self.scheme}://{_format_address((self.host, self.port))}"
         ready_r, self._ready_fd = os.pipe()
         wake_r, wake_w = os.pipe()
@@ -366,8 +368,10 @@ class Supervisor:
                 signal.signal(sig, handler)
             for fd in (ready_r, self._ready_fd, wake_r, wake_w):
                 os.close(fd)
+            for listeners in self.slot_listeners:
+                listeners.close()
             if reservation is not None:
-                reservation.close()  # the listeners; a --uds socket file is removed with it
+                reservation.close()  # the socket file is removed with it
 
     def _loops_of(self, index: int) -> int:
         """How many loops worker ``index`` runs: one listener each (an invalid --loops: one, and the worker
@@ -489,6 +493,27 @@ class Supervisor:
                 ", ".join(str(w.pid) for w in self.serving if w is not None),
             )
 
+    def _renew_listeners(self, index: int) -> None:
+        """A worker died unasked: replace its slot's TCP listeners with fresh ones. The kernel keeps giving
+        a listener its share of new connections while it is open; nobody accepts on a dead worker's until
+        its replacement starts (after a backoff, when it keeps crashing), so they are closed — resetting
+        what was queued on them, as the worker's death would have without the supervisor holding them — and
+        new connections go to the workers that serve."""
+        if not self.slot_listeners:
+            return  # a Unix or inherited socket: shared by every worker, the others keep accepting on it
+        self.slot_listeners[index].close()
+        try:
+            listeners = _runtime.TcpListeners(
+                self.host, self.port, self._loops_of(index), self.backlog, shared=True
+            )
+        except StartupError as error:
+            logger.error(
+                "worker %d: cannot bind its listeners again (%s); its replacement will fail", index, error
+            )
+            return
+        self.slot_listeners[index] = listeners
+        self.worker_fds[index] = listeners.filenos()
+
     def _recycle(self, pid: bytes) -> None:
         """A serving worker reached --limit-max-requests: start its replacement (unless a reload is
         already replacing every worker)."""
@@ -528,6 +553,7 @@ class Supervisor:
                     worker.describe_exit(),
                 )
                 continue
+            self._renew_listeners(worker.index)
             self._serving_exited(worker, now)
         if failed is not None:
             self.pending.remove(failed)

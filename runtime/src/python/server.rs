@@ -417,11 +417,19 @@ pub struct TcpListeners {
 
 #[pymethods]
 impl TcpListeners {
+    /// `shared`: join the SO_REUSEPORT group of listeners this supervisor already holds on `port` (no
+    /// busy-port probe, which they would fail).
     #[new]
-    #[pyo3(signature = (host, port, count, backlog=None))]
-    fn new(host: &str, port: u16, count: usize, backlog: Option<i32>) -> PyResult<Self> {
+    #[pyo3(signature = (host, port, count, backlog=None, shared=false))]
+    fn new(
+        host: &str,
+        port: u16,
+        count: usize,
+        backlog: Option<i32>,
+        shared: bool,
+    ) -> PyResult<Self> {
         let backlog = backlog.unwrap_or(listener::DEFAULT_BACKLOG);
-        let listeners = listener::bind_tcp(host, port, count.max(1), false, backlog)
+        let listeners = listener::bind_tcp(host, port, count.max(1), shared, backlog)
             .map_err(|e| StartupError::new_err(e.0))?;
         let address = listeners[0]
             .local_addr()
