@@ -81,7 +81,7 @@ def _parser() -> argparse.ArgumentParser:
         "--uds",
         metavar="PATH",
         help="listen on a Unix domain socket at PATH instead of --host/--port, e.g. behind nginx on the "
-        "same machine (docs/deployment.md)",
+        "same machine (docs/sockets.md)",
     )
     run.add_argument(
         "--fd",
@@ -169,7 +169,7 @@ def _parser() -> argparse.ArgumentParser:
     processes.add_argument("--supervised-by", type=int, help=argparse.SUPPRESS)
     processes.add_argument("--supervised-cpus", help=argparse.SUPPRESS)
     processes.add_argument("--supervised-ready-fd", type=int, help=argparse.SUPPRESS)
-    # The listening socket the supervisor shares with its workers (for --uds and --fd).
+    # The listening sockets the supervisor holds for this worker: its TCP listeners, or the --uds/--fd socket.
     processes.add_argument("--supervised-socket-fd", help=argparse.SUPPRESS)  # FD[,FD...]: one per loop
     limits = run.add_argument_group("limits (see docs/limits.md)")
     limits.add_argument("--max-body-size", type=int, help="bytes; larger bodies get 413 (default 16 MiB)")

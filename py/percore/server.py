@@ -51,7 +51,7 @@ class ServerConfig:
     proxy_headers: bool = True
     forwarded_allow_ips: str | None = None
     # Listen on a Unix domain socket at this path (``--uds``) or on an inherited socket (``--fd``, e.g. from
-    # systemd) instead of host:port; see docs/deployment.md.
+    # systemd) instead of host:port; see docs/sockets.md.
     uds: str | None = None
     fd: int | None = None
     # A --workers worker's share of its supervisor's TCP listeners, one per loop (see docs/workers.md).
