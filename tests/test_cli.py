@@ -45,6 +45,7 @@ def test_factory_serves_the_app_the_function_returns(serve):
         ),
         ("forgets_to_return", ("returned None",)),
         ("not_callable", ("--factory", "is not callable", "int")),
+        ("async_factory", ("--factory", "async def", "plain function")),
     ],
 )
 def test_a_failing_factory_exits_with_one_line(factory, fragments):

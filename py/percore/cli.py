@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import os
 import sys
 from typing import Any
@@ -53,6 +54,9 @@ def build_app(target: str, factory: Any) -> Any:
         app = factory()
     except Exception as error:
         raise AppLoadError(f"the app factory {target!r} failed: {type(error).__name__}: {error}") from error
+    if inspect.iscoroutine(app):
+        app.close()  # never awaited: closed here so that no "never awaited" warning adds a second line
+        raise AppLoadError(f"--factory: {target!r} is an async def; the factory must be a plain function")
     if app is None:
         raise AppLoadError(f"the app factory {target!r} returned None (did it forget to return the app?)")
     return app

@@ -49,18 +49,21 @@ impl fmt::Display for BadNetwork {
 impl std::error::Error for BadNetwork {}
 
 impl TrustedProxies {
-    /// Comma-separated IPs, networks (`10.0.0.0/8`), other literals, or `*` for everyone.
+    /// Comma-separated IPs, networks (`10.0.0.0/8`), other literals, or `*` (the whole value, as uvicorn
+    /// reads it; inside a list `*` is just a literal) for everyone.
     pub fn parse(list: &str) -> Result<Self, BadNetwork> {
         let mut trusted = TrustedProxies::default();
+        if list.trim() == "*" {
+            trusted.everyone = true;
+            return Ok(trusted);
+        }
         for entry in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-            if entry == "*" {
-                trusted.everyone = true;
-            } else if let Some((address, bits)) = entry.split_once('/') {
+            if let Some((address, bits)) = entry.split_once('/') {
                 let network = address
                     .parse::<IpAddr>()
                     .ok()
                     .zip(bits.parse::<u8>().ok())
-                    .filter(|(ip, bits)| *bits <= if ip.is_ipv4() { 32 } else { 128 })
+                    .and_then(|(ip, bits)| canonical_network(ip, bits))
                     .ok_or_else(|| BadNetwork(entry.to_owned()))?;
                 trusted.networks.push(network);
             } else if let Ok(ip) = entry.parse::<IpAddr>() {
@@ -106,8 +109,21 @@ impl TrustedProxies {
     }
 }
 
+/// A network with its prefix length checked, stored the way `in_network` compares it: an IPv4-mapped
+/// IPv6 network (`::ffff:10.0.0.0/104`) as the IPv4 network it covers (`10.0.0.0/8`), since peers are
+/// compared in canonical form; None when the prefix is too long (or too short to be IPv4-mapped only).
+fn canonical_network(ip: IpAddr, bits: u8) -> Option<(IpAddr, u8)> {
+    match (ip, ip.to_canonical()) {
+        (IpAddr::V4(_), _) => (bits <= 32).then_some((ip, bits)),
+        (IpAddr::V6(_), IpAddr::V4(mapped)) => (96..=128)
+            .contains(&bits)
+            .then(|| (IpAddr::V4(mapped), bits - 96)),
+        (IpAddr::V6(_), _) => (bits <= 128).then_some((ip, bits)),
+    }
+}
+
 fn in_network(ip: IpAddr, network: IpAddr, bits: u8) -> bool {
-    match (ip, network.to_canonical()) {
+    match (ip, network) {
         (IpAddr::V4(ip), IpAddr::V4(network)) => {
             let mask = u32::MAX.checked_shl(32 - u32::from(bits)).unwrap_or(0);
             u32::from(ip) & mask == u32::from(network) & mask
@@ -316,8 +332,33 @@ mod tests {
         assert!(TrustedProxies::parse("0.0.0.0/0")
             .unwrap()
             .trusts("8.8.8.8".parse().unwrap()));
-        for bad in ["10.0.0.0/33", "10.0.0/8", "fd00::/129", "nope/8"] {
+        for bad in [
+            "10.0.0.0/33",
+            "10.0.0/8",
+            "fd00::/129",
+            "nope/8",
+            "::ffff:10.0.0.0/95",
+        ] {
             assert_eq!(TrustedProxies::parse(bad), Err(BadNetwork(bad.to_owned())));
         }
+    }
+
+    #[test]
+    fn an_ipv4_mapped_network_covers_only_its_ipv4_addresses() {
+        // Once compared as 10.0.0.0 with 104 bits, whose mask overflowed: every IPv4 peer was trusted.
+        let mapped = TrustedProxies::parse("::ffff:10.0.0.0/104").unwrap();
+        assert!(mapped.trusts("10.9.8.7".parse().unwrap()));
+        assert!(mapped.trusts("::ffff:10.9.8.7".parse().unwrap()));
+        assert!(!mapped.trusts("203.0.113.7".parse().unwrap()));
+        assert!(!mapped.trusts("fd00::1".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_star_inside_a_list_is_a_literal_as_in_uvicorn() {
+        let listed = TrustedProxies::parse("127.0.0.1, *").unwrap();
+        assert!(!listed.trusts("203.0.113.7".parse().unwrap()));
+        assert!(TrustedProxies::parse(" * ")
+            .unwrap()
+            .trusts("203.0.113.7".parse().unwrap()));
     }
 }

@@ -38,3 +38,7 @@ def forgets_to_return():
 
 
 not_callable = 42
+
+
+async def async_factory():
+    return percore.App()

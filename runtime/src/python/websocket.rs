@@ -417,9 +417,11 @@ async fn pump(
         loop {
             tokio::time::sleep(interval).await;
             let pinged = tokio::time::Instant::now();
-            // A full queue means the app is sending: the ping would only wait behind it, and a client
-            // that is alive answers the frames before it anyway (its silence still counts below).
-            let _ = sender.try_send(Message::Ping(Default::default()));
+            // A full queue means the app is sending faster than the client reads: no ping goes out this
+            // round, so the client's silence proves nothing (a receive-only client sends nothing else).
+            if sender.try_send(Message::Ping(Default::default())).is_err() {
+                continue;
+            }
             tokio::time::sleep(timeout).await;
             if heard.get() < pinged {
                 Python::attach(|py| {
@@ -473,14 +475,17 @@ async fn pump(
     };
     tokio::pin!(writer);
     tokio::pin!(reader);
+    // Biased, the reader before the keepalive: after a stall of the loop both may be ready at once, and a
+    // pong already received must count before the keepalive checks (as asyncio runs I/O before timers).
     tokio::select! {
+        biased;
         _ = closing => {}
-        _ = keepalive => {
-            // No answer to a ping: the close is queued; send it if the socket takes it, then drop it.
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), writer).await;
-        }
         _ = &mut reader => {
             // The client is gone or closed: flush what the app already queued (a close reply).
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), writer).await;
+        }
+        _ = keepalive => {
+            // No answer to a ping: the close is queued; send it if the socket takes it, then drop it.
             let _ = tokio::time::timeout(std::time::Duration::from_secs(1), writer).await;
         }
         _ = &mut writer => {
