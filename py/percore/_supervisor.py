@@ -494,11 +494,10 @@ class Supervisor:
             )
 
     def _renew_listeners(self, index: int) -> None:
-        """A worker died unasked: replace its slot's TCP listeners with fresh ones. The kernel keeps giving
-        a listener its share of new connections while it is open; nobody accepts on a dead worker's until
-        its replacement starts (after a backoff, when it keeps crashing), so they are closed — resetting
-        what was queued on them, as the worker's death would have without the supervisor holding them — and
-        new connections go to the workers that serve."""
+        """A worker died unasked: replace its slot's TCP listeners with fresh ones (resetting what was queued
+        on the old ones, as the worker's death would have without the supervisor holding them). The fresh
+        ones listen at once, so the connections hashed to them wait for the restart; binding them without
+        listening until the replacement takes them is the next step (see the session-5 note)."""
         if not self.slot_listeners:
             return  # a Unix or inherited socket: shared by every worker, the others keep accepting on it
         self.slot_listeners[index].close()

@@ -201,7 +201,19 @@ async fn serve_stream<X, IO>(
         return serve_connection(stream, context, peer, stop).await;
     };
     let header_timeout = context.shared.config.limits.header_timeout;
-    match tls.accept(stream, header_timeout).await {
+    let mut stopping = stop.clone();
+    let handshake = async {
+        tokio::select! {
+            accepted = tls.accept(stream, header_timeout) => accepted,
+            // A stop does not wait a whole header timeout for a handshake: the same grace a plain
+            // connection gets for its first request.
+            _ = async {
+                let _ = stopping.wait_for(|stopped| *stopped).await;
+                tokio::time::sleep(FIRST_REQUEST_GRACE).await;
+            } => None,
+        }
+    };
+    match handshake.await {
         Some(stream) => serve_connection(stream, context, peer, stop).await,
         None => {
             let mut open = OpenConnection::new(Arc::clone(&context.shared.metrics), context.index);

@@ -103,14 +103,16 @@ fn load_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsErr
 fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     let pem = read(path, "--ssl-keyfile")?;
     let shown = path.display();
+    // Checked before parsing: a traditional OpenSSL-encrypted key (`Proc-Type: 4,ENCRYPTED` headers) does
+    // not parse as "no key" but as a base64 error, which would say nothing useful.
+    if contains(&pem, b"ENCRYPTED PRIVATE KEY") || contains(&pem, b"Proc-Type: 4,ENCRYPTED") {
+        return Err(TlsError(format!(
+            "--ssl-keyfile {shown} is encrypted, which is not supported: decrypt it once \
+             (openssl pkey -in KEY -out PLAIN.key) and keep the plain file readable only by the server"
+        )));
+    }
     match PrivateKeyDer::from_pem_slice(&pem) {
         Ok(key) => Ok(key),
-        Err(pem::Error::NoItemsFound) if contains(&pem, b"ENCRYPTED PRIVATE KEY") || contains(&pem, b"Proc-Type: 4,ENCRYPTED") => {
-            Err(TlsError(format!(
-                "--ssl-keyfile {shown} is encrypted, which is not supported: decrypt it once \
-                 (openssl pkey -in KEY -out PLAIN.key) and keep the plain file readable only by the server"
-            )))
-        }
         Err(pem::Error::NoItemsFound) => Err(TlsError(format!(
             "--ssl-keyfile {shown}: no PEM private key in it (expected -----BEGIN PRIVATE KEY-----)"
         ))),
@@ -155,8 +157,10 @@ mod tests {
         assert!(key_as_cert.contains("no PEM certificate"), "{key_as_cert}");
         let cert_as_key = error(&crt, &crt);
         assert!(cert_as_key.contains("no PEM private key"), "{cert_as_key}");
-        let encrypted = error(&crt, &certs().join("encrypted.key"));
-        assert!(encrypted.contains("is encrypted"), "{encrypted}");
+        for encrypted in ["encrypted.key", "encrypted-traditional.key"] {
+            let refused = error(&crt, &certs().join(encrypted));
+            assert!(refused.contains("is encrypted"), "{refused}");
+        }
         let mismatch = error(&crt, &certs().join("other.key"));
         assert!(mismatch.contains("does not go with"), "{mismatch}");
     }
