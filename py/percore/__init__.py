@@ -17,6 +17,7 @@ from .responses import (  # noqa: E402
     RedirectResponse,
     Response,
     StreamingResponse,
+    safe_file,
 )
 
 __all__ = [
@@ -40,4 +41,5 @@ __all__ = [
     "StartupError",
     "StreamingResponse",
     "__version__",
+    "safe_file",
 ]

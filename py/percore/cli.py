@@ -133,7 +133,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--metrics-host",
-        help="the address the metrics port binds (default: --host), e.g. an internal interface",
+        help="the address the metrics port binds (default 127.0.0.1, whatever --host is), e.g. an internal "
+        "interface",
     )
     run.add_argument(
         "--no-proxy-headers",

@@ -10,8 +10,10 @@ import mimetypes
 import os
 from collections.abc import Iterable, Mapping
 from http.cookies import SimpleCookie
+from urllib.parse import quote
 
 from ._logging import log_handler_error
+from .exceptions import HTTPException
 from ._runtime import dumps
 
 
@@ -122,7 +124,15 @@ class StreamingResponse(Response):
 
 
 class FileResponse(Response):
-    """Sends the file at ``path``, read and streamed from Rust (64 KiB at a time)."""
+    """Sends the file at ``path``, read and streamed from Rust (64 KiB at a time).
+
+    ``filename`` adds ``content-disposition: attachment`` (or ``content_disposition_type``) exactly as
+    Starlette writes it: ``filename="..."`` when the name needs no quoting, else percent-encoded as
+    ``filename*=utf-8''...`` (RFC 6266/5987), so quotes, ``;``, newlines and non-ASCII letters in the name
+    can never add a parameter or a header. A ``content-disposition`` in ``headers`` wins.
+
+    ``path`` is opened as given: to serve a path taken from the request, use ``safe_file``.
+    """
 
     def __init__(
         self,
@@ -131,14 +141,64 @@ class FileResponse(Response):
         headers=None,
         media_type: str | None = None,
         filename: str | None = None,
+        content_disposition_type: str = "attachment",
     ) -> None:
         if media_type is None:
             media_type = mimetypes.guess_type(filename or str(path))[0] or "application/octet-stream"
         super().__init__(b"", status_code=status_code, headers=headers, media_type=media_type)
         self.path = os.fspath(path)
         self.headers.append(("content-length", str(os.stat(self.path).st_size)))
-        if filename is not None:
-            self.headers.append(("content-disposition", f'attachment; filename="{filename}"'))
+        if filename is not None and not any(k.lower() == "content-disposition" for k, _ in self.headers):
+            self.headers.append(("content-disposition", content_disposition(content_disposition_type, filename)))
+
+
+def content_disposition(disposition_type: str, filename: str) -> str:
+    """``attachment; filename="a.txt"``, or ``filename*=utf-8''...`` when the name needs quoting (Starlette's
+    rule: whenever ``urllib.parse.quote`` changes it)."""
+    quoted = quote(filename)
+    if quoted != filename:
+        return f"{disposition_type}; filename*=utf-8''{quoted}"
+    return f'{disposition_type}; filename="{filename}"'
+
+
+def safe_file(
+    directory: str | os.PathLike,
+    path: str,
+    status_code: int = 200,
+    headers=None,
+    media_type: str | None = None,
+    filename: str | None = None,
+    content_disposition_type: str = "attachment",
+) -> FileResponse:
+    """A ``FileResponse`` for ``path`` (e.g. a ``{*path}`` capture) inside ``directory``, or
+    ``HTTPException(404)`` if it is not a regular file there.
+
+    Path captures arrive percent-decoded with ``..`` kept (``/files/..%2F..%2Fetc%2Fpasswd`` captures
+    ``../../etc/passwd``), so ``FileResponse(directory + path)`` would serve any file the process can read.
+    Refused with 404 (the same answer as a missing file, so nothing is revealed): empty paths, absolute
+    paths, any ``..`` segment, NUL bytes, and anything that resolves outside ``directory`` once symlinks
+    are followed (a symlink inside pointing inside is served). Directories are 404 too.
+    """
+    root = os.path.realpath(directory)
+    segments = path.replace(os.altsep, os.sep) if os.altsep else path
+    if not path or "\x00" in path or os.path.isabs(segments) or ".." in segments.split(os.sep):
+        raise HTTPException(404)
+    full = os.path.realpath(os.path.join(root, path))
+    if os.path.commonpath([root, full]) != root or not os.path.isfile(full):
+        raise HTTPException(404)
+    if media_type is None:
+        media_type = mimetypes.guess_type(filename or path)[0]
+    try:
+        return FileResponse(
+            full,
+            status_code=status_code,
+            headers=headers,
+            media_type=media_type,
+            filename=filename,
+            content_disposition_type=content_disposition_type,
+        )
+    except OSError:  # gone or unreadable since the check
+        raise HTTPException(404) from None
 
 
 async def _pump(iterator, send) -> None:
@@ -185,4 +245,6 @@ __all__ = [
     "Response",
     "StreamingResponse",
     "as_response",
+    "content_disposition",
+    "safe_file",
 ]

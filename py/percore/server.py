@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from . import _loop, _runtime
+from . import _loop, _open_files, _runtime
 from ._asgi import Lifespan, choose_interface
 from ._logging import log_handler_error, logger
 from .app import App
@@ -39,9 +39,9 @@ class ServerConfig:
     ws_ping_interval: float | None = None
     ws_ping_timeout: float | None = None
     access_log: bool = False
-    # Prometheus metrics on this port (same host) when set; 0 picks a free one (see docs/observability.md).
+    # Prometheus metrics on this port when set; 0 picks a free one (see docs/observability.md).
     metrics_port: int | None = None
-    # The metrics port's address (None: ``host``), e.g. an internal interface while the app is public.
+    # The metrics port's address (None: 127.0.0.1, whatever ``host`` is), e.g. an internal interface.
     metrics_host: str | None = None
     # Set in `--workers` worker processes: the supervisor has probed and reserved the port, so the listeners
     # join their siblings' SO_REUSEPORT group instead of probing (see docs/workers.md).
@@ -160,7 +160,7 @@ class Server:
         build = "free-threaded" if free_threaded_build() else "GIL"
         gil = "enabled" if gil_enabled() else "disabled"
         pins = ", ".join(f"{index}→cpu{core}" for index, core in enumerate(self.cores))
-        metrics_host = self.config.metrics_host or self.host or self.config.host
+        metrics_host = self.config.metrics_host or "127.0.0.1"
         metrics = f" | metrics http://{metrics_host}:{self.metrics_port}/metrics" if self.metrics_port else ""
         return (
             f"percore {_runtime.__version__} | Python {version} ({build} build, GIL {gil} at runtime) | "
@@ -196,8 +196,10 @@ def serve(
     if threading.current_thread() is threading.main_thread():
         # Installed before the port opens, so a SIGTERM at any point stops the server cleanly.
         previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    open_files = _open_files.raise_limit()
     try:
         server.start()
+        _open_files.warn_if_short(open_files, len(server.cores), server.config.max_connections)
         logger.info("%s", server.banner())
         if on_ready is not None:
             on_ready()

@@ -87,8 +87,8 @@ pub struct Config {
     pub shared_port: bool,
     /// Serve Prometheus metrics on this port when set; 0 picks a free port.
     pub metrics_port: Option<u16>,
-    /// The address the metrics port binds; None: the server's `host` (keeping metrics off a public
-    /// interface is the usual reason to set it).
+    /// The address the metrics port binds; None: loopback (`metrics::DEFAULT_HOST`), whatever `host` is,
+    /// so metrics are never public unless asked for.
     pub metrics_host: Option<String>,
     /// Peers whose `X-Forwarded-For`/`-Proto` headers name the client and scheme (`proxy`); None: the
     /// headers are never applied (`--no-proxy-headers`).

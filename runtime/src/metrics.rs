@@ -9,6 +9,9 @@
 //!   queues) are read at scrape time, not duplicated.
 //! - A scrape reads each counter once; totals may be a few requests apart from each other (a histogram's
 //!   `_count` vs the request counter) but every counter only grows.
+//! - The exporter is small and bounded: it binds loopback unless told otherwise (`DEFAULT_HOST`), serves
+//!   at most `MAX_CONNECTIONS` connections at once, one request each, for at most
+//!   `CONNECTION_DEADLINE`, so idle or slow clients cannot pile up sockets or memory on it.
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
@@ -21,7 +24,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 
 /// Upper bounds of the latency histogram, in microseconds (Prometheus `le` in seconds).
 /// From 100 µs (a native endpoint's whole cost) to 10 s (a slow upstream), roughly ×2.5 apart.
@@ -221,6 +224,17 @@ impl Metrics {
             "percore_uptime_seconds {:.3}",
             self.started.elapsed().as_secs_f64()
         );
+        header(
+            &mut out,
+            "percore_access_log_dropped_lines_total",
+            "counter",
+            "Access-log lines dropped because stderr fell too far behind (--access-log).",
+        );
+        let _ = writeln!(
+            out,
+            "percore_access_log_dropped_lines_total {}",
+            crate::access_log::dropped_lines()
+        );
         if let Some(bytes) = resident_memory_bytes() {
             header(
                 &mut out,
@@ -262,6 +276,10 @@ fn resident_memory_bytes() -> Option<u64> {
     Some(pages * u64::try_from(page_size).ok()?)
 }
 
+/// Where the metrics port listens without `--metrics-host`: loopback, whatever `--host` is, so serving
+/// the app on `0.0.0.0` does not publish its metrics too.
+pub const DEFAULT_HOST: &str = "127.0.0.1";
+
 /// Binds the metrics listener (before any loop starts, so a busy port fails the start cleanly).
 ///
 /// `shared`: a `--workers` worker, whose successor (`--reload` starts the next generation before the
@@ -294,7 +312,15 @@ pub fn bind(host: &str, port: u16, shared: bool) -> Result<std::net::TcpListener
     Ok(socket.into())
 }
 
-/// Serves `GET /metrics` on `listener` from a thread of its own until `stop` turns true.
+/// Connections the metrics port serves at once; further ones wait in the listen backlog until one of
+/// these ends (within `CONNECTION_DEADLINE`), so a burst of idle connections only delays a scrape.
+pub const MAX_CONNECTIONS: usize = 16;
+/// How long a metrics connection may stay open, idle or not: one request is read and answered, then the
+/// connection is closed (a scraper opens one per scrape; the body is rendered in well under a second).
+pub const CONNECTION_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Serves `GET /metrics` on `listener` from a thread of its own until `stop` turns true: at most
+/// `MAX_CONNECTIONS` at once, each for one request and at most `CONNECTION_DEADLINE`.
 pub fn spawn_exporter(
     listener: std::net::TcpListener,
     render: Arc<dyn Fn() -> String + Send + Sync>,
@@ -313,7 +339,15 @@ pub fn spawn_exporter(
                 let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
                     return;
                 };
+                let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
                 loop {
+                    // A slot first, then the accept: connections past the cap stay in the kernel's
+                    // backlog instead of being accepted and held.
+                    let slot = tokio::select! {
+                        slot = Arc::clone(&slots).acquire_owned() => slot,
+                        _ = stop.wait_for(|stopped| *stopped) => return,
+                    };
+                    let Ok(slot) = slot else { return };
                     let accepted = tokio::select! {
                         accepted = listener.accept() => accepted,
                         _ = stop.wait_for(|stopped| *stopped) => return,
@@ -329,11 +363,13 @@ pub fn spawn_exporter(
                             async move { Ok::<_, Infallible>(response) }
                         });
                         let _ = tokio::time::timeout(
-                            Duration::from_secs(30),
+                            CONNECTION_DEADLINE,
                             hyper::server::conn::http1::Builder::new()
+                                .keep_alive(false)
                                 .serve_connection(TokioIo::new(stream), service),
                         )
                         .await;
+                        drop(slot);
                     });
                 }
             });

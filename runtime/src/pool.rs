@@ -418,7 +418,10 @@ pub fn start<F: ExecutorFactory>(
     let metrics_listener = config
         .metrics_port
         .map(|port| {
-            let host = config.metrics_host.as_deref().unwrap_or(&config.host);
+            let host = config
+                .metrics_host
+                .as_deref()
+                .unwrap_or(metrics::DEFAULT_HOST);
             metrics::bind(host, port, config.shared_port)
         })
         .transpose()
