@@ -59,7 +59,9 @@ def test_each_request_is_one_escaped_capped_line_that_cannot_be_forged(serve):
     assert spoofed.startswith(b"HTTP/1.1 200"), spoofed[:200]
     long_client = exchange(
         server.port,
-        b"GET /whoami HTTP/1.1\r\nHost: t\r\nConnection: close\r\nX-Forwarded-For: " + b"c" * 5000 + b"\r\n\r\n",
+        b"GET /whoami HTTP/1.1\r\nHost: t\r\nConnection: close\r\nX-Forwarded-For: "
+        + b"c" * 5000
+        + b"\r\n\r\n",
     )
     assert long_client.startswith(b"HTTP/1.1 200")
     assert server.stop() == 0
@@ -87,9 +89,7 @@ def test_a_stalled_stderr_drops_lines_past_the_byte_budget_and_counts_every_one(
     bound. Then the pipe is drained: every request is either a line or in a `dropped N lines` count, and the
     metric says the same."""
     metrics_port = free_port()
-    server = serve(
-        APP, "--loops", "1", "--access-log", "--metrics-port", str(metrics_port), stderr="pipe"
-    )
+    server = serve(APP, "--loops", "1", "--access-log", "--metrics-port", str(metrics_port), stderr="pipe")
     requests = 6000
     head = b"GET /" + b"t" * 2040 + b" HTTP/1.1\r\nHost: t\r\n\r\n"
     with socket.create_connection(("127.0.0.1", server.port), timeout=60) as raw:

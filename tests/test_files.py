@@ -155,7 +155,7 @@ def test_a_quote_in_a_filename_cannot_add_a_parameter_on_the_wire(serve, public,
     parsed = email.message.Message()
     parsed["content-disposition"] = value
     params = parsed.get_params(header="content-disposition")
-    assert params == [("attachment", ""), ("filename*", "utf-8''evil.txt%22%3B%20filename%3D%22evil.exe")]
+    assert params == [("attachment", ""), ("filename", ("utf-8", "", 'evil.txt"; filename="evil.exe'))]
     assert parsed.get_filename() == 'evil.txt"; filename="evil.exe'
     plain = server.get("/download?name=report%20final.pdf&disposition=inline")
     assert plain.headers["content-disposition"] == "inline; filename*=utf-8''report%20final.pdf"

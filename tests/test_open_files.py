@@ -52,7 +52,9 @@ def test_a_hard_limit_below_the_connection_limit_is_warned_about():
         assert server.stop() == 0
     warnings = [line for line in server.stderr.splitlines() if "open-files limit" in line]
     assert len(warnings) == 1, server.stderr
-    assert "the open-files limit is 256, but 1 loop(s) × --max-connections 1000 need about 1064" in warnings[0]
+    assert (
+        "the open-files limit is 256, but 1 loop(s) × --max-connections 1000 need about 1064" in warnings[0]
+    )
     assert " WARNING percore: " in warnings[0]
 
     enough = limited(256, 256, "--max-connections", "100")

@@ -13,8 +13,8 @@ from http.cookies import SimpleCookie
 from urllib.parse import quote
 
 from ._logging import log_handler_error
-from .exceptions import HTTPException
 from ._runtime import dumps
+from .exceptions import HTTPException
 
 
 class Response:
@@ -149,7 +149,9 @@ class FileResponse(Response):
         self.path = os.fspath(path)
         self.headers.append(("content-length", str(os.stat(self.path).st_size)))
         if filename is not None and not any(k.lower() == "content-disposition" for k, _ in self.headers):
-            self.headers.append(("content-disposition", content_disposition(content_disposition_type, filename)))
+            self.headers.append(
+                ("content-disposition", content_disposition(content_disposition_type, filename))
+            )
 
 
 def content_disposition(disposition_type: str, filename: str) -> str:
