@@ -53,7 +53,7 @@ def test_a_hard_limit_below_the_connection_limit_is_warned_about():
     warnings = [line for line in server.stderr.splitlines() if "open-files limit" in line]
     assert len(warnings) == 1, server.stderr
     assert (
-        "the open-files limit is 256, but 1 loop(s) × --max-connections 1000 need about 1064" in warnings[0]
+        "the open-files limit is 256, but --loops 1 × --max-connections 1000 need about 1064" in warnings[0]
     )
     assert " WARNING percore: " in warnings[0]
 

@@ -54,7 +54,7 @@ def warn_if_short(limit: int | None, loops: int, max_connections: int | None) ->
     needed = loops * per_loop + MARGIN
     if limit is not None and needed > limit:
         logger.warning(
-            "the open-files limit is %d, but %d loop(s) × --max-connections %d need about %d: past it new "
+            "the open-files limit is %d, but --loops %d × --max-connections %d need about %d: past it new "
             "connections wait unaccepted and opening files fails (EMFILE). Raise the hard limit "
             "(ulimit -Hn, systemd LimitNOFILE=) or lower --max-connections",
             limit,
