@@ -5,6 +5,7 @@ from . import _asyncio_patch
 _asyncio_patch.install()
 
 from ._runtime import __version__  # noqa: E402
+from ._threadpool import run_in_threadpool  # noqa: E402
 from .app import App, Router  # noqa: E402
 from .exceptions import ConfigurationError, HTTPException, PercoreError, StartupError  # noqa: E402
 from .params import Body, Cookie, Header, Path, Query  # noqa: E402
@@ -41,5 +42,6 @@ __all__ = [
     "StartupError",
     "StreamingResponse",
     "__version__",
+    "run_in_threadpool",
     "safe_file",
 ]

@@ -4,6 +4,9 @@ percore's Rust side drives this loop from the thread's tokio runtime: it waits o
 fd (and the next timer) itself, then runs one asyncio iteration. So the selector here must never block,
 and the loop must look "running" to handlers (``get_running_loop()``, ``is_running()``) for as long as
 the thread serves, exactly as if ``run_forever()`` were on the stack.
+
+Every loop's default executor (``asyncio.to_thread``, ``run_in_executor(None, ...)``) is the process's one
+shared thread pool (``_threadpool``), not a pool per loop; closing a loop leaves that pool running.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import selectors
 import sys
 import threading
 from asyncio import base_events, events
+
+from . import _threadpool
 
 _DefaultSelector = getattr(selectors, "EpollSelector", selectors.DefaultSelector)
 
@@ -30,6 +35,7 @@ class LoopThreadEventLoop(asyncio.SelectorEventLoop):
     def __init__(self) -> None:
         super().__init__(_NonBlockingSelector())
         self._percore_old_agen_hooks = None
+        self._percore_pool = None
 
     def _percore_enter(self) -> None:
         """Make this the running loop of the current thread (what ``run_forever`` does before looping)."""
@@ -80,12 +86,18 @@ class LoopThreadEventLoop(asyncio.SelectorEventLoop):
                 sys.set_asyncgen_hooks(*self._percore_old_agen_hooks)
                 self._percore_old_agen_hooks = None
             asyncio.set_event_loop(None)
+            # close() shuts the default executor down: detach the shared pool, which other loops still use
+            # (the last server to stop shuts it down, see _threadpool).
+            if self._default_executor is self._percore_pool:
+                self._default_executor = None
             self.close()
 
 
 def new_running_loop() -> LoopThreadEventLoop:
     """Create the calling thread's loop and make it that thread's running (and current) loop."""
     loop = LoopThreadEventLoop()
+    loop._percore_pool = _threadpool.shared()
+    loop.set_default_executor(loop._percore_pool)
     asyncio.set_event_loop(loop)
     loop._percore_enter()
     return loop

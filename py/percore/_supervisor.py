@@ -10,7 +10,9 @@ that ``Supervisor.worker_argv`` adds. The supervisor
   exit). Each worker inherits its share (``--supervised-socket-fd``; a user's ``--fd`` is passed on the
   same way), and a worker that replaces another accepts on the same sockets, so the connections queued on
   them when the old one stops are not lost (``--reload``, ``--limit-max-requests``, restarts);
-* gives each worker its own slice of the CPU affinity mask (``cpu_slices``);
+* gives each worker its own slice of the CPU affinity mask (``cpu_slices``); with ``--loops auto`` only the
+  first CPUs of the mask that the container's CPU quota pays for are sliced (``_runtime.cpu_budget``), as
+  the quota is shared by all workers;
 * restarts a worker that exits without being asked to, with a backoff; gives up with an error (exit 1)
   when a worker exits before it serves during the first launch, or ``MAX_START_FAILURES`` times in a row
   later (the app's own error is on stderr, printed by the worker);
@@ -253,7 +255,16 @@ class Supervisor:
         self.host = host
         self.port = port
         self.workers = workers
-        self.cpus = cpu_slices(sorted(os.sched_getaffinity(0)), workers, loops)
+        mask = sorted(os.sched_getaffinity(0))
+        # --loops auto: one cgroup CPU quota covers every worker, so slice only the CPUs it pays for (each
+        # worker's own `auto` then runs one loop per CPU of its slice, and the total matches one process's).
+        self.loops_reason = ""
+        if loops.strip().lower() == "auto":
+            budget, why = _runtime.cpu_budget()
+            if budget < len(mask):
+                mask = mask[:budget]
+                self.loops_reason = f" (auto: {why})"
+        self.cpus = cpu_slices(mask, workers, loops)
         self.loops = loops
         self.worker_fds: list[list[int]] = []  # per worker index: the listening sockets it inherits
         self.slot_listeners: list[_runtime.TcpListeners] = []  # TCP: the listeners of each worker index
@@ -343,11 +354,12 @@ class Supervisor:
                 logger.info("reload: watching *.py under %s", ", ".join(map(str, directories)))
             slices = "; ".join(f"{i}→cpu{','.join(map(str, cpus))}" for i, cpus in enumerate(self.cpus))
             logger.info(
-                "supervisor (pid %d): starting %d worker(s) on %s [%s]",
+                "supervisor (pid %d): starting %d worker(s) on %s [%s]%s",
                 os.getpid(),
                 self.workers,
                 self.where,
                 slices,
+                self.loops_reason,
             )
             for index in range(self.workers):
                 self.serving[index] = self._spawn(index)

@@ -94,7 +94,10 @@ def _parser() -> argparse.ArgumentParser:
         "systemd socket activation",
     )
     run.add_argument(
-        "--loops", default="auto", help="'auto' (one per CPU in the affinity mask) or a count (default auto)"
+        "--loops",
+        default="auto",
+        help="'auto' (one per CPU in the affinity mask, at most the cgroup CPU quota rounded up) or a count "
+        "(default auto)",
     )
     run.add_argument("--routing", choices=ROUTING_POLICIES, default="local", help="default local")
     run.add_argument(

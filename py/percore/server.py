@@ -12,9 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from . import _loop, _open_files, _runtime
+from . import _loop, _open_files, _runtime, _threadpool
 from ._asgi import Lifespan, choose_interface
 from ._logging import log_handler_error, logger
+from ._supervisor import DEFAULT_SHUTDOWN_TIMEOUT
 from .app import App
 from .exceptions import ConfigurationError
 from .responses import Response
@@ -89,6 +90,7 @@ class Server:
     def __init__(self, app: App | Any, config: ServerConfig | None = None) -> None:
         self.config = config = config or ServerConfig()
         self.interface = choose_interface(app, config.interface)
+        self._holds_pool = False  # between start() and join(): this server keeps the shared thread pool
         asgi = self.interface == "asgi"
         self._server = _runtime.Server(
             [] if asgi else app.serving_routes(),
@@ -127,7 +129,14 @@ class Server:
         )
 
     def start(self) -> None:
-        self._server.start()
+        # The shared thread pool of asyncio.to_thread lives while any server runs (see _threadpool).
+        _threadpool.acquire()
+        try:
+            self._server.start()
+        except BaseException:
+            _threadpool.release(0)
+            raise
+        self._holds_pool = True
 
     @property
     def port(self) -> int | None:
@@ -162,9 +171,12 @@ class Server:
         pins = ", ".join(f"{index}→cpu{core}" for index, core in enumerate(self.cores))
         metrics_host = self.config.metrics_host or "127.0.0.1"
         metrics = f" | metrics http://{metrics_host}:{self.metrics_port}/metrics" if self.metrics_port else ""
+        # --loops auto says why it chose N: "(auto: CPU quota 2.0 of cgroup /kubepods/..; affinity 64 CPUs)".
+        reason = f" (auto: {self._server.loops_reason})" if self._server.loops_reason else ""
         return (
             f"percore {_runtime.__version__} | Python {version} ({build} build, GIL {gil} at runtime) | "
-            f"{self.interface} app | {len(self.cores)} loop(s) pinned [{pins}] | routing {self._server.routing} | "
+            f"{self.interface} app | {len(self.cores)} loop(s) pinned [{pins}]{reason} | "
+            f"routing {self._server.routing} | "
             f"{self.address}{metrics}"
         )
 
@@ -176,6 +188,11 @@ class Server:
 
     def join(self) -> None:
         self._server.join()
+        if self._holds_pool:
+            self._holds_pool = False
+            # Once every loop has stopped: jobs still running get the shutdown timeout again.
+            timeout = self.config.shutdown_timeout
+            _threadpool.release(DEFAULT_SHUTDOWN_TIMEOUT if timeout is None else timeout)
 
 
 def serve(

@@ -1,4 +1,6 @@
 //! Server configuration: what the CLI resolved (address, loop count, cores, routing policy) in plain Rust.
+//! `--loops auto` is one loop per CPU of the process's budget: its affinity mask capped by its cgroup's
+//! CPU quota (`cpu_budget`).
 //!
 //! Invariant: a `Config` that exists is valid — at least one loop, one core per loop, a known policy.
 //! Everything the user can get wrong is reported as a `ConfigError` before any thread or socket exists.
@@ -7,7 +9,8 @@ use std::fmt;
 
 use crate::routing::RoutingPolicy;
 
-/// How many loops to run: one per core in the process's affinity mask, or an explicit count.
+/// How many loops to run: one per CPU the process may use (affinity mask capped by the cgroup CPU quota,
+/// see `cpu_budget`), or an explicit count.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LoopCount {
     Auto,
@@ -78,6 +81,8 @@ pub struct Config {
     pub routing: RoutingPolicy,
     /// The core each loop is pinned to; its length is the loop count. More loops than cores wrap around.
     pub cores: Vec<usize>,
+    /// With `--loops auto`: the CPU budget that chose the count (its Display says why, for the banner).
+    pub cpu_budget: Option<crate::cpu_budget::CpuBudget>,
     /// How long in-flight requests may run after a stop signal before their connections are dropped.
     pub shutdown_timeout: std::time::Duration,
     pub limits: Limits,
@@ -108,8 +113,10 @@ impl Config {
         if available.is_empty() {
             return Err(ConfigError::NoCores);
         }
+        let cpu_budget = (loops == LoopCount::Auto)
+            .then(|| crate::cpu_budget::CpuBudget::detect(available.len()));
         let count = match loops {
-            LoopCount::Auto => available.len(),
+            LoopCount::Auto => cpu_budget.as_ref().map_or(1, |budget| budget.cpus()),
             LoopCount::Fixed(0) => return Err(ConfigError::ZeroLoops),
             LoopCount::Fixed(n) => n,
         };
@@ -121,6 +128,7 @@ impl Config {
             backlog: crate::listener::DEFAULT_BACKLOG,
             routing,
             cores,
+            cpu_budget,
             shutdown_timeout: std::time::Duration::from_secs(5),
             limits: Limits::default(),
             access_log: false,
@@ -192,9 +200,14 @@ mod tests {
     }
 
     #[test]
-    fn auto_uses_every_core_in_the_affinity_mask() {
+    fn auto_uses_the_first_cores_of_the_affinity_mask_within_the_cpu_budget() {
         let config = Config::new("127.0.0.1", 0, LoopCount::Auto, RoutingPolicy::Local).unwrap();
-        assert_eq!(config.cores, available_cores());
+        let available = available_cores();
+        let budget = config.cpu_budget.clone().unwrap();
+        assert_eq!(budget.affinity, available.len());
+        assert_eq!(config.cores, available[..budget.cpus()]);
+        let fixed = Config::new("127.0.0.1", 0, LoopCount::Fixed(1), RoutingPolicy::Local).unwrap();
+        assert_eq!(fixed.cpu_budget, None);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 pub mod access_log;
 pub mod config;
+pub mod cpu_budget;
 pub mod listener;
 pub mod metrics;
 pub mod pool;

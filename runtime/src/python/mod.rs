@@ -70,6 +70,17 @@ fn available_cores() -> Vec<usize> {
     crate::config::available_cores()
 }
 
+/// How many CPUs this process may use (what `--loops auto` runs: the affinity mask capped by the cgroup
+/// CPU quota) and why, as the banner says it. `affinity`: the mask's size when the caller knows it better
+/// than this thread's own mask (a pinned loop thread's is one CPU).
+#[pyfunction]
+#[pyo3(signature = (affinity=None))]
+fn cpu_budget(affinity: Option<usize>) -> (usize, String) {
+    let affinity = affinity.unwrap_or_else(|| crate::config::available_cores().len());
+    let budget = crate::cpu_budget::CpuBudget::detect(affinity);
+    (budget.cpus(), budget.to_string())
+}
+
 #[pymodule(gil_used = false)]
 fn _runtime(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
@@ -85,6 +96,7 @@ fn _runtime(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(current_request_task, m)?)?;
     m.add_function(wrap_pyfunction!(dumps, m)?)?;
     m.add_function(wrap_pyfunction!(available_cores, m)?)?;
+    m.add_function(wrap_pyfunction!(cpu_budget, m)?)?;
     m.add("PercoreError", py.get_type::<PercoreError>())?;
     m.add("ConfigurationError", py.get_type::<ConfigurationError>())?;
     m.add("StartupError", py.get_type::<StartupError>())?;

@@ -364,6 +364,12 @@ impl Server {
         self.config.cores.clone()
     }
 
+    /// With `--loops auto`, why it chose this many loops (affinity, CPU quota); None for a fixed count.
+    #[getter]
+    fn loops_reason(&self) -> Option<String> {
+        self.config.cpu_budget.as_ref().map(ToString::to_string)
+    }
+
     #[getter]
     fn routing(&self) -> &'static str {
         self.config.routing.name()

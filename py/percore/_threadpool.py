@@ -1,0 +1,121 @@
+"""The one thread pool per process behind ``await asyncio.to_thread(...)``,
+``loop.run_in_executor(None, ...)`` and ``percore.run_in_threadpool(...)`` on every loop.
+
+asyncio gives each event loop its own default executor, created on first use: N loops would start N pools
+of up to ``min(32, cpus + 4)`` threads each. percore makes one shared pool every loop's default executor.
+
+Size: ``min(32, cpus + 4)`` threads, ``cpus`` being the process's CPU budget (what ``--loops auto`` runs: the
+affinity mask capped by the cgroup CPU quota). That is CPython's own default (``ThreadPoolExecutor`` since
+3.8, ``os.process_cpu_count()`` since 3.13) applied to the CPUs the process may really use: ``cpus`` threads
+keep every core busy with CPU-bound work (in parallel on 3.13t; on a GIL build they share the GIL), and the
+4 extra keep a few slots for blocking calls (a sync database driver, ``requests``) that wait rather than
+compute, so they do not queue behind a core's worth of CPU jobs. The cap keeps a 256-core host from starting
+hundreds of threads. Work beyond the size waits in the pool's queue.
+
+Affinity: a new thread inherits the CPU affinity of the thread that starts it, and the pool's threads are
+started by whichever loop thread first submits work — pinned to its one core. Each pool thread therefore
+resets its affinity to the process's mask (the main thread's, read with ``sched_getaffinity(pid)``), so
+offloaded work runs on every core instead of on top of the loop that submitted it.
+
+Lifetime: every ``Server.start`` holds the pool and ``Server.join`` lets go of it; the last one shuts it
+down once its loops have stopped — queued jobs are cancelled, running ones are waited for up to a timeout
+(what ``asyncio.run`` does with its default executor). A later server gets a fresh pool.
+
+Invariant: at most one live pool per process; a loop's default executor is the pool that was live when the
+loop was created, and a loop closing never shuts the shared pool down (``_loop`` detaches it first).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from . import _runtime
+from ._logging import logger
+
+T = TypeVar("T")
+
+#: CPython's ThreadPoolExecutor default: min(MAX_THREADS, cpus + EXTRA_THREADS).
+MAX_THREADS = 32
+EXTRA_THREADS = 4
+
+_lock = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+_holders = 0
+
+
+def process_mask() -> set[int]:
+    """The process's CPU affinity: its main thread's (``pid``), not the calling loop thread's single core."""
+    return os.sched_getaffinity(os.getpid())
+
+
+def size(mask: set[int]) -> int:
+    """How many threads the pool runs: ``min(32, cpus + 4)`` over the process's CPU budget."""
+    cpus, _ = _runtime.cpu_budget(len(mask))
+    return min(MAX_THREADS, cpus + EXTRA_THREADS)
+
+
+def _unpin(mask: set[int]) -> None:
+    """Pool thread initializer: run on the process's CPUs, not only on the submitting loop's core."""
+    try:
+        os.sched_setaffinity(0, mask)
+    except OSError as error:  # a mask shrunk under us (cpuset change): keep the inherited one
+        logger.warning("thread pool: cannot widen this thread's CPU affinity: %s", error)
+
+
+def shared() -> ThreadPoolExecutor:
+    """The process's pool, created on first use."""
+    global _pool
+    with _lock:
+        if _pool is None:
+            mask = process_mask()
+            _pool = ThreadPoolExecutor(
+                max_workers=size(mask),
+                thread_name_prefix="percore-pool",
+                initializer=_unpin,
+                initargs=(mask,),
+            )
+        return _pool
+
+
+def acquire() -> None:
+    """A server starts: keep the pool alive until its matching ``release``."""
+    global _holders
+    with _lock:
+        _holders += 1
+
+
+def release(timeout: float) -> None:
+    """A server has stopped; the last one shuts the pool down, waiting up to ``timeout`` seconds for jobs
+    still running (queued ones are cancelled)."""
+    global _holders, _pool
+    with _lock:
+        _holders = max(0, _holders - 1)
+        if _holders > 0 or _pool is None:
+            return
+        pool, _pool = _pool, None
+    # In a thread, so a job that never returns cannot hold the stop forever (as asyncio.run's
+    # shutdown_default_executor); the interpreter still joins its thread at exit.
+    waiter = threading.Thread(
+        target=pool.shutdown, kwargs={"wait": True, "cancel_futures": True}, name="percore-pool-shutdown"
+    )
+    waiter.start()
+    waiter.join(timeout)
+    if waiter.is_alive():
+        logger.warning("thread pool: jobs still running %.1fs after the server stopped; not waiting", timeout)
+
+
+async def run_in_threadpool(func: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    """Run ``func(*args, **kwargs)`` on the process's shared thread pool and return its result, leaving this
+    loop free to serve other requests meanwhile. Starlette's name; on a percore loop it is the same pool
+    as ``await asyncio.to_thread(func, ...)``. Context variables are copied in, as ``asyncio.to_thread``
+    does."""
+    loop = asyncio.get_running_loop()
+    call = functools.partial(contextvars.copy_context().run, func, *args, **kwargs)
+    return await loop.run_in_executor(shared(), call)

@@ -1,0 +1,80 @@
+"""The shared thread pool behind ``asyncio.to_thread`` / ``run_in_executor(None, ...)`` on every loop
+(percore/_threadpool.py), end to end over real sockets on this interpreter build."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import time
+
+import pytest
+from percore import _threadpool
+from percore._runtime import cpu_budget
+
+from .conftest import ServerProcess
+
+APP = "tests.apps.threadpool_app:api"
+DEADLINE = 30.0
+
+
+def wait_for(condition, what: str) -> None:
+    deadline = time.monotonic() + DEADLINE
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("path", ["/offload", "/offload-helper"])
+def test_offloaded_cpu_work_leaves_its_loop_free(serve, path):
+    """While an async handler's CPU-bound job runs in the pool, the same (only) loop answers other
+    requests — one of them is what ends the job — and the job runs on every CPU of the process, not
+    pinned to the core of the loop that started it."""
+    server: ServerProcess = serve(APP, "--loops", "1")
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        job = pool.submit(lambda: server.client(timeout=DEADLINE + 10).get(path))
+        wait_for(lambda: server.get("/spinning").json()["spinning"], "the job to start")
+        assert server.get("/release").json() == {"released": True}
+        reply = job.result(timeout=DEADLINE + 10)
+    assert reply.status == 200, reply.text
+    body = reply.json()
+    assert body["released"], "the job ran out its deadline: /release was not answered while it ran"
+    assert body["thread"].startswith("percore-pool")
+    mask = sorted(os.sched_getaffinity(0))  # the server inherits the test process's mask
+    assert body["affinity"] == mask
+    if "loop_affinity" in body and len(mask) > 1:
+        assert body["loop_affinity"] == [mask[0]], "the loop itself stays pinned"
+
+
+def test_every_loop_shares_one_bounded_pool(serve):
+    server = serve(APP, "--loops", "2", "--routing", "round-robin")
+    seen: dict[int, dict] = {}
+    for _ in range(200):  # fresh connections: whatever spreads them, both loops answer soon
+        body = server.get("/executor").json()
+        seen.setdefault(body["loop"], body)
+        if len(seen) == 2:
+            break
+    assert set(seen) == {0, 1}
+    first, second = seen[0], seen[1]
+    assert first["id"] == second["id"], "each loop has its own executor"
+    assert first["type"] == "ThreadPoolExecutor"
+    cpus, _ = cpu_budget()  # same cgroup and mask as the server
+    assert first["max_workers"] == min(32, cpus + 4)
+    assert first["thread"].startswith("percore-pool") and second["thread"].startswith("percore-pool")
+
+
+def test_the_last_server_to_stop_shuts_the_pool_down():
+    """In-process: two servers share one pool; it outlives the first one's stop, not the second's, and a
+    server started later gets a fresh one."""
+    from percore.testing import TestClient
+
+    from .apps.threadpool_app import api
+
+    with TestClient(api) as first:
+        pool = _threadpool.shared()
+        with TestClient(api) as second:
+            assert second.get("/executor").json()["id"] == id(pool)
+        assert not pool._shutdown
+        assert first.get("/executor").json()["id"] == id(pool)
+    assert pool._shutdown
+    with TestClient(api) as third:
+        assert third.get("/executor").json()["id"] != id(pool)
