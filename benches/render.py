@@ -2,6 +2,7 @@
 
     python benches/render.py                         # the newest benches/results/*.json
     python benches/render.py RESULTS.json [--docs]   # --docs also rewrites the results block of docs/benchmarks.md
+                                                     # (of a `run.py --db` run: the database results block)
 
 Writes <stem>.md (tables: every contender × endpoint, then the percore ÷ peer ratios run.py took per
 round) and <stem>-rps.png,
@@ -23,6 +24,11 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benches" / "results"
 DOCS = ROOT / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- bench-results:begin (benches/render.py --docs) -->", "<!-- bench-results:end -->"
+# A `run.py --db` run has its own block (the database section).
+DB_BEGIN, DB_END = (
+    "<!-- bench-db-results:begin (benches/render.py --docs) -->",
+    "<!-- bench-db-results:end -->",
+)
 
 HYPER = "hyper (pure Rust, the limit)"
 NOT_APPLICABLE = "n/a (no Python)"
@@ -170,6 +176,7 @@ def charts(document: dict, stem: Path) -> list[Path]:
             axes[index // columns][index % columns].set_visible(False)
         machine = document["machine"]
         what = "throughput" if kind == "rps" else "latency"
+        what = f"database {what}" if document["settings"].get("db") else what
         figure.suptitle(
             f"percore benchmark {what}: one core per server, {machine['date'][:10]}, commit {machine['commit']}",
             fontsize=11,
@@ -190,6 +197,7 @@ def markdown(document: dict, images: list[Path], relative_to: Path) -> str:
         + f", {machine['cores']} cores ({machine['cpu']}); "
         + runs_sentence(settings)
         + f", {settings['connections']} connections unless noted."
+        + (db_sentence(machine, settings) if settings.get("db") else "")
         + (f" Contenders restricted with --only {settings['only']}." if settings.get("only") else "")
         + (
             f" Endpoints restricted with --endpoint {settings['endpoint']}."
@@ -227,6 +235,18 @@ def markdown(document: dict, images: list[Path], relative_to: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def db_sentence(machine: dict, settings: dict) -> str:
+    """`--db` runs: the database, the pool and which driver implementation ran on each interpreter."""
+    drivers = "; ".join(
+        f"{key.removesuffix('_PYTHON').replace('_', ' ').lower()}: {name}"
+        for key, name in machine.get("db_drivers", {}).items()
+    )
+    return (
+        f" {machine.get('postgresql', 'PostgreSQL')} on core 0 beside wrk; one pool of {settings['db_pool']}"
+        f" connections per event loop; driver per interpreter: {drivers}."
+    )
+
+
 def runs_sentence(settings: dict) -> str:
     runs, duration, warmup = settings["runs"], settings["duration"], settings["warmup"]
     if settings.get("interleaved"):
@@ -246,12 +266,12 @@ def _relative(path: Path, base: Path) -> str:
     return Path(*([".."] * len(base.relative_to(ROOT).parts)), path.relative_to(ROOT)).as_posix()
 
 
-def update_docs(block: str, docs: Path = DOCS) -> None:
+def update_docs(block: str, docs: Path = DOCS, begin: str = BEGIN, end: str = END) -> None:
     text = docs.read_text()
-    pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
+    pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
     if not pattern.search(text):
-        raise SystemExit(f"{docs} has no {BEGIN} … {END} block")
-    docs.write_text(pattern.sub(lambda _: f"{BEGIN}\n{block}{END}", text))
+        raise SystemExit(f"{docs} has no {begin} … {end} block")
+    docs.write_text(pattern.sub(lambda _: f"{begin}\n{block}{end}", text))
 
 
 def main() -> int:
@@ -272,7 +292,8 @@ def main() -> int:
     for image in images:
         print(f"chart: {_relative(image, ROOT)} ({image.stat().st_size // 1024} KB)")
     if args.docs:
-        update_docs(markdown(document, images, DOCS.parent))
+        markers = (DB_BEGIN, DB_END) if document["settings"].get("db") else (BEGIN, END)
+        update_docs(markdown(document, images, DOCS.parent), DOCS, *markers)
         print(f"updated {DOCS.relative_to(ROOT)}")
     return 0
 

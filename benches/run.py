@@ -3,6 +3,7 @@
     scripts/dev bench                                  # builds everything, then runs this
     scripts/dev bench --only FastAPI --only RSGI       # a subset (case-insensitive substrings of names)
     scripts/dev bench --only Starlette --endpoint /json --runs 15   # one pair, many rounds
+    scripts/dev bench --db                             # the database benchmark (a real PostgreSQL; below)
     python benches/run.py --list                       # with the environment below already set
 
 Environment (scripts/dev bench sets it): PERCORE_PYTHON_NOGIL / PERCORE_PYTHON_GIL — interpreters with a
@@ -22,12 +23,19 @@ machine mood), and the median of those per-round ratios is what the run reports.
 Results: a JSON file per run in benches/results/ (machine, versions, commit, every run with its round,
 the per-round ratios); benches/render.py turns it into markdown tables and PNG charts beside it
 (scripts/dev bench runs both). Conclusions are drawn from ratios within one run, never from absolute numbers.
+
+`--db`: the database benchmark instead (TechEmpower's /db, /queries?n=20, /fortunes, /updates?n=20 from
+benches/apps/db*.py against the PostgreSQL in PERCORE_DB_DSN, which scripts/dev bench --db starts with
+benches/db/pg.sh pinned to core 0 beside wrk): percore native, percore/uvicorn/Granian ASGI with the
+Starlette and FastAPI apps, on both builds; one pool of --db-pool connections per event loop, driver
+--db-driver. Results go to <date>-<commit>-db.json and the database block of docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import http.client
 import json
 import os
@@ -59,6 +67,8 @@ PORT = "{port}"  # stands for the contender's port in its command; a free one is
 # wrk speaks TLS to it; contenders that cannot (Robyn, the hyper baseline) are left out.
 CERTFILE, KEYFILE = ROOT / "tests" / "certs" / "localhost.crt", ROOT / "tests" / "certs" / "localhost.key"
 TLS: list[bool] = []
+# `--db`: the database contenders and endpoints (benches/apps/db*.py) instead of the synthetic ones.
+DB: list[bool] = []
 
 
 @dataclass(frozen=True)
@@ -89,6 +99,8 @@ APP_ENDPOINTS += [Endpoint("/cpu"), SLEEP]
 # The hyper baseline does no Python work, so only the endpoints whose work it can do without Python
 # (fixed bytes; a 10 ms timer) are measured on it; the tables say "n/a" for the rest.
 HYPER_ENDPOINTS = [Endpoint("/json"), SLEEP]
+# TechEmpower's database tests (benches/apps/db.py says how each follows TechEmpower's rules).
+DB_ENDPOINTS = [Endpoint("/db"), Endpoint("/queries?n=20"), Endpoint("/fortunes"), Endpoint("/updates?n=20")]
 
 HYPER = "hyper (pure Rust, the limit)"
 ROBYN = "Robyn"
@@ -96,6 +108,8 @@ PERCORE = "percore {}, 1 loop ({})"  # app, build
 BUILDS = [("PERCORE_PYTHON_NOGIL", "3.13t"), ("PERCORE_PYTHON_GIL", "3.13 GIL")]
 FRAMEWORKS = {"FastAPI": "benches.apps.fastapi_app:app", "Starlette": "benches.apps.starlette_app:app"}
 RSGI_APP = "benches.apps.rsgi_app:app"
+DB_NATIVE = "benches.apps.db_native:api"
+DB_FRAMEWORKS = {"FastAPI": "benches.apps.db_fastapi:app", "Starlette": "benches.apps.db_starlette:app"}
 
 
 @dataclass(frozen=True)
@@ -193,9 +207,49 @@ def robyn(python: str) -> list[str]:
     return [python, script, "--processes", "1", "--workers", "1", "--disable-openapi", "--log-level", "WARN"]
 
 
+@functools.cache
+def has_driver(python: str) -> bool:
+    """Whether `python` can import the --db driver (asyncpg has no 3.13t build)."""
+    driver = os.environ.get("PERCORE_DB_DRIVER", "psycopg")
+    found = subprocess.run([python, "-c", f"import {driver}"], capture_output=True).returncode == 0
+    if not found:
+        print(f"left out: {python} cannot import {driver}", file=sys.stderr)
+    return found
+
+
+def db_contenders() -> list[Contender]:
+    """`--db`: percore native, and per framework percore, uvicorn and Granian ASGI, on each build (the
+    hyper baseline, Granian RSGI and Robyn have no database app); interpreters without the driver are
+    left out."""
+    found = []
+    builds = [
+        (python if python and has_driver(python) else None, label, stack)
+        for python, label, stack in [(os.environ.get(v), label, PEERS[label]) for v, label in BUILDS]
+    ]
+    for python, label, _ in builds:
+        if python:
+            native = percore(python, DB_NATIVE)
+            found.append(Contender(PERCORE.format("native", label), native, DB_ENDPOINTS))
+    for framework, app in DB_FRAMEWORKS.items():
+        for python, label, stack in builds:
+            peers = os.environ.get(stack.variable)
+            peers = peers if peers and has_driver(peers) else None
+            if python:
+                found.append(Contender(PERCORE.format(framework, label), percore(python, app), DB_ENDPOINTS))
+            if peers:
+                found.append(
+                    Contender(stack.uvicorn.format(framework), uvicorn(peers, app, stack), DB_ENDPOINTS)
+                )
+                asgi = granian(peers, "asgi", app, stack)
+                found.append(Contender(stack.granian_asgi.format(framework), asgi, DB_ENDPOINTS))
+    return found
+
+
 def contenders() -> list[Contender]:
     """Every contender the environment provides, grouped so that like-for-like peers sit next to each
     other: per app, each percore build followed by the peers on the same interpreter."""
+    if DB:
+        return db_contenders()
     found = []
     baseline = os.environ.get("HYPER_BASELINE")
     if baseline and not TLS:
@@ -236,6 +290,8 @@ def ratio_pairs(names: list[str]) -> list[tuple[str, str]]:
             pairs += [(mine, stack.uvicorn.format(framework)), (mine, stack.granian_asgi.format(framework))]
         native = PERCORE.format("native", label)
         pairs.append((native, stack.granian_rsgi))
+        if DB:  # no raw-interface peer has a database app: native against the Starlette peer
+            pairs.append((native, stack.uvicorn.format("Starlette")))
         if stack.robyn:
             pairs.append((native, ROBYN))
     return [(mine, peer) for mine, peer in pairs if mine in names and peer in names]
@@ -548,7 +604,24 @@ PACKAGES = [
     "h11",
     "granian",
     "robyn",
+    "psycopg",
+    "psycopg-c",
+    "psycopg-binary",
+    "psycopg-pool",
+    "asyncpg",
 ]
+
+
+def db_drivers(keys: list[str]) -> dict:
+    """`--db`: what runs the queries on each interpreter (benches/apps/db.py driver_name: psycopg's C or
+    Python implementation, or asyncpg), as the apps will pick it."""
+    found = {}
+    for key in keys:
+        script = "from benches.apps.db import driver_name; print(driver_name())"
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        output = subprocess.run([os.environ[key], "-c", script], capture_output=True, text=True, env=env)
+        found[key] = output.stdout.strip() or f"not importable: {output.stderr.strip()[-300:]}"
+    return found
 
 
 def machine() -> dict:
@@ -581,7 +654,7 @@ def machine() -> dict:
         capture_output=True,
         text=True,
     )
-    return {
+    found = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "commit": commit,
         "uncommitted_changes": bool(status.stdout.strip()),
@@ -600,6 +673,10 @@ def machine() -> dict:
         "pythons": {key: version([os.environ[key], "-VV"]) for key in keys},
         "packages": {key: packages(os.environ[key]) for key in keys},
     }
+    if DB:
+        found["db_drivers"] = db_drivers(keys)
+        found["postgresql"] = version(["/usr/lib/postgresql/15/bin/postgres", "--version"])
+    return found
 
 
 def problems(results: dict, servers: dict) -> list[str]:
@@ -655,6 +732,23 @@ def main() -> int:
         help="every contender serves HTTPS (tests/certs' certificate) and wrk speaks TLS; Robyn and the hyper "
         "baseline, which cannot, are left out",
     )
+    parser.add_argument(
+        "--db",
+        action="store_true",
+        help="the database benchmark (TechEmpower /db, /queries, /fortunes, /updates against PERCORE_DB_DSN)",
+    )
+    parser.add_argument(
+        "--db-driver",
+        choices=("psycopg", "asyncpg"),
+        default=os.environ.get("PERCORE_DB_DRIVER", "psycopg"),
+        help="--db: psycopg 3 async + psycopg_pool (default) or asyncpg",
+    )
+    parser.add_argument(
+        "--db-pool",
+        type=int,
+        default=8,
+        help="--db: connections per pool, one pool per event loop (default 8)",
+    )
     parser.add_argument("--list", action="store_true", help="list the contenders and exit")
     parser.add_argument("--out", type=Path, default=BENCHES / "results")
     parser.add_argument(
@@ -676,12 +770,17 @@ def main() -> int:
     args.realtime = "on" if REALTIME else "off"
     if args.tls:
         TLS.append(True)
+    if args.db:
+        DB.append(True)
+        # Inherited by every contender (benches/apps/db.py reads them).
+        os.environ["PERCORE_DB_DRIVER"], os.environ["PERCORE_DB_POOL"] = args.db_driver, str(args.db_pool)
     chosen = [
         contender
         for contender in contenders()
         if not args.only or any(part.lower() in contender.name.lower() for part in args.only)
     ]
-    wanted = [e for e in APP_ENDPOINTS if not args.endpoint or any(part in e.key for part in args.endpoint)]
+    endpoints = DB_ENDPOINTS if DB else APP_ENDPOINTS
+    wanted = [e for e in endpoints if not args.endpoint or any(part in e.key for part in args.endpoint)]
     for contender in chosen:
         contender.endpoints = [e for e in contender.endpoints if e in wanted]
     chosen = [contender for contender in chosen if contender.endpoints]
@@ -693,6 +792,9 @@ def main() -> int:
         print(
             f"no contender matches --only {args.only} --endpoint {args.endpoint}; see --list", file=sys.stderr
         )
+        return 1
+    if DB and not os.environ.get("PERCORE_DB_DSN"):
+        print("--db needs PERCORE_DB_DSN (scripts/dev bench --db starts benches/db/pg.sh)", file=sys.stderr)
         return 1
     if shutil.which("wrk") is None:
         print("wrk is not installed (scripts/dev bench installs it)", file=sys.stderr)
@@ -711,7 +813,7 @@ def main() -> int:
     servers = {name: record.server for name, record in records.items()}
     info = machine()
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"{info['date'][:10]}-{info['commit']}.json"
+    path = args.out / f"{info['date'][:10]}-{info['commit']}{'-db' if DB else ''}.json"
     if path.exists():  # a second run (or an --only rerun) on the same day and commit keeps the first
         path = path.with_stem(f"{path.stem}-{info['date'][11:19].replace(':', '')}")
     settings = {k: v for k, v in vars(args).items() if k not in ("out", "list")}
