@@ -4,17 +4,18 @@ smoke run of what `scripts/dev bench --db` measures, not the benchmark. Served b
 so each loop opens its own pool (on_loop_start / the ASGI lifespan), with every driver installed here."""
 
 import html
-import importlib.util
 import os
 import re
 
 import pytest
 
+from .conftest import ServerProcess
+
 DSN = os.environ.get("PERCORE_TEST_PG_DSN")
 
 APPS = ["benches.apps.db_native:api", "benches.apps.db_starlette:app", "benches.apps.db_fastapi:app"]
-# asyncpg has no free-threaded (3.13t) build: tests/requirements-gil.txt installs it on the GIL build only.
-DRIVERS = ["psycopg"] + (["asyncpg"] if importlib.util.find_spec("asyncpg") else [])
+# Both on both builds (tests/requirements.txt; asyncpg is built from source on 3.13t).
+DRIVERS = ["psycopg", "asyncpg"]
 
 FORTUNES = [
     (1, "fortune: No such file or directory"),
@@ -67,12 +68,14 @@ def assert_worlds(database, worlds, count: int) -> None:
 
 @pytest.mark.parametrize("driver", DRIVERS)
 @pytest.mark.parametrize("app", APPS)
-def test_db_app_answers_every_endpoint(serve, monkeypatch, database, app, driver):
+def test_db_app_answers_every_endpoint(monkeypatch, database, app, driver):
     monkeypatch.setenv("PERCORE_DB_DSN", DSN)
     monkeypatch.setenv("PERCORE_DB_DRIVER", driver)
     monkeypatch.setenv("PERCORE_DB_POOL", "2")
-    server = serve(app, "--loops", "2", "--log-level", "warning")
-    client = server.client(timeout=30)
+    # A generous start deadline: importing the pure-Python psycopg (it looks libpq up with ctypes, which
+    # spawns ldconfig) and opening the pools can take a while on a loaded machine.
+    server = ServerProcess(app, "--loops", "2", "--log-level", "warning").start(timeout=180)
+    client = server.client(timeout=60)
     try:
         # /db: one row.
         response = client.get("/db")
@@ -123,3 +126,5 @@ def test_db_app_answers_every_endpoint(serve, monkeypatch, database, app, driver
         assert "<td>フレームワークのベンチマーク</td>" in page
     finally:
         client.close()
+        code = server.stop(timeout=60)
+    assert code == 0, f"server exited with {code}:\n{server.stderr}"
