@@ -209,7 +209,7 @@ def robyn(python: str) -> list[str]:
 
 @functools.cache
 def has_driver(python: str) -> bool:
-    """Whether `python` can import the --db driver (asyncpg has no 3.13t build)."""
+    """Whether `python` can import the --db driver (asyncpg has no cp313t wheel: a venv may lack it)."""
     driver = os.environ.get("PERCORE_DB_DRIVER", "psycopg")
     found = subprocess.run([python, "-c", f"import {driver}"], capture_output=True).returncode == 0
     if not found:
