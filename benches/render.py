@@ -237,9 +237,14 @@ def markdown(document: dict, images: list[Path], relative_to: Path) -> str:
 
 def db_sentence(machine: dict, settings: dict) -> str:
     """`--db` runs: the database, the pool and which driver implementation ran on each interpreter."""
+    labels = {
+        "PERCORE_PYTHON_NOGIL": "percore 3.13t",
+        "PERCORE_PYTHON_GIL": "percore 3.13 GIL",
+        "PEERS_PYTHON_NOGIL": "peers 3.13t",
+        "PEERS_PYTHON": "peers 3.13 GIL",
+    }
     drivers = "; ".join(
-        f"{key.removesuffix('_PYTHON').replace('_', ' ').lower()}: {name}"
-        for key, name in machine.get("db_drivers", {}).items()
+        f"{labels.get(key, key)}: {name}" for key, name in machine.get("db_drivers", {}).items()
     )
     return (
         f" {machine.get('postgresql', 'PostgreSQL')} on core 0 beside wrk; one pool of {settings['db_pool']}"
