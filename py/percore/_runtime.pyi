@@ -80,6 +80,7 @@ class Server:
         exception_responder: Callable[[BaseException], Any] | None = None,
         max_body_size: int | None = None,
         header_timeout: float | None = None,
+        send_timeout: float | None = None,
         max_connections: int | None = None,
         max_in_flight: int | None = None,
         shutdown_timeout: float | None = None,

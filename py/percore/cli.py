@@ -186,6 +186,11 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         help="seconds to send a request head; also the keep-alive idle limit (30)",
     )
+    limits.add_argument(
+        "--send-timeout",
+        type=float,
+        help="seconds without write progress to a client that does not read before it is closed (60)",
+    )
     limits.add_argument("--max-connections", type=int, help="open connections per loop (default 10000)")
     limits.add_argument(
         "--max-in-flight", type=int, help="requests in flight per loop; beyond it 503 + Retry-After (4096)"
@@ -262,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
             lifespan=not arguments.no_lifespan,
             max_body_size=arguments.max_body_size,
             header_timeout=arguments.header_timeout,
+            send_timeout=arguments.send_timeout,
             max_connections=arguments.max_connections,
             max_in_flight=arguments.max_in_flight,
             shutdown_timeout=arguments.shutdown_timeout,

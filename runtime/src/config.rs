@@ -39,6 +39,9 @@ pub struct Limits {
     /// A connection that does not deliver a complete request head within this time is closed: slowloris
     /// defence, and the idle limit for keep-alive connections.
     pub header_timeout: std::time::Duration,
+    /// A client that does not read what the server writes: no write progress for this long closes the
+    /// connection (nginx's `send_timeout` and its default).
+    pub send_timeout: std::time::Duration,
     /// Open connections per loop; beyond it the loop stops accepting until one closes (the rest wait
     /// in the kernel's backlog).
     pub max_connections_per_loop: usize,
@@ -60,6 +63,7 @@ impl Default for Limits {
         Limits {
             max_body_size: 16 * 1024 * 1024,
             header_timeout: std::time::Duration::from_secs(30),
+            send_timeout: std::time::Duration::from_secs(60),
             max_connections_per_loop: 10_000,
             max_in_flight_per_loop: 4096,
             max_websocket_message: 16 * 1024 * 1024,

@@ -77,7 +77,7 @@ impl Server {
     #[pyo3(signature = (
         routes, *, host, port, loops, routing, loop_factory, response_class, on_error,
         asgi_app=None, root_path=String::new(), lifecycle=None, exception_responder=None,
-        max_body_size=None, header_timeout=None, max_connections=None, max_in_flight=None,
+        max_body_size=None, header_timeout=None, send_timeout=None, max_connections=None, max_in_flight=None,
         shutdown_timeout=None, access_log=false, metrics_port=None, metrics_host=None, shared_port=false,
         forwarded_allow_ips=None, ws_max_size=None, ws_ping_interval=None, ws_ping_timeout=None,
         uds=None, fd=None, ssl_certfile=None, ssl_keyfile=None, backlog=None, listen_fds=None
@@ -99,6 +99,7 @@ impl Server {
         exception_responder: Option<Py<PyAny>>,
         max_body_size: Option<u64>,
         header_timeout: Option<f64>,
+        send_timeout: Option<f64>,
         max_connections: Option<usize>,
         max_in_flight: Option<usize>,
         shutdown_timeout: Option<f64>,
@@ -142,6 +143,9 @@ impl Server {
         }
         if let Some(timeout) = header_timeout {
             limits.header_timeout = seconds(timeout, "--header-timeout")?;
+        }
+        if let Some(timeout) = send_timeout {
+            limits.send_timeout = seconds(timeout, "--send-timeout")?;
         }
         if let Some(count) = max_connections {
             limits.max_connections_per_loop = positive(count, "--max-connections")?;
