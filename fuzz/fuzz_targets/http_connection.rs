@@ -5,9 +5,17 @@
 //! once, so a hang is a deterministic failure, not a slow run); everything written back is a sequence of
 //! well-formed HTTP/1.x responses with nothing after them; and no status is a 5xx (the test executor
 //! only ever answers 200, so a 5xx could only come from the server itself).
+//!
+//! Past a 101 (`GET /ws` with a WebSocket handshake) the same connection runs the server's WebSocket
+//! frame pump (`websocket::pump`) with a slow echo app whose queue holds 2 messages (so the pump pauses
+//! reading); the client's bytes after the handshake are frames (fragments, control frames mid-message,
+//! close codes, or garbage). Then everything after the 101 must be well-formed server frames: unmasked,
+//! final, known opcodes, control frames of at most 125 bytes, UTF-8 text, valid close codes on the wire,
+//! nothing after a close frame (only the very last frame may be cut short, by the server's drop).
 #![no_main]
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -23,13 +31,16 @@ use _runtime::query::{parse_cookies, parse_query};
 use _runtime::router::Router;
 use _runtime::routing::{Chooser, RoutingPolicy};
 use _runtime::server::serve_connection;
+use _runtime::websocket::{self, CloseCode, CloseFrame, Event, Message};
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use libfuzzer_sys::fuzz_target;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch, Notify};
 
 const MAX_BODY_SIZE: u64 = 4096;
+/// `--ws-max-size` for the WebSocket endpoint: larger messages close with 1009.
+const WS_MAX_MESSAGE: usize = 4096;
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the client waits after its last byte before half-closing (virtual time).
 const CLIENT_LINGER: Duration = Duration::from_secs(30);
@@ -45,6 +56,139 @@ enum Endpoint {
     Stream,
     /// Path captures, query and cookies, decoded.
     Params,
+    /// A WebSocket handshake answered 101, then the frame pump with `EchoApp`.
+    WebSocket,
+}
+
+/// Client messages the echo app queues before the pump stops reading (`--ws-max-queue`).
+const WS_QUEUE: usize = 2;
+
+/// A slow WebSocket app: takes one message per virtual second and echoes it; text `bye` closes (1000).
+struct EchoApp {
+    queue: RefCell<VecDeque<Event>>,
+    arrived: Notify,
+    room: Notify,
+    frames: mpsc::Sender<Message>,
+    closed: Cell<bool>,
+    closing: Latch,
+}
+
+impl websocket::App for EchoApp {
+    fn deliver(&self, event: Event) {
+        assert!(
+            self.queue.borrow().len() < WS_QUEUE || matches!(event, Event::Disconnect(_)),
+            "the pump read a message while the app's queue was full"
+        );
+        self.queue.borrow_mut().push_back(event);
+        self.arrived.notify_one();
+    }
+
+    fn queue_full(&self) -> bool {
+        self.queue.borrow().len() >= WS_QUEUE
+    }
+
+    fn room(&self) -> &Notify {
+        &self.room
+    }
+
+    fn control(&self) -> mpsc::Sender<Message> {
+        self.frames.clone()
+    }
+
+    fn close_from_server(&self, code: CloseCode, reason: &'static str) {
+        if !self.closed.replace(true) {
+            let _ = self.frames.try_send(Message::Close(Some(CloseFrame {
+                code,
+                reason: reason.into(),
+            })));
+        }
+        self.deliver(Event::Disconnect(u16::from(code)));
+    }
+
+    fn abandon(&self) {
+        self.closed.set(true);
+        self.deliver(Event::Disconnect(1006));
+    }
+
+    fn closing(&self) -> &Latch {
+        &self.closing
+    }
+}
+
+impl EchoApp {
+    async fn run(&self) {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let event = loop {
+                let arrived = self.arrived.notified();
+                if let Some(event) = self.queue.borrow_mut().pop_front() {
+                    break event;
+                }
+                arrived.await;
+            };
+            self.room.notify_one();
+            let reply = match event {
+                Event::Text(text) if text == "bye" => {
+                    self.closed.set(true);
+                    Message::Close(Some(CloseFrame {
+                        code: CloseCode::Normal,
+                        reason: "".into(),
+                    }))
+                }
+                Event::Text(text) => Message::text(text),
+                Event::Binary(data) => Message::binary(data),
+                Event::Connect => continue,
+                Event::Disconnect(_) => return,
+            };
+            if self.frames.send(reply).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Answers a WebSocket handshake with 101 and runs the frame pump and `EchoApp` on the upgraded socket.
+fn accept_websocket(mut request: HttpRequest) -> HttpResponse {
+    let key = request.headers.get(http::header::SEC_WEBSOCKET_KEY).cloned();
+    let (Some(upgrade), Some(key)) = (request.upgrade.take(), key) else {
+        return HttpResponse::text(400, "not a WebSocket handshake");
+    };
+    let (frames, outgoing) = mpsc::channel(4);
+    let app = Rc::new(EchoApp {
+        queue: RefCell::new(VecDeque::new()),
+        arrived: Notify::new(),
+        room: Notify::new(),
+        frames,
+        closed: Cell::new(false),
+        closing: Latch::default(),
+    });
+    let limits = websocket::Limits {
+        max_message: WS_MAX_MESSAGE,
+        send_timeout: Duration::from_secs(60),
+        ping_interval: Some(Duration::from_secs(20)),
+        ping_timeout: Duration::from_secs(10),
+    };
+    tokio::task::spawn_local(async move {
+        let echo = tokio::task::spawn_local({
+            let app = Rc::clone(&app);
+            async move { app.run().await }
+        });
+        websocket::serve_upgraded(&*app, upgrade, outgoing, limits).await;
+        echo.abort();
+    });
+    let accept = websocket::derive_accept_key(key.as_bytes());
+    HttpResponse {
+        status: http::StatusCode::SWITCHING_PROTOCOLS,
+        headers: vec![
+            (http::header::UPGRADE, http::HeaderValue::from_static("websocket")),
+            (http::header::CONNECTION, http::HeaderValue::from_static("Upgrade")),
+            (
+                http::header::SEC_WEBSOCKET_ACCEPT,
+                http::HeaderValue::from_str(&accept).unwrap(),
+            ),
+        ],
+        body: ResponseBody::Full(Bytes::new()),
+    }
 }
 
 struct TestExecutor;
@@ -58,6 +202,7 @@ impl Executor for TestExecutor {
 
     fn call(&self, endpoint: &Endpoint, request: HttpRequest) -> LocalBoxFuture<HttpResponse> {
         match endpoint {
+            Endpoint::WebSocket => Box::pin(std::future::ready(accept_websocket(request))),
             Endpoint::Json => Box::pin(std::future::ready(HttpResponse::new(
                 200,
                 "application/json",
@@ -140,6 +285,7 @@ fn harness() -> Harness {
         ("POST", "/stream", 2),
         ("GET", "/users/{id}", 3),
         ("GET", "/files/{*rest}", 3),
+        ("GET", "/ws", 4),
     ];
     for (method, path, endpoint) in routes {
         router
@@ -151,6 +297,7 @@ fn harness() -> Harness {
         Endpoint::Echo,
         Endpoint::Stream,
         Endpoint::Params,
+        Endpoint::WebSocket,
     ];
     let mut config =
         Config::new("127.0.0.1", 0, LoopCount::Fixed(1), RoutingPolicy::Local).unwrap();
@@ -225,11 +372,15 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
-/// Checks `out` is a sequence of complete responses; returns their statuses. A response to a HEAD
-/// request carries no body although it may declare a length: with `heads` (the input has a HEAD), a
-/// response directly followed by another is taken as bodiless. With `cut_tail_ok` the last response may
-/// be cut short (see `hyper_may_cut_or_splice`).
-fn check_responses(out: &[u8], heads: bool, cut_tail_ok: bool) -> Result<Vec<u16>, String> {
+/// Checks `out` is a sequence of complete responses; returns their statuses, and after a 101 the bytes
+/// that follow it (the WebSocket). A response to a HEAD request carries no body although it may declare a
+/// length: with `heads` (the input has a HEAD), a response directly followed by another is taken as
+/// bodiless. With `cut_tail_ok` the last response may be cut short (see `hyper_may_cut_or_splice`).
+fn check_responses(
+    out: &[u8],
+    heads: bool,
+    cut_tail_ok: bool,
+) -> Result<(Vec<u16>, Option<&[u8]>), String> {
     let mut statuses = Vec::new();
     let mut rest = out;
     macro_rules! truncated {
@@ -271,6 +422,9 @@ fn check_responses(out: &[u8], heads: bool, cut_tail_ok: bool) -> Result<Vec<u16
             return Err(format!("ambiguous framing: {lengths:?}, chunked {chunked}"));
         }
         rest = &rest[head_len..];
+        if status == 101 {
+            return Ok((statuses, Some(rest)));
+        }
         if (100..200).contains(&status) || status == 204 || status == 304 {
             continue;
         }
@@ -323,7 +477,69 @@ fn check_responses(out: &[u8], heads: bool, cut_tail_ok: bool) -> Result<Vec<u16
             rest = &[];
         }
     }
-    Ok(statuses)
+    Ok((statuses, None))
+}
+
+/// Checks `out` (what the server wrote after its 101) is a sequence of well-formed server frames: not
+/// masked, no reserved bits, final (the server never fragments), a known opcode, control frames of at
+/// most 125 bytes, UTF-8 text, a close frame's code one that may be sent (RFC 6455 §7.4) and nothing
+/// after a close frame. Only the very last frame may be cut short: the server drops the socket when the
+/// client is gone or silent, possibly mid-frame.
+fn check_frames(mut rest: &[u8]) -> Result<(), String> {
+    let mut closed = false;
+    while !rest.is_empty() {
+        if closed {
+            return Err(format!("{} bytes after a close frame", rest.len()));
+        }
+        if rest.len() < 2 {
+            return Ok(());
+        }
+        let (first, second) = (rest[0], rest[1]);
+        let opcode = first & 0x0F;
+        if first & 0x80 == 0 || first & 0x70 != 0 || second & 0x80 != 0 {
+            return Err(format!("bad frame header {first:#04x} {second:#04x}"));
+        }
+        let (length, header) = match second & 0x7F {
+            126 if rest.len() >= 4 => (u16::from_be_bytes([rest[2], rest[3]]) as usize, 4),
+            127 if rest.len() >= 10 => (
+                u64::from_be_bytes(rest[2..10].try_into().unwrap()) as usize,
+                10,
+            ),
+            126 | 127 => return Ok(()),
+            n => (n as usize, 2),
+        };
+        if rest.len() < header + length {
+            return Ok(());
+        }
+        let payload = &rest[header..header + length];
+        rest = &rest[header + length..];
+        match opcode {
+            0x1 if std::str::from_utf8(payload).is_err() => return Err("text not UTF-8".into()),
+            0x1 | 0x2 => {}
+            0x8 | 0x9 | 0xA if length > 125 => {
+                return Err(format!("control frame of {length} bytes"))
+            }
+            0x9 | 0xA => {}
+            0x8 => {
+                closed = true;
+                if length == 1 {
+                    return Err("close frame with a 1-byte payload".into());
+                }
+                if length >= 2 {
+                    let code = u16::from_be_bytes([payload[0], payload[1]]);
+                    let sendable = matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999);
+                    if !sendable {
+                        return Err(format!("close code {code} may not be sent"));
+                    }
+                    if std::str::from_utf8(&payload[2..]).is_err() {
+                        return Err("close reason not UTF-8".into());
+                    }
+                }
+            }
+            _ => return Err(format!("opcode {opcode:#x}")),
+        }
+    }
+    Ok(())
 }
 
 /// Known hyper 1.12 behaviour, not ours. When a response is still waiting in hyper's write buffer (the
@@ -372,13 +588,16 @@ fuzz_target!(|data: &[u8]| {
     let heads = find(data, b"HEAD").is_some();
     // Everything is checked strictly, except what `hyper_may_cut_or_splice` explains.
     let quirks = hyper_may_cut_or_splice(data, pipe);
+    let fixed = without_spliced_error_head(&out).filter(|_| quirks);
     let statuses = check_responses(&out, heads, quirks)
-        .or_else(
-            |err| match without_spliced_error_head(&out).filter(|_| quirks) {
-                Some(fixed) => check_responses(&fixed, heads, quirks),
-                None => Err(err),
-            },
-        )
+        .or_else(|err| match &fixed {
+            Some(fixed) => check_responses(fixed, heads, quirks),
+            None => Err(err),
+        })
+        .and_then(|(statuses, websocket)| {
+            websocket.map_or(Ok(()), check_frames)?;
+            Ok(statuses)
+        })
         .unwrap_or_else(|err| {
             panic!(
                 "{err}\ninput: {:?}\noutput: {:?}",

@@ -90,6 +90,7 @@ class Server:
         shared_port: bool = False,
         forwarded_allow_ips: str | None = None,
         ws_max_size: int | None = None,
+        ws_max_queue: int | None = None,
         ws_ping_interval: float | None = None,
         ws_ping_timeout: float | None = None,
         uds: str | None = None,

@@ -201,6 +201,11 @@ def _parser() -> argparse.ArgumentParser:
         help="bytes; a larger WebSocket message closes it with 1009 (default 16 MiB, as uvicorn)",
     )
     limits.add_argument(
+        "--ws-max-queue",
+        type=int,
+        help="WebSocket messages queued for the app; while full the client is not read (default 32, as uvicorn)",
+    )
+    limits.add_argument(
         "--ws-ping-interval",
         type=float,
         help="seconds between keepalive pings on each WebSocket; 0 disables (default 20, as uvicorn)",
@@ -272,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
             max_in_flight=arguments.max_in_flight,
             shutdown_timeout=arguments.shutdown_timeout,
             ws_max_size=arguments.ws_max_size,
+            ws_max_queue=arguments.ws_max_queue,
             ws_ping_interval=arguments.ws_ping_interval,
             ws_ping_timeout=arguments.ws_ping_timeout,
             access_log=arguments.access_log,

@@ -38,6 +38,7 @@ class ServerConfig:
     max_in_flight: int | None = None
     shutdown_timeout: float | None = None
     ws_max_size: int | None = None
+    ws_max_queue: int | None = None
     ws_ping_interval: float | None = None
     ws_ping_timeout: float | None = None
     access_log: bool = False
@@ -115,6 +116,7 @@ class Server:
             max_in_flight=config.max_in_flight,
             shutdown_timeout=config.shutdown_timeout,
             ws_max_size=config.ws_max_size,
+            ws_max_queue=config.ws_max_queue,
             ws_ping_interval=config.ws_ping_interval,
             ws_ping_timeout=config.ws_ping_timeout,
             access_log=config.access_log,

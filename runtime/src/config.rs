@@ -50,6 +50,10 @@ pub struct Limits {
     /// A WebSocket message (or frame) larger than this closes the socket with 1009 (message too big)
     /// instead of being buffered: uvicorn's `--ws-max-size` and its default.
     pub max_websocket_message: usize,
+    /// Client messages queued for an app that has not called `receive()` yet; while the queue is full
+    /// the server stops reading the socket, so TCP pushes back on the client (uvicorn's `--ws-max-queue`
+    /// and its default).
+    pub websocket_max_queue: usize,
     /// Every open WebSocket is pinged this often; a client that has sent nothing (a pong included)
     /// `websocket_ping_timeout` later is closed with 1011, so a peer that vanished without closing does
     /// not hold the socket forever (uvicorn's `--ws-ping-interval`/`--ws-ping-timeout`, same defaults).
@@ -67,6 +71,7 @@ impl Default for Limits {
             max_connections_per_loop: 10_000,
             max_in_flight_per_loop: 4096,
             max_websocket_message: 16 * 1024 * 1024,
+            websocket_max_queue: 32,
             websocket_ping_interval: Some(std::time::Duration::from_secs(20)),
             websocket_ping_timeout: std::time::Duration::from_secs(20),
         }

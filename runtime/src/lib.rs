@@ -16,6 +16,7 @@ pub mod router;
 pub mod routing;
 pub mod server;
 pub mod tls;
+pub mod websocket;
 
 #[cfg(feature = "python")]
 mod python;

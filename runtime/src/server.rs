@@ -22,7 +22,7 @@ use http_body_util::BodyExt;
 use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::sync::{watch, Notify};
+use tokio::sync::{oneshot, watch, Notify};
 
 use crate::access_log;
 use crate::listener::Listener;
@@ -238,6 +238,7 @@ pub async fn serve_connection<X, IO>(
 {
     let header_timeout = context.shared.config.limits.header_timeout;
     let mut open = OpenConnection::new(Arc::clone(&context.shared.metrics), context.index);
+    let (io, released) = Tracked::new(io);
     let served = Rc::new(Cell::new(false));
     let seen = Rc::clone(&served);
     let service = service_fn(move |request| {
@@ -252,20 +253,88 @@ pub async fn serve_connection<X, IO>(
         .max_header_size(MAX_HEADER_SIZE)
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
-    tokio::pin!(connection);
-    let outcome = tokio::select! {
-        outcome = connection.as_mut() => outcome,
-        _ = stop.wait_for(|stopped| *stopped) => {
-            match first_request_grace(connection.as_mut(), &served).await {
-                Some(outcome) => outcome,
-                None => {
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
+    // The connection is dropped when this block ends, and with it the socket unless it was upgraded.
+    let outcome = async move {
+        tokio::pin!(connection);
+        tokio::select! {
+            outcome = connection.as_mut() => outcome,
+            _ = stop.wait_for(|stopped| *stopped) => {
+                match first_request_grace(connection.as_mut(), &served).await {
+                    Some(outcome) => outcome,
+                    None => {
+                        connection.as_mut().graceful_shutdown();
+                        connection.await
+                    }
                 }
             }
         }
-    };
+    }
+    .await;
     open.failed = outcome.is_err();
+    // After a 101 hyper's part ends but the socket lives on (a WebSocket, `python/websocket.rs`): until it
+    // closes it still counts against `--max-connections` (the caller's guard) and as open in the metrics.
+    let _ = released.await;
+}
+
+/// A connection's byte stream that reports when it is dropped: after an upgrade hyper hands it to the
+/// upgrade's owner, and the connection is still open until that owner drops it.
+struct Tracked<IO> {
+    io: IO,
+    _released: oneshot::Sender<()>,
+}
+
+impl<IO> Tracked<IO> {
+    /// The stream, and a receiver that completes (with an error) when the stream is dropped.
+    fn new(io: IO) -> (Self, oneshot::Receiver<()>) {
+        let (released, receiver) = oneshot::channel();
+        (
+            Tracked {
+                io,
+                _released: released,
+            },
+            receiver,
+        )
+    }
+}
+
+impl<IO: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Tracked<IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl<IO: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Tracked<IO> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
 }
 
 /// How long a connection that has not sent a request yet may take to send one after a stop signal.

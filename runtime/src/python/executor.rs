@@ -110,6 +110,10 @@ pub struct LoopShared {
     pub max_body_size: u64,
     /// `--ws-max-size`: the largest WebSocket message a client may send.
     pub max_websocket_message: usize,
+    /// `--ws-max-queue`: client messages queued for the app before the server stops reading the socket.
+    pub websocket_max_queue: usize,
+    /// `--send-timeout`: no write progress to a client for this long closes its connection.
+    pub send_timeout: Duration,
     /// `--ws-ping-interval` (None: off) and `--ws-ping-timeout`.
     pub websocket_ping: (Option<Duration>, Duration),
     response_class: Py<PyAny>,
@@ -738,6 +742,8 @@ pub struct PyExecutorFactory {
     pub exception_responder: Option<Py<PyAny>>,
     pub max_body_size: u64,
     pub max_websocket_message: usize,
+    pub websocket_max_queue: usize,
+    pub send_timeout: Duration,
     pub websocket_ping: (Option<Duration>, Duration),
 }
 
@@ -857,6 +863,8 @@ impl PyExecutorFactory {
                     uuid_class,
                     max_body_size: self.max_body_size,
                     max_websocket_message: self.max_websocket_message,
+                    websocket_max_queue: self.websocket_max_queue,
+                    send_timeout: self.send_timeout,
                     websocket_ping: self.websocket_ping,
                     response_class: self.response_class.clone_ref(py),
                     on_error: self.on_error.clone_ref(py),

@@ -79,7 +79,7 @@ impl Server {
         asgi_app=None, root_path=String::new(), lifecycle=None, exception_responder=None,
         max_body_size=None, header_timeout=None, send_timeout=None, max_connections=None, max_in_flight=None,
         shutdown_timeout=None, access_log=false, metrics_port=None, metrics_host=None, shared_port=false,
-        forwarded_allow_ips=None, ws_max_size=None, ws_ping_interval=None, ws_ping_timeout=None,
+        forwarded_allow_ips=None, ws_max_size=None, ws_max_queue=None, ws_ping_interval=None, ws_ping_timeout=None,
         uds=None, fd=None, ssl_certfile=None, ssl_keyfile=None, backlog=None, listen_fds=None
     ))]
     #[allow(clippy::too_many_arguments)]
@@ -109,6 +109,7 @@ impl Server {
         shared_port: bool,
         forwarded_allow_ips: Option<&str>,
         ws_max_size: Option<usize>,
+        ws_max_queue: Option<usize>,
         ws_ping_interval: Option<f64>,
         ws_ping_timeout: Option<f64>,
         uds: Option<std::path::PathBuf>,
@@ -155,6 +156,9 @@ impl Server {
         }
         if let Some(size) = ws_max_size {
             limits.max_websocket_message = positive(size, "--ws-max-size")?;
+        }
+        if let Some(count) = ws_max_queue {
+            limits.websocket_max_queue = positive(count, "--ws-max-queue")?;
         }
         match ws_ping_interval {
             Some(0.0) => limits.websocket_ping_interval = None,
@@ -212,6 +216,8 @@ impl Server {
             exception_responder,
             max_body_size: config.limits.max_body_size,
             max_websocket_message: config.limits.max_websocket_message,
+            websocket_max_queue: config.limits.websocket_max_queue,
+            send_timeout: config.limits.send_timeout,
             websocket_ping: (
                 config.limits.websocket_ping_interval,
                 config.limits.websocket_ping_timeout,

@@ -1,37 +1,40 @@
 //! ASGI WebSockets: the `websocket` scope, the handshake decided by the app, then messages both ways.
 //!
 //! The app first receives `websocket.connect`. `websocket.accept` answers the upgrade with 101 (and the
-//! chosen subprotocol); `websocket.close` before that denies it with 403. After the upgrade a reader
-//! task turns client frames into `websocket.receive` / `websocket.disconnect` for `receive()`, and a
-//! writer task sends what the app passes to `send()`. A WebSocket stays on the loop that accepted its
-//! connection (the upgraded socket belongs to that thread's runtime).
+//! chosen subprotocol); `websocket.close` before that denies it with 403. After the upgrade the frame
+//! pump (`crate::websocket`, a local task) turns client frames into `websocket.receive` /
+//! `websocket.disconnect` for `receive()` and writes what the app passes to `send()`. A WebSocket stays
+//! on the loop that accepted its connection (the upgraded socket belongs to that thread's runtime).
+//!
+//! Both directions are bounded. Client messages wait in a queue of `--ws-max-queue` for `receive()`;
+//! while it is full the reader stops reading the socket, so TCP pushes back on the client. Frames for the
+//! client wait in a queue of `SEND_QUEUE_FRAMES` (then `send()` waits); a client that reads nothing for
+//! `--send-timeout` while frames wait for it is dropped, and the app hears `websocket.disconnect` 1006.
 //!
 //! Invariants: one HTTP answer per handshake (101, 403, or 500 if the app fails before deciding); once
-//! closed by either side nothing more is sent; everything runs on the connection's loop thread.
+//! closed by either side nothing more is sent; everything runs on the connection's loop thread; the state
+//! lock is never held while Python code runs (an app's objects may call back into `receive()`/`send()`,
+//! which take the lock: holding it would deadlock the loop), so Python values are read before locking.
 
-use std::cell::Cell;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
 use http::{HeaderName, HeaderValue, StatusCode};
-use hyper_util::rt::TokioIo;
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString, PyTuple};
-use tokio::sync::{mpsc, oneshot};
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::Error as WsError;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
+use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::asgi::{base_scope, future_is_done, ready, AsgiEndpoint};
 use super::executor::LoopShared;
 use super::task::AppConnection;
-use crate::pool::{HttpRequest, HttpResponse, ResponseBody};
+use crate::pool::{HttpRequest, HttpResponse, Latch, ResponseBody};
+use crate::websocket::{
+    derive_accept_key, serve_upgraded, App as PumpApp, CloseCode, CloseFrame, Event,
+    Limits as PumpLimits, Message,
+};
 
 /// Frames queued for a client before `send()` makes the app wait (plus what the socket buffers hold).
 const SEND_QUEUE_FRAMES: usize = 64;
@@ -57,15 +60,24 @@ struct State {
     client_key: String,
 }
 
-enum Event {
-    Connect,
-    Text(String),
-    Binary(Bytes),
-    Disconnect(u16),
+/// What the app passed to `send()`, read out of its Python objects before the state is locked.
+enum Outgoing {
+    Accept {
+        subprotocol: Option<String>,
+        headers: Vec<(HeaderName, HeaderValue)>,
+    },
+    Send(Message),
+    Close {
+        code: u16,
+        reason: String,
+    },
+    Other,
 }
 
 pub struct WebSocketExchange {
     state: Mutex<State>,
+    /// Notified when `receive()` takes an event: a reader waiting for room in the queue reads on.
+    room: Notify,
     shared: Arc<LoopShared>,
     name: String,
 }
@@ -106,6 +118,7 @@ impl WebSocketExchange {
                     state.events.push_front(Event::Disconnect(code));
                 }
                 drop(state);
+                self.room.notify_one();
                 return ready(py, Self::message(py, &event)?);
             }
             state.waiter.take()
@@ -113,13 +126,25 @@ impl WebSocketExchange {
         // A previous receive() that was cancelled (wait_for, asyncio.wait) left its future behind.
         if let Some(previous) = previous {
             if !future_is_done(previous.bind(py)) {
-                self.lock().waiter = Some(previous);
+                self.set_waiter(previous);
                 return Err(PyRuntimeError::new_err("receive() called concurrently"));
             }
         }
         let future = self.shared.create_future(py)?;
-        self.lock().waiter = Some(future.clone().unbind());
+        self.set_waiter(future.clone().unbind());
         Ok(future)
+    }
+
+    /// Stores the future a `receive()` waits on. A future it replaces is released after unlocking:
+    /// releasing a Python object may run Python code.
+    fn set_waiter(&self, future: Py<PyAny>) {
+        let replaced = self.lock().waiter.replace(future);
+        drop(replaced);
+    }
+
+    /// Whether the client's messages fill the queue: the reader waits before reading more.
+    fn queue_full(&self) -> bool {
+        self.lock().events.len() >= self.shared.websocket_max_queue
     }
 
     /// Delivers a client event to a waiting `receive()`, or queues it.
@@ -159,14 +184,18 @@ impl WebSocketExchange {
             .get_item(intern!(py, "type"))?
             .ok_or_else(|| PyTypeError::new_err("ASGI message has no 'type'"))?
             .extract()?;
+        // Everything is read from the app's objects first: they may run Python code (a header iterable,
+        // `__index__`, `__eq__` on a key), which may call `receive()`/`send()` again.
+        let outgoing = Self::outgoing(py, &kind, message)?;
         let mut state = self.lock();
-        match (kind.as_str(), &state.phase) {
-            ("websocket.accept", Phase::Handshake) => {
-                let subprotocol: Option<String> =
-                    match message.get_item(intern!(py, "subprotocol"))? {
-                        Some(p) if !p.is_none() => Some(p.extract()?),
-                        _ => None,
-                    };
+        match (outgoing, &state.phase) {
+            (
+                Outgoing::Accept {
+                    subprotocol,
+                    headers: extra,
+                },
+                Phase::Handshake,
+            ) => {
                 let mut headers = vec![
                     (http::header::UPGRADE, HeaderValue::from_static("websocket")),
                     (
@@ -175,12 +204,8 @@ impl WebSocketExchange {
                     ),
                     (
                         http::header::SEC_WEBSOCKET_ACCEPT,
-                        HeaderValue::from_str(
-                            &tokio_tungstenite::tungstenite::handshake::derive_accept_key(
-                                state.client_key.as_bytes(),
-                            ),
-                        )
-                        .map_err(|e| PyRuntimeError::new_err(e.to_string()))?,
+                        HeaderValue::from_str(&derive_accept_key(state.client_key.as_bytes()))
+                            .map_err(|e| PyRuntimeError::new_err(e.to_string()))?,
                     ),
                 ];
                 if let Some(subprotocol) = subprotocol {
@@ -190,19 +215,7 @@ impl WebSocketExchange {
                             .map_err(|_| PyTypeError::new_err("invalid subprotocol"))?,
                     ));
                 }
-                if let Some(extra) = message.get_item(intern!(py, "headers"))? {
-                    for pair in extra.try_iter()? {
-                        let pair = pair?;
-                        let name: Vec<u8> = pair.get_item(0)?.extract()?;
-                        let value: Vec<u8> = pair.get_item(1)?.extract()?;
-                        headers.push((
-                            HeaderName::from_bytes(&name)
-                                .map_err(|_| PyTypeError::new_err("invalid header name"))?,
-                            HeaderValue::from_bytes(&value)
-                                .map_err(|_| PyTypeError::new_err("invalid header value"))?,
-                        ));
-                    }
-                }
+                headers.extend(extra);
                 state.phase = Phase::Open;
                 let reply = state.reply.take();
                 let upgrade = state.upgrade.take();
@@ -219,7 +232,7 @@ impl WebSocketExchange {
                     tokio::task::spawn_local(pump(Arc::clone(self), upgrade, outgoing));
                 }
             }
-            ("websocket.close", Phase::Handshake) => {
+            (Outgoing::Close { .. }, Phase::Handshake) => {
                 state.phase = Phase::Closed;
                 let reply = state.reply.take();
                 drop(state);
@@ -227,35 +240,12 @@ impl WebSocketExchange {
                     let _ = reply.send(HttpResponse::text(403, "Forbidden"));
                 }
             }
-            ("websocket.send", Phase::Open) => {
-                let text = message
-                    .get_item(intern!(py, "text"))?
-                    .filter(|t| !t.is_none());
-                let data = message
-                    .get_item(intern!(py, "bytes"))?
-                    .filter(|b| !b.is_none());
-                let frame = match (text, data) {
-                    (Some(text), _) => Message::text(text.cast::<PyString>()?.to_str()?.to_owned()),
-                    (None, Some(data)) => Message::binary(data.extract::<Vec<u8>>()?),
-                    (None, None) => {
-                        return Err(PyTypeError::new_err(
-                            "websocket.send needs 'text' or 'bytes'",
-                        ))
-                    }
-                };
+            (Outgoing::Send(frame), Phase::Open) => {
                 let sender = state.outgoing.clone();
                 drop(state);
                 return self.enqueue(py, sender, frame);
             }
-            ("websocket.close", Phase::Open) => {
-                let code: u16 = match message.get_item(intern!(py, "code"))? {
-                    Some(code) if !code.is_none() => code.extract()?,
-                    _ => 1000,
-                };
-                let reason: String = match message.get_item(intern!(py, "reason"))? {
-                    Some(reason) if !reason.is_none() => reason.extract()?,
-                    _ => String::new(),
-                };
+            (Outgoing::Close { code, reason }, Phase::Open) => {
                 state.phase = Phase::Closed;
                 let sender = state.outgoing.clone();
                 drop(state);
@@ -265,12 +255,12 @@ impl WebSocketExchange {
                 }));
                 return self.enqueue(py, sender, close);
             }
-            (kind, Phase::Closed) => {
+            (_, Phase::Closed) => {
                 return Err(PyRuntimeError::new_err(format!(
                     "Unexpected ASGI message '{kind}' after the WebSocket was closed"
                 )))
             }
-            (kind, _) => {
+            (_, _) => {
                 return Err(PyRuntimeError::new_err(format!(
                     "Unexpected ASGI message '{kind}' in this WebSocket state"
                 )))
@@ -278,14 +268,74 @@ impl WebSocketExchange {
         }
         ready(py, py.None().into_bound(py))
     }
+
+    /// Reads a `send()` message of type `kind` out of the app's dict into Rust values. Runs the app's
+    /// Python code (iterables, `__index__`, ...), so it must be called without the state lock.
+    fn outgoing<'py>(
+        py: Python<'py>,
+        kind: &str,
+        message: &Bound<'py, PyDict>,
+    ) -> PyResult<Outgoing> {
+        let field = |name: &Bound<'py, PyString>| -> PyResult<Option<Bound<'py, PyAny>>> {
+            Ok(message.get_item(name)?.filter(|v| !v.is_none()))
+        };
+        Ok(match kind {
+            "websocket.accept" => {
+                let subprotocol = field(intern!(py, "subprotocol"))?
+                    .map(|p| p.extract())
+                    .transpose()?;
+                let mut headers = Vec::new();
+                if let Some(extra) = field(intern!(py, "headers"))? {
+                    for pair in extra.try_iter()? {
+                        let pair = pair?;
+                        let name: Vec<u8> = pair.get_item(0)?.extract()?;
+                        let value: Vec<u8> = pair.get_item(1)?.extract()?;
+                        headers.push((
+                            HeaderName::from_bytes(&name)
+                                .map_err(|_| PyTypeError::new_err("invalid header name"))?,
+                            HeaderValue::from_bytes(&value)
+                                .map_err(|_| PyTypeError::new_err("invalid header value"))?,
+                        ));
+                    }
+                }
+                Outgoing::Accept {
+                    subprotocol,
+                    headers,
+                }
+            }
+            "websocket.send" => Outgoing::Send(
+                match (field(intern!(py, "text"))?, field(intern!(py, "bytes"))?) {
+                    (Some(text), _) => Message::text(text.cast::<PyString>()?.to_str()?.to_owned()),
+                    (None, Some(data)) => Message::binary(data.extract::<Vec<u8>>()?),
+                    (None, None) => {
+                        return Err(PyTypeError::new_err(
+                            "websocket.send needs 'text' or 'bytes'",
+                        ))
+                    }
+                },
+            ),
+            "websocket.close" => Outgoing::Close {
+                code: field(intern!(py, "code"))?
+                    .map(|c| c.extract())
+                    .transpose()?
+                    .unwrap_or(1000),
+                reason: field(intern!(py, "reason"))?
+                    .map(|r| r.extract())
+                    .transpose()?
+                    .unwrap_or_default(),
+            },
+            _ => Outgoing::Other,
+        })
+    }
 }
 
 impl AppConnection for WebSocketExchange {
     fn app_finished(&self, py: Python<'_>, error: Option<PyErr>) {
-        let mut state = self.lock();
+        // Reported before locking: the error handler and the exception's own methods are Python code.
         if let Some(err) = &error {
             self.shared.fail(py, err, &self.name);
         }
+        let mut state = self.lock();
         match state.phase {
             Phase::Handshake => {
                 state.phase = Phase::Closed;
@@ -354,10 +404,11 @@ impl WebSocketExchange {
         Ok(future)
     }
 
-    /// The server is stopping: close an open WebSocket with 1001 (going away) and tell the app, which
-    /// sees `websocket.disconnect` with that code.
-    fn server_closing(&self, py: Python<'_>) {
-        self.close_from_server(py, CloseCode::Away, "server shutting down");
+    /// The client read nothing for `--send-timeout`: its socket is dropped without a close handshake and
+    /// the app hears `websocket.disconnect` 1006 (abnormal closure), as for a connection that broke.
+    fn abandon(&self, py: Python<'_>) {
+        self.lock().phase = Phase::Closed;
+        self.deliver(py, Event::Disconnect(1006));
     }
 
     /// Closes an open WebSocket from the server's side with `code`, and tells the app (its
@@ -390,108 +441,49 @@ fn send_eventually(sender: mpsc::Sender<Message>, frame: Message) {
     }
 }
 
-/// Moves frames between the upgraded connection and the app until either side closes.
+/// Runs the frame pump (`crate::websocket`) on the upgraded connection, for this exchange's app.
 async fn pump(
     exchange: Arc<WebSocketExchange>,
     upgrade: hyper::upgrade::OnUpgrade,
-    mut outgoing: mpsc::Receiver<Message>,
+    outgoing: mpsc::Receiver<Message>,
 ) {
-    let Ok(upgraded) = upgrade.await else {
-        Python::attach(|py| exchange.deliver(py, Event::Disconnect(1006)));
-        return;
+    let shared = &exchange.shared;
+    let limits = PumpLimits {
+        max_message: shared.max_websocket_message,
+        send_timeout: shared.send_timeout,
+        ping_interval: shared.websocket_ping.0,
+        ping_timeout: shared.websocket_ping.1,
     };
-    let limit = exchange.shared.max_websocket_message;
-    let config = WebSocketConfig::default()
-        .max_message_size(Some(limit))
-        .max_frame_size(Some(limit));
-    let socket =
-        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
-    let (mut sink, mut stream) = socket.split();
-    // When the client last sent anything (a pong included): what the keepalive checks.
-    let heard = Cell::new(tokio::time::Instant::now());
-    let keepalive = async {
-        let (Some(interval), timeout) = exchange.shared.websocket_ping else {
-            return std::future::pending().await;
-        };
-        let sender = exchange.lock().outgoing.clone();
-        loop {
-            tokio::time::sleep(interval).await;
-            let pinged = tokio::time::Instant::now();
-            // A full queue means the app is sending faster than the client reads: no ping goes out this
-            // round, so the client's silence proves nothing (a receive-only client sends nothing else).
-            if sender.try_send(Message::Ping(Default::default())).is_err() {
-                continue;
-            }
-            tokio::time::sleep(timeout).await;
-            if heard.get() < pinged {
-                Python::attach(|py| {
-                    exchange.close_from_server(py, CloseCode::Error, "keepalive ping timeout")
-                });
-                return;
-            }
-        }
-    };
-    let writer = async {
-        while let Some(frame) = outgoing.recv().await {
-            let closing = matches!(frame, Message::Close(_));
-            if sink.send(frame).await.is_err() || closing {
-                break;
-            }
-        }
-        let _ = sink.close().await;
-    };
-    let reader = async {
-        loop {
-            let next = stream.next().await;
-            heard.set(tokio::time::Instant::now());
-            let event = match next {
-                Some(Ok(Message::Text(text))) => Event::Text(text.to_string()),
-                Some(Ok(Message::Binary(data))) => Event::Binary(data),
-                Some(Ok(Message::Close(frame))) => {
-                    Event::Disconnect(frame.map(|f| u16::from(f.code)).unwrap_or(1005))
-                }
-                Some(Ok(_)) => continue, // ping/pong are answered by tungstenite
-                Some(Err(WsError::Capacity(_))) => {
-                    // Over --ws-max-size: close with 1009 rather than buffer it; the app hears 1009.
-                    Python::attach(|py| {
-                        exchange.close_from_server(py, CloseCode::Size, "message too big")
-                    });
-                    break;
-                }
-                Some(Err(_)) | None => Event::Disconnect(1006),
-            };
-            let last = matches!(event, Event::Disconnect(_));
-            Python::attach(|py| exchange.deliver(py, event));
-            if last {
-                break;
-            }
-        }
-    };
-    let closing = async {
-        exchange.shared.closing.wait().await;
-        Python::attach(|py| exchange.server_closing(py));
-        // The close frame is queued: the writer sends it and ends, which ends this select.
-        std::future::pending::<()>().await
-    };
-    tokio::pin!(writer);
-    tokio::pin!(reader);
-    // Biased, the reader before the keepalive: after a stall of the loop both may be ready at once, and a
-    // pong already received must count before the keepalive checks (as asyncio runs I/O before timers).
-    tokio::select! {
-        biased;
-        _ = closing => {}
-        _ = &mut reader => {
-            // The client is gone or closed: flush what the app already queued (a close reply).
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), writer).await;
-        }
-        _ = keepalive => {
-            // No answer to a ping: the close is queued; send it if the socket takes it, then drop it.
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), writer).await;
-        }
-        _ = &mut writer => {
-            // We closed: give the client a moment to answer the close before dropping the socket.
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), reader).await;
-        }
+    serve_upgraded(&*exchange, upgrade, outgoing, limits).await;
+}
+
+impl PumpApp for WebSocketExchange {
+    fn deliver(&self, event: Event) {
+        Python::attach(|py| WebSocketExchange::deliver(self, py, event));
+    }
+
+    fn queue_full(&self) -> bool {
+        WebSocketExchange::queue_full(self)
+    }
+
+    fn room(&self) -> &Notify {
+        &self.room
+    }
+
+    fn control(&self) -> mpsc::Sender<Message> {
+        self.lock().outgoing.clone()
+    }
+
+    fn close_from_server(&self, code: CloseCode, reason: &'static str) {
+        Python::attach(|py| WebSocketExchange::close_from_server(self, py, code, reason));
+    }
+
+    fn abandon(&self) {
+        Python::attach(|py| WebSocketExchange::abandon(self, py));
+    }
+
+    fn closing(&self) -> &Latch {
+        &self.shared.closing
     }
 }
 
@@ -581,6 +573,7 @@ pub fn prepare<'py>(
             outgoing_receiver: Some(outgoing_receiver),
             client_key,
         }),
+        room: Notify::new(),
         shared: Arc::clone(shared),
         name: format!("WebSocket {raw_path}"),
     });
