@@ -22,11 +22,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use _runtime::config::{Config, LoopCount};
+use _runtime::listener::LocalAddress;
 use _runtime::pool::{
     Executor, HttpRequest, HttpResponse, Latch, LocalBoxFuture, LoopContext, RequestBody,
     ResponseBody, Shared,
 };
-use _runtime::listener::LocalAddress;
 use _runtime::query::{parse_cookies, parse_query};
 use _runtime::router::Router;
 use _runtime::routing::{Chooser, RoutingPolicy};
@@ -149,7 +149,10 @@ impl EchoApp {
 
 /// Answers a WebSocket handshake with 101 and runs the frame pump and `EchoApp` on the upgraded socket.
 fn accept_websocket(mut request: HttpRequest) -> HttpResponse {
-    let key = request.headers.get(http::header::SEC_WEBSOCKET_KEY).cloned();
+    let key = request
+        .headers
+        .get(http::header::SEC_WEBSOCKET_KEY)
+        .cloned();
     let (Some(upgrade), Some(key)) = (request.upgrade.take(), key) else {
         return HttpResponse::text(400, "not a WebSocket handshake");
     };
@@ -180,8 +183,14 @@ fn accept_websocket(mut request: HttpRequest) -> HttpResponse {
     HttpResponse {
         status: http::StatusCode::SWITCHING_PROTOCOLS,
         headers: vec![
-            (http::header::UPGRADE, http::HeaderValue::from_static("websocket")),
-            (http::header::CONNECTION, http::HeaderValue::from_static("Upgrade")),
+            (
+                http::header::UPGRADE,
+                http::HeaderValue::from_static("websocket"),
+            ),
+            (
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("Upgrade"),
+            ),
             (
                 http::header::SEC_WEBSOCKET_ACCEPT,
                 http::HeaderValue::from_str(&accept).unwrap(),
