@@ -7,8 +7,9 @@ _asyncio_patch.install()
 from ._runtime import __version__  # noqa: E402
 from ._threadpool import run_in_threadpool  # noqa: E402
 from .app import App, Router  # noqa: E402
+from .background import BackgroundTask, BackgroundTasks  # noqa: E402
 from .exceptions import ConfigurationError, HTTPException, PercoreError, StartupError  # noqa: E402
-from .params import Body, Cookie, Header, Path, Query  # noqa: E402
+from .params import Body, Cookie, Depends, Header, Path, Query  # noqa: E402
 from .requests import Request  # noqa: E402
 from .responses import (  # noqa: E402
     FileResponse,
@@ -23,9 +24,12 @@ from .responses import (  # noqa: E402
 
 __all__ = [
     "App",
+    "BackgroundTask",
+    "BackgroundTasks",
     "Body",
     "ConfigurationError",
     "Cookie",
+    "Depends",
     "FileResponse",
     "HTMLResponse",
     "HTTPException",

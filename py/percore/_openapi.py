@@ -70,6 +70,7 @@ def _body_schema(annotation: Any, components: dict[str, Any]) -> dict[str, Any]:
 def generate(routes: list, title: str, version: str) -> dict[str, Any]:
     paths: dict[str, Any] = {}
     components: dict[str, Any] = {"HTTPValidationError": VALIDATION_ERROR}
+    security_schemes: dict[str, Any] = {}
     for route in routes:
         function = route.function
         hints = {}
@@ -93,7 +94,14 @@ def generate(routes: list, title: str, version: str) -> dict[str, Any]:
                 operation["requestBody"] = {
                     "required": param.required,
                     "content": {
-                        "application/json": {"schema": _body_schema(hints.get(param.name, Any), components)}
+                        "application/json": {
+                            "schema": _body_schema(
+                                param.annotation
+                                if param.annotation is not None
+                                else hints.get(param.name, Any),
+                                components,
+                            )
+                        }
                     },
                 }
                 continue
@@ -110,6 +118,8 @@ def generate(routes: list, title: str, version: str) -> dict[str, Any]:
             parameters.append(entry)
         if parameters:
             operation["parameters"] = parameters
+        _add_response_model(operation, route, components)
+        _add_security(operation, route, security_schemes)
         if parameters or "requestBody" in operation:
             operation["responses"]["422"] = {
                 "description": "Validation Error",
@@ -122,8 +132,29 @@ def generate(routes: list, title: str, version: str) -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": title, "version": version},
         "paths": paths,
-        "components": {"schemas": components},
+        "components": {
+            "schemas": components,
+            **({"securitySchemes": security_schemes} if security_schemes else {}),
+        },
     }
+
+
+def _add_response_model(operation: dict[str, Any], route: Any, components: dict[str, Any]) -> None:
+    """``response_model=``: the success response's JSON schema."""
+    model = getattr(route, "response_model", None)
+    if model is None:
+        return
+    response = operation["responses"][str(route.status_code)]
+    response["content"] = {"application/json": {"schema": _body_schema(model, components)}}
+
+
+def _add_security(operation: dict[str, Any], route: Any, schemes: dict[str, Any]) -> None:
+    """The route's security schemes (``percore.security``, used as dependencies): the operation's
+    ``security`` requirements and ``components.securitySchemes``."""
+    for scheme in getattr(route, "security", ()):
+        schemes[scheme.scheme_name] = scheme.openapi_scheme()
+        scopes = []
+        operation.setdefault("security", []).append({scheme.scheme_name: scopes})
 
 
 DOCS_PAGE = """<!doctype html>

@@ -8,13 +8,15 @@ import asyncio
 import dataclasses
 import inspect
 import re
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar, Unpack
 
 from . import params as _params
 from ._logging import log_handler_error, logger
+from .dependencies import solve
 from .exceptions import ConfigurationError, HTTPException
+from .params import Depends
 from .responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, as_response
 
 Handler = TypeVar("Handler", bound=Callable[..., Any])
@@ -34,17 +36,39 @@ class Route:
     const_value: tuple[Any] | None = None
     #: Middleware of the routers this route was included through (innermost last).
     middleware: tuple[Any, ...] = ()
+    #: ``dependencies=[...]`` of the route and of the routers/app it was registered through (outermost
+    #: first), run before the handler's own dependencies; their values are discarded.
+    dependencies: tuple[Depends, ...] = ()
+    response_model: Any = None
+    response_model_exclude_none: bool = False
+    #: What the server calls when it is not ``function``: the dependency plan (``percore.dependencies``).
+    endpoint: Callable[..., Any] | None = None
+    #: Security schemes used by the route's dependencies (OpenAPI ``security``).
+    security: tuple[Any, ...] = ()
+
+
+class RouteOptions(TypedDict, total=False):
+    """The keyword options of ``route``/``get``/``post``/...: see ``Router.add_route``."""
+
+    status_code: int
+    const: bool
+    dependencies: Sequence[Depends]
+    response_model: Any
+    response_model_exclude_none: bool
 
 
 class Router:
-    """A group of routes under a common ``prefix``; ``App.include_router`` adds them to an app."""
+    """A group of routes under a common ``prefix``; ``App.include_router`` adds them to an app.
 
-    def __init__(self, prefix: str = "") -> None:
+    ``dependencies=[Depends(f), ...]`` run before every route of this router (values discarded)."""
+
+    def __init__(self, prefix: str = "", *, dependencies: Sequence[Depends] = ()) -> None:
         if prefix and (not prefix.startswith("/") or prefix.endswith("/")):
             raise ConfigurationError(f"router prefix {prefix!r} must start with '/' and not end with '/'")
         self.prefix = prefix
         self._routes: list[Route] = []
         self._middleware: list[Any] = []
+        self._dependencies: tuple[Depends, ...] = tuple(dependencies)
 
     @property
     def routes(self) -> list[Route]:
@@ -59,61 +83,84 @@ class Router:
         status_code: int = 200,
         const: bool = False,
         middleware: tuple[Any, ...] = (),
+        dependencies: Sequence[Depends] = (),
+        response_model: Any = None,
+        response_model_exclude_none: bool = False,
     ) -> None:
+        """``dependencies``: run before the handler, values discarded. ``response_model``: a pydantic
+        model, dataclass or type the return value is validated and filtered through (FastAPI's);
+        ``response_model_exclude_none`` drops None fields."""
         full_path = self.prefix + path
         if not full_path.startswith("/"):
             raise ConfigurationError(f"route {path!r}: path must start with '/'")
         names = _PATH_PARAM.findall(full_path)
+        dependencies = (*self._dependencies, *dependencies)
         for method in methods:
             method = method.upper()
-            params = _params.analyse(method, full_path, function, names)
-            if const and params:
+            solved = solve(
+                method,
+                full_path,
+                function,
+                names,
+                dependencies,
+                response_model,
+                response_model_exclude_none,
+            )
+            if const and (solved.params or solved.endpoint is not function):
                 raise ConfigurationError(
-                    f"const route {method} {full_path}: the handler must take no parameters (it runs once)"
+                    f"const route {method} {full_path}: the handler must take no parameters or "
+                    "dependencies (it runs once)"
                 )
             self._routes.append(
-                Route(method, full_path, function, params, status_code, const, middleware=middleware)
+                Route(
+                    method,
+                    full_path,
+                    function,
+                    solved.params,
+                    status_code,
+                    const,
+                    middleware=middleware,
+                    dependencies=dependencies,
+                    response_model=response_model,
+                    response_model_exclude_none=response_model_exclude_none,
+                    endpoint=None if solved.endpoint is function else solved.endpoint,
+                    security=solved.security,
+                )
             )
 
     def route(
-        self, path: str, methods: Iterable[str] = ("GET",), *, status_code: int = 200, const: bool = False
+        self, path: str, methods: Iterable[str] = ("GET",), **options: Unpack[RouteOptions]
     ) -> Callable[[Handler], Handler]:
         """``const=True``: the handler runs once at startup and its response is served from Rust on every
         request without entering Python (health checks, static JSON)."""
         methods = list(methods)
 
         def register(function: Handler) -> Handler:
-            self.add_route(path, function, methods, status_code=status_code, const=const)
+            self.add_route(path, function, methods, **options)
             return function
 
         return register
 
-    def get(self, path: str, *, status_code: int = 200, const: bool = False) -> Callable[[Handler], Handler]:
-        return self.route(path, ["GET"], status_code=status_code, const=const)
+    def get(self, path: str, **options: Unpack[RouteOptions]) -> Callable[[Handler], Handler]:
+        return self.route(path, ["GET"], **options)
 
-    def post(self, path: str, *, status_code: int = 200, const: bool = False) -> Callable[[Handler], Handler]:
-        return self.route(path, ["POST"], status_code=status_code, const=const)
+    def post(self, path: str, **options: Unpack[RouteOptions]) -> Callable[[Handler], Handler]:
+        return self.route(path, ["POST"], **options)
 
-    def put(self, path: str, *, status_code: int = 200, const: bool = False) -> Callable[[Handler], Handler]:
-        return self.route(path, ["PUT"], status_code=status_code, const=const)
+    def put(self, path: str, **options: Unpack[RouteOptions]) -> Callable[[Handler], Handler]:
+        return self.route(path, ["PUT"], **options)
 
-    def patch(
-        self, path: str, *, status_code: int = 200, const: bool = False
-    ) -> Callable[[Handler], Handler]:
-        return self.route(path, ["PATCH"], status_code=status_code, const=const)
+    def patch(self, path: str, **options: Unpack[RouteOptions]) -> Callable[[Handler], Handler]:
+        return self.route(path, ["PATCH"], **options)
 
-    def delete(
-        self, path: str, *, status_code: int = 200, const: bool = False
-    ) -> Callable[[Handler], Handler]:
-        return self.route(path, ["DELETE"], status_code=status_code, const=const)
+    def delete(self, path: str, **options: Unpack[RouteOptions]) -> Callable[[Handler], Handler]:
+        return self.route(path, ["DELETE"], **options)
 
-    def head(self, path: str, *, status_code: int = 200, const: bool = False) -> Callable[[Handler], Handler]:
-        return self.route(path, ["HEAD"], status_code=status_code, const=const)
+    def head(self, path: str, **options: Unpack[RouteOptions]) -> Callable[[Handler], Handler]:
+        return self.route(path, ["HEAD"], **options)
 
-    def options(
-        self, path: str, *, status_code: int = 200, const: bool = False
-    ) -> Callable[[Handler], Handler]:
-        return self.route(path, ["OPTIONS"], status_code=status_code, const=const)
+    def options(self, path: str, **options: Unpack[RouteOptions]) -> Callable[[Handler], Handler]:
+        return self.route(path, ["OPTIONS"], **options)
 
     def middleware(self, function: Any) -> Any:
         """``async def mw(request, call_next)`` around this router's handlers: ``await call_next(request)``
@@ -122,9 +169,10 @@ class Router:
         self._middleware.append(function)
         return function
 
-    def include_router(self, router: Router) -> None:
+    def include_router(self, router: Router, *, dependencies: Sequence[Depends] = ()) -> None:
         """Adds ``router``'s routes under this router's prefix (their signatures re-analysed for the new
-        path), with the router's middleware."""
+        path), with the router's middleware; ``dependencies`` run before those routes' own (after this
+        router's)."""
         for route in router.routes:
             self.add_route(
                 route.path,
@@ -133,6 +181,9 @@ class Router:
                 status_code=route.status_code,
                 const=route.const,
                 middleware=(*router._middleware, *route.middleware),
+                dependencies=(*dependencies, *route.dependencies),
+                response_model=route.response_model,
+                response_model_exclude_none=route.response_model_exclude_none,
             )
 
 
@@ -180,8 +231,9 @@ class App(Router):
         version: str = "0.1.0",
         openapi_url: str | None = "/openapi.json",
         docs_url: str | None = "/docs",
+        dependencies: Sequence[Depends] = (),
     ) -> None:
-        super().__init__()
+        super().__init__(dependencies=dependencies)
         self.title = title
         self.version = version
         self.openapi_url = openapi_url
@@ -218,7 +270,9 @@ class App(Router):
     def serving_routes(self) -> list[Route]:
         """The routes the server registers: the app's own (wrapped in middleware and CORS if any),
         the OpenAPI and docs routes, and CORS preflight routes."""
-        routes = list(self._routes)
+        routes = [
+            r if r.endpoint is None else dataclasses.replace(r, function=r.endpoint) for r in self._routes
+        ]
         extra = Router()
         # Rendered once; each request gets a fresh Response (middleware may add headers to it).
         if self.openapi_url:

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Union, get_args, get_origin
 
+from .background import BackgroundTasks
 from .exceptions import ConfigurationError
 from .requests import Request
 
@@ -74,17 +75,34 @@ class Body(_Marker):
     source = "body"
 
 
+class Depends:
+    """``Depends(f)``: the parameter is ``f``'s result, ``f`` called with its own parameters bound the same
+    way (they may be dependencies too). ``Depends()`` in ``Annotated[C, Depends()]`` calls ``C``.
+    ``use_cache=False``: called again for this use even if the request already called it.
+    The graph is resolved once, at registration (``percore.dependencies``)."""
+
+    def __init__(self, dependency: Callable[..., Any] | None = None, *, use_cache: bool = True) -> None:
+        self.dependency = dependency
+        self.use_cache = use_cache
+
+    def __repr__(self) -> str:
+        name = getattr(self.dependency, "__qualname__", self.dependency)
+        return f"Depends({name}{'' if self.use_cache else ', use_cache=False'})"
+
+
 @dataclass(frozen=True)
 class Param:
     """One keyword argument of a handler, as the Rust side binds it."""
 
     name: str
-    source: str  # path | query | header | cookie | body | request
+    source: str  # path | query | header | cookie | body | request (+ depends | background, never bound)
     key: str  # the name on the wire
     kind: str  # str | int | float | bool | uuid | list[<scalar>] | json
     required: bool
     default: Any
     converter: Callable[[Any], tuple[bool, Any]] | None = None
+    #: The declared type (bodies: for the OpenAPI schema of a body a dependency declares).
+    annotation: Any = None
 
 
 SCALARS = {str: "str", int: "int", float: "float", bool: "bool", uuid.UUID: "uuid"}
@@ -202,12 +220,27 @@ def _plain_converter(annotation: Any) -> Callable[[Any], tuple[bool, Any]]:
     raise ConfigurationError(f"body type {annotation!r} needs pydantic installed to be validated")
 
 
+def _type_hints(function: Callable[..., Any]) -> dict[str, Any]:
+    """The annotations of what calling ``function`` runs: a class's ``__init__``, an instance's
+    ``__call__`` (security schemes), else the function itself."""
+    if inspect.isclass(function):
+        target: Any = function.__init__
+    elif not inspect.isroutine(function) and callable(function):
+        target = function.__call__
+    else:
+        target = function
+    return typing.get_type_hints(target, include_extras=True)
+
+
 def analyse(method: str, path: str, function: Callable[..., Any], path_params: list[str]) -> list[Param]:
-    """The parameters of ``function`` served at ``method path``; mistakes are ConfigurationErrors."""
+    """The parameters of ``function`` served at ``method path``; mistakes are ConfigurationErrors.
+
+    A ``Depends`` parameter comes back with source ``depends`` (its marker as the default) and a
+    ``BackgroundTasks`` one with source ``background``: ``percore.dependencies`` resolves them."""
     where = f"{method} {path} ({getattr(function, '__qualname__', function)!r})"
     try:
         signature = inspect.signature(function)
-        hints = typing.get_type_hints(function, include_extras=True)
+        hints = _type_hints(function)
     except NameError as error:
         raise ConfigurationError(f"route {where}: cannot resolve an annotation: {error}") from None
     except (TypeError, ValueError) as error:
@@ -224,9 +257,21 @@ def analyse(method: str, path: str, function: Callable[..., Any], path_params: l
             raise ConfigurationError(f"route {where}: parameter {name!r} cannot be positional-only")
         annotation = hints.get(name, parameter.annotation)
         marker = parameter.default if isinstance(parameter.default, _Marker) else None
+        depends = parameter.default if isinstance(parameter.default, Depends) else None
         if get_origin(annotation) is Annotated:
             annotation, *extras = get_args(annotation)
             marker = next((e for e in extras if isinstance(e, _Marker)), marker)
+            depends = next((e for e in extras if isinstance(e, Depends)), depends)
+        if depends is not None:
+            if depends.dependency is None:
+                if annotation is inspect.Parameter.empty or not callable(annotation):
+                    raise ConfigurationError(f"route {where}: {name!r} = Depends() needs a callable type")
+                depends = Depends(annotation, use_cache=depends.use_cache)
+            params.append(Param(name, "depends", name, "depends", False, depends))
+            continue
+        if isinstance(annotation, type) and issubclass(annotation, BackgroundTasks):
+            params.append(Param(name, "background", name, "background", False, None))
+            continue
         default = marker.default if marker is not None else parameter.default
         if default is inspect.Parameter.empty:
             default = REQUIRED
@@ -253,7 +298,8 @@ def analyse(method: str, path: str, function: Callable[..., Any], path_params: l
             key = key.replace("_", "-") if getattr(marker, "convert_underscores", True) else key
             key = key.lower()
         if source == "body":
-            params.append(Param(name, "body", key, "json", required, default, _body_converter(annotation)))
+            converter = _body_converter(annotation)
+            params.append(Param(name, "body", key, "json", required, default, converter, annotation))
             continue
         kind = _scalar_kind(annotation)
         if kind is None:
@@ -273,4 +319,4 @@ def analyse(method: str, path: str, function: Callable[..., Any], path_params: l
     return params
 
 
-__all__ = ["Body", "Cookie", "Header", "Param", "Path", "Query", "analyse"]
+__all__ = ["Body", "Cookie", "Depends", "Header", "Param", "Path", "Query", "analyse"]
