@@ -13,8 +13,9 @@ the ``percore`` logger and the next one still runs; the response is never affect
 
 from __future__ import annotations
 
+import asyncio
 import inspect
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ._logging import logger
@@ -52,4 +53,16 @@ class BackgroundTasks(BackgroundTask):
             await task()
 
 
-__all__ = ["BackgroundTask", "BackgroundTasks"]
+#: Tasks in flight (asyncio keeps only weak references to tasks).
+_running: set[asyncio.Task[None]] = set()
+
+
+def run_after_response(work: Callable[[], Awaitable[None]]) -> None:
+    """Starts ``work()`` as a task of the running loop: its first step runs on the loop's next
+    iteration, after the response that queued it was handed to the connection."""
+    task = asyncio.get_running_loop().create_task(work())
+    _running.add(task)
+    task.add_done_callback(_running.discard)
+
+
+__all__ = ["BackgroundTask", "BackgroundTasks", "run_after_response"]

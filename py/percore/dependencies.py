@@ -26,15 +26,15 @@ no wrapper at all.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
+import functools
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ._logging import logger
-from .background import BackgroundTasks
+from .background import BackgroundTasks, run_after_response
 from .exceptions import ConfigurationError
 from .params import Depends, Param, analyse
 
@@ -235,17 +235,10 @@ async def _finish(stack: list[Any], background: BackgroundTasks | None, name: st
             generator.close()
 
 
-#: Cleanup tasks in flight (asyncio keeps only weak references to tasks).
-_running: set[asyncio.Task[None]] = set()
-
-
 def _after(stack: list[Any], background: BackgroundTasks | None, name: str) -> None:
     """Runs the request's background tasks, then closes its generators, in a task on the loop."""
-    if not stack and (background is None or not background.tasks):
-        return
-    task = asyncio.get_running_loop().create_task(_finish(stack, background, name))
-    _running.add(task)
-    task.add_done_callback(_running.discard)
+    if stack or (background is not None and background.tasks):
+        run_after_response(functools.partial(_finish, stack, background, name))
 
 
 def _response_filter(model: Any, exclude_none: bool) -> Callable[[Any], Any]:

@@ -273,6 +273,8 @@ def analyse(method: str, path: str, function: Callable[..., Any], path_params: l
             params.append(Param(name, "background", name, "background", False, None))
             continue
         default = marker.default if marker is not None else parameter.default
+        if default is REQUIRED and not isinstance(parameter.default, _Marker):
+            default = parameter.default  # `x: Annotated[str | None, Header()] = None`, as FastAPI
         if default is inspect.Parameter.empty:
             default = REQUIRED
         # As FastAPI: a parameter is optional when it has a default; `T | None` alone still requires it.

@@ -21,6 +21,8 @@ class Response:
     """A complete response: ``body`` is sent as given (bytes or str, encoded UTF-8)."""
 
     media_type: str | None = None
+    #: ``BackgroundTask``/``BackgroundTasks`` run after the response is sent (``percore.background``).
+    background = None
 
     def __init__(
         self,
@@ -28,8 +30,11 @@ class Response:
         status_code: int = 200,
         headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
         media_type: str | None = None,
+        background=None,
     ) -> None:
         self.status_code = status_code
+        if background is not None:
+            self.background = background
         if media_type is not None:
             self.media_type = media_type
         self.body = self.render(content)
@@ -118,8 +123,10 @@ class StreamingResponse(Response):
 
     media_type = None
 
-    def __init__(self, content, status_code: int = 200, headers=None, media_type: str | None = None) -> None:
-        super().__init__(b"", status_code=status_code, headers=headers, media_type=media_type)
+    def __init__(
+        self, content, status_code: int = 200, headers=None, media_type: str | None = None, background=None
+    ) -> None:
+        super().__init__(b"", status_code=status_code, headers=headers, media_type=media_type, background=background)
         self.body_iterator = content
 
 
@@ -142,10 +149,11 @@ class FileResponse(Response):
         media_type: str | None = None,
         filename: str | None = None,
         content_disposition_type: str = "attachment",
+        background=None,
     ) -> None:
         if media_type is None:
             media_type = mimetypes.guess_type(filename or str(path))[0] or "application/octet-stream"
-        super().__init__(b"", status_code=status_code, headers=headers, media_type=media_type)
+        super().__init__(b"", status_code=status_code, headers=headers, media_type=media_type, background=background)
         self.path = os.fspath(path)
         self.headers.append(("content-length", str(os.stat(self.path).st_size)))
         if filename is not None and not any(k.lower() == "content-disposition" for k, _ in self.headers):

@@ -1,7 +1,8 @@
 //! A handler's return value to an `HttpResponse`.
 //!
 //! dict/list/tuple/int/float/bool → JSON (sonic-rs), str → text/plain, bytes → application/octet-stream,
-//! None → empty body, a `percore.Response` → its status, headers, media type and body as given.
+//! None → empty body, a `percore.Response` → its status, headers, media type and body as given (and its
+//! `background` task queued on the loop).
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
@@ -83,6 +84,18 @@ fn explicit_response(
         headers.push((name, header_value(&text)?));
     }
     let status = status(code)?;
+    // `Response(background=...)`: queued on this loop now, so it runs after the response is handed to
+    // the connection (`percore.background.run_after_response`). Not for const routes (no loop).
+    if wake.is_some() {
+        if let Some(background) = value
+            .getattr_opt(intern!(py, "background"))?
+            .filter(|b| !b.is_none())
+        {
+            py.import(intern!(py, "percore.background"))?
+                .getattr(intern!(py, "run_after_response"))?
+                .call1((background,))?;
+        }
+    }
     if let Some(iterator) = value
         .getattr_opt(intern!(py, "body_iterator"))?
         .filter(|i| !i.is_none())
