@@ -96,6 +96,9 @@ ECHO = Endpoint("POST /echo", BENCHES / "echo.lua")
 SLEEP = Endpoint("/sleep", connections=SLEEP_CONNECTIONS)
 APP_ENDPOINTS = [Endpoint("/json"), Endpoint("/plaintext"), Endpoint("/users/42?q=x"), ECHO]
 APP_ENDPOINTS += [Endpoint("/cpu"), SLEEP]
+# Two chained dependencies and a pydantic body: only the apps with dependency injection (native, FastAPI).
+DEPENDS = Endpoint("POST /depends", BENCHES / "depends.lua")
+DEPENDS_ENDPOINTS = [*APP_ENDPOINTS, DEPENDS]
 # The hyper baseline does no Python work, so only the endpoints whose work it can do without Python
 # (fixed bytes; a 10 ms timer) are measured on it; the tables say "n/a" for the rest.
 HYPER_ENDPOINTS = [Endpoint("/json"), SLEEP]
@@ -259,7 +262,7 @@ def contenders() -> list[Contender]:
         peers = os.environ.get(stack.variable)
         if python:
             native = percore(python, "benches.apps.native:api")
-            found.append(Contender(PERCORE.format("native", label), native, APP_ENDPOINTS))
+            found.append(Contender(PERCORE.format("native", label), native, DEPENDS_ENDPOINTS))
         if peers:
             rsgi = granian(peers, "rsgi", RSGI_APP, stack)
             found.append(Contender(stack.granian_rsgi, rsgi, APP_ENDPOINTS))
@@ -267,22 +270,24 @@ def contenders() -> list[Contender]:
             env = {"ROBYN_HOST": "127.0.0.1", "ROBYN_PORT": PORT}
             found.append(Contender(ROBYN, robyn(peers), APP_ENDPOINTS, env=env, killed_is_expected=True))
     for framework, app in FRAMEWORKS.items():
+        endpoints = DEPENDS_ENDPOINTS if framework == "FastAPI" else APP_ENDPOINTS
         for python, label, stack in builds:
             peers = os.environ.get(stack.variable)
             if python:
-                found.append(Contender(PERCORE.format(framework, label), percore(python, app), APP_ENDPOINTS))
+                found.append(Contender(PERCORE.format(framework, label), percore(python, app), endpoints))
             if peers:
                 found.append(
-                    Contender(stack.uvicorn.format(framework), uvicorn(peers, app, stack), APP_ENDPOINTS)
+                    Contender(stack.uvicorn.format(framework), uvicorn(peers, app, stack), endpoints)
                 )
                 asgi = granian(peers, "asgi", app, stack)
-                found.append(Contender(stack.granian_asgi.format(framework), asgi, APP_ENDPOINTS))
+                found.append(Contender(stack.granian_asgi.format(framework), asgi, endpoints))
     return found
 
 
 def ratio_pairs(names: list[str]) -> list[tuple[str, str]]:
     """(percore contender, the peer it is divided by) among `names`: the same app on the same interpreter,
-    or each server's rawest interface (native ÷ Granian RSGI, and Robyn on the GIL build)."""
+    or each server's rawest interface (native ÷ Granian RSGI, and Robyn on the GIL build), and native ÷
+    FastAPI on uvicorn (the port from FastAPI to the native API)."""
     pairs = []
     for label, stack in PEERS.items():
         for framework in FRAMEWORKS:
@@ -292,6 +297,8 @@ def ratio_pairs(names: list[str]) -> list[tuple[str, str]]:
         pairs.append((native, stack.granian_rsgi))
         if DB:  # no raw-interface peer has a database app: native against the Starlette peer
             pairs.append((native, stack.uvicorn.format("Starlette")))
+        else:  # what a FastAPI user porting to the native API gains (issue 16's POST /depends: >= 5x)
+            pairs.append((native, stack.uvicorn.format("FastAPI")))
         if stack.robyn:
             pairs.append((native, ROBYN))
     return [(mine, peer) for mine, peer in pairs if mine in names and peer in names]
@@ -779,7 +786,7 @@ def main() -> int:
         for contender in contenders()
         if not args.only or any(part.lower() in contender.name.lower() for part in args.only)
     ]
-    endpoints = DB_ENDPOINTS if DB else APP_ENDPOINTS
+    endpoints = DB_ENDPOINTS if DB else DEPENDS_ENDPOINTS
     wanted = [e for e in endpoints if not args.endpoint or any(part in e.key for part in args.endpoint)]
     for contender in chosen:
         contender.endpoints = [e for e in contender.endpoints if e in wanted]

@@ -36,3 +36,25 @@ def test_every_bench_app_answers_every_endpoint_alike(serve, app):
         assert echo.json() == json.loads(ECHO_BODY)
     finally:
         client.close()
+
+
+@pytest.mark.parametrize("app", APPS[:2])
+def test_native_and_fastapi_bench_apps_answer_depends_alike(serve, app):
+    server = serve(app, "--loops", "1", "--log-level", "warning")
+    client = server.client()
+    body = (Path(__file__).resolve().parent.parent / "benches" / "depends.json").read_bytes().rstrip()
+    headers = {"Content-Type": "application/json", "X-Tenant": "acme", "Authorization": "Bearer ada"}
+    try:
+        reply = client.request("POST", "/depends", body, headers)
+        assert reply.status == 200
+        assert reply.json() == {
+            "user": {"tenant": "acme", "user": "ada"},
+            "customer": 4711,
+            "lines": 2,
+            "total": 44.48,
+        }
+        missing = client.request("POST", "/depends", body, {"Content-Type": "application/json"})
+        assert missing.status == 422
+        assert [e["loc"] for e in missing.json()["detail"]] == [["header", "x-tenant"]]
+    finally:
+        client.close()

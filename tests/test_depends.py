@@ -4,7 +4,6 @@ caching, router/app dependencies, errors; side by side with FastAPI on the same 
 
 No ``from __future__ import annotations``: the handlers here annotate with local dependencies."""
 
-
 import base64
 import socket
 import time
@@ -90,7 +89,9 @@ REQUESTS = [
 ]
 
 
-@pytest.mark.parametrize(("method", "path", "headers"), REQUESTS, ids=[f"{m} {p} {h}" for m, p, h in REQUESTS])
+@pytest.mark.parametrize(
+    ("method", "path", "headers"), REQUESTS, ids=[f"{m} {p} {h}" for m, p, h in REQUESTS]
+)
 def test_same_answers_as_fastapi(both, method, path, headers):
     ours, theirs = both
     ours.delete("/events")
@@ -121,7 +122,14 @@ def test_yield_dependencies_and_background_tasks_as_fastapi(both):
 
     for path, status, rollback in (("/conflict", 409, "HTTPException"), ("/crash", 500, "ValueError")):
         assert ours.get(path).status_code == theirs.get(path).status_code == status
-        expected = ["open", "async open", f"async rollback {rollback}", "async close", f"rollback {rollback}", "close"]
+        expected = [
+            "open",
+            "async open",
+            f"async rollback {rollback}",
+            "async close",
+            f"rollback {rollback}",
+            "close",
+        ]
         assert settled_events(theirs) == expected
         assert settled_events(ours) == expected
 
@@ -130,7 +138,9 @@ def test_openapi_lists_dependency_parameters_security_and_response_models(both):
     ours, theirs = both
     mine, reference = ours.get("/openapi.json").json(), theirs.get("/openapi.json").json()
     for path in ("/items", "/admin/panel", "/pager"):
-        assert sorted((p["name"], p["in"], p["required"]) for p in mine["paths"][path]["get"]["parameters"]) == sorted(
+        assert sorted(
+            (p["name"], p["in"], p["required"]) for p in mine["paths"][path]["get"]["parameters"]
+        ) == sorted(
             (p["name"], p["in"], p["required"]) for p in reference["paths"][path]["get"]["parameters"]
         )
     assert mine["components"]["securitySchemes"] == reference["components"]["securitySchemes"]
@@ -172,7 +182,9 @@ def test_a_conflicting_name_is_a_configuration_error():
     def a(q: int = 0):
         return q
 
-    with pytest.raises(percore.ConfigurationError, match=r"parameter 'q' is declared differently by .*a.* and by"):
+    with pytest.raises(
+        percore.ConfigurationError, match=r"parameter 'q' is declared differently by .*a.* and by"
+    ):
 
         @api.get("/x")
         def handler(x: Annotated[int, Depends(a)], q: str = Header()):
@@ -240,7 +252,11 @@ def test_dependency_errors_go_through_exception_handlers():
     with TestClient(api) as client:
         assert client.get("/guarded").json() == {"denied": "/guarded"}
         teapot = client.get("/guarded", headers={"x-user": "teapot"})
-        assert (teapot.status_code, teapot.json(), teapot.headers["x-why"]) == (418, {"detail": "teapot"}, "tea")
+        assert (teapot.status_code, teapot.json(), teapot.headers["x-why"]) == (
+            418,
+            {"detail": "teapot"},
+            "tea",
+        )
         assert client.get("/guarded", headers={"x-user": "ada"}).json() == {"user": "ada"}
 
 
@@ -314,7 +330,9 @@ def test_served_cleanup_runs_when_the_client_disconnects(serve):
         with socket.create_connection(("127.0.0.1", server.port)) as gone:
             gone.sendall(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n")
             wait_for(lambda: "slow started" in control.get("/events").json(), what="the handler")
-        events = wait_for(lambda: (e := control.get("/events").json())[-1:] == ["close"] and e, what="cleanup")
+        events = wait_for(
+            lambda: (e := control.get("/events").json())[-1:] == ["close"] and e, what="cleanup"
+        )
         assert events == ["open", "async open", "slow started", "async close", "close"]
     finally:
         control.close()

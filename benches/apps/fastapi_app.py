@@ -1,13 +1,15 @@
 """The benchmark endpoints as a FastAPI app, served by percore, uvicorn and Granian alike.
 
 Minimal on purpose and the same work as apps/starlette_app.py: no middleware, no response models (results go
-through FastAPI's default jsonable_encoder + JSONResponse path), every handler `async def`.
+through FastAPI's default jsonable_encoder + JSONResponse path), every handler `async def`. `POST /depends`
+(two chained dependencies and a pydantic body) exists here and in apps/native.py only.
 """
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI, Header
 from fastapi.responses import PlainTextResponse
 
 from benches.apps.common import cpu_result, sleep_result
+from benches.apps.dependencies import Order, order_result, tenant_of, user_of
 
 app = FastAPI()
 
@@ -40,3 +42,16 @@ async def cpu():
 @app.get("/sleep")
 async def sleep():
     return await sleep_result()
+
+
+async def tenant(x_tenant: str = Header()) -> dict:
+    return tenant_of(x_tenant)
+
+
+async def current_user(t: dict = Depends(tenant), authorization: str | None = Header(None)) -> dict:
+    return user_of(t, authorization)
+
+
+@app.post("/depends")
+async def depends(order: Order, user: dict = Depends(current_user)):
+    return order_result(order, user)

@@ -3,6 +3,7 @@
 import percore
 
 from benches.apps.common import cpu_result, sleep_result
+from benches.apps.dependencies import Order, order_result, tenant_of, user_of
 
 api = percore.App()
 
@@ -35,3 +36,18 @@ async def cpu():
 @api.get("/sleep")
 async def sleep():
     return await sleep_result()
+
+
+async def tenant(x_tenant: str = percore.Header()) -> dict:
+    return tenant_of(x_tenant)
+
+
+async def current_user(
+    t: dict = percore.Depends(tenant), authorization: str | None = percore.Header(None)
+) -> dict:
+    return user_of(t, authorization)
+
+
+@api.post("/depends")
+async def depends(order: Order, user: dict = percore.Depends(current_user)):
+    return order_result(order, user)

@@ -126,7 +126,9 @@ class StreamingResponse(Response):
     def __init__(
         self, content, status_code: int = 200, headers=None, media_type: str | None = None, background=None
     ) -> None:
-        super().__init__(b"", status_code=status_code, headers=headers, media_type=media_type, background=background)
+        super().__init__(
+            b"", status_code=status_code, headers=headers, media_type=media_type, background=background
+        )
         self.body_iterator = content
 
 
@@ -153,7 +155,9 @@ class FileResponse(Response):
     ) -> None:
         if media_type is None:
             media_type = mimetypes.guess_type(filename or str(path))[0] or "application/octet-stream"
-        super().__init__(b"", status_code=status_code, headers=headers, media_type=media_type, background=background)
+        super().__init__(
+            b"", status_code=status_code, headers=headers, media_type=media_type, background=background
+        )
         self.path = os.fspath(path)
         self.headers.append(("content-length", str(os.stat(self.path).st_size)))
         if filename is not None and not any(k.lower() == "content-disposition" for k, _ in self.headers):

@@ -42,7 +42,7 @@ def make(framework: str) -> Any:
 
         app = fw.FastAPI()
         Router = fw.APIRouter
-    Depends, Header, Query = fw.Depends, fw.Header, fw.Query
+    Depends, Header = fw.Depends, fw.Header
     HTTPException, BackgroundTasks, Request = fw.HTTPException, fw.BackgroundTasks, fw.Request
 
     events: list[str] = []
