@@ -15,7 +15,6 @@ from percore import Depends, Header, HTTPException
 from percore.testing import TestClient
 
 from .apps import depends_app
-from .conftest import Client
 
 APP = "tests.apps.depends_app:api"
 
@@ -336,19 +335,3 @@ def test_served_cleanup_runs_when_the_client_disconnects(serve):
         assert events == ["open", "async open", "slow started", "async close", "close"]
     finally:
         control.close()
-
-
-def test_served_security_answers(serve):
-    server = serve(APP)
-    client = Client(server.port)
-    try:
-        denied = client.get("/sec/bearer")
-        assert (denied.status, denied.json(), denied.headers["www-authenticate"]) == (
-            401,
-            {"detail": "Not authenticated"},
-            "Bearer",
-        )
-        ok = client.request("GET", "/sec/bearer", headers={"authorization": "Bearer tok"})
-        assert ok.json() == {"scheme": "Bearer", "credentials": "tok"}
-    finally:
-        client.close()
