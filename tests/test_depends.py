@@ -335,3 +335,23 @@ def test_served_cleanup_runs_when_the_client_disconnects(serve):
         assert events == ["open", "async open", "slow started", "async close", "close"]
     finally:
         control.close()
+
+
+def test_a_fully_sync_graph_is_served_without_a_coroutine():
+    api = percore.App()
+    log = []
+
+    def resource():
+        log.append("open")
+        yield "r"
+        log.append("close")
+
+    @api.get("/sync")
+    def handler(r: Annotated[str, Depends(resource)], tasks: percore.BackgroundTasks):
+        tasks.add_task(log.append, "task")
+        return r
+
+    assert not api.routes[0].endpoint._percore_source.startswith("async")
+    with TestClient(api) as client:
+        assert client.get("/sync").text == "r"
+        wait_for(lambda: log == ["open", "task", "close"], what="cleanup")
