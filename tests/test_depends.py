@@ -54,6 +54,9 @@ REQUESTS = [
     ("GET", "/pager?size=x&page=y", {}),  # two errors, in FastAPI's order
     ("POST", "/orders/x", {}),  # path, header and body errors across the graph
     ("GET", "/items", {"x-token": "wrong"}),  # HTTPException raised in a dependency
+    ("GET", "/things/5", {}),  # a path parameter only a dependency declares
+    ("GET", "/things/five", {}),
+    ("POST", "/totals", {}),  # a body only a dependency declares (not embedded, as in FastAPI)
     ("GET", "/cached", {}),
     ("GET", "/uncached", {}),
     ("GET", "/pager?page=3", {}),
@@ -78,6 +81,9 @@ REQUESTS = [
     ("GET", "/sec/query?api_key=q1", {}),
     ("GET", "/sec/oauth2", {}),
     ("GET", "/sec/oauth2", {"authorization": "bearer t1"}),
+    ("GET", "/sec/digest", {}),
+    ("GET", "/sec/digest", {"authorization": "Digest username=ada"}),
+    ("GET", "/sec/digest", {"authorization": "Bearer x"}),
     ("GET", "/sec/optional", {}),
     ("GET", "/sec/optional", {"authorization": "Bearer o1"}),
     ("GET", "/model", {}),
@@ -97,6 +103,9 @@ def test_same_answers_as_fastapi(both, method, path, headers):
     theirs.delete("/events")
     mine = ours.request(method, path, headers=headers)
     reference = theirs.request(method, path, headers=headers)
+    if path == "/totals":  # and with bodies, valid and not
+        for body in ({"item": "pen", "quantity": 3}, {"item": "pen"}):
+            assert ours.post(path, json=body).json() == theirs.post(path, json=body).json()
     assert mine.status_code == reference.status_code, (mine.content, reference.content)
     if reference.status_code == 500:
         return  # bodies differ by design (plain text in both, different wording)
@@ -143,7 +152,15 @@ def test_openapi_lists_dependency_parameters_security_and_response_models(both):
             (p["name"], p["in"], p["required"]) for p in reference["paths"][path]["get"]["parameters"]
         )
     assert mine["components"]["securitySchemes"] == reference["components"]["securitySchemes"]
-    for path in ("/sec/bearer", "/sec/basic", "/sec/header", "/sec/cookie", "/sec/query", "/sec/oauth2"):
+    for path in (
+        "/sec/bearer",
+        "/sec/basic",
+        "/sec/header",
+        "/sec/cookie",
+        "/sec/query",
+        "/sec/oauth2",
+        "/sec/digest",
+    ):
         operation = mine["paths"][path]["get"]
         assert operation["security"] == reference["paths"][path]["get"]["security"]
         assert "parameters" not in operation  # the schemes' own header/cookie/query stay private

@@ -37,6 +37,7 @@ __all__ = [
     "HTTPBasic",
     "HTTPBasicCredentials",
     "HTTPBearer",
+    "HTTPDigest",
     "OAuth2PasswordBearer",
     "SecurityBase",
 ]
@@ -188,6 +189,24 @@ class HTTPBasic(HTTPBase):
         if not separator:
             raise self.make_not_authenticated_error()
         return HTTPBasicCredentials(username=username, password=password)
+
+
+class HTTPDigest(HTTPBase):
+    """``Authorization: Digest ...`` → ``HTTPAuthorizationCredentials`` (as FastAPI: a stub that only
+    extracts the credentials; verifying them is the app's job)."""
+
+    def __init__(
+        self, *, scheme_name: str | None = None, description: str | None = None, auto_error: bool = True
+    ) -> None:
+        super().__init__(
+            scheme="digest", scheme_name=scheme_name, description=description, auto_error=auto_error
+        )
+
+    def __call__(self, value=None):
+        scheme, credentials = _authorization_param(value)
+        if not (value and scheme and credentials) or scheme.lower() != "digest":
+            return self._fail()
+        return HTTPAuthorizationCredentials(scheme=scheme, credentials=credentials)
 
 
 class _APIKey(SecurityBase):

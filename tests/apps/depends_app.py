@@ -134,6 +134,20 @@ def make(framework: str) -> Any:
         await asyncio.sleep(0)
         events.append(name)
 
+    def thing(thing_id: int):
+        return {"id": thing_id}
+
+    @app.get("/things/{thing_id}")
+    def read_thing(t: Annotated[dict, Depends(thing)]):
+        return t
+
+    def order_total(order: Order):
+        return order.quantity * 2
+
+    @app.post("/totals")
+    def totals(total: Annotated[int, Depends(order_total)], q: str | None = None):
+        return {"total": total, "q": q}
+
     @app.get("/conflict")
     def conflict(s: Annotated[str, Depends(async_session)]):
         raise HTTPException(409, "conflict")
@@ -184,6 +198,7 @@ def make(framework: str) -> Any:
     key_query = security.APIKeyQuery(name="api_key")
     oauth2 = security.OAuth2PasswordBearer(tokenUrl="token")
     optional = security.HTTPBearer(auto_error=False, scheme_name="OptionalBearer")
+    digest = security.HTTPDigest()
 
     @app.get("/sec/bearer")
     def sec_bearer(creds: Annotated[security.HTTPAuthorizationCredentials, Depends(bearer)]):
@@ -208,6 +223,10 @@ def make(framework: str) -> Any:
     @app.get("/sec/oauth2")
     def sec_oauth2(tok: Annotated[str, Depends(oauth2)]):
         return {"token": tok}
+
+    @app.get("/sec/digest")
+    def sec_digest(creds: Annotated[security.HTTPAuthorizationCredentials, Depends(digest)]):
+        return {"scheme": creds.scheme, "credentials": creds.credentials}
 
     @app.get("/sec/optional")
     def sec_optional(creds: Annotated[Any, Depends(optional)]):
