@@ -372,3 +372,53 @@ def test_a_fully_sync_graph_is_served_without_a_coroutine():
     with TestClient(api) as client:
         assert client.get("/sync").text == "r"
         wait_for(lambda: log == ["open", "task", "close"], what="cleanup")
+
+
+def test_function_scoped_yield_dependencies_close_before_the_response():
+    api = percore.App()
+    log = []
+
+    def request_scoped():
+        yield "request"
+        log.append("request closed")
+
+    async def function_scoped():
+        yield "function"
+        log.append("function closed")
+
+    def failing_exit():
+        yield "x"
+        raise HTTPException(409, "exit failed")
+
+    @api.get("/scoped")
+    def handler(
+        r: Annotated[str, Depends(request_scoped)],
+        f: Annotated[str, Depends(function_scoped, scope="function")],
+    ):
+        log.clear()
+        return {"log": log}  # serialised after the function-scoped exit, before the request-scoped one
+
+    @api.get("/exit-fails")
+    def exit_fails(x: Annotated[str, Depends(failing_exit, scope="function")]):
+        return x
+
+    with TestClient(api) as client:
+        assert client.get("/scoped").json() == {"log": ["function closed"]}
+        wait_for(lambda: log == ["function closed", "request closed"], what="cleanup")
+        failed = client.get("/exit-fails")
+        assert (failed.status_code, failed.json()) == (409, {"detail": "exit failed"})
+
+
+def test_a_request_scoped_generator_cannot_depend_on_a_function_scoped_one():
+    api = percore.App()
+
+    def inner():
+        yield 1
+
+    def outer(i: Annotated[int, Depends(inner, scope="function")]):
+        yield i
+
+    with pytest.raises(
+        percore.ConfigurationError, match='cannot depend on dependencies with scope "function"'
+    ):
+        api.get("/x")(lambda o=Depends(outer): o)

@@ -12,7 +12,8 @@ FastAPI walks a route's dependency graph on every request, in Python. Here ``sol
   Python function (source generated here, ``exec``'d once), so per request only the calls remain;
 - ``yield`` dependencies (sync and async generators) are entered in order. If the handler (or a later
   dependency) raises, or the request is cancelled (client gone), the exception is thrown into them,
-  innermost first, before the app's exception handlers see it (as FastAPI). On success they are closed
+  innermost first, before the app's exception handlers see it (as FastAPI). On success those with
+  ``Depends(scope="function")`` are closed as soon as the handler returns; the others are closed
   after the response is produced: the rest of their body runs in a task on the request's loop, which
   first runs the request's ``BackgroundTasks`` and then closes the generators innermost first. That task
   starts on the loop's next iteration, after the response was handed to the connection (the loop driver
@@ -56,6 +57,8 @@ class _Node:
     function: Callable[..., Any]
     style: str  # call | await | gen | agen
     args: list[tuple[str, str]] = field(default_factory=list)  # (keyword, expression)
+    #: ``Depends(scope="function")``: a generator closed as soon as the handler returns.
+    function_scope: bool = False
 
 
 def _callable_target(function: Callable[..., Any]) -> Any:
@@ -168,8 +171,15 @@ class _Graph:
         if getattr(function, "_percore_security_scheme", None) is not None:
             if all(s is not function for s in self.security):
                 self.security.append(function)
-        node = _Node(function, _style(function))
+        node = _Node(function, _style(function), function_scope=depends.scope == "function")
         node.args = self.arguments(function, (*stack, function))
+        if node.style in ("gen", "agen") and not node.function_scope:
+            for _, expression in node.args:
+                if expression.startswith("_percore_d") and self.nodes[int(expression[10:])].function_scope:
+                    raise ConfigurationError(
+                        f'{self.where()}: the dependency {_name(function)} has a scope of "request", it '
+                        'cannot depend on dependencies with scope "function"'
+                    )
         self.nodes.append(node)
         index = len(self.nodes) - 1
         if depends.use_cache:
@@ -212,6 +222,33 @@ async def _unwind(stack: list[Any], error: BaseException) -> BaseException:
             else:
                 generator.close()
     return error
+
+
+def _close_now_sync(stack: list[Any], function_scoped: list[Any]) -> None:
+    """Closes the ``scope="function"`` generators (innermost first) as the handler returned: their
+    exceptions propagate, as a handler's would (the rest of ``stack`` is then unwound with them)."""
+    for generator in reversed(function_scoped):
+        stack.remove(generator)
+        try:
+            next(generator)
+        except StopIteration:
+            continue
+        generator.close()
+        raise RuntimeError(f"dependency {generator.__qualname__} yielded more than once")
+
+
+async def _close_now(stack: list[Any], function_scoped: list[Any]) -> None:
+    for generator in reversed(function_scoped):
+        stack.remove(generator)
+        if not inspect.isasyncgen(generator):
+            _close_now_sync([generator], [generator])
+            continue
+        try:
+            await generator.__anext__()
+        except StopAsyncIteration:
+            continue
+        await generator.aclose()
+        raise RuntimeError(f"dependency {generator.__qualname__} yielded more than once")
 
 
 async def _finish(stack: list[Any], background: BackgroundTasks | None, name: str) -> None:
@@ -310,6 +347,8 @@ def solve(
         "_percore_unwind": _unwind,
         "_percore_unwind_sync": _unwind_sync,
         "_percore_enter_failed": _enter_failed,
+        "_percore_close_now": _close_now,
+        "_percore_close_now_sync": _close_now_sync,
         "_percore_name": name,
     }
     is_async = _style(function) in ("await", "agen") or any(n.style in ("await", "agen") for n in graph.nodes)
@@ -317,8 +356,11 @@ def solve(
     body: list[str] = []
     if graph.background:
         body.append("_percore_bg = _percore_BackgroundTasks()")
+    function_scoped = any(n.function_scope and n.style in ("gen", "agen") for n in graph.nodes)
     if generators:
         body.append("_percore_stack = []")
+    if function_scoped:
+        body.append("_percore_fstack = []")
     steps: list[str] = []
 
     def call(callee: str, args: list[tuple[str, str]]) -> str:
@@ -344,11 +386,16 @@ def solve(
                 steps.append("except StopAsyncIteration:")
             steps.append(f"    raise _percore_enter_failed({callee}) from None")
             steps.append("_percore_stack.append(_percore_g)")
+            if node.function_scope:
+                steps.append("_percore_fstack.append(_percore_g)")
     invocation = call("_percore_handler", handler_args)
     if _style(function) == "await":
         steps.append(f"_percore_r = await {invocation}")
     else:
         steps.append(f"_percore_r = {invocation}")
+    if function_scoped:
+        close = "await _percore_close_now" if is_async else "_percore_close_now_sync"
+        steps.append(f"{close}(_percore_stack, _percore_fstack)")
     if response_model is not None:
         namespace["_percore_model"] = _response_filter(response_model, response_model_exclude_none)
         steps.append("_percore_r = _percore_model(_percore_r)")

@@ -79,11 +79,22 @@ class Depends:
     """``Depends(f)``: the parameter is ``f``'s result, ``f`` called with its own parameters bound the same
     way (they may be dependencies too). ``Depends()`` in ``Annotated[C, Depends()]`` calls ``C``.
     ``use_cache=False``: called again for this use even if the request already called it.
+    ``scope="function"`` (for ``yield`` dependencies): the code after ``yield`` runs as soon as the
+    handler returns, before the response is sent; the default (``"request"``) runs it after.
     The graph is resolved once, at registration (``percore.dependencies``)."""
 
-    def __init__(self, dependency: Callable[..., Any] | None = None, *, use_cache: bool = True) -> None:
+    def __init__(
+        self,
+        dependency: Callable[..., Any] | None = None,
+        *,
+        use_cache: bool = True,
+        scope: str | None = None,
+    ) -> None:
+        if scope not in (None, "function", "request"):
+            raise ConfigurationError(f'Depends(scope={scope!r}): use "function" or "request"')
         self.dependency = dependency
         self.use_cache = use_cache
+        self.scope = scope
 
     def __repr__(self) -> str:
         name = getattr(self.dependency, "__qualname__", self.dependency)
@@ -266,7 +277,7 @@ def analyse(method: str, path: str, function: Callable[..., Any], path_params: l
             if depends.dependency is None:
                 if annotation is inspect.Parameter.empty or not callable(annotation):
                     raise ConfigurationError(f"route {where}: {name!r} = Depends() needs a callable type")
-                depends = Depends(annotation, use_cache=depends.use_cache)
+                depends = Depends(annotation, use_cache=depends.use_cache, scope=depends.scope)
             params.append(Param(name, "depends", name, "depends", False, depends))
             continue
         if isinstance(annotation, type) and issubclass(annotation, BackgroundTasks):
