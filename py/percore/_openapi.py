@@ -153,8 +153,7 @@ def _add_security(operation: dict[str, Any], route: Any, schemes: dict[str, Any]
     ``security`` requirements and ``components.securitySchemes``."""
     for scheme in getattr(route, "security", ()):
         schemes[scheme.scheme_name] = scheme.openapi_scheme()
-        scopes = []
-        operation.setdefault("security", []).append({scheme.scheme_name: scopes})
+        operation.setdefault("security", []).append({scheme.scheme_name: []})
 
 
 DOCS_PAGE = """<!doctype html>
