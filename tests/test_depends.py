@@ -84,6 +84,8 @@ REQUESTS = [
     ("GET", "/sec/digest", {}),
     ("GET", "/sec/digest", {"authorization": "Digest username=ada"}),
     ("GET", "/sec/digest", {"authorization": "Bearer x"}),
+    ("GET", "/sec/scopes", {}),
+    ("GET", "/sec/scopes", {"authorization": "Bearer s1"}),
     ("GET", "/sec/optional", {}),
     ("GET", "/sec/optional", {"authorization": "Bearer o1"}),
     ("GET", "/model", {}),

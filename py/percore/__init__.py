@@ -9,7 +9,7 @@ from ._threadpool import run_in_threadpool  # noqa: E402
 from .app import App, Router  # noqa: E402
 from .background import BackgroundTask, BackgroundTasks  # noqa: E402
 from .exceptions import ConfigurationError, HTTPException, PercoreError, StartupError  # noqa: E402
-from .params import Body, Cookie, Depends, Header, Path, Query  # noqa: E402
+from .params import Body, Cookie, Depends, Header, Path, Query, Security  # noqa: E402
 from .requests import Request  # noqa: E402
 from .responses import (  # noqa: E402
     FileResponse,
@@ -43,6 +43,7 @@ __all__ = [
     "Request",
     "Response",
     "Router",
+    "Security",
     "StartupError",
     "StreamingResponse",
     "__version__",

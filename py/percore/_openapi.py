@@ -151,9 +151,9 @@ def _add_response_model(operation: dict[str, Any], route: Any, components: dict[
 def _add_security(operation: dict[str, Any], route: Any, schemes: dict[str, Any]) -> None:
     """The route's security schemes (``percore.security``, used as dependencies): the operation's
     ``security`` requirements and ``components.securitySchemes``."""
-    for scheme in getattr(route, "security", ()):
+    for scheme, scopes in getattr(route, "security", ()):
         schemes[scheme.scheme_name] = scheme.openapi_scheme()
-        operation.setdefault("security", []).append({scheme.scheme_name: []})
+        operation.setdefault("security", []).append({scheme.scheme_name: list(scopes)})
 
 
 DOCS_PAGE = """<!doctype html>

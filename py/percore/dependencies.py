@@ -37,7 +37,7 @@ from typing import Any
 from ._logging import logger
 from .background import BackgroundTasks, run_after_response
 from .exceptions import ConfigurationError
-from .params import Depends, Param, analyse
+from .params import Depends, Param, Security, SecurityScopes, analyse
 
 __all__ = ["Depends", "Solved", "solve"]
 
@@ -48,8 +48,9 @@ class Solved:
 
     params: list[Param]
     endpoint: Callable[..., Any]
-    #: Security schemes (``percore.security``) anywhere in the graph, for OpenAPI.
-    security: tuple[Any, ...] = ()
+    #: Security schemes (``percore.security``) anywhere in the graph with their OAuth2 scopes, for
+    #: OpenAPI: ``((scheme, [scope, ...]), ...)``.
+    security: tuple[tuple[Any, list[str]], ...] = ()
 
 
 @dataclass
@@ -106,12 +107,16 @@ class _Graph:
         self.nodes: list[_Node] = []
         self.cache: dict[Any, int] = {}
         self.background = False
-        self.security: list[Any] = []
+        self.security: dict[Any, list[str]] = {}  # scheme -> scopes (merged, as FastAPI)
+        #: Values fixed at registration that calls take (``SecurityScopes``): ``_percore_c<i>``.
+        self.constants: list[Any] = []
 
     def where(self) -> str:
         return f"route {self.method} {self.path}"
 
-    def arguments(self, function: Callable[..., Any], stack: tuple[Any, ...]) -> list[tuple[str, str]]:
+    def arguments(
+        self, function: Callable[..., Any], stack: tuple[Any, ...], scopes: tuple[str, ...] = ()
+    ) -> list[tuple[str, str]]:
         # A dependency marked private (security schemes) keeps its parameters to itself: they are bound
         # under a prefixed name so they never clash with the app's, and stay out of the OpenAPI list.
         private = getattr(function, "_percore_private_params", False)
@@ -121,7 +126,10 @@ class _Graph:
         # in, so a 422 lists its errors in the same order.
         for param in analysed:
             if param.source == "depends":
-                expressions[param.name] = self.node(param.default, stack)
+                expressions[param.name] = self.node(param.default, stack, scopes)
+            elif param.source == "security_scopes":
+                self.constants.append(SecurityScopes(list(scopes)))
+                expressions[param.name] = f"_percore_c{len(self.constants) - 1}"
             elif param.source == "background":
                 self.background = True
                 expressions[param.name] = "_percore_bg"
@@ -154,25 +162,27 @@ class _Graph:
             )
         return slot
 
-    def node(self, depends: Depends, stack: tuple[Any, ...]) -> str:
+    def node(self, depends: Depends, stack: tuple[Any, ...], scopes: tuple[str, ...] = ()) -> str:
         function = depends.dependency
         if function is None or not callable(function):
             raise ConfigurationError(f"{self.where()}: {depends!r} does not name a callable")
+        if isinstance(depends, Security):
+            scopes = (*scopes, *depends.scopes)
         try:
-            key = (function,)
+            key: tuple[Any, ...] = (function, scopes)
             hash(key)
         except TypeError:
-            key = (id(function),)
+            key = (id(function), scopes)
         if depends.use_cache and key in self.cache:
             return f"_percore_d{self.cache[key]}"
         if any(function is seen for seen in stack):
             cycle = " -> ".join(_name(f) for f in (*stack, function))
             raise ConfigurationError(f"{self.where()}: dependency cycle {cycle}")
         if getattr(function, "_percore_security_scheme", None) is not None:
-            if all(s is not function for s in self.security):
-                self.security.append(function)
+            merged = self.security.setdefault(function, [])
+            merged += [scope for scope in scopes if scope not in merged]
         node = _Node(function, _style(function), function_scope=depends.scope == "function")
-        node.args = self.arguments(function, (*stack, function))
+        node.args = self.arguments(function, (*stack, function), scopes)
         if node.style in ("gen", "agen") and not node.function_scope:
             for _, expression in node.args:
                 if expression.startswith("_percore_d") and self.nodes[int(expression[10:])].function_scope:
@@ -330,7 +340,7 @@ def solve(
             )
         graph.node(depends, ())
     handler_args = graph.arguments(function, (function,))
-    if not graph.nodes and not graph.background and response_model is None:
+    if not graph.nodes and not graph.background and not graph.constants and response_model is None:
         return Solved(analyse(method, path, function, path_params), function)
     params = [param for param, _ in graph.params.values()]
     bodies = [p for p in params if p.source == "body"]
@@ -366,6 +376,8 @@ def solve(
     def call(callee: str, args: list[tuple[str, str]]) -> str:
         return f"{callee}({', '.join(f'{k}={v}' for k, v in args)})"
 
+    for index, constant in enumerate(graph.constants):
+        namespace[f"_percore_c{index}"] = constant
     for index, node in enumerate(graph.nodes):
         callee = f"_percore_f{index}"
         namespace[callee] = node.function
@@ -426,4 +438,4 @@ def solve(
     endpoint = namespace["_percore_solved"]
     endpoint.__qualname__ = endpoint.__name__ = getattr(function, "__name__", "handler")
     endpoint._percore_source = source  # for debugging: the plan as Python
-    return Solved(params, endpoint, tuple(graph.security))
+    return Solved(params, endpoint, tuple(graph.security.items()))

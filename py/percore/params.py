@@ -101,12 +101,37 @@ class Depends:
         return f"Depends({name}{'' if self.use_cache else ', use_cache=False'})"
 
 
+class Security(Depends):
+    """``Depends`` for a security dependency, with the OAuth2 ``scopes`` it requires: they are listed in
+    the OpenAPI ``security`` of the route and, with those of every ``Security`` above it in the graph,
+    given to a ``SecurityScopes`` parameter of the dependency (as FastAPI's ``Security``)."""
+
+    def __init__(
+        self,
+        dependency: Callable[..., Any] | None = None,
+        *,
+        scopes: list[str] | tuple[str, ...] | None = None,
+        use_cache: bool = True,
+    ) -> None:
+        super().__init__(dependency, use_cache=use_cache)
+        self.scopes = list(scopes or [])
+
+
+class SecurityScopes:
+    """Declare a parameter of this type in a dependency to get the OAuth2 scopes required by the
+    ``Security(...)`` declarations on its path through the graph (``scopes``; ``scope_str`` joined)."""
+
+    def __init__(self, scopes: list[str] | None = None) -> None:
+        self.scopes: list[str] = list(scopes or [])
+        self.scope_str = " ".join(self.scopes)
+
+
 @dataclass(frozen=True)
 class Param:
     """One keyword argument of a handler, as the Rust side binds it."""
 
     name: str
-    source: str  # path | query | header | cookie | body | request (+ depends | background, never bound)
+    source: str  # path | query | header | cookie | body | request (+ depends | background | security_scopes)
     key: str  # the name on the wire
     kind: str  # str | int | float | bool | uuid | list[<scalar>] | json
     required: bool
@@ -231,6 +256,13 @@ def _plain_converter(annotation: Any) -> Callable[[Any], tuple[bool, Any]]:
     raise ConfigurationError(f"body type {annotation!r} needs pydantic installed to be validated")
 
 
+def _with_dependency(depends: Depends, dependency: Callable[..., Any]) -> Depends:
+    """``Depends()``/``Security()`` without a callable, given the annotated type to call."""
+    if isinstance(depends, Security):
+        return Security(dependency, scopes=depends.scopes, use_cache=depends.use_cache)
+    return Depends(dependency, use_cache=depends.use_cache, scope=depends.scope)
+
+
 def _type_hints(function: Callable[..., Any]) -> dict[str, Any]:
     """The annotations of what calling ``function`` runs: a class's ``__init__``, an instance's
     ``__call__`` (security schemes), else the function itself."""
@@ -277,11 +309,14 @@ def analyse(method: str, path: str, function: Callable[..., Any], path_params: l
             if depends.dependency is None:
                 if annotation is inspect.Parameter.empty or not callable(annotation):
                     raise ConfigurationError(f"route {where}: {name!r} = Depends() needs a callable type")
-                depends = Depends(annotation, use_cache=depends.use_cache, scope=depends.scope)
+                depends = _with_dependency(depends, annotation)
             params.append(Param(name, "depends", name, "depends", False, depends))
             continue
         if isinstance(annotation, type) and issubclass(annotation, BackgroundTasks):
             params.append(Param(name, "background", name, "background", False, None))
+            continue
+        if annotation is SecurityScopes:
+            params.append(Param(name, "security_scopes", name, "security_scopes", False, None))
             continue
         default = marker.default if marker is not None else parameter.default
         if default is REQUIRED and not isinstance(parameter.default, _Marker):
@@ -332,4 +367,15 @@ def analyse(method: str, path: str, function: Callable[..., Any], path_params: l
     return params
 
 
-__all__ = ["Body", "Cookie", "Depends", "Header", "Param", "Path", "Query", "analyse"]
+__all__ = [
+    "Body",
+    "Cookie",
+    "Depends",
+    "Header",
+    "Param",
+    "Path",
+    "Query",
+    "Security",
+    "SecurityScopes",
+    "analyse",
+]

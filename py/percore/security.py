@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from .exceptions import HTTPException
-from .params import Cookie, Header, Query
+from .params import Cookie, Header, Query, SecurityScopes
 
 __all__ = [
     "APIKeyCookie",
@@ -40,6 +40,7 @@ __all__ = [
     "HTTPDigest",
     "OAuth2PasswordBearer",
     "SecurityBase",
+    "SecurityScopes",
 ]
 
 

@@ -228,6 +228,16 @@ def make(framework: str) -> Any:
     def sec_digest(creds: Annotated[security.HTTPAuthorizationCredentials, Depends(digest)]):
         return {"scheme": creds.scheme, "credentials": creds.credentials}
 
+    def scoped_user(security_scopes: security.SecurityScopes, tok: Annotated[str, Depends(oauth2)]):
+        return {"scopes": security_scopes.scopes, "scope_str": security_scopes.scope_str, "token": tok}
+
+    @app.get("/sec/scopes")
+    def sec_scopes(
+        a: Annotated[dict, fw.Security(scoped_user, scopes=["items:read"])],
+        b: Annotated[dict, fw.Security(scoped_user, scopes=["me"])],
+    ):
+        return {"a": a, "b": b}
+
     @app.get("/sec/optional")
     def sec_optional(creds: Annotated[Any, Depends(optional)]):
         return {"credentials": None if creds is None else creds.credentials}
