@@ -424,3 +424,32 @@ def test_a_request_scoped_generator_cannot_depend_on_a_function_scoped_one():
         percore.ConfigurationError, match='cannot depend on dependencies with scope "function"'
     ):
         api.get("/x")(lambda o=Depends(outer): o)
+
+
+def test_request_scoped_cleanup_runs_after_the_response_and_never_delays_it():
+    import asyncio
+
+    api = percore.App()
+    log = []
+    release = {}
+
+    async def slow_cleanup():
+        yield "value"
+        # Waits for a later request: the response of the request that entered it must not wait too.
+        release.setdefault("event", asyncio.Event())
+        await release["event"].wait()
+        log.append("closed")
+
+    @api.get("/held")
+    def held(v: Annotated[str, Depends(slow_cleanup)]):
+        return v
+
+    @api.get("/release")
+    def release_cleanup():
+        release["event"].set()
+
+    with TestClient(api) as client:
+        assert client.get("/held").text == "value"
+        assert log == []
+        client.get("/release")
+        wait_for(lambda: log == ["closed"], what="cleanup")
