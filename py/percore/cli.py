@@ -187,9 +187,14 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds to send a request head; also the keep-alive idle limit (30)",
     )
     limits.add_argument(
+        "--body-timeout",
+        type=float,
+        help="seconds a request body may stall (no bytes arriving) before 408 and close (default 60)",
+    )
+    limits.add_argument(
         "--send-timeout",
         type=float,
-        help="seconds without write progress to a client that does not read before it is closed (60)",
+        help="seconds a client may take no response bytes (not reading) before it is closed (default 60)",
     )
     limits.add_argument("--max-connections", type=int, help="open connections per loop (default 10000)")
     limits.add_argument(
@@ -272,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
             lifespan=not arguments.no_lifespan,
             max_body_size=arguments.max_body_size,
             header_timeout=arguments.header_timeout,
+            body_timeout=arguments.body_timeout,
             send_timeout=arguments.send_timeout,
             max_connections=arguments.max_connections,
             max_in_flight=arguments.max_in_flight,

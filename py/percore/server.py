@@ -33,6 +33,7 @@ class ServerConfig:
     # Limits (None: the Rust defaults, see runtime/src/config.rs and docs/limits.md).
     max_body_size: int | None = None
     header_timeout: float | None = None
+    body_timeout: float | None = None
     send_timeout: float | None = None
     max_connections: int | None = None
     max_in_flight: int | None = None
@@ -111,6 +112,7 @@ class Server:
             exception_responder=None if asgi else app._exception_response,
             max_body_size=config.max_body_size,
             header_timeout=config.header_timeout,
+            body_timeout=config.body_timeout,
             send_timeout=config.send_timeout,
             max_connections=config.max_connections,
             max_in_flight=config.max_in_flight,

@@ -39,9 +39,6 @@ pub struct Limits {
     /// A connection that does not deliver a complete request head within this time is closed: slowloris
     /// defence, and the idle limit for keep-alive connections.
     pub header_timeout: std::time::Duration,
-    /// A client that does not read what the server writes: no write progress for this long closes the
-    /// connection (nginx's `send_timeout` and its default).
-    pub send_timeout: std::time::Duration,
     /// Open connections per loop; beyond it the loop stops accepting until one closes (the rest wait
     /// in the kernel's backlog).
     pub max_connections_per_loop: usize,
@@ -60,6 +57,13 @@ pub struct Limits {
     /// None: no pings.
     pub websocket_ping_interval: Option<std::time::Duration>,
     pub websocket_ping_timeout: std::time::Duration,
+    /// Reading a request body: no bytes of it for this long closes the connection, with 408 if nothing of
+    /// the response was sent yet (nginx's `client_body_timeout`). A stalled upload holds nothing forever.
+    pub body_timeout: std::time::Duration,
+    /// Writing to a client: no byte accepted by the socket for this long closes the connection (nginx's
+    /// `send_timeout`), so a client that stops reading (also one that pipelines requests and never reads
+    /// the answers) does not hold its connection and the response buffered for it forever.
+    pub send_timeout: std::time::Duration,
 }
 
 impl Default for Limits {
@@ -67,13 +71,14 @@ impl Default for Limits {
         Limits {
             max_body_size: 16 * 1024 * 1024,
             header_timeout: std::time::Duration::from_secs(30),
-            send_timeout: std::time::Duration::from_secs(60),
             max_connections_per_loop: 10_000,
             max_in_flight_per_loop: 4096,
             max_websocket_message: 16 * 1024 * 1024,
             websocket_max_queue: 32,
             websocket_ping_interval: Some(std::time::Duration::from_secs(20)),
             websocket_ping_timeout: std::time::Duration::from_secs(20),
+            body_timeout: std::time::Duration::from_secs(60),
+            send_timeout: std::time::Duration::from_secs(60),
         }
     }
 }
@@ -154,6 +159,21 @@ impl Config {
     }
 }
 
+/// The longest duration a flag accepts: a year. Beyond it a timer's deadline could overflow the clock.
+pub const MAX_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
+
+/// A duration flag's value: a positive, finite number of seconds, at most `MAX_SECONDS`.
+pub fn seconds(value: f64, flag: &str) -> Result<std::time::Duration, ConfigError> {
+    if value.is_finite() && value > 0.0 && value <= MAX_SECONDS {
+        Ok(std::time::Duration::from_secs_f64(value))
+    } else {
+        Err(ConfigError::BadSeconds {
+            flag: flag.to_owned(),
+            value,
+        })
+    }
+}
+
 /// The CPU ids in this process's affinity mask (what `taskset` or a container allows), in order.
 pub fn available_cores() -> Vec<usize> {
     core_affinity::get_core_ids()
@@ -163,12 +183,13 @@ pub fn available_cores() -> Vec<usize> {
         .collect()
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum ConfigError {
     ZeroLoops,
     BadLoopCount(String),
     BadRoutingPolicy(String),
     NoCores,
+    BadSeconds { flag: String, value: f64 },
 }
 
 impl fmt::Display for ConfigError {
@@ -186,6 +207,10 @@ impl fmt::Display for ConfigError {
                 "unknown routing policy {text:?} (expected local, round-robin or least-loaded)"
             ),
             ConfigError::NoCores => write!(f, "could not read this process's CPU affinity mask"),
+            ConfigError::BadSeconds { flag, value } => write!(
+                f,
+                "{flag} must be a positive number of seconds, at most {MAX_SECONDS} (a year), got {value}"
+            ),
         }
     }
 }
@@ -206,6 +231,21 @@ mod tests {
             LoopCount::parse("many").unwrap_err(),
             ConfigError::BadLoopCount(_)
         ));
+    }
+
+    #[test]
+    fn seconds_must_be_positive_finite_and_at_most_a_year() {
+        assert_eq!(
+            seconds(1.5, "--body-timeout").unwrap(),
+            std::time::Duration::from_millis(1500)
+        );
+        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY, 1e30] {
+            let message = seconds(bad, "--send-timeout").unwrap_err().to_string();
+            assert!(
+                message.starts_with("--send-timeout must be a positive number of seconds"),
+                "{message}"
+            );
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@
 pub mod access_log;
 pub mod config;
 pub mod cpu_budget;
+pub mod deadline;
 pub mod listener;
 pub mod metrics;
 pub mod pool;

@@ -202,7 +202,7 @@ impl Metrics {
             &mut out,
             "percore_connection_errors_total",
             "counter",
-            "Connections ended by a protocol error (malformed request, header too large, header timeout) or a reset.",
+            "Connections ended by a protocol error (malformed request, header too large, header timeout), a send timeout or a reset.",
         );
         for (index, m) in loops {
             let value = m.connection_errors.load(Ordering::Relaxed);

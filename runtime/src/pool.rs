@@ -32,10 +32,11 @@ pub type LocalBoxFuture<T> = Pin<Box<dyn Future<Output = T>>>;
 /// How long cancelled request work may take to unwind at shutdown before the loop shuts down anyway.
 const CANCEL_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// A request's body: already read (small bodies are collected before dispatch), or still arriving.
+/// A request's body: already read (small bodies are collected before dispatch), or still arriving (under
+/// `--body-timeout`).
 pub enum RequestBody {
     Full(Bytes),
-    Streaming(hyper::body::Incoming),
+    Streaming(crate::deadline::TimedBody),
 }
 
 impl RequestBody {
@@ -166,6 +167,17 @@ impl HttpResponse {
 
     pub fn internal_error() -> Self {
         Self::text(500, "Internal Server Error")
+    }
+
+    /// 408 for a request whose body stopped arriving (`--body-timeout`), closing the connection: the rest
+    /// of the body is not read, so nothing after it on the wire may be taken for a request.
+    pub fn request_timeout() -> Self {
+        let mut response = Self::text(408, "Request Timeout");
+        response.headers.push((
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        ));
+        response
     }
 }
 

@@ -5,7 +5,9 @@
 //! A connection stays on the loop that accepted it; the routing policies (hand-off per request) are what
 //! spread a single long-lived connection's requests.
 //!
-//! Invariant: 404 and 405 are answered here, before any executor (Python) is involved.
+//! Invariant: 404 and 405 are answered here, before any executor (Python) is involved. Every wait on a
+//! client is bounded: the TLS handshake and each request head by `--header-timeout`, a body by
+//! `--body-timeout`, taking the response by `--send-timeout` (`deadline`).
 
 use std::cell::Cell;
 use std::convert::Infallible;
@@ -25,6 +27,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::{oneshot, watch, Notify};
 
 use crate::access_log;
+use crate::config::Limits;
+use crate::deadline::{BodyReadError, SendDeadline, TimedBody};
 use crate::listener::Listener;
 use crate::metrics::Metrics;
 use crate::pool::{
@@ -187,7 +191,8 @@ fn spawn_connection<X, IO>(
 
 /// `serve_connection`, after the TLS handshake when the server has a certificate. A handshake that fails
 /// or outlasts the header timeout (a client that connects and says nothing, or speaks plain HTTP) closes
-/// the connection and counts it as failed in the metrics.
+/// the connection and counts it as failed in the metrics. Writes to the socket (TLS records included) fail
+/// after `--send-timeout` without progress, which closes the connection (counted as failed too).
 async fn serve_stream<X, IO>(
     stream: IO,
     context: Rc<LoopContext<X>>,
@@ -197,6 +202,7 @@ async fn serve_stream<X, IO>(
     X: Executor,
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let stream = SendDeadline::new(stream, context.shared.config.limits.send_timeout);
     let Some(tls) = &context.shared.config.tls else {
         return serve_connection(stream, context, peer, stop).await;
     };
@@ -433,12 +439,13 @@ async fn handle<X: Executor>(
         Lookup::Found { endpoint, params } => match read_body(
             body,
             X::streams_request_body(&context.shared.endpoints[endpoint]),
-            context.shared.config.limits.max_body_size,
+            &context.shared.config.limits,
         )
         .await
         {
             Err(BodyError::TooLarge) => HttpResponse::text(413, "Payload Too Large"),
             Err(BodyError::Unreadable) => HttpResponse::text(400, "Bad Request: unreadable body"),
+            Err(BodyError::TimedOut) => HttpResponse::request_timeout(),
             Ok(body) => {
                 let request = HttpRequest {
                     method: parts.method,
@@ -486,20 +493,29 @@ async fn handle<X: Executor>(
 /// small length are read first (so most requests still arrive complete) and anything larger or chunked
 /// is handed over still arriving.
 ///
-/// A body larger than `max_size` is refused: at once when its declared length says so (nothing is
+/// A body larger than `--max-body-size` is refused: at once when its declared length says so (nothing is
 /// read), otherwise as soon as the bytes read pass the limit. (A body the endpoint streams — ASGI — is
-/// counted as the app reads it: `python/asgi.rs`.)
-async fn read_body(body: Incoming, streams: bool, max_size: u64) -> Result<RequestBody, BodyError> {
+/// counted as the app reads it: `python/asgi.rs`.) Either way the body is read under `--body-timeout`.
+async fn read_body(
+    body: Incoming,
+    streams: bool,
+    limits: &Limits,
+) -> Result<RequestBody, BodyError> {
+    let max_size = limits.max_body_size;
     if body.size_hint().lower() > max_size {
         return Err(BodyError::TooLarge);
     }
-    let read_whole = |body: Incoming| async move {
+    let body = TimedBody::new(body, limits.body_timeout);
+    let read_whole = |body: TimedBody| async move {
         match http_body_util::Limited::new(body, max_size as usize)
             .collect()
             .await
         {
             Ok(collected) => Ok(RequestBody::Full(collected.to_bytes())),
             Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(BodyError::TooLarge),
+            Err(err) if matches!(err.downcast_ref(), Some(BodyReadError::TimedOut)) => {
+                Err(BodyError::TimedOut)
+            }
             Err(_) => Err(BodyError::Unreadable),
         }
     };
@@ -516,6 +532,7 @@ async fn read_body(body: Incoming, streams: bool, max_size: u64) -> Result<Reque
 enum BodyError {
     TooLarge,
     Unreadable,
+    TimedOut,
 }
 
 /// The response body hyper writes: complete, or chunks as the executor produces them.

@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::executor::LoopShared;
 use super::task::AppConnection;
+use crate::deadline::{BodyReadError, TimedBody};
 use crate::listener::LocalAddress;
 use crate::pool::{HttpRequest, HttpResponse, Latch, RequestBody, ResponseBody, StreamAborted};
 use crate::query::percent_decode_path;
@@ -230,7 +231,7 @@ impl AsgiExchange {
     fn receive_streaming<'py>(
         self: &Arc<Self>,
         py: Python<'py>,
-        mut incoming: hyper::body::Incoming,
+        mut incoming: TimedBody,
     ) -> PyResult<Bound<'py, PyAny>> {
         let future = self.shared.create_future(py)?;
         let result = future.clone().unbind();
@@ -255,15 +256,8 @@ impl AsgiExchange {
                         let mut state = exchange.lock();
                         state.body_received += data.as_ref().map_or(0, |d| d.len() as u64);
                         if state.body_received > exchange.shared.max_body_size {
-                            // Too large: answer 413 now (if nothing was sent) and tell the app the
-                            // client is gone; nothing the app sends afterwards reaches the client.
-                            state.body_complete = true;
-                            let reply = state.reply.take();
-                            state.response = ResponseState::AnsweredByServer;
                             drop(state);
-                            if let Some(reply) = reply {
-                                let _ = reply.send(HttpResponse::text(413, "Payload Too Large"));
-                            }
+                            exchange.answer_for_app(HttpResponse::text(413, "Payload Too Large"));
                             exchange.resolve(py, result.bind(py), Self::disconnect_message(py));
                             return;
                         }
@@ -276,25 +270,24 @@ impl AsgiExchange {
                         let data = data.unwrap_or_default();
                         Self::http_request_message(py, &data, more)
                     }
-                    Err(err) if err.is_incomplete_message() || err.is_closed() => {
+                    Err(err) if err.client_left() => {
                         exchange.lock().body_complete = true;
                         Self::disconnect_message(py)
                     }
-                    Err(_) => {
+                    Err(BodyReadError::TimedOut) => {
+                        // The body stopped arriving (`--body-timeout`): 408, as for bodies read
+                        // before dispatch, and the connection closes.
+                        exchange.answer_for_app(HttpResponse::request_timeout());
+                        Self::disconnect_message(py)
+                    }
+                    Err(BodyReadError::Hyper(_)) => {
                         // A malformed body (bad chunk encoding): the client's fault, so 400 — as for
                         // bodies read before dispatch — not the 500 an app failing on a truncated body
                         // would give. The app sees the client gone; hyper closes the connection.
-                        let mut state = exchange.lock();
-                        state.body_complete = true;
-                        let reply = state.reply.take();
-                        state.response = ResponseState::AnsweredByServer;
-                        drop(state);
-                        if let Some(reply) = reply {
-                            let _ = reply.send(HttpResponse::text(
-                                400,
-                                "Bad Request: malformed request body",
-                            ));
-                        }
+                        exchange.answer_for_app(HttpResponse::text(
+                            400,
+                            "Bad Request: malformed request body",
+                        ));
                         Self::disconnect_message(py)
                     }
                 };
@@ -302,6 +295,33 @@ impl AsgiExchange {
             });
         });
         Ok(future)
+    }
+
+    /// The server answers for the app, for a request body it cannot take (413, 400, 408), and the app is
+    /// told the client is gone: `response` if nothing was sent to the client yet; else a streamed response
+    /// is aborted, so that the client cannot take it for complete and the connection closes. Whatever the
+    /// app sends afterwards is dropped.
+    fn answer_for_app(&self, response: HttpResponse) {
+        let mut state = self.lock();
+        state.body_complete = true;
+        let reply = state.reply.take();
+        let previous = std::mem::replace(&mut state.response, ResponseState::AnsweredByServer);
+        if let ResponseState::Finished = previous {
+            state.response = ResponseState::Finished;
+        }
+        drop(state);
+        match (reply, previous) {
+            (Some(reply), _) => {
+                let _ = reply.send(response);
+            }
+            (None, ResponseState::Streaming(sender)) => {
+                let reason = format!("the request body failed: {}", response.status);
+                tokio::task::spawn_local(async move {
+                    let _ = sender.send(Err(StreamAborted(reason))).await;
+                });
+            }
+            _ => {}
+        }
     }
 
     fn resolve(

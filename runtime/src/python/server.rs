@@ -80,7 +80,8 @@ impl Server {
         max_body_size=None, header_timeout=None, send_timeout=None, max_connections=None, max_in_flight=None,
         shutdown_timeout=None, access_log=false, metrics_port=None, metrics_host=None, shared_port=false,
         forwarded_allow_ips=None, ws_max_size=None, ws_max_queue=None, ws_ping_interval=None, ws_ping_timeout=None,
-        uds=None, fd=None, ssl_certfile=None, ssl_keyfile=None, backlog=None, listen_fds=None
+        uds=None, fd=None, ssl_certfile=None, ssl_keyfile=None, backlog=None, listen_fds=None,
+        body_timeout=None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -118,19 +119,13 @@ impl Server {
         ssl_keyfile: Option<std::path::PathBuf>,
         backlog: Option<i32>,
         listen_fds: Option<Vec<i32>>,
+        body_timeout: Option<f64>,
     ) -> PyResult<Self> {
         let loops = LoopCount::parse(loops).map_err(config_error)?;
         let routing: RoutingPolicy = routing.parse().map_err(config_error)?;
         let mut config = Config::new(host, port, loops, routing).map_err(config_error)?;
-        let seconds = |value: f64, flag: &str| {
-            if value.is_finite() && value > 0.0 {
-                Ok(Duration::from_secs_f64(value))
-            } else {
-                Err(config_error(format!(
-                    "{flag} must be a positive number of seconds"
-                )))
-            }
-        };
+        let seconds =
+            |value: f64, flag: &str| crate::config::seconds(value, flag).map_err(config_error);
         let positive = |value: usize, flag: &str| {
             if value > 0 {
                 Ok(value)
@@ -169,6 +164,9 @@ impl Server {
         }
         if let Some(timeout) = ws_ping_timeout {
             limits.websocket_ping_timeout = seconds(timeout, "--ws-ping-timeout")?;
+        }
+        if let Some(timeout) = body_timeout {
+            limits.body_timeout = seconds(timeout, "--body-timeout")?;
         }
         if let Some(timeout) = shutdown_timeout {
             config.shutdown_timeout = seconds(timeout, "--shutdown-timeout")?;
