@@ -48,17 +48,14 @@ impl Stall {
     /// The operation is pending: starts the clock if it was not running, and registers the task to be woken
     /// when it runs out. True when it has run out.
     fn expired(&mut self, cx: &mut Context<'_>) -> bool {
-        let deadline = tokio::time::Instant::now() + self.timeout;
-        let timer = match &mut self.timer {
-            Some(timer) => {
-                if !self.waiting {
-                    timer.as_mut().reset(deadline);
-                }
+        let timeout = self.timeout;
+        let timer = match (&mut self.timer, self.waiting) {
+            (Some(timer), true) => timer,
+            (Some(timer), false) => {
+                timer.as_mut().reset(tokio::time::Instant::now() + timeout);
                 timer
             }
-            None => self
-                .timer
-                .insert(Box::pin(tokio::time::sleep_until(deadline))),
+            (None, _) => self.timer.insert(Box::pin(tokio::time::sleep(timeout))),
         };
         self.waiting = true;
         timer.as_mut().poll(cx).is_ready()
