@@ -59,11 +59,15 @@ def events(port: int) -> list[str]:
         return json.loads(read_to_end(sock).split(b"\r\n\r\n", 1)[1])
 
 
-def served(server, tls: bool = False) -> bool:
+def served(server, transport: str = "plain") -> bool:
     """Another client is answered meanwhile."""
     path = "/where" if NATIVE in server.command else "/events"
-    if tls:
+    if transport == "tls":
         return https_json(server.port, path) is not None
+    if transport == "unix":
+        with connect(server, transport) as sock:
+            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode())
+            return read_to_end(sock).startswith(b"HTTP/1.1 200")
     return server.get(path).status == 200
 
 
@@ -138,29 +142,42 @@ def settled(metrics_port: int) -> float:
     return wait_for(lambda: (counts := connections(metrics_port))[1] == 0 and counts[0])
 
 
-def connect(port: int, tls: bool) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
-    if tls:
+def connect(server, transport: str) -> socket.socket:
+    """A connection to `server` over TCP, TLS or its Unix socket."""
+    if transport == "unix":
+        sock = socket.socket(socket.AF_UNIX)
+        sock.settimeout(30)
+        sock.connect(str(server.uds))
+        return sock
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+    if transport == "tls":
         return client_context().wrap_socket(sock, server_hostname="localhost")
     return sock
 
 
-@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
-def test_a_client_that_pipelines_and_never_reads_is_disconnected(serve, tls):
+@pytest.mark.parametrize("transport", ["plain", "tls", "unix"])
+def test_a_client_that_pipelines_and_never_reads_is_disconnected(serve, tmp_path, transport):
     metrics_port = free_port()
     server = serve(
-        ASGI, "--loops", "1", *TIMEOUTS, "--metrics-port", str(metrics_port), *(HTTPS if tls else ())
+        ASGI,
+        "--loops",
+        "1",
+        *TIMEOUTS,
+        "--metrics-port",
+        str(metrics_port),
+        *(HTTPS if transport == "tls" else ()),
+        uds=tmp_path / "percore.sock" if transport == "unix" else None,
     )
     accepted = settled(metrics_port)
     errors = total(scrape(metrics_port), "percore_connection_errors_total")
     requests = 64  # 64 MiB of responses: far more than the socket buffers hold
-    with connect(server.port, tls) as sock:
+    with connect(server, transport) as sock:
         sock.sendall(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n" * requests)
         # The client reads nothing: the server gives up on it and closes its side, while the client still
         # holds the socket open; the failed connection is counted.
         assert wait_for(lambda: connections(metrics_port) == (accepted + 1, 0), timeout=30)
         assert total(scrape(metrics_port), "percore_connection_errors_total") == errors + 1
-        assert served(server, tls)
+        assert served(server, transport)
         assert len(read_to_end(sock)) < requests << 20
 
 
@@ -207,12 +224,12 @@ def test_memory_held_by_stalled_bodies_is_released(serve):
 
 def test_a_body_that_stops_arriving_over_tls_gets_408(serve):
     server = serve(NATIVE, "--loops", "1", *TIMEOUTS, *HTTPS)
-    with connect(server.port, tls=True) as sock:
+    with connect(server, "tls") as sock:
         send_then_stall(
             sock, b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n", [b"a", b"b"]
         )
         assert_408_and_closed(read_to_end(sock))
-    assert served(server, tls=True)
+    assert served(server, "tls")
 
 
 @pytest.mark.parametrize(
