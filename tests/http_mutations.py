@@ -397,7 +397,13 @@ def parse_responses(out: bytes, heads: bool, cut_ok: bool) -> list[int]:
     """The statuses of the responses in `out`, which must hold nothing else. A response to HEAD declares
     a length but has no body: with `heads`, a response directly followed by another (or by the end) is
     taken as bodiless. With `cut_ok` (the connection was reset) the last response may be incomplete."""
-    statuses, rest = [], out
+    return [status for status, _ in response_heads(out, heads, cut_ok)]
+
+
+def response_heads(out: bytes, heads: bool, cut_ok: bool) -> list[tuple[int, dict[str, str]]]:
+    """As `parse_responses`, with each response's header fields (lower-case names; the last of a name)."""
+    statuses: list[tuple[int, dict[str, str]]] = []
+    rest = out
     while rest:
         line = _STATUS_LINE.match(rest)
         end = rest.find(b"\r\n\r\n")
@@ -406,13 +412,13 @@ def parse_responses(out: bytes, heads: bool, cut_ok: bool) -> list[int]:
                 break
             raise BadReply(f"not an HTTP response: {rest[:300]!r}")
         status = int(line.group(1))
-        statuses.append(status)
-        head = rest[: end + 2].decode("latin-1").lower().split("\r\n")[1:]
-        fields = [h.partition(":") for h in head if h]
+        head = rest[: end + 2].decode("latin-1").split("\r\n")[1:]
+        fields = [(n.lower(), sep, v) for n, sep, v in (h.partition(":") for h in head if h)]
+        statuses.append((status, {name: v.strip() for name, _, v in fields}))
         if any(not sep or not name or name != name.strip() for name, sep, _ in fields):
             raise BadReply(f"malformed response header in {rest[: end + 4]!r}")
         lengths = [v.strip() for n, _, v in fields if n == "content-length"]
-        te = [v.strip() for n, _, v in fields if n == "transfer-encoding"]
+        te = [v.strip().lower() for n, _, v in fields if n == "transfer-encoding"]
         if len(lengths) > 1 or (lengths and te):
             raise BadReply(f"ambiguous response framing: {rest[: end + 4]!r}")
         rest = rest[end + 4 :]

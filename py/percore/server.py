@@ -217,8 +217,11 @@ def serve(
         raise ConfigurationError(f"--limit-max-requests must be at least 1, got {limit}")
     previous = None
     if threading.current_thread() is threading.main_thread():
-        # Installed before the port opens, so a SIGTERM at any point stops the server cleanly.
-        previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+        # Both installed explicitly (as uvicorn does), before the port opens, so either signal stops the
+        # server cleanly at any point: Python installs its SIGINT handler only when SIGINT was not ignored
+        # at startup, and a server started in the background by a non-interactive shell, by `nohup` or by
+        # some supervisors inherits it ignored.
+        previous = {sig: signal.signal(sig, _raise_keyboard_interrupt) for sig in STOP_SIGNALS}
     open_files = _open_files.raise_limit()
     try:
         server.start()
@@ -241,8 +244,8 @@ def serve(
     except KeyboardInterrupt:
         logger.info("stopping: finishing in-flight requests (signal again to force)")
         if previous is not None:
-            signal.signal(signal.SIGINT, _force_exit)
-            signal.signal(signal.SIGTERM, _force_exit)
+            for sig in STOP_SIGNALS:
+                signal.signal(sig, _force_exit)
     finally:
         server.stop()
         # In slices, so a second signal is handled while the loops drain.
@@ -250,9 +253,13 @@ def serve(
             pass
         server.join()
         if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+            for sig, handler in previous.items():
+                if handler is not None:  # None: set outside Python, cannot be put back
+                    signal.signal(sig, handler)
     logger.info("stopped")
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def _raise_keyboard_interrupt(signum, frame):

@@ -113,6 +113,10 @@ pub struct HttpRequest {
     /// For an `Upgrade` request (WebSocket): resolves to the raw connection once a 101 response is sent.
     /// Such requests always run on the loop that read them: the connection cannot change threads.
     pub upgrade: Option<hyper::upgrade::OnUpgrade>,
+    /// Counts the request against its loop's `--max-in-flight` (set by `LoopContext::dispatch`). The
+    /// executor keeps it until its response is ready, and longer while the request's work runs on (an
+    /// ASGI app whose client left); dropped with the request otherwise.
+    pub in_flight: Option<InFlight>,
 }
 
 /// Chunks of a streamed response body. The executor keeps the sender: dropping it ends the body, an
@@ -190,7 +194,8 @@ pub trait Executor: 'static {
         false
     }
 
-    /// Runs `endpoint` for `request`. The returned future resolves on this thread.
+    /// Runs `endpoint` for `request`. The returned future resolves on this thread. `request.in_flight`
+    /// is to be kept until the future resolves, or longer while work for the request still runs.
     fn call(&self, endpoint: &Self::Endpoint, request: HttpRequest)
         -> LocalBoxFuture<HttpResponse>;
 
@@ -246,12 +251,11 @@ pub trait ExecutorFactory: Send + Sync + 'static {
     }
 }
 
-/// A request handed from the loop that read it to the loop that runs it.
+/// A request handed from the loop that read it to the loop that runs it (its `in_flight` guard with it).
 pub struct Job {
     pub endpoint: EndpointId,
     pub request: HttpRequest,
     pub reply: oneshot::Sender<HttpResponse>,
-    pub in_flight: InFlight,
 }
 
 /// What every loop shares: the routes, the endpoint table, the load counters and the job channels.
@@ -310,7 +314,7 @@ impl<X: Executor> LoopContext<X> {
         response
     }
 
-    async fn run_somewhere(&self, endpoint: EndpointId, request: HttpRequest) -> HttpResponse {
+    async fn run_somewhere(&self, endpoint: EndpointId, mut request: HttpRequest) -> HttpResponse {
         let target = if request.upgrade.is_some() {
             self.index
         } else {
@@ -327,21 +331,18 @@ impl<X: Executor> LoopContext<X> {
             ));
             return response;
         }
-        let in_flight = self.shared.load.track(target);
+        request.in_flight = Some(self.shared.load.track(target));
         if target == self.index {
-            let response = self
+            return self
                 .executor
                 .call(&self.shared.endpoints[endpoint], request)
                 .await;
-            drop(in_flight);
-            return response;
         }
         let (reply, response) = oneshot::channel();
         let job = Job {
             endpoint,
             request,
             reply,
-            in_flight,
         };
         if self.shared.jobs[target].send(job).await.is_err() {
             return HttpResponse::text(503, "Service Unavailable");
@@ -627,12 +628,10 @@ async fn run_jobs<X: Executor>(
                 endpoint,
                 request,
                 mut reply,
-                in_flight,
             } = job;
             let call = executor.call(&shared.endpoints[endpoint], request);
             tokio::select! {
                 response = call => {
-                    drop(in_flight);
                     let _ = reply.send(response);
                 }
                 // The client went away (the connection's thread dropped the receiver): dropping `call`

@@ -1,7 +1,8 @@
 //! Which loop runs a request: the routing policies and the per-loop in-flight counters they read.
 //!
 //! Invariants: a loop's counter is raised when a request is assigned to it and lowered exactly once when
-//! that request's response is ready (`InFlight` guard), whichever thread finishes it. Counters sit on
+//! that request's work is over (`InFlight` guard: its response is ready and, for a handler or ASGI app
+//! that runs on after that, its coroutine has finished), whichever thread finishes it. Counters sit on
 //! their own cache lines so loops raising their own counters do not contend.
 
 use std::cell::Cell;

@@ -5,7 +5,8 @@
 //! A connection stays on the loop that accepted it; the routing policies (hand-off per request) are what
 //! spread a single long-lived connection's requests.
 //!
-//! Invariant: 404 and 405 are answered here, before any executor (Python) is involved. Every wait on a
+//! Invariant: 404 and 405 (and 400 for a head breaking the Host, Transfer-Encoding or target rules,
+//! `head_error`) are answered here, before any executor (Python) is involved. Every wait on a
 //! client is bounded: the TLS handshake and each request head by `--header-timeout`, a body by
 //! `--body-timeout`, taking the response by `--send-timeout` (`deadline`).
 
@@ -423,11 +424,14 @@ async fn handle<X: Executor>(
             parts.version,
         )
     });
+    let malformed = head_error(&parts);
     let response = match context
         .shared
         .router
         .lookup(&parts.method, parts.uri.path())
     {
+        // Before routing, as h11 does: a 404 must not hide a malformed request.
+        _ if malformed.is_some() => bad_request_and_close(malformed.unwrap_or_default()),
         Lookup::NotFound => HttpResponse::text(404, "Not Found"),
         Lookup::MethodNotAllowed { allow } => {
             let mut response = HttpResponse::text(405, "Method Not Allowed");
@@ -460,6 +464,7 @@ async fn handle<X: Executor>(
                     forwarded,
                     client_gone: Default::default(),
                     upgrade,
+                    in_flight: None,
                 };
                 context.dispatch(endpoint, request).await
             }
@@ -487,6 +492,49 @@ async fn handle<X: Executor>(
         );
     }
     into_hyper(response)
+}
+
+/// What hyper accepts but a request must not have, so that percore reads the same requests in the same
+/// bytes as other parsers (h11, the proxy in front): smuggling and cache poisoning live where two parsers
+/// disagree (tests/test_http_parsing.py holds percore against h11).
+///
+/// - Host (RFC 9112 §3.2): an HTTP/1.1 request without one, or any request with more than one, must get
+///   400. HTTP/1.0 predates Host and may omit it. Which of two hosts is meant is not guessed.
+/// - Transfer-Encoding: only a single `chunked` is supported, as by h11 and nginx. hyper would take the
+///   body of `gzip, chunked` as plain bytes, and decode `chunked` sent twice (two lines, or a list) once.
+/// - The request-target (RFC 9112 §3.2) is a path (`/...`), an absolute URI or `*`. hyper also takes an
+///   authority (`host:80`, for CONNECT, which percore does not proxy) or a bare `;x`, and then reports an
+///   empty path: the app would route a request other parsers see with a different target.
+fn head_error(head: &http::request::Parts) -> Option<&'static str> {
+    let mut hosts = head.headers.get_all(http::header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (_, Some(_)) => return Some("Bad Request: more than one Host header"),
+        (None, None) if head.version == http::Version::HTTP_11 => {
+            return Some("Bad Request: missing Host header")
+        }
+        _ => {}
+    }
+    let path = head.uri.path();
+    if !path.starts_with('/') && path != "*" {
+        return Some("Bad Request: the request target is not a path or an absolute URI");
+    }
+    let mut codings = head.headers.get_all(http::header::TRANSFER_ENCODING).iter();
+    match (codings.next(), codings.next()) {
+        (None, _) => None,
+        (Some(coding), None) if coding.as_bytes().eq_ignore_ascii_case(b"chunked") => None,
+        _ => Some("Bad Request: unsupported Transfer-Encoding (only chunked, once)"),
+    }
+}
+
+/// A 400 after which the connection closes: the request was malformed, so nothing after it on the
+/// connection can be trusted to be framed as the client meant.
+fn bad_request_and_close(reason: &'static str) -> HttpResponse {
+    let mut response = HttpResponse::text(400, reason);
+    response.headers.push((
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("close"),
+    ));
+    response
 }
 
 /// Reads the body before dispatch, unless the endpoint streams it: then only bodies that declare a

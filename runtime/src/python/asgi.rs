@@ -9,7 +9,9 @@
 //! Invariants: exactly one response per request — an app that raises, returns early or breaks the
 //! protocol before its response starts gets a 500 (logged); once streaming has started, a failure aborts
 //! the stream instead of letting the client take a truncated body for a complete one. All methods run on
-//! the request's loop thread.
+//! the request's loop thread. The state lock guards Rust data only: nothing that can run Python (an app's
+//! header iterable, `__index__`, `__eq__` of a dict key, a finalizer) runs while it is held, because the
+//! app may call `receive()`/`send()` from there and the lock is not re-entrant.
 
 use std::sync::{Arc, Mutex};
 
@@ -199,32 +201,47 @@ impl AsgiExchange {
         Ok(message.into_any())
     }
 
+    /// Whether a `receive()` now would learn that the client is gone (or no longer listened to).
+    fn disconnected(&self, state: &ExchangeState) -> bool {
+        matches!(
+            state.response,
+            ResponseState::Finished | ResponseState::AnsweredByServer
+        ) || self.client_gone.is_set()
+    }
+
     /// `await receive()`.
     fn receive<'py>(self: &Arc<Self>, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let mut state = self.lock();
         if !state.body_complete {
-            match state.body.take() {
-                Some(RequestBody::Full(bytes)) => {
-                    state.body_complete = true;
-                    return ready(py, Self::http_request_message(py, &bytes, false)?);
-                }
-                Some(RequestBody::Streaming(incoming)) => {
-                    drop(state);
-                    return self.receive_streaming(py, incoming);
-                }
-                // A receive() while another is still reading the body.
-                None => return Err(PyRuntimeError::new_err("receive() called concurrently")),
+            let body = state.body.take();
+            if matches!(body, Some(RequestBody::Full(_))) {
+                state.body_complete = true;
             }
+            drop(state);
+            return match body {
+                Some(RequestBody::Full(bytes)) => {
+                    ready(py, Self::http_request_message(py, &bytes, false)?)
+                }
+                Some(RequestBody::Streaming(incoming)) => self.receive_streaming(py, incoming),
+                // A receive() while another is still reading the body.
+                None => Err(PyRuntimeError::new_err("receive() called concurrently")),
+            };
         }
-        if matches!(
-            state.response,
-            ResponseState::Finished | ResponseState::AnsweredByServer
-        ) || self.client_gone.is_set()
-        {
+        let disconnected = self.disconnected(&state);
+        drop(state);
+        if disconnected {
             return ready(py, Self::disconnect_message(py)?);
         }
+        // Created unlocked (creating a future runs Python), so the state is looked at again after.
         let future = self.shared.create_future(py)?;
-        state.disconnect_waiter = Some(future.clone().unbind());
+        let mut state = self.lock();
+        if self.disconnected(&state) {
+            drop(state);
+            return ready(py, Self::disconnect_message(py)?);
+        }
+        let replaced = state.disconnect_waiter.replace(future.clone().unbind());
+        drop(state);
+        drop(replaced);
         Ok(future)
     }
 
@@ -366,12 +383,8 @@ impl AsgiExchange {
         }
         match kind {
             "http.response.start" => {
-                let mut state = self.lock();
-                if !matches!(state.response, ResponseState::NotStarted) {
-                    return Err(PyRuntimeError::new_err(
-                        "Unexpected ASGI message 'http.response.start': the response has already started",
-                    ));
-                }
+                // Read before locking: the status (`__index__`), the headers (any iterable) and even the
+                // dict lookups (a key's `__eq__`) may run the app's code, which may call receive/send.
                 let status: u16 = message
                     .get_item(intern!(py, "status"))?
                     .ok_or_else(|| PyTypeError::new_err("http.response.start needs 'status'"))?
@@ -383,7 +396,14 @@ impl AsgiExchange {
                     Some(headers) => parse_headers(&headers)?,
                     None => Vec::new(),
                 };
+                let mut state = self.lock();
+                if !matches!(state.response, ResponseState::NotStarted) {
+                    return Err(PyRuntimeError::new_err(
+                        "Unexpected ASGI message 'http.response.start': the response has already started",
+                    ));
+                }
                 state.response = ResponseState::Started { status, headers };
+                drop(state);
                 done(py)
             }
             "http.response.body" => {
@@ -430,7 +450,8 @@ impl AsgiExchange {
             )),
             ResponseState::AnsweredByServer => {
                 state.response = ResponseState::AnsweredByServer;
-                ready(py, py.None().into_bound(py))
+                drop(state);
+                done(py)
             }
             ResponseState::Started { status, headers } => {
                 let reply = state.reply.take();

@@ -33,6 +33,7 @@ use super::response::to_response;
 use super::task::{in_context, AppConnection, Completion, RequestTask};
 use super::websocket;
 use crate::metrics::{self, ExtraMetrics};
+use crate::routing::InFlight;
 use crate::pool::{
     Executor, ExecutorFactory, HttpRequest, HttpResponse, Latch, LocalBoxFuture, ResponseBody,
 };
@@ -144,10 +145,13 @@ impl LoopShared {
     /// A tracked task finished.
     pub fn untrack(&self, task: &Bound<'_, RequestTask>) {
         let mut live = self.live_tasks.lock().unwrap_or_else(|p| p.into_inner());
-        live.remove(&(task.as_ptr() as usize));
+        let removed = live.remove(&(task.as_ptr() as usize));
         if live.is_empty() {
             self.no_live_tasks.notify_waiters();
         }
+        // Released after the lock: no Python object is dropped while a Rust lock is held.
+        drop(live);
+        drop(removed);
     }
 
     fn live_tasks(&self, py: Python<'_>) -> Vec<Py<RequestTask>> {
@@ -256,10 +260,17 @@ fn object_len(object: &Bound<'_, PyAny>) -> isize {
 }
 
 impl PyExecutor {
-    fn start(&self, py: Python<'_>, endpoint: &Endpoint, request: HttpRequest) -> Started {
+    /// Starts the request; a task that suspends takes `in_flight` (see `RequestTask::hold_in_flight`).
+    fn start(
+        &self,
+        py: Python<'_>,
+        endpoint: &Endpoint,
+        request: HttpRequest,
+        in_flight: &mut Option<InFlight>,
+    ) -> Started {
         match endpoint {
-            Endpoint::Native(native) => self.start_native(py, native, request),
-            Endpoint::Asgi(asgi) => match self.start_asgi(py, asgi, request) {
+            Endpoint::Native(native) => self.start_native(py, native, request, in_flight),
+            Endpoint::Asgi(asgi) => match self.start_asgi(py, asgi, request, in_flight) {
                 Ok(response) => Started::Done(response),
                 Err(pending) => Started::Pending(pending, None),
             },
@@ -272,6 +283,7 @@ impl PyExecutor {
         py: Python<'_>,
         endpoint: &AsgiEndpoint,
         request: HttpRequest,
+        in_flight: &mut Option<InFlight>,
     ) -> Result<HttpResponse, oneshot::Receiver<HttpResponse>> {
         let name = asgi::request_name(&request);
         let (reply, mut response) = oneshot::channel();
@@ -322,6 +334,12 @@ impl PyExecutor {
             )?;
             RequestTask::step(&task, None);
             self.shared.track(&task);
+            // An HTTP app counts against --max-in-flight until it returns, even when its client has
+            // left (ASGI apps are not cancelled then). A WebSocket counts until its handshake is
+            // answered only: open sockets are bounded by --max-connections.
+            if exchange.is_some() {
+                task.get().hold_in_flight(in_flight.take());
+            }
             Ok(exchange)
         })();
         let exchange = match started {
@@ -351,6 +369,7 @@ impl PyExecutor {
         py: Python<'_>,
         endpoint: &NativeEndpoint,
         request: HttpRequest,
+        in_flight: &mut Option<InFlight>,
     ) -> Started {
         let context = match new_context(py) {
             Ok(context) => context,
@@ -392,6 +411,9 @@ impl PyExecutor {
             Ok(response) => Started::Done(response),
             Err(oneshot::error::TryRecvError::Empty) => {
                 self.shared.track(&task);
+                // Counted until the coroutine ends, also when cancellation (its client left) takes a
+                // while to unwind.
+                task.get().hold_in_flight(in_flight.take());
                 Started::Pending(response, Some(task.unbind()))
             }
             Err(oneshot::error::TryRecvError::Closed) => {
@@ -648,13 +670,15 @@ impl Executor for PyExecutor {
         })
     }
 
-    fn call(&self, endpoint: &Endpoint, request: HttpRequest) -> LocalBoxFuture<HttpResponse> {
+    fn call(&self, endpoint: &Endpoint, mut request: HttpRequest) -> LocalBoxFuture<HttpResponse> {
         if let Endpoint::Const(constant) = endpoint {
             return Box::pin(std::future::ready(constant.response()));
         }
         let began = Instant::now();
+        // Held until the response is ready unless the request's task took it (it runs on).
+        let mut in_flight = request.in_flight.take();
         let started = Python::attach(|py| {
-            let started = self.start(py, endpoint, request);
+            let started = self.start(py, endpoint, request, &mut in_flight);
             self.wake_driver_if_needed(py);
             started
         });
@@ -676,6 +700,7 @@ impl Executor for PyExecutor {
                         .await
                         .unwrap_or_else(|_| HttpResponse::internal_error());
                     cancel.disarm();
+                    drop(in_flight);
                     response
                 })
             }

@@ -11,7 +11,11 @@
 //! patched version consults `CURRENT` first) all behave as under asyncio.
 //!
 //! Invariants: a task is stepped only on its loop's thread; the state lock is never held while Python
-//! code runs (the coroutine may call back into `cancel()`); the reply is sent exactly once.
+//! code runs — no call into Python, and no Python object dropped (a `__del__`, a future's "exception
+//! never retrieved" hook) while it is held: the coroutine, a callback's `__eq__` or a finalizer may call
+//! back into the task (`cancel()`, `done()`), and a re-entered `std::sync::Mutex` deadlocks the loop;
+//! the reply is sent exactly once. A task that suspended holds its request's `InFlight` guard until
+//! its coroutine finishes.
 
 use std::cell::RefCell;
 use std::sync::Mutex;
@@ -25,6 +29,7 @@ use pyo3::types::PyTuple;
 use tokio::sync::oneshot;
 
 use super::executor::LoopShared;
+use crate::routing::InFlight;
 
 /// An ASGI connection (HTTP exchange or WebSocket) told that its app's coroutine is over.
 pub trait AppConnection: Send + Sync {
@@ -75,6 +80,8 @@ struct State {
     done_callbacks: Vec<Py<PyAny>>,
     /// In its loop's live-task table (`LoopShared::track`) until it finishes.
     tracked: bool,
+    /// Counts the request against `--max-in-flight` until the coroutine finishes (`hold_in_flight`).
+    in_flight: Option<InFlight>,
 }
 
 /// What happens when the coroutine finishes.
@@ -171,6 +178,7 @@ impl RequestTask {
                     completion: Some(completion),
                     done_callbacks: Vec::new(),
                     tracked: false,
+                    in_flight: None,
                 }),
                 context,
                 shared,
@@ -189,6 +197,25 @@ impl RequestTask {
         true
     }
 
+    /// Keeps `guard` until the coroutine finishes (dropped at once if it already has): the request's
+    /// work goes on after its response, or after its client left, and still occupies the loop.
+    pub fn hold_in_flight(&self, guard: Option<InFlight>) {
+        let mut state = self.lock();
+        if state.coroutine.is_some() {
+            state.in_flight = guard;
+        }
+    }
+
+    /// The outcome, copied out so the lock is released before any Python runs.
+    fn outcome(&self, py: Python<'_>) -> Stored {
+        match &self.lock().outcome {
+            Stored::Returned(value) => Stored::Returned(value.clone_ref(py)),
+            Stored::Raised(error) => Stored::Raised(error.clone_ref(py)),
+            Stored::Cancelled => Stored::Cancelled,
+            Stored::Pending => Stored::Pending,
+        }
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -203,19 +230,19 @@ impl RequestTask {
     pub fn step(slf: &Bound<'_, Self>, error: Option<PyErr>) {
         let py = slf.py();
         let this = slf.get();
-        let (coroutine, error) = {
+        let (coroutine, old_waiter, cancel) = {
             let mut state = this.lock();
             let Some(coroutine) = state.coroutine.as_ref().map(|c| c.clone_ref(py)) else {
                 return;
             };
-            state.waiter = None;
-            let error = if state.must_cancel {
-                state.must_cancel = false;
-                Some(cancelled_error(py, state.cancel_message.take()))
-            } else {
-                error
-            };
-            (coroutine, error)
+            let cancel = std::mem::take(&mut state.must_cancel).then(|| state.cancel_message.take());
+            (coroutine, state.waiter.take(), cancel)
+        };
+        // Dropped and built outside the lock: both may run Python code.
+        drop(old_waiter);
+        let error = match cancel {
+            Some(message) => Some(cancelled_error(py, message)),
+            None => error,
         };
         let previous = CURRENT.with(|c| c.replace(Some(slf.clone().unbind())));
         let context = this.context.bind(py);
@@ -275,15 +302,15 @@ impl RequestTask {
         }
         yielded.setattr(intern!(py, "_asyncio_future_blocking"), false)?;
         yielded.call_method1(intern!(py, "add_done_callback"), (slf,))?;
-        let cancel_now = {
+        let (cancel_now, old_waiter) = {
             let mut state = this.lock();
-            state.waiter = Some(yielded.clone().unbind());
-            if state.must_cancel {
-                Some(state.cancel_message.as_ref().map(|m| m.clone_ref(py)))
-            } else {
-                None
-            }
+            let old_waiter = state.waiter.replace(yielded.clone().unbind());
+            let cancel_now = state
+                .must_cancel
+                .then(|| state.cancel_message.as_ref().map(|m| m.clone_ref(py)));
+            (cancel_now, old_waiter)
         };
+        drop(old_waiter);
         if let Some(message) = cancel_now {
             if yielded
                 .call_method1(intern!(py, "cancel"), (message,))?
@@ -359,14 +386,20 @@ impl RequestTask {
             Outcome::Raised(err) => Stored::Raised(err.into_value(py).into_any()),
             Outcome::Cancelled => Stored::Cancelled,
         };
-        let (callbacks, tracked) = {
+        let (callbacks, tracked, released) = {
             let mut state = this.lock();
-            state.coroutine = None;
-            state.waiter = None;
+            let released = (
+                state.coroutine.take(),
+                state.waiter.take(),
+                state.in_flight.take(),
+            );
             state.outcome = stored;
             let tracked = std::mem::replace(&mut state.tracked, false);
-            (std::mem::take(&mut state.done_callbacks), tracked)
+            (std::mem::take(&mut state.done_callbacks), tracked, released)
         };
+        // The coroutine and its waiter are released outside the lock (their finalizers are Python), and
+        // with them the request's in-flight count.
+        drop(released);
         if tracked {
             this.shared.untrack(slf);
         }
@@ -437,9 +470,12 @@ impl RequestTask {
                 return Ok(true);
             }
         }
-        let mut state = this.lock();
-        state.must_cancel = true;
-        state.cancel_message = msg;
+        let previous = {
+            let mut state = this.lock();
+            state.must_cancel = true;
+            std::mem::replace(&mut state.cancel_message, msg)
+        };
+        drop(previous);
         Ok(true)
     }
 
@@ -467,18 +503,17 @@ impl RequestTask {
     }
 
     fn result(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        let stored = match &self.lock().outcome {
-            Stored::Returned(value) => Ok(value.clone_ref(py)),
-            Stored::Raised(error) => Err(error.clone_ref(py)),
-            Stored::Cancelled => return Err(cancelled_error(py, None)),
-            Stored::Pending => return Err(PyRuntimeError::new_err("Result is not set.")),
-        };
-        stored.map_err(|error| PyErr::from_value(error.into_bound(py)))
+        match self.outcome(py) {
+            Stored::Returned(value) => Ok(value),
+            Stored::Raised(error) => Err(PyErr::from_value(error.into_bound(py))),
+            Stored::Cancelled => Err(cancelled_error(py, None)),
+            Stored::Pending => Err(PyRuntimeError::new_err("Result is not set.")),
+        }
     }
 
     fn exception(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
-        match &self.lock().outcome {
-            Stored::Raised(error) => Ok(Some(error.clone_ref(py))),
+        match self.outcome(py) {
+            Stored::Raised(error) => Ok(Some(error)),
             Stored::Returned(_) => Ok(None),
             Stored::Cancelled => Err(cancelled_error(py, None)),
             Stored::Pending => Err(PyRuntimeError::new_err("Exception is not set.")),
@@ -508,14 +543,23 @@ impl RequestTask {
     }
 
     fn __clear__(&self) {
-        let mut state = self.lock();
-        state.coroutine = None;
-        state.waiter = None;
-        state.cancel_message = None;
-        state.done_callbacks.clear();
-        if !matches!(state.outcome, Stored::Pending) {
-            state.outcome = Stored::Cancelled;
-        }
+        // Taken out under the lock, dropped after it: dropping them may run finalizers.
+        let cleared = {
+            let mut state = self.lock();
+            let outcome = if matches!(state.outcome, Stored::Pending) {
+                Stored::Pending
+            } else {
+                std::mem::replace(&mut state.outcome, Stored::Cancelled)
+            };
+            (
+                state.coroutine.take(),
+                state.waiter.take(),
+                state.cancel_message.take(),
+                std::mem::take(&mut state.done_callbacks),
+                outcome,
+            )
+        };
+        drop(cleared);
     }
 
     #[pyo3(signature = (callback, *, context=None))]
@@ -546,16 +590,34 @@ impl RequestTask {
     }
 
     fn remove_done_callback(&self, py: Python<'_>, callback: &Bound<'_, PyAny>) -> PyResult<usize> {
-        let mut state = self.lock();
-        let before = state.done_callbacks.len();
-        let mut kept = Vec::with_capacity(before);
-        for existing in state.done_callbacks.drain(..) {
-            if !existing.bind(py).eq(callback)? {
-                kept.push(existing);
+        // Compared outside the lock: `==` runs the callbacks' `__eq__`, which may call back into this
+        // task. Removed by identity afterwards, so callbacks added meanwhile are kept.
+        let registered: Vec<Py<PyAny>> = self
+            .lock()
+            .done_callbacks
+            .iter()
+            .map(|c| c.clone_ref(py))
+            .collect();
+        let mut matching = Vec::new();
+        for existing in &registered {
+            if existing.bind(py).eq(callback)? {
+                matching.push(existing.as_ptr());
             }
         }
-        state.done_callbacks = kept;
-        Ok(before - state.done_callbacks.len())
+        if matching.is_empty() {
+            return Ok(0);
+        }
+        let removed: Vec<Py<PyAny>> = {
+            let mut state = self.lock();
+            let (removed, kept) = std::mem::take(&mut state.done_callbacks)
+                .into_iter()
+                .partition(|c| matching.contains(&c.as_ptr()));
+            state.done_callbacks = kept;
+            removed
+        };
+        let count = removed.len();
+        drop(removed);
+        Ok(count)
     }
 
     fn get_coro(&self, py: Python<'_>) -> Option<Py<PyAny>> {
