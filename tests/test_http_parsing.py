@@ -160,11 +160,23 @@ STRICTER: list[tuple[str, Callable[[h11.Request, bytes], bool], int]] = [
         400,
     ),
     # RFC 9112 §5.2 lets a server refuse obs-fold (a field line continued on the next); h11 unfolds it.
-    ("obs-fold", lambda head, data: re.search(rb"\n[ \t]", re.split(rb"\r?\n\r?\n", data, maxsplit=1)[0]), 400),
+    (
+        "obs-fold",
+        lambda head, data: re.search(rb"\n[ \t]", re.split(rb"\r?\n\r?\n", data, maxsplit=1)[0]),
+        400,
+    ),
     # RFC 9112 §6.1: Transfer-Encoding in an HTTP/1.0 request means faulty framing; h11 reads it chunked.
-    ("Transfer-Encoding in HTTP/1.0", lambda head, data: head.http_version == b"1.0" and has(head, FRAMINGS[1]), 400),
+    (
+        "Transfer-Encoding in HTTP/1.0",
+        lambda head, data: head.http_version == b"1.0" and has(head, FRAMINGS[1]),
+        400,
+    ),
     # hyper speaks HTTP/1.0 and 1.1 only; h11 takes any HTTP/d.d.
-    ("an HTTP version other than 1.0 and 1.1", lambda head, data: head.http_version not in (b"1.0", b"1.1"), 400),
+    (
+        "an HTTP version other than 1.0 and 1.1",
+        lambda head, data: head.http_version not in (b"1.0", b"1.1"),
+        400,
+    ),
     # hyper takes at most 100 header lines (431); h11 bounds only the size of the head.
     ("more than 100 header lines", lambda head, data: len(head.headers) > 100, 431),
     # RFC 9112 §3.2: a request-target is a path, an absolute URI, `*`, or (for CONNECT, which percore does
@@ -184,8 +196,9 @@ LENIENT: list[tuple[str, Callable[[str, dict], bool]]] = [
     # path (docs/limits.md); h11 refuses them. Neither moves a request boundary.
     (
         "raw non-ASCII bytes in the target",
-        lambda error, request: error.startswith("illegal request line")
-        and any(ord(c) >= 0x80 for c in request["target"]),
+        lambda error, request: (
+            error.startswith("illegal request line") and any(ord(c) >= 0x80 for c in request["target"])
+        ),
     ),
 ]
 
@@ -240,7 +253,15 @@ HOST_VARIANTS = [
 
 
 def test_percore_and_h11_see_the_same_requests_in_the_same_bytes(serve):
-    server = serve("tests.apps.hardening_apps:echo", "--loops", "2", "--routing", "round-robin", "--log-level", "critical")
+    server = serve(
+        "tests.apps.hardening_apps:echo",
+        "--loops",
+        "2",
+        "--routing",
+        "round-robin",
+        "--log-level",
+        "critical",
+    )
     corpus = [("host", data) for data in HOST_VARIANTS]
     corpus += cases(seed=20261206, count=300, seeds=SEEDS["native"] + SEEDS["asgi"])
     failures, compared, refused_host = [], 0, 0

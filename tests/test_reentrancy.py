@@ -35,7 +35,9 @@ def answer(port: int, path: str) -> int:
 
 
 def test_apps_calling_back_mid_message_get_answers_and_the_loop_keeps_serving(serve):
-    server = serve(APP, "--loops", "1", "--shutdown-timeout", str(SHUTDOWN_TIMEOUT), "--log-level", "critical")
+    server = serve(
+        APP, "--loops", "1", "--shutdown-timeout", str(SHUTDOWN_TIMEOUT), "--log-level", "critical"
+    )
     for case in CASES * 2:  # the second round on a loop that has been through all of them
         try:
             status = answer(server.port, f"/{case}")

@@ -40,12 +40,15 @@ impl Executor for Where {
             .iter()
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
+        // Counted against the loop until the response is ready, as the `Executor` contract asks.
+        let in_flight = request.in_flight;
         Box::pin(async move {
             if slow {
                 tokio::time::sleep(Duration::from_millis(400)).await;
             }
             let cpu = unsafe { libc::sched_getcpu() };
             let body = format!("loop={index} cpu={cpu} {}", params.join(","));
+            drop(in_flight);
             HttpResponse::new(200, "text/plain", body)
         })
     }

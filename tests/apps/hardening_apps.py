@@ -24,7 +24,11 @@ async def _lifespan(receive, send) -> None:
 
 async def _text(send, status: int, body: bytes, headers=()) -> None:
     await send(
-        {"type": "http.response.start", "status": status, "headers": [(b"content-type", b"text/plain"), *headers]}
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"text/plain"), *headers],
+        }
     )
     await send({"type": "http.response.body", "body": body})
 

@@ -33,10 +33,10 @@ use super::response::to_response;
 use super::task::{in_context, AppConnection, Completion, RequestTask};
 use super::websocket;
 use crate::metrics::{self, ExtraMetrics};
-use crate::routing::InFlight;
 use crate::pool::{
     Executor, ExecutorFactory, HttpRequest, HttpResponse, Latch, LocalBoxFuture, ResponseBody,
 };
+use crate::routing::InFlight;
 
 /// What a route runs: a native handler, a response computed once at startup, or (for every path) an
 /// ASGI app.

@@ -235,7 +235,8 @@ impl RequestTask {
             let Some(coroutine) = state.coroutine.as_ref().map(|c| c.clone_ref(py)) else {
                 return;
             };
-            let cancel = std::mem::take(&mut state.must_cancel).then(|| state.cancel_message.take());
+            let cancel =
+                std::mem::take(&mut state.must_cancel).then(|| state.cancel_message.take());
             (coroutine, state.waiter.take(), cancel)
         };
         // Dropped and built outside the lock: both may run Python code.
