@@ -39,10 +39,12 @@ def status_of(port: int) -> tuple[int, bytes]:
     return int(reply.split(b" ", 2)[1]), reply
 
 
-def send_and_close(port: int) -> None:
-    """A client that sends its request and leaves without waiting for the answer."""
+def send_and_leave(port: int, directory: Path, number: int) -> None:
+    """A client that sends its request and leaves once its app has started, without the answer."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
         raw.sendall(b"GET /linger HTTP/1.1\r\nHost: t\r\n\r\n")
+        wait_for_marks(directory, "started", number)
+    wait_for_marks(directory, "disconnected", number)
 
 
 @pytest.mark.parametrize("server_name", ["percore", "uvicorn"])
@@ -56,9 +58,7 @@ def test_an_app_whose_client_left_still_counts_until_it_finishes(serve, tmp_path
     server = serve(APP, *args, server=server_name)
     # One at a time, each client gone before the next comes (uvicorn's limit also counts open connections).
     for number in range(1, LIMIT + 1):
-        send_and_close(server.port)
-        wait_for_marks(tmp_path, "started", number)
-        wait_for_marks(tmp_path, "disconnected", number)
+        send_and_leave(server.port, tmp_path, number)
     # All clients are gone, their apps still run: the loop is full.
     status, reply = status_of(server.port)
     assert status == 503, reply
