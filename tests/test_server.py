@@ -35,6 +35,10 @@ def test_handlers_run_on_their_pinned_loop_thread(serve, loops, routing):
         assert reply.status == 200, reply.text
         where = reply.json()
         assert 0 <= where["loop"] < loops
+        if path == "/where-sync":
+            # A `def` handler runs on the sync pool (unpinned), for the loop that dispatched it.
+            assert where["thread"].startswith("percore-sync-"), where
+            continue
         assert where["thread"] == f"percore-loop-{where['loop']}"
         assert where["affinity"] == [expected_core(where["loop"])]
 
@@ -86,20 +90,12 @@ def test_a_hundred_sleeping_requests_interleave_on_one_loop(serve, routing):
 
 def test_cpu_bound_requests_on_two_loops(serve):
     server = serve(APP, "--loops", "2", "--routing", "local")
-    # A sync handler occupies its loop, acceptor included; so find one connection per loop first
-    # (the kernel spreads connections over the loops' SO_REUSEPORT listeners).
-    by_loop = {}
-    for _ in range(50):
-        client = server.client()
-        by_loop.setdefault(client.get("/where").json()["loop"], client)
-        if len(by_loop) == 2:
-            break
-    assert set(by_loop) == {0, 1}, "the kernel never spread 50 connections over both loops"
+    # `def` handlers run on the sync pool, whichever loop read them: two connections are enough.
+    clients = [server.client(), server.client()]
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        replies = list(pool.map(lambda client: client.get("/cpu"), by_loop.values()))
+        replies = list(pool.map(lambda client: client.get("/cpu"), clients))
     assert [r.status for r in replies] == [200, 200]
     first, second = (r.json() for r in replies)
-    assert {first["loop"], second["loop"]} == {0, 1}
     if FREE_THREADED:
         # Truly parallel: the two intervals overlap, and together the threads used more than one CPU over
         # them. Time-slicing a GIL can never exceed 1.0 CPU; parallel threads give ~2.0, so 1.15 leaves room

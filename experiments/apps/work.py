@@ -3,7 +3,8 @@ benches/apps/common.py), and `/work?ms=N` for the routing experiment.
 
 `/work?ms=N` keeps its loop busy in pure Python for N milliseconds (a spin on `perf_counter`, no await):
 a request that costs N ms of the loop it runs on, whatever the machine's speed, so that a mix of cheap and
-expensive requests has a known cost ratio.
+expensive requests has a known cost ratio. `/work-sync?ms=N` is the same work in a `def` handler, which
+runs on the sync pool's threads instead of the loop.
 """
 
 import time
@@ -30,10 +31,19 @@ async def sleep():
     return await sleep_result()
 
 
-@api.get("/work")
-async def work(ms: float = 1.0):
+def _spin(ms: float) -> dict:
     end = time.perf_counter() + ms / 1000
     spins = 0
     while time.perf_counter() < end:
         spins += 1
     return {"ms": ms, "spins": spins}
+
+
+@api.get("/work")
+async def work(ms: float = 1.0):
+    return _spin(ms)
+
+
+@api.get("/work-sync")
+def work_sync(ms: float = 1.0):
+    return _spin(ms)

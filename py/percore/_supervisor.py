@@ -5,11 +5,12 @@ A worker is ``python -m percore serve ...``: the user's own arguments plus the h
 that ``Supervisor.worker_argv`` adds. The supervisor
 
 * binds the listeners before any worker starts and holds them until it exits: on TCP one SO_REUSEPORT
-  listener per loop of every worker, after the same busy-port probe the single-process server does (so a
-  port held by another program fails with one clear line); with ``--uds`` the one Unix socket (removed at
-  exit). Each worker inherits its share (``--supervised-socket-fd``; a user's ``--fd`` is passed on the
-  same way), and a worker that replaces another accepts on the same sockets, so the connections queued on
-  them when the old one stops are not lost (``--reload``, ``--limit-max-requests``, restarts);
+  listener per worker (its loops share it, so only a loop free to accept takes a connection), after the
+  same busy-port probe the single-process server does (so a port held by another program fails with one
+  clear line); with ``--uds`` the one Unix socket (removed at exit). Each worker inherits its share
+  (``--supervised-socket-fd``; a user's ``--fd`` is passed on the same way), and a worker that replaces
+  another accepts on the same sockets, so the connections queued on them when the old one stops are not
+  lost (``--reload``, ``--limit-max-requests``, restarts);
 * gives each worker its own slice of the CPU affinity mask (``cpu_slices``); with ``--loops auto`` only the
   first CPUs of the mask that the container's CPU quota pays for are sliced (``_runtime.cpu_budget``), as
   the quota is shared by all workers;
@@ -332,7 +333,7 @@ class Supervisor:
             # others join its SO_REUSEPORT group.
             for index in range(self.workers):
                 listeners = _runtime.TcpListeners(
-                    self.host, self.port, self._loops_of(index), self.backlog, shared=index > 0
+                    self.host, self.port, 1, self.backlog, shared=index > 0
                 )
                 self.host, self.port = listeners.host, listeners.port
                 self.slot_listeners.append(listeners)
@@ -384,16 +385,6 @@ class Supervisor:
                 listeners.close()
             if reservation is not None:
                 reservation.close()  # the socket file is removed with it
-
-    def _loops_of(self, index: int) -> int:
-        """How many loops worker ``index`` runs: one listener each (an invalid --loops: one, and the worker
-        reports the error itself)."""
-        if self.loops.strip().lower() == "auto":
-            return len(self.cpus[index])
-        try:
-            return max(1, int(self.loops))
-        except ValueError:
-            return 1
 
     def _on_signal(self, signum: int, frame) -> None:
         self.signals.append(signum)
@@ -515,7 +506,7 @@ class Supervisor:
         self.slot_listeners[index].close()
         try:
             listeners = _runtime.TcpListeners(
-                self.host, self.port, self._loops_of(index), self.backlog, shared=True
+                self.host, self.port, 1, self.backlog, shared=True
             )
         except StartupError as error:
             logger.error(

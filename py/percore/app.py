@@ -45,6 +45,8 @@ class Route:
     endpoint: Callable[..., Any] | None = None
     #: Security schemes used by the route's dependencies (OpenAPI ``security``).
     security: tuple[Any, ...] = ()
+    #: A ``def`` handler runs on the loop thread instead of the sync pool (``inline=True``).
+    inline: bool = False
 
 
 class RouteOptions(TypedDict, total=False):
@@ -55,6 +57,7 @@ class RouteOptions(TypedDict, total=False):
     dependencies: Sequence[Depends]
     response_model: Any
     response_model_exclude_none: bool
+    inline: bool
 
 
 class Router:
@@ -86,10 +89,12 @@ class Router:
         dependencies: Sequence[Depends] = (),
         response_model: Any = None,
         response_model_exclude_none: bool = False,
+        inline: bool = False,
     ) -> None:
         """``dependencies``: run before the handler, values discarded. ``response_model``: a pydantic
         model, dataclass or type the return value is validated and filtered through (FastAPI's);
-        ``response_model_exclude_none`` drops None fields."""
+        ``response_model_exclude_none`` drops None fields. ``inline``: a ``def`` handler runs on the loop
+        thread instead of the sync pool (see ``route``)."""
         full_path = self.prefix + path
         if not full_path.startswith("/"):
             raise ConfigurationError(f"route {path!r}: path must start with '/'")
@@ -125,6 +130,7 @@ class Router:
                     response_model_exclude_none=response_model_exclude_none,
                     endpoint=None if solved.endpoint is function else solved.endpoint,
                     security=solved.security,
+                    inline=inline,
                 )
             )
 
@@ -132,7 +138,12 @@ class Router:
         self, path: str, methods: Iterable[str] = ("GET",), **options: Unpack[RouteOptions]
     ) -> Callable[[Handler], Handler]:
         """``const=True``: the handler runs once at startup and its response is served from Rust on every
-        request without entering Python (health checks, static JSON)."""
+        request without entering Python (health checks, static JSON).
+
+        A ``def`` handler runs on the sync pool's threads, so it may block or compute without holding up
+        its loop; ``inline=True`` runs it on the loop thread instead, which saves the hand-off (two thread
+        wake-ups, docs/benchmarks.md) for tiny handlers that never block. ``async def`` handlers run on the
+        loop."""
         methods = list(methods)
 
         def register(function: Handler) -> Handler:
@@ -184,6 +195,7 @@ class Router:
                 dependencies=(*dependencies, *route.dependencies),
                 response_model=route.response_model,
                 response_model_exclude_none=route.response_model_exclude_none,
+                inline=route.inline,
             )
 
 
@@ -271,18 +283,21 @@ class App(Router):
         """The routes the server registers: the app's own (wrapped in middleware and CORS if any),
         the OpenAPI and docs routes, and CORS preflight routes."""
         routes = [
-            r if r.endpoint is None else dataclasses.replace(r, function=r.endpoint) for r in self._routes
+            r if r.endpoint is None else dataclasses.replace(r, function=r.endpoint, inline=_needs_loop(r))
+            for r in self._routes
         ]
         extra = Router()
         # Rendered once; each request gets a fresh Response (middleware may add headers to it).
         if self.openapi_url:
             schema = JSONResponse(self.openapi()).body
-            extra.add_route(self.openapi_url, lambda: Response(schema, media_type="application/json"))
+            extra.add_route(
+                self.openapi_url, lambda: Response(schema, media_type="application/json"), inline=True
+            )
         if self.docs_url and self.openapi_url:
             from ._openapi import docs_page
 
             page = docs_page(self.title, self.openapi_url)
-            extra.add_route(self.docs_url, lambda: HTMLResponse(page))
+            extra.add_route(self.docs_url, lambda: HTMLResponse(page), inline=True)
         routes += extra.routes
         middleware = list(self._middleware)
         if self._cors is not None:
@@ -291,7 +306,7 @@ class App(Router):
             preflight = Router()
             for path in dict.fromkeys(r.path for r in routes):
                 if path not in have_options:
-                    preflight.add_route(path, _no_content, ["OPTIONS"])
+                    preflight.add_route(path, _no_content, ["OPTIONS"], inline=True)
             routes += preflight.routes
         # A registered exception handler gets the request and may await: routes run in the same Python
         # wrapper as middleware then. Without one, HTTPException is answered from Rust at no cost.
@@ -386,6 +401,14 @@ async def _call_exception_handler(
     return result if isinstance(result, Response) else as_response(result)
 
 
+def _needs_loop(route: Route) -> bool:
+    """Whether a route's dependency plan must run on its loop: a sync plan whose generators or background
+    tasks finish after the response does so in a task of the running loop (``run_after_response``), which
+    a sync pool thread does not have."""
+    source = getattr(route.endpoint, "_percore_source", "")
+    return route.inline or "_percore_after(" in source
+
+
 def _computed(route: Route) -> Route:
     """A const route with its value computed (a coroutine is run to completion on a private loop)."""
     value = route.function()
@@ -417,6 +440,9 @@ def _with_middleware(
     handler raises becomes ``handle_exception(request, error)``'s response if it makes one."""
     handler = route.function
     status_code = route.status_code
+    # As unwrapped: a ``def`` handler runs off the loop (here on asyncio's default executor, in a copy of
+    # the request's Context), unless the route is ``inline``.
+    off_loop = not route.inline and not inspect.iscoroutinefunction(handler)
     passes_request = any(p.source == "request" for p in route.params)
     name = f"{route.method} {route.path}"  # as the Rust side names the route in its logs
 
@@ -425,7 +451,7 @@ def _with_middleware(
 
         async def call_handler(_request: Any) -> Response:
             try:
-                result = handler(**kwargs)
+                result = await asyncio.to_thread(handler, **kwargs) if off_loop else handler(**kwargs)
                 if inspect.isawaitable(result):
                     result = await result
             except Exception as error:

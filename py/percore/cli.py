@@ -103,8 +103,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--backlog",
         type=int,
-        help="pending connections each listening socket queues (default 1024; on TCP there is one socket "
-        "per loop; the kernel caps it at net.core.somaxconn)",
+        help="pending connections the listening socket queues (default 1024; every loop accepts from it; "
+        "the kernel caps it at net.core.somaxconn)",
     )
     run.add_argument(
         "--ssl-certfile",
@@ -178,7 +178,7 @@ def _parser() -> argparse.ArgumentParser:
     processes.add_argument("--supervised-cpus", help=argparse.SUPPRESS)
     processes.add_argument("--supervised-ready-fd", type=int, help=argparse.SUPPRESS)
     # The listening sockets the supervisor holds for this worker: its TCP listeners, or the --uds/--fd socket.
-    processes.add_argument("--supervised-socket-fd", help=argparse.SUPPRESS)  # FD[,FD...]: one per loop
+    processes.add_argument("--supervised-socket-fd", help=argparse.SUPPRESS)  # FD[,FD...]: one shared, or one per loop
     limits = run.add_argument_group("limits (see docs/limits.md)")
     limits.add_argument("--max-body-size", type=int, help="bytes; larger bodies get 413 (default 16 MiB)")
     limits.add_argument(
@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigurationError("--uds and --fd are exclusive: pick one")
         uds, fd, listen_fds = arguments.uds, arguments.fd, None
         if arguments.supervised_socket_fd is not None:
-            # The supervisor's listeners: one shared socket (--uds, --fd), or one per loop (TCP).
+            # The supervisor's listeners: one socket shared by the worker's loops (TCP: one per worker).
             inherited = [int(part) for part in arguments.supervised_socket_fd.split(",")]
             uds, fd = None, None
             if len(inherited) == 1:

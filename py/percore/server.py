@@ -58,11 +58,11 @@ class ServerConfig:
     # systemd) instead of host:port; see docs/sockets.md.
     uds: str | None = None
     fd: int | None = None
-    # A --workers worker's share of its supervisor's TCP listeners, one per loop (see docs/workers.md).
+    # Listening sockets inherited from a supervisor: one shared by every loop, or one per loop (docs/workers.md).
     listen_fds: list[int] | None = None
     # After this many responses the server stops (a --workers worker asks for its replacement first).
     limit_max_requests: int | None = None
-    # Pending connections each listening socket queues (None: 1024; on TCP there is one socket per loop).
+    # Pending connections the listening socket queues (None: 1024; every loop accepts from it).
     backlog: int | None = None
     # HTTPS: a PEM certificate chain and its private key (see docs/tls.md).
     ssl_certfile: str | None = None

@@ -1,9 +1,12 @@
 //! Where connections come from: the listening sockets every loop accepts on, and the address they serve.
 //!
 //! Three sources (`Config::socket`):
-//! - TCP `host:port` (the default): one SO_REUSEPORT listener per loop, so accepting never crosses
-//!   threads and no loop wakes for another's connection. The kernel spreads new connections over the
-//!   listeners by a hash of the connection's addresses.
+//! - TCP `host:port` (the default): one listening socket, and every loop accepts on its own duplicate of
+//!   it. The kernel hands each new connection to one of the accepts waiting on that one queue, so only a
+//!   loop that is free to accept takes it: a loop busy running Python is not waiting and gets none. (One
+//!   SO_REUSEPORT listener per loop, what this was before, hashed half of the simultaneous connections of
+//!   two loops onto the same one, where a busy loop left them queued while the other loop idled:
+//!   docs/architecture.md, "How connections reach a loop".)
 //! - a Unix domain socket path (`--uds`, a proxy such as nginx on the same host): Linux has no
 //!   SO_REUSEPORT for Unix sockets, so one socket is bound and every loop accepts on its own duplicate of
 //!   it (the kernel hands each connection to one of the waiting accepts).
@@ -22,8 +25,8 @@ use std::sync::Arc;
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
-/// Pending connections each listening socket queues (`--backlog`; the kernel caps it at
-/// `net.core.somaxconn`). On TCP every loop has its own listener, so the server queues `loops` times this.
+/// Pending connections the listening socket queues (`--backlog`; the kernel caps it at
+/// `net.core.somaxconn`). Every loop accepts from this one queue (under `--workers`: one per worker).
 pub const DEFAULT_BACKLOG: i32 = 1024;
 
 /// What the server listens on, besides the default TCP `host:port`.
@@ -33,9 +36,10 @@ pub enum SocketSource {
     UnixPath(PathBuf),
     /// An already bound socket this process inherited (`--fd`); the pool takes ownership of it.
     Fd(RawFd),
-    /// One inherited socket per loop, in loop order: a `--workers` worker's share of the TCP listeners its
-    /// supervisor holds, so that they outlive the worker (a replacement accepts on the same ones and no
-    /// queued connection is lost when a worker stops).
+    /// One inherited socket per loop, in loop order (one socket: shared by every loop, as `Fd`): TCP
+    /// listeners a supervisor holds, so that they outlive the worker (a replacement accepts on the same
+    /// ones and no queued connection is lost when a worker stops). percore's own `--workers` supervisor
+    /// passes one socket per worker.
     FdPerLoop(Vec<RawFd>),
 }
 
@@ -78,7 +82,7 @@ impl fmt::Display for BindError {
 
 impl std::error::Error for BindError {}
 
-/// The listeners of a pool: one per loop, all on `address`.
+/// The listeners of a pool: one per loop (usually duplicates of one socket), all on `address`.
 #[derive(Debug)]
 pub struct Bound {
     pub listeners: Vec<Listener>,
@@ -87,7 +91,7 @@ pub struct Bound {
     pub socket_file: Option<SocketFile>,
 }
 
-/// Listens where `source` says (or on TCP `host:port`), one listener per loop.
+/// Listens where `source` says (or on TCP `host:port`): one socket, duplicated for every loop.
 ///
 /// `shared_port`: see `bind_tcp`.
 pub fn bind(
@@ -100,21 +104,17 @@ pub fn bind(
 ) -> Result<Bound, BindError> {
     match source {
         None => {
-            let listeners = bind_tcp(host, port, loops, shared_port, backlog)?;
-            let address = listeners[0]
-                .local_addr()
-                .map_err(|e| BindError(format!("cannot read the bound address: {e}")))?;
-            Ok(Bound {
-                listeners: listeners.into_iter().map(Listener::Tcp).collect(),
-                address: LocalAddress::Tcp(address),
-                socket_file: None,
-            })
+            let mut listeners = bind_tcp(host, port, 1, shared_port, backlog)?;
+            share(Socket::from(listeners.remove(0)), loops, None)
         }
         Some(SocketSource::UnixPath(path)) => {
             let (socket, file) = bind_unix(path, backlog)?;
             share(socket, loops, Some(file))
         }
         Some(SocketSource::Fd(fd)) => share(inherited(*fd, backlog)?, loops, None),
+        Some(SocketSource::FdPerLoop(fds)) if fds.len() == 1 => {
+            share(inherited(fds[0], backlog)?, loops, None)
+        }
         Some(SocketSource::FdPerLoop(fds)) => {
             if fds.len() != loops {
                 return Err(BindError(format!(
@@ -153,7 +153,8 @@ fn reuseport_listener(addr: SocketAddr, backlog: i32) -> std::io::Result<std::ne
     Ok(socket.into())
 }
 
-/// Binds one TCP listener per loop on the same address.
+/// Binds `count` TCP listeners in one SO_REUSEPORT group on the same address (a server binds one and
+/// shares it between its loops; a `--workers` supervisor binds one per worker).
 ///
 /// SO_REUSEPORT would let us silently share a port with another process of the same user, so the port
 /// is first probed with a plain (non-reuseport) bind: if anything else holds it, that fails with
@@ -161,11 +162,11 @@ fn reuseport_listener(addr: SocketAddr, backlog: i32) -> std::io::Result<std::ne
 ///
 /// `shared_port`: a `--workers` supervisor has already probed and reserved the port for its worker
 /// processes, which must join each other's SO_REUSEPORT group, so they skip the probe (it would fail on
-/// their siblings' listeners). Port 0 is always probed: it is how the kernel picks one port for all loops.
+/// their siblings' listeners). Port 0 is always probed: it is how the kernel picks one port for all of them.
 pub fn bind_tcp(
     host: &str,
     port: u16,
-    loops: usize,
+    count: usize,
     shared_port: bool,
     backlog: i32,
 ) -> Result<Vec<std::net::TcpListener>, BindError> {
@@ -177,14 +178,14 @@ pub fn bind_tcp(
             BindError(format!("cannot listen on {addr}: {e}"))
         }
     };
-    let mut listeners = Vec::with_capacity(loops);
+    let mut listeners = Vec::with_capacity(count);
     if port == 0 || !shared_port {
         let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
             .map_err(|e| busy(addr, e))?;
         probe.set_reuse_address(true).map_err(|e| busy(addr, e))?;
         probe.bind(&addr.into()).map_err(|e| busy(addr, e))?;
         if port == 0 {
-            // Let the kernel pick once, then every loop listens on that same port.
+            // Let the kernel pick once, then every listener listens on that same port.
             let picked = probe
                 .local_addr()
                 .ok()
@@ -193,7 +194,7 @@ pub fn bind_tcp(
             addr.set_port(picked.port());
         }
     }
-    for _ in 0..loops {
+    for _ in 0..count {
         listeners.push(reuseport_listener(addr, backlog).map_err(|e| busy(addr, e))?);
     }
     Ok(listeners)
@@ -370,6 +371,40 @@ mod tests {
         assert!(sibling
             .iter()
             .all(|l| l.local_addr().unwrap().port() == port));
+    }
+
+    #[test]
+    fn every_loop_accepts_from_one_tcp_queue() {
+        use std::os::fd::AsRawFd;
+        let bound = bind(None, "127.0.0.1", 0, 3, false, DEFAULT_BACKLOG).unwrap();
+        assert_eq!(bound.listeners.len(), 3);
+        let LocalAddress::Tcp(address) = bound.address else {
+            panic!("not TCP")
+        };
+        // Duplicates of one socket (same inode), not three SO_REUSEPORT listeners each with its own queue.
+        let inode = |listener: &Listener| {
+            let Listener::Tcp(listener) = listener else {
+                panic!("not TCP")
+            };
+            std::fs::metadata(format!("/proc/self/fd/{}", listener.as_raw_fd()))
+                .map(|m| m.ino())
+                .unwrap()
+        };
+        let first = inode(&bound.listeners[0]);
+        assert!(bound.listeners.iter().all(|l| inode(l) == first));
+        // So whichever loop accepts first takes a connection, here the last one.
+        let mut client = std::net::TcpStream::connect(address).unwrap();
+        client.write_all(b"ping").unwrap();
+        let Listener::Tcp(last) = &bound.listeners[2] else {
+            panic!("not TCP")
+        };
+        let (mut accepted, _) = last.accept().unwrap();
+        let mut received = [0; 4];
+        accepted.read_exact(&mut received).unwrap();
+        assert_eq!(&received, b"ping");
+        // The busy-port probe still refuses a second server.
+        let refused = bind(None, "127.0.0.1", address.port(), 1, false, DEFAULT_BACKLOG);
+        assert!(refused.unwrap_err().0.contains("already in use"));
     }
 
     fn bind_from(source: SocketSource, loops: usize) -> Result<Bound, BindError> {

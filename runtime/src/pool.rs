@@ -333,10 +333,12 @@ impl<X: Executor> LoopContext<X> {
         }
         request.in_flight = Some(self.shared.load.track(target));
         if target == self.index {
-            return self
-                .executor
-                .call(&self.shared.endpoints[endpoint], request)
-                .await;
+            let call = {
+                let _busy = self.shared.load.busy(self.index);
+                self.executor
+                    .call(&self.shared.endpoints[endpoint], request)
+            };
+            return call.await;
         }
         let (reply, response) = oneshot::channel();
         let job = Job {
@@ -563,7 +565,11 @@ fn run_loop<F: ExecutorFactory>(
             local_addr: local_addr.clone(),
             shared: Arc::clone(&shared),
         });
-        let driver = tokio::task::spawn_local(Rc::clone(&executor).drive());
+        let driver = tokio::task::spawn_local(BusyWhilePolled {
+            inner: Rc::clone(&executor).drive(),
+            load: Arc::clone(&shared.load),
+            index,
+        });
         if let Err(message) = Rc::clone(&executor).startup().await {
             give_up(message);
             driver.abort();
@@ -572,8 +578,12 @@ fn run_loop<F: ExecutorFactory>(
             executor.close();
             return;
         }
-        let job_runner =
-            tokio::task::spawn_local(run_jobs(Rc::clone(&executor), Arc::clone(&shared), jobs));
+        let job_runner = tokio::task::spawn_local(run_jobs(
+            index,
+            Rc::clone(&executor),
+            Arc::clone(&shared),
+            jobs,
+        ));
         let _ = ready.send((index, Ok(())));
 
         let connections =
@@ -615,7 +625,29 @@ fn run_loop<F: ExecutorFactory>(
     });
 }
 
+/// Marks the loop busy (`LoadTable::busy`) while `inner` is polled: the executor's driver runs Python
+/// (resumed handlers, asyncio callbacks) inside its polls.
+struct BusyWhilePolled {
+    inner: LocalBoxFuture<()>,
+    load: Arc<LoadTable>,
+    index: usize,
+}
+
+impl Future for BusyWhilePolled {
+    type Output = ();
+
+    fn poll(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let this = &mut *self;
+        let _busy = this.load.busy(this.index);
+        this.inner.as_mut().poll(cx)
+    }
+}
+
 async fn run_jobs<X: Executor>(
+    index: usize,
     executor: Rc<X>,
     shared: Arc<Shared<X::Endpoint>>,
     jobs: async_channel::Receiver<Job>,
@@ -629,7 +661,10 @@ async fn run_jobs<X: Executor>(
                 request,
                 mut reply,
             } = job;
-            let call = executor.call(&shared.endpoints[endpoint], request);
+            let call = {
+                let _busy = shared.load.busy(index);
+                executor.call(&shared.endpoints[endpoint], request)
+            };
             tokio::select! {
                 response = call => {
                     let _ = reply.send(response);

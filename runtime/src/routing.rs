@@ -1,14 +1,16 @@
-//! Which loop runs a request: the routing policies and the per-loop in-flight counters they read.
+//! Which loop runs a request: the routing policies and the per-loop load they read — requests in flight,
+//! and whether the loop is running executor (Python) code right now, away from its event loop.
 //!
 //! Invariants: a loop's counter is raised when a request is assigned to it and lowered exactly once when
 //! that request's work is over (`InFlight` guard: its response is ready and, for a handler or ASGI app
-//! that runs on after that, its coroutine has finished), whichever thread finishes it. Counters sit on
-//! their own cache lines so loops raising their own counters do not contend.
+//! that runs on after that, its coroutine has finished), whichever thread finishes it. Its busy flag is set
+//! only by the loop itself, while it runs executor code (`Busy` guard), and cleared when it returns. Each
+//! loop's two fields sit on their own cache line so loops updating their own do not contend.
 
 use std::cell::Cell;
 use std::fmt;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::config::ConfigError;
@@ -17,9 +19,11 @@ use crate::config::ConfigError;
 pub enum RoutingPolicy {
     /// Run on the loop that read the request: no hand-off at all.
     Local,
-    /// Each loop hands its requests to every loop in turn, starting with itself.
+    /// Each loop hands its requests to every loop in turn, starting with itself, passing over a loop that
+    /// is busy in executor code.
     RoundRobin,
-    /// The loop with the fewest in-flight requests; ties go to the loop that read the request.
+    /// The loop with the fewest in-flight requests, a loop busy in executor code counting as fully loaded;
+    /// ties go to the loop that read the request.
     LeastLoaded,
 }
 
@@ -52,11 +56,24 @@ impl FromStr for RoutingPolicy {
     }
 }
 
+/// What a busy loop adds to its in-flight count for `least-loaded`: more than any real count, so any
+/// loop that can start a request now wins, while busy loops still compare by their counts.
+///
+/// Why "busy now" and not "busy for a while": a loop running Python cannot start anything handed to it
+/// until it returns, and its in-flight count (often 1) looks idle. A loop in Python only for the few
+/// microseconds of a fast request is passed over for that moment, which costs nothing: another loop
+/// takes the request as cheaply.
+const BUSY_PENALTY: usize = 1 << 32;
+
 #[repr(align(128))]
 #[derive(Default)]
-struct PaddedCounter(AtomicUsize);
+struct PaddedCounter {
+    in_flight: AtomicUsize,
+    /// Set while the loop runs executor code (`LoadTable::busy`).
+    busy: AtomicBool,
+}
 
-/// In-flight request counts, one per loop, shared by every loop.
+/// Per-loop load, shared by every loop: in-flight request counts and busy flags.
 pub struct LoadTable {
     counters: Box<[PaddedCounter]>,
 }
@@ -68,17 +85,46 @@ impl LoadTable {
         })
     }
 
+    /// Marks `loop_index` as running executor code until the guard is dropped. Only that loop's own
+    /// thread calls this, around work that does not await.
+    pub fn busy(&self, loop_index: usize) -> Busy<'_> {
+        self.counters[loop_index]
+            .busy
+            .store(true, Ordering::Relaxed);
+        Busy {
+            table: self,
+            loop_index,
+        }
+    }
+
+    /// Whether `loop_index` is running executor code right now.
+    pub fn is_busy(&self, loop_index: usize) -> bool {
+        self.counters[loop_index].busy.load(Ordering::Relaxed)
+    }
+
+    /// `least-loaded`'s measure of a loop: its in-flight count, plus `BUSY_PENALTY` while it is busy.
+    fn load(&self, loop_index: usize) -> usize {
+        let load = self.in_flight(loop_index);
+        if self.is_busy(loop_index) {
+            load.saturating_add(BUSY_PENALTY)
+        } else {
+            load
+        }
+    }
+
     pub fn loops(&self) -> usize {
         self.counters.len()
     }
 
     pub fn in_flight(&self, loop_index: usize) -> usize {
-        self.counters[loop_index].0.load(Ordering::Relaxed)
+        self.counters[loop_index].in_flight.load(Ordering::Relaxed)
     }
 
     /// Counts a request against `loop_index` until the returned guard is dropped.
     pub fn track(self: &Arc<Self>, loop_index: usize) -> InFlight {
-        self.counters[loop_index].0.fetch_add(1, Ordering::Relaxed);
+        self.counters[loop_index]
+            .in_flight
+            .fetch_add(1, Ordering::Relaxed);
         InFlight {
             table: Arc::clone(self),
             loop_index,
@@ -94,8 +140,22 @@ pub struct InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.table.counters[self.loop_index]
-            .0
+            .in_flight
             .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A loop running executor code; see `LoadTable::busy`.
+pub struct Busy<'a> {
+    table: &'a LoadTable,
+    loop_index: usize,
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.table.counters[self.loop_index]
+            .busy
+            .store(false, Ordering::Relaxed);
     }
 }
 
@@ -126,18 +186,26 @@ impl Chooser {
         match self.policy {
             RoutingPolicy::Local => self.own_index,
             RoutingPolicy::RoundRobin => {
-                let next = self.cursor.get();
+                // The next loop in turn that is not busy in executor code (if all are: the next one).
+                let first = self.cursor.get();
+                let mut next = first;
+                for step in 0..loops {
+                    next = (first + step) % loops;
+                    if !self.table.is_busy(next) {
+                        break;
+                    }
+                }
                 self.cursor.set((next + 1) % loops);
                 next
             }
             RoutingPolicy::LeastLoaded => {
                 let mut best = self.own_index;
-                let mut best_load = self.table.in_flight(best);
+                let mut best_load = self.table.load(best);
                 for index in 0..loops {
                     if best_load == 0 {
                         break;
                     }
-                    let load = self.table.in_flight(index);
+                    let load = self.table.load(index);
                     if load < best_load {
                         best = index;
                         best_load = load;
@@ -196,6 +264,38 @@ mod tests {
         assert_eq!(chooser.choose(), 1);
         drop(busy_home);
         assert_eq!(chooser.choose(), 0);
+    }
+
+    #[test]
+    fn least_loaded_treats_a_loop_busy_in_executor_code_as_full() {
+        let table = LoadTable::new(2);
+        let chooser = Chooser::new(RoutingPolicy::LeastLoaded, 0, table.clone());
+        // Loop 0 (home) has two requests in flight; loop 1 has one, and is in Python running it.
+        let _one = table.track(0);
+        let _two = table.track(0);
+        let _its_request = table.track(1);
+        assert_eq!(chooser.choose(), 1, "by counts alone, loop 1 looks lighter");
+        let busy = table.busy(1);
+        assert_eq!(
+            chooser.choose(),
+            0,
+            "a loop that cannot start a request now is full"
+        );
+        let _home_busy_too = table.busy(0);
+        assert_eq!(chooser.choose(), 1, "all busy: counts decide");
+        drop(busy);
+    }
+
+    #[test]
+    fn round_robin_passes_over_a_busy_loop() {
+        let table = LoadTable::new(3);
+        let chooser = Chooser::new(RoutingPolicy::RoundRobin, 0, table.clone());
+        let busy = table.busy(1);
+        let picks: Vec<usize> = (0..4).map(|_| chooser.choose()).collect();
+        assert_eq!(picks, vec![0, 2, 0, 2]);
+        drop(busy);
+        let picks: Vec<usize> = (0..2).map(|_| chooser.choose()).collect();
+        assert_eq!(picks, vec![0, 1]);
     }
 
     #[test]

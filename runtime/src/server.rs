@@ -1,6 +1,6 @@
-//! HTTP on each loop: accepting on the loop's listener (`listener` binds them), Hyper HTTP/1.1
-//! connections with keep-alive, and the request path from bytes on a socket to a routed `HttpRequest`
-//! and back.
+//! HTTP on each loop: accepting on the loop's duplicate of the shared listening socket (`listener` binds
+//! it), Hyper HTTP/1.1 connections with keep-alive, and the request path from bytes on a socket to a routed
+//! `HttpRequest` and back.
 //!
 //! A connection stays on the loop that accepted it; the routing policies (hand-off per request) are what
 //! spread a single long-lived connection's requests.
@@ -120,6 +120,8 @@ pub async fn accept_until_stopped<X: Executor>(
 ) -> Rc<Connections> {
     let connections = Rc::new(Connections::default());
     let limits = context.shared.config.limits.clone();
+    // Every loop accepts from the same queue (`listener`).
+    let shares_queue = context.shared.load.loops() > 1;
     loop {
         while connections.open.get() >= limits.max_connections_per_loop {
             tokio::select! {
@@ -144,7 +146,16 @@ pub async fn accept_until_stopped<X: Executor>(
                 spawn_connection(stream, None, &connections, &context, stop)
             }
             // Transient (EMFILE, ECONNABORTED, ...): back off briefly instead of spinning.
-            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+            Err(_) => {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            }
+        }
+        if shares_queue {
+            // Serve what was just accepted (its request is usually there already) before taking the next
+            // connection from the shared queue: if that request keeps this loop busy, the connections
+            // behind it go to the loops that are waiting, instead of this one taking them all at once.
+            tokio::task::yield_now().await;
         }
     }
     drop(listener);

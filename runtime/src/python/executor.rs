@@ -30,6 +30,7 @@ use tokio::sync::{oneshot, Notify};
 use super::asgi::{self, AsgiEndpoint, AsgiExchange};
 use super::params::{self, Param};
 use super::response::to_response;
+use super::sync_pool::{SyncCall, SyncOutcome, SyncPool};
 use super::task::{in_context, AppConnection, Completion, RequestTask};
 use super::websocket;
 use crate::metrics::{self, ExtraMetrics};
@@ -84,7 +85,9 @@ pub struct NativeEndpoint {
     pub params: Vec<Param>,
     pub status_code: u16,
     /// "GET /users/{id}", for logs.
-    pub name: String,
+    pub name: Arc<str>,
+    /// A `def` handler (not `inline=True`): called on the sync pool (`sync_pool`), not the loop thread.
+    pub offload: bool,
 }
 
 /// A response that took at least this long to compute is written only after the connections that are
@@ -248,6 +251,8 @@ pub struct PyExecutor {
     lifecycle: Option<Py<PyAny>>,
     /// The state the lifecycle's startup returned; each ASGI request's scope gets a shallow copy.
     loop_state: RefCell<Option<Py<PyDict>>>,
+    /// Where `def` handlers go (None when the app has none to offload).
+    sync_calls: Option<Rc<async_channel::Sender<SyncCall>>>,
 }
 
 fn object_len(object: &Bound<'_, PyAny>) -> isize {
@@ -375,50 +380,34 @@ impl PyExecutor {
             Ok(context) => context,
             Err(err) => return Started::Done(self.shared.fail(py, &err, &endpoint.name)),
         };
-        let called = self.call_handler(py, endpoint, request, &context);
-        let value = match called {
-            Ok(Ok(value)) => value,
+        let kwargs = match self.bind(py, endpoint, request) {
+            Ok(Ok(kwargs)) => kwargs,
             Ok(Err(rejected)) => return Started::Done(rejected),
             Err(err) => return Started::Done(self.shared.handler_failed(py, &err, &endpoint.name)),
         };
-        // SAFETY: attached, live object.
-        if unsafe { ffi::PyCoro_CheckExact(value.as_ptr()) } == 0 {
-            return Started::Done(self.shared.respond(
-                py,
-                &value,
-                endpoint.status_code,
-                &endpoint.name,
-            ));
-        }
-        let (reply, mut response) = oneshot::channel();
-        let task = RequestTask::new(
-            py,
-            value.unbind(),
-            Arc::clone(&self.shared),
-            context.unbind(),
-            endpoint.name.clone(),
-            Completion::Native {
+        if let (true, Some(calls)) = (endpoint.offload, &self.sync_calls) {
+            let (reply, outcome) = oneshot::channel();
+            let call = SyncCall {
+                function: endpoint.function.clone_ref(py),
+                kwargs: kwargs.map(Bound::unbind),
+                context: context.unbind(),
                 status_code: endpoint.status_code,
                 reply,
-            },
-        );
-        let task = match task {
-            Ok(task) => task,
-            Err(err) => return Started::Done(self.shared.fail(py, &err, &endpoint.name)),
-        };
-        RequestTask::step(&task, None);
-        match response.try_recv() {
-            Ok(response) => Started::Done(response),
-            Err(oneshot::error::TryRecvError::Empty) => {
-                self.shared.track(&task);
-                // Counted until the coroutine ends, also when cancellation (its client left) takes a
-                // while to unwind.
-                task.get().hold_in_flight(in_flight.take());
-                Started::Pending(response, Some(task.unbind()))
+            };
+            return Started::Offloaded(call, Rc::clone(calls), outcome);
+        }
+        let function = endpoint.function.bind(py);
+        let called = in_context(&context, || match &kwargs {
+            None => function.call0(),
+            Some(kwargs) => function.call(PyTuple::empty(py), Some(kwargs)),
+        })
+        .and_then(|called| called);
+        match called {
+            Ok(value) => {
+                let route = (endpoint.status_code, &*endpoint.name);
+                finish_native(py, &self.shared, route, value, context, in_flight)
             }
-            Err(oneshot::error::TryRecvError::Closed) => {
-                Started::Done(HttpResponse::internal_error())
-            }
+            Err(err) => Started::Done(self.shared.handler_failed(py, &err, &endpoint.name)),
         }
     }
 
@@ -463,24 +452,23 @@ impl PyExecutor {
         }
     }
 
-    /// Binds the parameters and calls the handler inside `context`; `Ok(Err(response))` when the request
-    /// was rejected before the handler ran (422/400).
-    fn call_handler<'py>(
+    /// The handler's keyword arguments (None: it takes none); `Ok(Err(response))` when the request was
+    /// rejected and the handler must not run (422/400).
+    fn bind<'py>(
         &self,
         py: Python<'py>,
         endpoint: &NativeEndpoint,
         request: HttpRequest,
-        context: &Bound<'py, PyAny>,
-    ) -> PyResult<Result<Bound<'py, PyAny>, HttpResponse>> {
-        let function = endpoint.function.bind(py);
-        let kwargs = if endpoint.params.is_empty() {
-            None
-        } else {
-            let state = self
-                .loop_state
-                .borrow()
-                .as_ref()
-                .map(|s| s.clone_ref(py).into_any());
+    ) -> PyResult<Result<Option<Bound<'py, PyDict>>, HttpResponse>> {
+        if endpoint.params.is_empty() {
+            return Ok(Ok(None));
+        }
+        let state = self
+            .loop_state
+            .borrow()
+            .as_ref()
+            .map(|s| s.clone_ref(py).into_any());
+        Ok(
             match params::bind(
                 py,
                 &endpoint.params,
@@ -489,15 +477,10 @@ impl PyExecutor {
                 state,
                 self.shared.uuid_class.bind(py),
             )? {
-                Ok(kwargs) => Some(kwargs),
-                Err(rejected) => return Ok(Err(rejected.into_response(py)?)),
-            }
-        };
-        in_context(context, || match &kwargs {
-            None => function.call0(),
-            Some(kwargs) => function.call(PyTuple::empty(py), Some(kwargs)),
-        })?
-        .map(Ok)
+                Ok(kwargs) => Ok(Some(kwargs)),
+                Err(rejected) => Err(rejected.into_response(py)?),
+            },
+        )
     }
 
     /// A handler may have scheduled asyncio work (`create_task`, `call_later`) without suspending; the
@@ -553,6 +536,120 @@ enum Started {
     Done(HttpResponse),
     /// Suspended; for native handlers, the task to cancel if the client goes away.
     Pending(oneshot::Receiver<HttpResponse>, Option<Py<RequestTask>>),
+    /// A `def` handler, bound and ready for the sync pool.
+    Offloaded(
+        SyncCall,
+        Rc<async_channel::Sender<SyncCall>>,
+        oneshot::Receiver<SyncOutcome>,
+    ),
+}
+
+/// What a native handler returned, as a response: converted at once, or (a coroutine) stepped as a
+/// `RequestTask` in the request's `context`.
+fn finish_native(
+    py: Python<'_>,
+    shared: &Arc<LoopShared>,
+    (status_code, name): (u16, &str),
+    value: Bound<'_, PyAny>,
+    context: Bound<'_, PyAny>,
+    in_flight: &mut Option<InFlight>,
+) -> Started {
+    // SAFETY: attached, live object.
+    if unsafe { ffi::PyCoro_CheckExact(value.as_ptr()) } == 0 {
+        return Started::Done(shared.respond(py, &value, status_code, name));
+    }
+    let (reply, mut response) = oneshot::channel();
+    let task = RequestTask::new(
+        py,
+        value.unbind(),
+        Arc::clone(shared),
+        context.unbind(),
+        name.to_owned(),
+        Completion::Native { status_code, reply },
+    );
+    let task = match task {
+        Ok(task) => task,
+        Err(err) => return Started::Done(shared.fail(py, &err, name)),
+    };
+    RequestTask::step(&task, None);
+    match response.try_recv() {
+        Ok(response) => Started::Done(response),
+        Err(oneshot::error::TryRecvError::Empty) => {
+            shared.track(&task);
+            // Counted until the coroutine ends, also when cancellation (its client left) takes a while
+            // to unwind.
+            task.get().hold_in_flight(in_flight.take());
+            Started::Pending(response, Some(task.unbind()))
+        }
+        Err(oneshot::error::TryRecvError::Closed) => Started::Done(HttpResponse::internal_error()),
+    }
+}
+
+/// Awaits a suspended request's response; dropped before it (the client left), it cancels the task.
+async fn until_finished(
+    pending: oneshot::Receiver<HttpResponse>,
+    task: Option<Py<RequestTask>>,
+    wake: Arc<Notify>,
+    in_flight: Option<InFlight>,
+) -> HttpResponse {
+    let mut cancel = CancelOnDrop { task, wake };
+    let response = pending
+        .await
+        .unwrap_or_else(|_| HttpResponse::internal_error());
+    cancel.disarm();
+    drop(in_flight);
+    response
+}
+
+/// Runs an offloaded `def` handler on the sync pool and turns what it gives back into the response. The
+/// loop thread is free meanwhile: the pool's reply wakes it through the oneshot.
+async fn on_sync_pool(
+    call: SyncCall,
+    calls: Rc<async_channel::Sender<SyncCall>>,
+    outcome: oneshot::Receiver<SyncOutcome>,
+    shared: Arc<LoopShared>,
+    (status_code, name): (u16, Arc<str>),
+    mut in_flight: Option<InFlight>,
+) -> HttpResponse {
+    // Full: wait for room (the queue is bounded), without blocking the loop.
+    let refused = match calls.try_send(call) {
+        Ok(()) => None,
+        Err(async_channel::TrySendError::Full(call)) => calls.send(call).await.err().map(|e| e.0),
+        Err(async_channel::TrySendError::Closed(call)) => Some(call),
+    };
+    if let Some(call) = refused {
+        Python::attach(|_| drop(call));
+        return HttpResponse::text(503, "Service Unavailable");
+    }
+    let Ok(outcome) = outcome.await else {
+        return HttpResponse::internal_error();
+    };
+    let started = Python::attach(|py| match outcome {
+        SyncOutcome::Response(response) => Started::Done(response),
+        SyncOutcome::Raised(err) => Started::Done(shared.handler_failed(py, &err, &name)),
+        SyncOutcome::Unconvertible(err) => Started::Done(shared.fail(py, &err, &name)),
+        SyncOutcome::OnLoop(value, context) => {
+            let route = (status_code, &*name);
+            let started = finish_native(
+                py,
+                &shared,
+                route,
+                value.into_bound(py),
+                context.into_bound(py),
+                &mut in_flight,
+            );
+            // The handler (or the response it made) may have scheduled asyncio work.
+            shared.wake.notify_one();
+            started
+        }
+    });
+    match started {
+        Started::Done(response) => response,
+        Started::Pending(pending, task) => {
+            until_finished(pending, task, Arc::clone(&shared.wake), in_flight).await
+        }
+        Started::Offloaded(..) => HttpResponse::internal_error(),
+    }
 }
 
 /// Cancels a suspended native handler when its response is no longer wanted: hyper drops the request's
@@ -689,20 +786,19 @@ impl Executor for PyExecutor {
                 response
             }),
             Started::Done(response) => Box::pin(std::future::ready(response)),
-            Started::Pending(pending, task) => {
-                let cancel = CancelOnDrop {
-                    task,
-                    wake: Arc::clone(&self.shared.wake),
+            Started::Pending(pending, task) => Box::pin(until_finished(
+                pending,
+                task,
+                Arc::clone(&self.shared.wake),
+                in_flight,
+            )),
+            Started::Offloaded(call, calls, outcome) => {
+                let Endpoint::Native(native) = endpoint else {
+                    unreachable!("only native handlers are offloaded")
                 };
-                Box::pin(async move {
-                    let mut cancel = cancel;
-                    let response = pending
-                        .await
-                        .unwrap_or_else(|_| HttpResponse::internal_error());
-                    cancel.disarm();
-                    drop(in_flight);
-                    response
-                })
+                let route = (native.status_code, Arc::clone(&native.name));
+                let shared = Arc::clone(&self.shared);
+                Box::pin(on_sync_pool(call, calls, outcome, shared, route, in_flight))
             }
         }
     }
@@ -770,6 +866,8 @@ pub struct PyExecutorFactory {
     pub websocket_max_queue: usize,
     pub send_timeout: Duration,
     pub websocket_ping: (Option<Duration>, Duration),
+    /// The pool `def` handlers run on, while the server runs one (`python/server.rs` starts and closes it).
+    pub sync_pool: Mutex<Option<Arc<SyncPool>>>,
 }
 
 impl ExecutorFactory for PyExecutorFactory {
@@ -903,6 +1001,12 @@ impl PyExecutorFactory {
                 selector: RefCell::new(Some(Rc::new(selector))),
                 lifecycle,
                 loop_state: RefCell::new(None),
+                sync_calls: self
+                    .sync_pool
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .as_ref()
+                    .map(|pool| Rc::new(pool.sender())),
             })
         }
     }

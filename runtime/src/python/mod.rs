@@ -9,6 +9,7 @@ mod request;
 mod response;
 mod serialize;
 mod server;
+mod sync_pool;
 mod task;
 mod websocket;
 

@@ -11,6 +11,7 @@ use super::asgi::AsgiEndpoint;
 use super::executor::{ConstResponse, Endpoint, NativeEndpoint, PyExecutorFactory};
 use super::params::{Param, ParamSpec};
 use super::response::to_response;
+use super::sync_pool::{self, SyncPool};
 use super::{ConfigurationError, StartupError};
 use crate::config::{Config, LoopCount};
 use crate::listener::{self, LocalAddress, SocketFile, SocketSource};
@@ -31,6 +32,9 @@ pub struct RouteSpec {
     /// For `const=True` routes: `(value,)`, the handler's result computed once at startup.
     #[pyo3(default)]
     const_value: Option<(Py<PyAny>,)>,
+    /// `inline=True`: a `def` handler runs on the loop thread instead of the sync pool.
+    #[pyo3(default)]
+    inline: bool,
 }
 
 struct Prepared {
@@ -62,6 +66,17 @@ impl Server {
             running: Mutex::new(None),
             address: Mutex::new(None),
             metrics_address: Mutex::new(None),
+        }
+    }
+}
+
+impl Server {
+    /// After the loops: the sync pool finishes the calls it runs (up to the shutdown timeout) and stops.
+    fn close_sync_pool(&self, py: Python<'_>) {
+        let sync_pool = self.factory.sync_pool.lock().unwrap().take();
+        if let Some(sync_pool) = sync_pool {
+            let grace = self.config.shutdown_timeout;
+            py.detach(|| sync_pool.close(grace));
         }
     }
 }
@@ -220,6 +235,7 @@ impl Server {
                 config.limits.websocket_ping_interval,
                 config.limits.websocket_ping_timeout,
             ),
+            sync_pool: Mutex::new(None),
         });
         if let Some(app) = asgi_app {
             return Ok(Server::with(
@@ -231,6 +247,7 @@ impl Server {
         }
         let mut router = Router::new();
         let mut endpoints = Vec::with_capacity(routes.len());
+        let is_async = py.import("inspect")?.getattr("iscoroutinefunction")?;
         for route in routes {
             let method = http::Method::from_bytes(route.method.to_ascii_uppercase().as_bytes())
                 .map_err(|_| config_error(format!("invalid HTTP method {:?}", route.method)))?;
@@ -260,11 +277,15 @@ impl Server {
                 .map(|spec| Param::from_spec(py, spec))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(config_error)?;
+            // A `def` handler goes to the sync pool (one that returns a coroutine anyway has it stepped
+            // on the loop afterwards); `async def` ones and `inline=True` ones run on the loop.
+            let offload = !route.inline && !is_async.call1((&route.function,))?.is_truthy()?;
             endpoints.push(Endpoint::Native(NativeEndpoint {
                 function: route.function,
                 params,
                 status_code: route.status_code,
-                name: format!("{method} {}", route.path),
+                name: format!("{method} {}", route.path).into(),
+                offload,
             }));
         }
         Ok(Server::with(config, router, endpoints, factory))
@@ -280,10 +301,27 @@ impl Server {
             .ok_or_else(|| StartupError::new_err("this server was already started"))?;
         let config = self.config.clone();
         let factory = Arc::clone(&self.factory);
+        let offloads = prepared
+            .endpoints
+            .iter()
+            .any(|e| matches!(e, Endpoint::Native(native) if native.offload));
+        if offloads {
+            let threads = sync_pool::default_threads(config.loops());
+            let sync_pool = SyncPool::start(threads, factory.response_class.clone_ref(py))
+                .map_err(|e| {
+                    StartupError::new_err(format!("could not start the sync pool: {e}"))
+                })?;
+            *factory.sync_pool.lock().unwrap() = Some(sync_pool);
+        }
         // Detached: each loop thread attaches to create its asyncio loop while we wait for it.
-        let pool = py
-            .detach(|| pool::start(config, prepared.router, prepared.endpoints, factory))
-            .map_err(|e| StartupError::new_err(e.to_string()))?;
+        let pool = py.detach(|| pool::start(config, prepared.router, prepared.endpoints, factory));
+        let pool = match pool {
+            Ok(pool) => pool,
+            Err(e) => {
+                self.close_sync_pool(py);
+                return Err(StartupError::new_err(e.to_string()));
+            }
+        };
         *self.address.lock().unwrap() = Some(pool.local_addr.clone());
         *self.metrics_address.lock().unwrap() = pool.metrics_addr;
         *self.running.lock().unwrap() = Some(pool);
@@ -330,6 +368,7 @@ impl Server {
         if let Some(pool) = pool {
             py.detach(|| pool.join());
         }
+        self.close_sync_pool(py);
     }
 
     /// The TCP address's host once started; None on a Unix socket.
@@ -419,8 +458,8 @@ impl UnixSocket {
     }
 }
 
-/// The TCP listeners a `--workers` supervisor binds for all its workers (one per loop of each worker, one
-/// SO_REUSEPORT group, after the busy-port probe) and keeps open for their whole life: each worker inherits
+/// The TCP listeners a `--workers` supervisor binds for all its workers (one per worker, whose loops share
+/// it; one SO_REUSEPORT group, after the busy-port probe) and keeps open for their whole life: each worker inherits
 /// its share, and a worker that replaces another (`--reload`, `--limit-max-requests`, a restart) accepts on
 /// the same sockets, so the connections queued on them are not lost when the old worker stops.
 #[pyclass(module = "percore._runtime")]
