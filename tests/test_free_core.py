@@ -97,10 +97,11 @@ def test_the_loops_keep_answering_while_def_handlers_compute(serve, routing):
     server = serve(APP, "--loops", "2", "--routing", routing)
     for round_ in range(3):
         slow: list = []
-        spinners = [
-            threading.Thread(target=lambda: slow.append(fresh_get(server.port, "/spin-sync?rounds=10000000")))
-            for _ in range(2)
-        ]
+
+        def spin(into: list = slow) -> None:
+            into.append(fresh_get(server.port, "/spin-sync?rounds=10000000"))
+
+        spinners = [threading.Thread(target=spin) for _ in range(2)]
         for thread in spinners:
             thread.start()
         wait_until_started(server.port, "spin-sync", count=len(spinners) * (round_ + 1))

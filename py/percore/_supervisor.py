@@ -332,9 +332,7 @@ class Supervisor:
             # One set of listeners per worker slot: the first probes the port (and picks it for port 0), the
             # others join its SO_REUSEPORT group.
             for index in range(self.workers):
-                listeners = _runtime.TcpListeners(
-                    self.host, self.port, 1, self.backlog, shared=index > 0
-                )
+                listeners = _runtime.TcpListeners(self.host, self.port, 1, self.backlog, shared=index > 0)
                 self.host, self.port = listeners.host, listeners.port
                 self.slot_listeners.append(listeners)
             self.worker_fds = [listeners.filenos() for listeners in self.slot_listeners]
@@ -505,9 +503,7 @@ class Supervisor:
             return  # a Unix or inherited socket: shared by every worker, the others keep accepting on it
         self.slot_listeners[index].close()
         try:
-            listeners = _runtime.TcpListeners(
-                self.host, self.port, 1, self.backlog, shared=True
-            )
+            listeners = _runtime.TcpListeners(self.host, self.port, 1, self.backlog, shared=True)
         except StartupError as error:
             logger.error(
                 "worker %d: cannot bind its listeners again (%s); its replacement will fail", index, error

@@ -178,7 +178,7 @@ def _parser() -> argparse.ArgumentParser:
     processes.add_argument("--supervised-cpus", help=argparse.SUPPRESS)
     processes.add_argument("--supervised-ready-fd", type=int, help=argparse.SUPPRESS)
     # The listening sockets the supervisor holds for this worker: its TCP listeners, or the --uds/--fd socket.
-    processes.add_argument("--supervised-socket-fd", help=argparse.SUPPRESS)  # FD[,FD...]: one shared, or one per loop
+    processes.add_argument("--supervised-socket-fd", help=argparse.SUPPRESS)  # FD[,FD...]: shared/per loop
     limits = run.add_argument_group("limits (see docs/limits.md)")
     limits.add_argument("--max-body-size", type=int, help="bytes; larger bodies get 413 (default 16 MiB)")
     limits.add_argument(
