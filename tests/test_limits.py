@@ -173,6 +173,7 @@ def test_a_client_that_leaves_cancels_its_handler(serve, routing):
         ("--header-timeout", "-1"),
         ("--ws-max-size", "0"),
         ("--ws-ping-timeout", "0"),
+        ("--sync-threads", "0"),
     ],
 )
 def test_bad_limit_values_exit_with_one_line(flag, value):

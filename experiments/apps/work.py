@@ -1,5 +1,6 @@
 """Endpoints for the experiments: the benchmark suite's `/json`, `/cpu` and `/sleep` (the same code,
-benches/apps/common.py), and `/work?ms=N` for the routing experiment.
+benches/apps/common.py), `/json` as a `def` handler (`/json-sync` on the sync pool, `/json-inline` on the
+loop), and `/work?ms=N` for the routing experiment.
 
 `/work?ms=N` keeps its loop busy in pure Python for N milliseconds (a spin on `perf_counter`, no await):
 a request that costs N ms of the loop it runs on, whatever the machine's speed, so that a mix of cheap and
@@ -18,6 +19,18 @@ api = percore.App(openapi_url=None)
 
 @api.get("/json")
 async def json():
+    return {"message": "Hello, World!"}
+
+
+@api.get("/json-sync")
+def json_sync():
+    """`/json` as a `def` handler: on the sync pool (docs/benchmarks.md, "Sync handlers")."""
+    return {"message": "Hello, World!"}
+
+
+@api.get("/json-inline", inline=True)
+def json_inline():
+    """`/json` as a `def` handler run on the loop thread."""
     return {"message": "Hello, World!"}
 
 

@@ -198,6 +198,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     limits.add_argument("--max-connections", type=int, help="open connections per loop (default 10000)")
     limits.add_argument(
+        "--sync-threads", type=int, help="threads running `def` handlers (default 2 × loops, at least 4)"
+    )
+    limits.add_argument(
         "--max-in-flight", type=int, help="requests in flight per loop; beyond it 503 + Retry-After (4096)"
     )
     limits.add_argument(
@@ -281,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
             send_timeout=arguments.send_timeout,
             max_connections=arguments.max_connections,
             max_in_flight=arguments.max_in_flight,
+            sync_threads=arguments.sync_threads,
             shutdown_timeout=arguments.shutdown_timeout,
             ws_max_size=arguments.ws_max_size,
             ws_max_queue=arguments.ws_max_queue,

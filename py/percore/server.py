@@ -64,6 +64,8 @@ class ServerConfig:
     limit_max_requests: int | None = None
     # Pending connections the listening socket queues (None: 1024; every loop accepts from it).
     backlog: int | None = None
+    # Threads of the sync pool that runs ``def`` handlers (None: 2 × loops, at least 4; docs/architecture.md).
+    sync_threads: int | None = None
     # HTTPS: a PEM certificate chain and its private key (see docs/tls.md).
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
@@ -116,6 +118,7 @@ class Server:
             send_timeout=config.send_timeout,
             max_connections=config.max_connections,
             max_in_flight=config.max_in_flight,
+            sync_threads=config.sync_threads,
             shutdown_timeout=config.shutdown_timeout,
             ws_max_size=config.ws_max_size,
             ws_max_queue=config.ws_max_queue,

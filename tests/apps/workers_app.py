@@ -25,9 +25,10 @@ async def hold(marker: str, seconds: float):
     return {"pid": os.getpid()}
 
 
-@api.get("/block")
+@api.get("/block", inline=True)
 def block(marker: str, seconds: float):
-    """Like /hold, but blocking: the worker's loop (tests run one per worker) accepts nothing meanwhile."""
+    """Like /hold, but blocking the loop thread itself (``inline``: not on the sync pool): the worker's loop
+    (tests run one per worker) accepts nothing meanwhile."""
     with open(marker, "w") as file:
         file.write(str(os.getpid()))
     time.sleep(seconds)

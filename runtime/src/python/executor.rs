@@ -868,6 +868,8 @@ pub struct PyExecutorFactory {
     pub websocket_ping: (Option<Duration>, Duration),
     /// The pool `def` handlers run on, while the server runs one (`python/server.rs` starts and closes it).
     pub sync_pool: Mutex<Option<Arc<SyncPool>>>,
+    /// `--sync-threads` (None: `sync_pool::default_threads`).
+    pub sync_threads: Option<usize>,
 }
 
 impl ExecutorFactory for PyExecutorFactory {

@@ -96,7 +96,7 @@ impl Server {
         shutdown_timeout=None, access_log=false, metrics_port=None, metrics_host=None, shared_port=false,
         forwarded_allow_ips=None, ws_max_size=None, ws_max_queue=None, ws_ping_interval=None, ws_ping_timeout=None,
         uds=None, fd=None, ssl_certfile=None, ssl_keyfile=None, backlog=None, listen_fds=None,
-        body_timeout=None
+        body_timeout=None, sync_threads=None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -135,6 +135,7 @@ impl Server {
         backlog: Option<i32>,
         listen_fds: Option<Vec<i32>>,
         body_timeout: Option<f64>,
+        sync_threads: Option<usize>,
     ) -> PyResult<Self> {
         let loops = LoopCount::parse(loops).map_err(config_error)?;
         let routing: RoutingPolicy = routing.parse().map_err(config_error)?;
@@ -164,6 +165,9 @@ impl Server {
         if let Some(count) = max_in_flight {
             limits.max_in_flight_per_loop = positive(count, "--max-in-flight")?;
         }
+        let sync_threads = sync_threads
+            .map(|count| positive(count, "--sync-threads"))
+            .transpose()?;
         if let Some(size) = ws_max_size {
             limits.max_websocket_message = positive(size, "--ws-max-size")?;
         }
@@ -236,6 +240,7 @@ impl Server {
                 config.limits.websocket_ping_timeout,
             ),
             sync_pool: Mutex::new(None),
+            sync_threads,
         });
         if let Some(app) = asgi_app {
             return Ok(Server::with(
@@ -306,7 +311,8 @@ impl Server {
             .iter()
             .any(|e| matches!(e, Endpoint::Native(native) if native.offload));
         if offloads {
-            let threads = sync_pool::default_threads(config.loops());
+            let threads = (self.factory.sync_threads)
+                .unwrap_or_else(|| sync_pool::default_threads(config.loops()));
             let sync_pool = SyncPool::start(threads, factory.response_class.clone_ref(py))
                 .map_err(|e| {
                     StartupError::new_err(format!("could not start the sync pool: {e}"))
