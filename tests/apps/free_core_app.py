@@ -48,8 +48,10 @@ def spin_sync(request: percore.Request, rounds: int = 2_000_000):
 
 
 @api.get("/spin-async")
-async def spin_async(request: percore.Request, rounds: int = 2_000_000):
+async def spin_async(request: percore.Request, rounds: int = 2_000_000, marker: str = ""):
     began = _begin("spin-async")
+    if marker:  # tells a test that this handler is running, without a request that would need a loop
+        Path(marker).write_text("started")
     _spin(rounds)
     return _ran("spin-async", began, request)
 
