@@ -445,7 +445,7 @@ def test_request_scoped_cleanup_runs_after_the_response_and_never_delays_it():
         return v
 
     @api.get("/release")
-    def release_cleanup():
+    async def release_cleanup():  # on the loop: asyncio.Event is not thread-safe (a `def` runs on the sync pool)
         release["event"].set()
 
     with TestClient(api) as client:
