@@ -32,9 +32,9 @@ def wait_for(condition, timeout: float = 10.0, what: str = "condition"):
 @pytest.fixture(scope="module")
 def both():
     """(percore TestClient, FastAPI TestClient) on the same app (FastAPI's TestClient needs httpx, which
-    the 3.13t venv lacks: skipped there; the percore-only tests below run on both builds)."""
-    pytest.importorskip("httpx")
-    fastapi_testclient = pytest.importorskip("fastapi.testclient")
+    tests/requirements.txt installs on both builds)."""
+    import fastapi.testclient as fastapi_testclient
+
     with TestClient(depends_app.make("percore")) as ours:
         theirs = fastapi_testclient.TestClient(depends_app.make("fastapi"), raise_server_exceptions=False)
         yield ours, theirs

@@ -71,8 +71,9 @@ def started_counts():
 
 @api.get("/sleep")
 async def sleep():
+    start = time.monotonic()
     await asyncio.sleep(0.2)
-    return {"slept": 0.2}
+    return {"slept": 0.2, "start": start, "end": time.monotonic()}
 
 
 @api.get("/cpu")
