@@ -17,7 +17,7 @@ from ._logging import log_handler_error, logger
 from .dependencies import solve
 from .exceptions import ConfigurationError, HTTPException
 from .params import Depends
-from .responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, as_response
+from .responses import JSONResponse, PlainTextResponse, Response, as_response
 
 Handler = TypeVar("Handler", bound=Callable[..., Any])
 
@@ -233,7 +233,8 @@ Middleware = Callable[[Any, Callable[[Any], Awaitable[Response]]], Awaitable[Res
 class App(Router):
     """A percore application: ``api = App()``, then ``@api.get("/path")`` on handlers.
 
-    ``openapi_url`` and ``docs_url`` serve the OpenAPI 3.1 schema and an offline docs page (None: off).
+    ``openapi_url`` serves the OpenAPI 3.1 schema, ``docs_url`` Swagger UI (``percore[docs]``; else a
+    built-in page) and ``redoc_url`` ReDoc (when installed), all offline (None: off; see ``_openapi``).
     """
 
     def __init__(
@@ -244,12 +245,14 @@ class App(Router):
         openapi_url: str | None = "/openapi.json",
         docs_url: str | None = "/docs",
         dependencies: Sequence[Depends] = (),
+        redoc_url: str | None = "/redoc",
     ) -> None:
         super().__init__(dependencies=dependencies)
         self.title = title
         self.version = version
         self.openapi_url = openapi_url
         self.docs_url = docs_url
+        self.redoc_url = redoc_url
         self._exception_handlers: dict[type[BaseException], Callable[[Any, BaseException], Any]] = {
             HTTPException: _http_exception_response,
         }
@@ -293,11 +296,13 @@ class App(Router):
             extra.add_route(
                 self.openapi_url, lambda: Response(schema, media_type="application/json"), inline=True
             )
-        if self.docs_url and self.openapi_url:
-            from ._openapi import docs_page
+        if self.openapi_url:
+            from ._openapi import docs_routes
 
-            page = docs_page(self.title, self.openapi_url)
-            extra.add_route(self.docs_url, lambda: HTMLResponse(page), inline=True)
+            for path, media_type, body in docs_routes(
+                self.title, self.openapi_url, self.docs_url, self.redoc_url
+            ):
+                extra.add_route(path, _static(body, media_type), inline=True)
         routes += extra.routes
         middleware = list(self._middleware)
         if self._cors is not None:
@@ -415,6 +420,10 @@ def _computed(route: Route) -> Route:
     if inspect.iscoroutine(value):
         value = asyncio.run(value)
     return dataclasses.replace(route, const_value=(value,))
+
+
+def _static(body: bytes, media_type: str) -> Callable[[], Response]:
+    return lambda: Response(body, media_type=media_type)
 
 
 def _no_content() -> Response:

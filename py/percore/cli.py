@@ -9,7 +9,7 @@ import os
 import sys
 from typing import Any
 
-from . import _logging, _supervisor
+from . import _about, _logging, _supervisor
 from ._asgi import INTERFACES
 from .exceptions import AppLoadError, ConfigurationError, PercoreError
 from .server import ServerConfig, serve
@@ -65,6 +65,11 @@ def build_app(target: str, factory: Any) -> Any:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="runtime", description="percore: a thread-per-core Python web runtime"
+    )
+    parser.add_argument(
+        "--version",
+        action=_about.VersionAction,
+        help="print percore's version, the interpreter and whether the GIL is enabled, then exit",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("serve", help="serve an app")

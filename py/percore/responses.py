@@ -99,6 +99,16 @@ class JSONResponse(Response):
 
     media_type = "application/json"
 
+    def __init__(
+        self,
+        content: object = b"",
+        status_code: int = 200,
+        headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
+        media_type: str | None = None,
+    ) -> None:
+        # Any JSON-serialisable value (the base class takes bytes or str); typed for mypy --strict users.
+        super().__init__(content, status_code, headers, media_type)  # type: ignore[arg-type]
+
     def render(self, content) -> bytes:
         return dumps(content)
 
