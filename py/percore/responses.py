@@ -105,9 +105,10 @@ class JSONResponse(Response):
         status_code: int = 200,
         headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
         media_type: str | None = None,
+        background: object = None,
     ) -> None:
         # Any JSON-serialisable value (the base class takes bytes or str); typed for mypy --strict users.
-        super().__init__(content, status_code, headers, media_type)  # type: ignore[arg-type]
+        super().__init__(content, status_code, headers, media_type, background)  # type: ignore[arg-type]
 
     def render(self, content) -> bytes:
         return dumps(content)
