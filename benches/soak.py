@@ -48,9 +48,13 @@ def rss_bytes(pid: int) -> int:
 WRK_SCRIPT = """
 local echo = [[%s]]
 local requests = {}
-requests[1] = wrk.format("GET", "/json")
-requests[2] = wrk.format("GET", "/users/%%d?q=soak")
-requests[3] = wrk.format("POST", "/echo", {["Content-Type"] = "application/json"}, echo)
+-- Formatted in init(): at load time wrk.host is unset and wrk.format would leave out the Host header
+-- (an HTTP/1.1 request without Host is a 400, RFC 9112 section 3.2).
+function init(args)
+  requests[1] = wrk.format("GET", "/json")
+  requests[2] = wrk.format("GET", "/users/%%d?q=soak")
+  requests[3] = wrk.format("POST", "/echo", {["Content-Type"] = "application/json"}, echo)
+end
 local i = 0
 request = function()
   i = i + 1

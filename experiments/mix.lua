@@ -7,10 +7,13 @@ local fast_ms = os.getenv("FAST_MS") or "0.2"
 local slow_ms = os.getenv("SLOW_MS") or "10"
 local slow_fraction = tonumber(os.getenv("SLOW_FRACTION") or "0.05")
 local path = os.getenv("WORK_PATH") or "/work"
-local fast = wrk.format("GET", path .. "?ms=" .. fast_ms)
-local slow = wrk.format("GET", path .. "?ms=" .. slow_ms)
+local fast, slow
 
+-- Requests are formatted in init(), not at load: at load time wrk.host is not set yet, so wrk.format would
+-- leave out the Host header, and an HTTP/1.1 request without Host is a 400 (RFC 9112 section 3.2).
 function init(args)
+    fast = wrk.format("GET", path .. "?ms=" .. fast_ms)
+    slow = wrk.format("GET", path .. "?ms=" .. slow_ms)
     math.randomseed(os.time())
 end
 
