@@ -6,6 +6,7 @@ from __future__ import annotations
 import concurrent.futures
 import http.client
 import signal
+import socket
 import time
 
 import pytest
@@ -100,3 +101,58 @@ def test_a_websocket_app_sending_faster_than_its_client_reads_waits_instead_of_b
     assert socket.receive_close_code() == 1000
     assert wait_for(lambda: f"sent {frames}" in events(start.log))
     socket.sock.close()
+
+
+def leave_during(server: ServerProcess, log, path: str) -> None:
+    """GET `path` and hang up once its handler has started (the handler runs on)."""
+    raw = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    try:
+        raw.sendall(f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+        assert wait_for(lambda: "sync handler started" in events(log))
+    finally:
+        raw.close()
+
+
+def test_the_shutdown_hooks_wait_for_a_def_handler_whose_client_left(start):
+    # The `def` handler runs on the sync pool; its client has left, so no connection holds the stop.
+    server = start("native", "--shutdown-timeout", "60")
+    leave_during(server, start.log, "/sync-wait")
+    server.process.send_signal(signal.SIGTERM)
+    time.sleep(1)  # room for a stop that does not wait to run its hooks now (what this test catches)
+    start.log.with_name(start.log.name + ".release").touch()
+    code = server.process.wait(timeout=30)
+    server.stderr = server.read_stderr()
+    assert code == 0, server.stderr
+    assert events(start.log) == ["sync handler started", "sync handler finished", "loop stop hook"]
+
+
+def test_a_def_handler_past_the_shutdown_timeout_does_not_stretch_the_stop_past_it(start):
+    # The handler blocks for a minute and cannot be interrupted: the stop gives it the one shutdown
+    # timeout (not one per stage: loops, then the sync pool, then the thread pool) and exits.
+    server = start("native", "--shutdown-timeout", "5")
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        stuck = pool.submit(server.get, "/sync-wait")
+        assert wait_for(lambda: "sync handler started" in events(start.log))
+        server.process.send_signal(signal.SIGTERM)
+        try:
+            code = server.process.wait(timeout=9)  # 5 s, plus a moment to cancel; not 2 × 5 s
+        finally:
+            start.log.with_name(start.log.name + ".release").touch()
+        try:
+            reply = stuck.result(timeout=5)
+        except (ConnectionError, http.client.HTTPException):
+            reply = None
+        assert reply is None or reply.status >= 500
+    server.stderr = server.read_stderr()
+    assert code == 0, server.stderr
+    assert events(start.log) == ["sync handler started", "loop stop hook"]
+
+
+def test_a_def_handler_whose_client_left_counts_in_flight_until_it_returns(start):
+    server = start("native", "--max-in-flight", "1")
+    leave_during(server, start.log, "/sync-wait")
+    time.sleep(0.5)  # room for the server to see the client leave (what would free the slot too early)
+    # The handler still runs, so the one slot is still taken.
+    assert server.get("/ping").status == 503
+    start.log.with_name(start.log.name + ".release").touch()
+    assert wait_for(lambda: server.get("/ping").status == 200)

@@ -8,6 +8,7 @@ import signal
 import sys
 import sysconfig
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -96,6 +97,7 @@ class Server:
         self.config = config = config or ServerConfig()
         self.interface = choose_interface(app, config.interface)
         self._holds_pool = False  # between start() and join(): this server keeps the shared thread pool
+        self._stop_requested: float | None = None  # time.monotonic() of the first stop()
         asgi = self.interface == "asgi"
         self._server = _runtime.Server(
             [] if asgi else app.serving_routes(),
@@ -193,15 +195,21 @@ class Server:
         return self._server.wait(timeout)
 
     def stop(self) -> None:
+        if self._stop_requested is None:
+            self._stop_requested = time.monotonic()
         self._server.stop()
 
     def join(self) -> None:
         self._server.join()
         if self._holds_pool:
             self._holds_pool = False
-            # Once every loop has stopped: jobs still running get the shutdown timeout again.
+            # Once every loop has stopped: jobs still running get what remains of the stop's one shutdown
+            # deadline (the whole timeout when the server stopped without stop()).
             timeout = self.config.shutdown_timeout
-            _threadpool.release(DEFAULT_SHUTDOWN_TIMEOUT if timeout is None else timeout)
+            timeout = DEFAULT_SHUTDOWN_TIMEOUT if timeout is None else timeout
+            if self._stop_requested is not None:
+                timeout = max(0.0, self._stop_requested + timeout - time.monotonic())
+            _threadpool.release(timeout)
 
 
 def serve(

@@ -3,6 +3,7 @@ happened in which order (handlers cancelled, WebSockets told to go away, lifespa
 
 import asyncio
 import os
+import time
 
 import percore
 
@@ -26,6 +27,22 @@ async def stuck():
         record("handler cancelled")
         raise
     return {"finished": True}
+
+
+@native.get("/sync-wait")
+def sync_wait():
+    """A `def` handler (run on the sync pool) that blocks until the test creates `<events>.release`."""
+    record("sync handler started")
+    deadline = time.monotonic() + 60
+    while not os.path.exists(EVENTS + ".release") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    record("sync handler finished")
+    return {"finished": True}
+
+
+@native.get("/ping")
+def ping():
+    return {"pong": True}
 
 
 @native.on_loop_stop

@@ -30,7 +30,7 @@ use tokio::sync::{oneshot, Notify};
 use super::asgi::{self, AsgiEndpoint, AsgiExchange};
 use super::params::{self, Param};
 use super::response::to_response;
-use super::sync_pool::{SyncCall, SyncOutcome, SyncPool};
+use super::sync_pool::{Offloaded, SyncCall, SyncHold, SyncOutcome, SyncPool};
 use super::task::{in_context, AppConnection, Completion, RequestTask};
 use super::websocket;
 use crate::metrics::{self, ExtraMetrics};
@@ -130,6 +130,8 @@ pub struct LoopShared {
     live_tasks: Mutex<HashMap<usize, Py<RequestTask>>>,
     /// Notified when `live_tasks` becomes empty.
     no_live_tasks: Notify,
+    /// `def` calls this loop sent to the sync pool that have not ended: shutdown waits for them too.
+    pub offloaded: Arc<Offloaded>,
     /// Set when the loop stops accepting: open WebSockets close with 1001 (going away).
     pub closing: Latch,
 }
@@ -169,15 +171,20 @@ impl LoopShared {
     async fn idle(&self) {
         loop {
             let emptied = self.no_live_tasks.notified();
+            let returned = self.offloaded.none.notified();
             if self
                 .live_tasks
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .is_empty()
+                && self.offloaded.is_empty()
             {
                 return;
             }
-            emptied.await;
+            tokio::select! {
+                _ = emptied => {}
+                _ = returned => {}
+            }
         }
     }
 
@@ -393,6 +400,7 @@ impl PyExecutor {
                 context: context.unbind(),
                 status_code: endpoint.status_code,
                 reply,
+                hold: self.shared.offloaded.hold(in_flight.take()),
             };
             return Started::Offloaded(call, Rc::clone(calls), outcome);
         }
@@ -540,7 +548,7 @@ enum Started {
     Offloaded(
         SyncCall,
         Rc<async_channel::Sender<SyncCall>>,
-        oneshot::Receiver<SyncOutcome>,
+        oneshot::Receiver<(SyncOutcome, SyncHold)>,
     ),
 }
 
@@ -606,10 +614,9 @@ async fn until_finished(
 async fn on_sync_pool(
     call: SyncCall,
     calls: Rc<async_channel::Sender<SyncCall>>,
-    outcome: oneshot::Receiver<SyncOutcome>,
+    outcome: oneshot::Receiver<(SyncOutcome, SyncHold)>,
     shared: Arc<LoopShared>,
     (status_code, name): (u16, Arc<str>),
-    mut in_flight: Option<InFlight>,
 ) -> HttpResponse {
     // Full: wait for room (the queue is bounded), without blocking the loop.
     let refused = match calls.try_send(call) {
@@ -621,28 +628,37 @@ async fn on_sync_pool(
         Python::attach(|_| drop(call));
         return HttpResponse::text(503, "Service Unavailable");
     }
-    let Ok(outcome) = outcome.await else {
+    let Ok((outcome, mut hold)) = outcome.await else {
         return HttpResponse::internal_error();
     };
-    let started = Python::attach(|py| match outcome {
-        SyncOutcome::Response(response) => Started::Done(response),
-        SyncOutcome::Raised(err) => Started::Done(shared.handler_failed(py, &err, &name)),
-        SyncOutcome::Unconvertible(err) => Started::Done(shared.fail(py, &err, &name)),
-        SyncOutcome::OnLoop(value, context) => {
-            let route = (status_code, &*name);
-            let started = finish_native(
-                py,
-                &shared,
-                route,
-                value.into_bound(py),
-                context.into_bound(py),
-                &mut in_flight,
-            );
-            // The handler (or the response it made) may have scheduled asyncio work.
+    let mut in_flight = hold.take_in_flight();
+    let app_on_loop = !matches!(outcome, SyncOutcome::Response(_));
+    let started = Python::attach(|py| {
+        let started = match outcome {
+            SyncOutcome::Response(response) => Started::Done(response),
+            SyncOutcome::Raised(err) => Started::Done(shared.handler_failed(py, &err, &name)),
+            SyncOutcome::Unconvertible(err) => Started::Done(shared.fail(py, &err, &name)),
+            SyncOutcome::OnLoop(value, context) => {
+                let route = (status_code, &*name);
+                finish_native(
+                    py,
+                    &shared,
+                    route,
+                    value.into_bound(py),
+                    context.into_bound(py),
+                    &mut in_flight,
+                )
+            }
+        };
+        // App code ran on the loop (an exception handler, a coroutine's first step, a response's
+        // background task): it may have scheduled asyncio work the driver must see.
+        if app_on_loop {
             shared.wake.notify_one();
-            started
         }
+        started
     });
+    // The work on the loop is a tracked task by now (if it suspended): the call's count can go.
+    drop(hold);
     match started {
         Started::Done(response) => response,
         Started::Pending(pending, task) => {
@@ -798,7 +814,7 @@ impl Executor for PyExecutor {
                 };
                 let route = (native.status_code, Arc::clone(&native.name));
                 let shared = Arc::clone(&self.shared);
-                Box::pin(on_sync_pool(call, calls, outcome, shared, route, in_flight))
+                Box::pin(on_sync_pool(call, calls, outcome, shared, route))
             }
         }
     }
@@ -996,6 +1012,7 @@ impl PyExecutorFactory {
                     exception_responder: self.exception_responder.as_ref().map(|r| r.clone_ref(py)),
                     live_tasks: Mutex::new(HashMap::new()),
                     no_live_tasks: Notify::new(),
+                    offloaded: Arc::default(),
                     closing: Latch::default(),
                 }),
                 ready,

@@ -50,6 +50,8 @@ pub struct Server {
     running: Mutex<Option<RunningPool>>,
     address: Mutex<Option<LocalAddress>>,
     metrics_address: Mutex<Option<SocketAddr>>,
+    /// When `stop` was first called: the shutdown timeout is one deadline from then.
+    stop_requested: Mutex<Option<Instant>>,
 }
 
 impl Server {
@@ -66,16 +68,22 @@ impl Server {
             running: Mutex::new(None),
             address: Mutex::new(None),
             metrics_address: Mutex::new(None),
+            stop_requested: Mutex::new(None),
         }
     }
 }
 
 impl Server {
-    /// After the loops: the sync pool finishes the calls it runs (up to the shutdown timeout) and stops.
+    /// After the loops: the sync pool finishes the calls it runs, for what remains of the stop's one
+    /// shutdown deadline (the loops have waited for their calls already), and stops.
     fn close_sync_pool(&self, py: Python<'_>) {
         let sync_pool = self.factory.sync_pool.lock().unwrap().take();
         if let Some(sync_pool) = sync_pool {
-            let grace = self.config.shutdown_timeout;
+            let timeout = self.config.shutdown_timeout;
+            let grace = match *self.stop_requested.lock().unwrap() {
+                Some(stop) => (stop + timeout).saturating_duration_since(Instant::now()),
+                None => timeout,
+            };
             py.detach(|| sync_pool.close(grace));
         }
     }
@@ -363,6 +371,10 @@ impl Server {
 
     /// Asks every loop to stop accepting, finish in-flight requests and exit.
     fn stop(&self) {
+        self.stop_requested
+            .lock()
+            .unwrap()
+            .get_or_insert_with(Instant::now);
         if let Some(pool) = self.running.lock().unwrap().as_ref() {
             pool.stop();
         }

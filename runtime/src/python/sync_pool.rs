@@ -12,8 +12,14 @@
 //! Invariants: each pool thread attaches to the interpreter once for its life and waits for work
 //! detached (as loop threads do); the channel is bounded (`QUEUE`), and a loop whose call does not fit
 //! awaits room instead of queueing without bound; a call whose client left before a thread took it is
-//! dropped without running.
+//! dropped without running. Each call carries a `SyncHold` (its --max-in-flight guard and its loop's count
+//! of offloaded calls) that is released only when the call's work ends — on the pool thread, or on the
+//! loop after it handled the outcome — so a client leaving never frees the slot of a handler still
+//! running, and a stopping loop waits for its offloaded calls before its shutdown hooks (`Offloaded`).
+//! A handler that panics the Rust side is answered 500 and the thread lives on.
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -21,11 +27,56 @@ use std::time::{Duration, Instant};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
 
 use super::response::to_response;
 use super::task::in_context;
 use crate::pool::HttpResponse;
+use crate::routing::InFlight;
+
+/// A loop's offloaded calls that have not ended, so its shutdown waits for them like for its tasks.
+#[derive(Default)]
+pub struct Offloaded {
+    count: AtomicUsize,
+    /// Notified (`notify_waiters`) when `count` drops to zero.
+    pub none: Notify,
+}
+
+impl Offloaded {
+    pub fn is_empty(&self) -> bool {
+        self.count.load(Ordering::Acquire) == 0
+    }
+
+    /// Counts one call until the returned hold is dropped.
+    pub fn hold(self: &Arc<Self>, in_flight: Option<InFlight>) -> SyncHold {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        SyncHold {
+            in_flight,
+            offloaded: Arc::clone(self),
+        }
+    }
+}
+
+/// What an offloaded call keeps taken until its work ends (see the module docs).
+pub struct SyncHold {
+    in_flight: Option<InFlight>,
+    offloaded: Arc<Offloaded>,
+}
+
+impl SyncHold {
+    /// The --max-in-flight guard, for work the loop continues (a coroutine the handler returned).
+    pub fn take_in_flight(&mut self) -> Option<InFlight> {
+        self.in_flight.take()
+    }
+}
+
+impl Drop for SyncHold {
+    fn drop(&mut self) {
+        if self.offloaded.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.offloaded.none.notify_waiters();
+        }
+    }
+}
 
 /// Calls waiting for a pool thread, for the whole process. A loop whose call does not fit waits.
 pub const QUEUE: usize = 1024;
@@ -44,7 +95,9 @@ pub struct SyncCall {
     /// The request's own copy of the loop's Context.
     pub context: Py<PyAny>,
     pub status_code: u16,
-    pub reply: oneshot::Sender<SyncOutcome>,
+    /// The outcome and the hold, which the loop drops once it has handled the outcome.
+    pub reply: oneshot::Sender<(SyncOutcome, SyncHold)>,
+    pub hold: SyncHold,
 }
 
 /// What a pool thread hands back to the loop.
@@ -68,17 +121,36 @@ impl SyncCall {
             context,
             status_code,
             reply,
+            hold,
         } = self;
         if reply.is_closed() {
             return; // the client went away while the call was queued
         }
+        // A panic is answered 500 (the reply is dropped) and the thread lives on.
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            Self::call(py, function, kwargs, context, status_code, response_class)
+        }));
+        if let Ok(outcome) = outcome {
+            // Refused (the client left): the hold is released here, as the handler has finished.
+            let _ = reply.send((outcome, hold));
+        }
+    }
+
+    fn call(
+        py: Python<'_>,
+        function: Py<PyAny>,
+        kwargs: Option<Py<PyDict>>,
+        context: Py<PyAny>,
+        status_code: u16,
+        response_class: &Py<PyAny>,
+    ) -> SyncOutcome {
         let function = function.bind(py);
         let called = in_context(context.bind(py), || match &kwargs {
             None => function.call0(),
             Some(kwargs) => function.call(PyTuple::empty(py), Some(kwargs.bind(py))),
         })
         .and_then(|called| called);
-        let outcome = match called {
+        match called {
             Err(err) => SyncOutcome::Raised(err),
             Ok(value) => {
                 let response_class = response_class.bind(py);
@@ -93,8 +165,7 @@ impl SyncCall {
                     }
                 }
             }
-        };
-        let _ = reply.send(outcome);
+        }
     }
 }
 
