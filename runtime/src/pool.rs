@@ -218,8 +218,8 @@ pub trait Executor: 'static {
     /// (WebSockets) are asked to close now, so they finish within the shutdown timeout.
     fn begin_shutdown(&self) {}
 
-    /// Resolves once no request work runs on this loop: handlers, ASGI apps (including work they do
-    /// after their response), WebSockets.
+    /// Resolves once no request work runs on this loop: handlers (those it runs on other threads too),
+    /// ASGI apps (including work they do after their response), WebSockets.
     fn idle(self: Rc<Self>) -> LocalBoxFuture<()> {
         Box::pin(std::future::ready(()))
     }
