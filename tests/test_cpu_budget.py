@@ -67,7 +67,14 @@ def test_auto_without_a_quota_uses_the_whole_mask(serve, tmp_path, monkeypatch):
     assert f"{len(MASK)} loop(s) pinned" in line
     assert f"(auto: affinity {len(MASK)} CPU{'s' if len(MASK) > 1 else ''}, no CPU quota)" in line
     client = server.client()
-    assert {client.get("/where").json()["loop"] for _ in range(4 * len(MASK))} == set(range(len(MASK)))
+    # Round-robin passes over a loop that is busy in Python at that instant (issue #12), so a few requests
+    # may all land on one loop; every loop must answer before long.
+    seen: set[int] = set()
+    for _ in range(200):
+        seen.add(client.get("/where").json()["loop"])
+        if seen == set(range(len(MASK))):
+            break
+    assert seen == set(range(len(MASK)))
 
 
 def test_a_fixed_loop_count_ignores_the_quota(serve, tmp_path, monkeypatch):
