@@ -1,7 +1,8 @@
 """WebSocket resource bounds over real sockets (docs/limits.md): the receive queue (--ws-max-queue) pushes
 back on the client, a client that reads nothing is dropped after --send-timeout, WebSockets count against
---max-connections and in percore_open_connections, and app objects that call back into receive()/send()
-while the server reads them neither hang the loop nor its shutdown."""
+--max-connections and in percore_open_connections, an app that only sends is stopped once the client has
+left, and app objects that call back into receive()/send() while the server reads them neither hang the
+loop nor its shutdown."""
 
 from __future__ import annotations
 
@@ -95,6 +96,19 @@ def test_a_client_that_reads_nothing_is_closed_after_the_send_timeout(serve):
     except ConnectionResetError:
         pass
     ws.sock.close()
+    assert server.get("/plaintext").status == 200
+
+
+def test_an_app_that_only_sends_gets_an_error_once_the_client_has_left_and_the_loop_serves_on(serve):
+    server = serve(APP, "--loops", "1")
+    ws = connect_websocket(server.port, "/ws-sender")  # the app sends in a loop and never receives
+    assert ws.status == 101
+    assert ws.receive() == (TEXT, b"tick")
+    ws.close(1000)
+    ws.sock.close()
+    # Sends on the closed connection raise (an awaitable completed at once would never yield to the
+    # loop: the app would hold the loop's thread forever, and nothing else on it would be served).
+    wait_for(lambda: "sender: OSError" in server.get("/log").json(), "send() did not raise")
     assert server.get("/plaintext").status == 200
 
 

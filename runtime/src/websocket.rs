@@ -7,7 +7,8 @@
 //! Frames for the client come through a bounded channel; when no byte of them reaches the client for
 //! `send_timeout` the socket is dropped (`App::abandon`). Tungstenite answers pings; the keepalive pings
 //! and closes a client silent past `ping_timeout` with 1011; a message over `max_message` closes with
-//! 1009; the server stopping (`App::closing`) closes with 1001.
+//! 1009; the server stopping (`App::closing`) closes with 1001. However the pump ends, the app has heard
+//! `Event::Disconnect` by then.
 
 use std::cell::Cell;
 use std::future::Future;
@@ -54,8 +55,9 @@ pub trait App {
     /// Closes from the server's side: queues a close frame with `code` (unless the app closed already)
     /// and tells the app (`Event::Disconnect` with the same code).
     fn close_from_server(&self, code: CloseCode, reason: &'static str);
-    /// The client read nothing for the send timeout: the socket is dropped without a close handshake.
-    /// The app hears `Event::Disconnect(1006)` (abnormal closure).
+    /// The client read nothing for the send timeout (or the connection ended some other way the app was
+    /// not told of): the socket is dropped without a close handshake. The app hears
+    /// `Event::Disconnect(1006)` (abnormal closure).
     fn abandon(&self);
     /// Set when the server is stopping: the pump closes with 1001 (going away).
     fn closing(&self) -> &Latch;
@@ -167,6 +169,9 @@ pub async fn pump<A: App, IO: AsyncRead + AsyncWrite + Unpin>(
     // Set while the reader waits for the app to make room in its queue: the client is not being read, so
     // its silence proves nothing.
     let paused = Cell::new(false);
+    // Set once the app has been told the connection ended (`Event::Disconnect`), however it ended: an app
+    // never told would wait in `receive()` forever.
+    let told = Cell::new(false);
     let keepalive = async {
         let Some(interval) = limits.ping_interval else {
             return std::future::pending().await;
@@ -183,6 +188,7 @@ pub async fn pump<A: App, IO: AsyncRead + AsyncWrite + Unpin>(
             tokio::time::sleep(limits.ping_timeout).await;
             if heard.get() < pinged && !paused.get() {
                 app.close_from_server(CloseCode::Error, "keepalive ping timeout");
+                told.set(true);
                 return;
             }
         }
@@ -193,14 +199,21 @@ pub async fn pump<A: App, IO: AsyncRead + AsyncWrite + Unpin>(
             let closing = matches!(frame, Message::Close(_));
             match unless_stalled(sink.send(frame), &written, limits.send_timeout).await {
                 None => return true,
+                // The connection's own send deadline (`SendDeadline`, under the upgraded socket) measures
+                // the same stall and may fire first: the same verdict.
+                Some(Err(WsError::Io(err))) if err.kind() == std::io::ErrorKind::TimedOut => {
+                    return true
+                }
                 Some(Err(_)) => break,
                 Some(Ok(())) if closing => break,
                 Some(Ok(())) => {}
             }
         }
-        unless_stalled(sink.close(), &written, limits.send_timeout)
-            .await
-            .is_none()
+        match unless_stalled(sink.close(), &written, limits.send_timeout).await {
+            None => true,
+            Some(Err(WsError::Io(err))) => err.kind() == std::io::ErrorKind::TimedOut,
+            Some(_) => false,
+        }
     };
     let reader = async {
         loop {
@@ -229,6 +242,7 @@ pub async fn pump<A: App, IO: AsyncRead + AsyncWrite + Unpin>(
                 Some(Err(WsError::Capacity(_))) => {
                     // Over the size limit: close with 1009 rather than buffer it; the app hears 1009.
                     app.close_from_server(CloseCode::Size, "message too big");
+                    told.set(true);
                     break;
                 }
                 Some(Err(_)) | None => Event::Disconnect(1006),
@@ -236,6 +250,7 @@ pub async fn pump<A: App, IO: AsyncRead + AsyncWrite + Unpin>(
             let last = matches!(event, Event::Disconnect(_));
             app.deliver(event);
             if last {
+                told.set(true);
                 break;
             }
         }
@@ -243,6 +258,7 @@ pub async fn pump<A: App, IO: AsyncRead + AsyncWrite + Unpin>(
     let closing = async {
         app.closing().wait().await;
         app.close_from_server(CloseCode::Away, "server shutting down");
+        told.set(true);
         // The close frame is queued: the writer sends it and ends, which ends this select.
         std::future::pending::<()>().await
     };
@@ -265,10 +281,96 @@ pub async fn pump<A: App, IO: AsyncRead + AsyncWrite + Unpin>(
             if stalled {
                 // The client reads nothing: no close handshake is possible, the socket is dropped.
                 app.abandon();
+                told.set(true);
             } else {
                 // We closed: give the client a moment to answer the close before dropping the socket.
                 let _ = tokio::time::timeout(Duration::from_secs(1), reader).await;
             }
         }
+    }
+    if !told.get() {
+        // A write failed, or the client did not answer our close in time: the socket is dropped, and the
+        // app hears 1006 like for any connection that broke.
+        app.abandon();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+
+    /// Records what the pump tells the app.
+    struct Recorder {
+        told: RefCell<Vec<String>>,
+        room: Notify,
+        control: mpsc::Sender<Message>,
+        closing: Latch,
+    }
+
+    impl App for Recorder {
+        fn deliver(&self, event: Event) {
+            if let Event::Disconnect(code) = event {
+                self.told.borrow_mut().push(format!("disconnect {code}"));
+            }
+        }
+        fn queue_full(&self) -> bool {
+            false
+        }
+        fn room(&self) -> &Notify {
+            &self.room
+        }
+        fn control(&self) -> mpsc::Sender<Message> {
+            self.control.clone()
+        }
+        fn close_from_server(&self, code: CloseCode, _reason: &'static str) {
+            self.told
+                .borrow_mut()
+                .push(format!("disconnect {}", u16::from(code)));
+        }
+        fn abandon(&self) {
+            self.told.borrow_mut().push("disconnect 1006".into());
+        }
+        fn closing(&self) -> &Latch {
+            &self.closing
+        }
+    }
+
+    #[test]
+    fn the_app_is_told_when_the_connections_send_deadline_fails_a_write_first() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            // The client reads nothing; the connection's `SendDeadline` (under every upgraded socket) runs
+            // out long before the pump's own stall clock would.
+            let (server, _client) = tokio::io::duplex(1024);
+            let server = crate::deadline::SendDeadline::new(server, Duration::from_secs(1));
+            let (frames, outgoing) = mpsc::channel(64);
+            let app = Recorder {
+                told: RefCell::new(Vec::new()),
+                room: Notify::new(),
+                control: frames.clone(),
+                closing: Latch::default(),
+            };
+            for _ in 0..64 {
+                frames.try_send(Message::binary(vec![0; 4096])).unwrap();
+            }
+            let limits = Limits {
+                max_message: 1 << 20,
+                send_timeout: Duration::from_secs(600),
+                ping_interval: None,
+                ping_timeout: Duration::from_secs(20),
+            };
+            tokio::time::timeout(
+                Duration::from_secs(60),
+                pump(&app, server, outgoing, limits),
+            )
+            .await
+            .expect("the pump did not end");
+            assert_eq!(*app.told.borrow(), ["disconnect 1006"]);
+        });
     }
 }

@@ -5,6 +5,8 @@
 - ``/ws-flood``: accepts and sends 1 MiB messages for as long as ``send()`` returns, while waiting for
   ``websocket.disconnect`` (logged as ``disconnect CODE``).
 - ``/ws-echo``: accepts and echoes text until the client leaves.
+- ``/ws-sender``: accepts and sends text in a loop without ever receiving; logs ``sender: <Error>`` when
+  ``send()`` raises.
 - ``/ws-adversarial``: hands ``send()`` objects whose Python code calls back into ``receive()``/``send()``
   while the server reads them (a header iterable, a key whose ``__eq__`` runs, a byte sequence, a close
   code's ``__index__``), then reports what those callbacks got.
@@ -43,6 +45,7 @@ async def app(scope, receive, send):
         "/ws-hoard": hoard,
         "/ws-flood": flood,
         "/ws-echo": echo,
+        "/ws-sender": sender,
         "/ws-adversarial": adversarial,
     }[scope["path"]]
     await handler(receive, send)
@@ -83,6 +86,15 @@ async def echo(receive, send):
     await send({"type": "websocket.accept"})
     while (message := await receive())["type"] == "websocket.receive":
         await send({"type": "websocket.send", "text": message["text"]})
+
+
+async def sender(receive, send):
+    await send({"type": "websocket.accept"})
+    try:
+        while True:
+            await send({"type": "websocket.send", "text": "tick"})
+    except Exception as error:  # what send() raised once the client is gone is the report
+        LOG.append(f"sender: {type(error).__name__}")
 
 
 async def adversarial(receive, send):

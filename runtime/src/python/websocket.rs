@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
-use pyo3::exceptions::{PyRuntimeError, PyTypeError};
+use pyo3::exceptions::{PyOSError, PyRuntimeError, PyTypeError};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString, PyTuple};
@@ -373,7 +373,9 @@ impl AppConnection for WebSocketExchange {
 impl WebSocketExchange {
     /// Queues `frame` for the client. With room in the queue the app's `await send(...)` completes at
     /// once; when the client reads slower than the app sends, it completes once the frame is queued.
-    /// After the client left, ASGI 2.3 says sends are silently dropped.
+    /// Once the connection is gone (the pump ended; the app has been sent `websocket.disconnect`) a send
+    /// raises `OSError`, as ASGI 2.4 asks and uvicorn does: an already-completed awaitable never yields to
+    /// the loop, so an app sending in a loop without receiving would hold its loop thread forever.
     fn enqueue<'py>(
         self: &Arc<Self>,
         py: Python<'py>,
@@ -381,8 +383,13 @@ impl WebSocketExchange {
         frame: Message,
     ) -> PyResult<Bound<'py, PyAny>> {
         let frame = match sender.try_send(frame) {
-            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {
+            Ok(()) => return ready(py, py.None().into_bound(py)),
+            // Closing what is closed already is no error (a `finally: await websocket.close()`).
+            Err(mpsc::error::TrySendError::Closed(Message::Close(_))) => {
                 return ready(py, py.None().into_bound(py))
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                return Err(PyOSError::new_err("the WebSocket connection is closed"))
             }
             Err(mpsc::error::TrySendError::Full(frame)) => frame,
         };
