@@ -237,14 +237,20 @@ def db_contenders() -> list[Contender]:
         for python, label, stack in builds:
             peers = os.environ.get(stack.variable)
             peers = peers if peers and has_driver(peers) else None
-            if python:
-                found.append(Contender(PERCORE.format(framework, label), percore(python, app), DB_ENDPOINTS))
-            if peers:
-                found.append(
-                    Contender(stack.uvicorn.format(framework), uvicorn(peers, app, stack), DB_ENDPOINTS)
-                )
-                asgi = granian(peers, "asgi", app, stack)
-                found.append(Contender(stack.granian_asgi.format(framework), asgi, DB_ENDPOINTS))
+            found += framework_contenders(framework, app, python, label, stack, peers, DB_ENDPOINTS)
+    return found
+
+
+def framework_contenders(framework, app, python, label, stack, peers, endpoints) -> list[Contender]:
+    """One ASGI app on one interpreter: percore (when that build is there), then uvicorn and Granian ASGI
+    from the peers venv (when there is one)."""
+    found = []
+    if python:
+        found.append(Contender(PERCORE.format(framework, label), percore(python, app), endpoints))
+    if peers:
+        found.append(Contender(stack.uvicorn.format(framework), uvicorn(peers, app, stack), endpoints))
+        asgi = granian(peers, "asgi", app, stack)
+        found.append(Contender(stack.granian_asgi.format(framework), asgi, endpoints))
     return found
 
 
@@ -273,14 +279,7 @@ def contenders() -> list[Contender]:
         endpoints = DEPENDS_ENDPOINTS if framework == "FastAPI" else APP_ENDPOINTS
         for python, label, stack in builds:
             peers = os.environ.get(stack.variable)
-            if python:
-                found.append(Contender(PERCORE.format(framework, label), percore(python, app), endpoints))
-            if peers:
-                found.append(
-                    Contender(stack.uvicorn.format(framework), uvicorn(peers, app, stack), endpoints)
-                )
-                asgi = granian(peers, "asgi", app, stack)
-                found.append(Contender(stack.granian_asgi.format(framework), asgi, endpoints))
+            found += framework_contenders(framework, app, python, label, stack, peers, endpoints)
     return found
 
 
