@@ -89,6 +89,9 @@ pub struct Bound {
     pub address: LocalAddress,
     /// The socket file this process created, removed when the pool is done with it.
     pub socket_file: Option<SocketFile>,
+    /// Whether the loops' listeners are duplicates of one socket (one accept queue for all), rather than
+    /// a socket each (`SocketSource::FdPerLoop` with several).
+    pub shared_queue: bool,
 }
 
 /// Listens where `source` says (or on TCP `host:port`): one socket, duplicated for every loop.
@@ -131,6 +134,7 @@ pub fn bind(
                 listeners: sockets.into_iter().map(|s| listener(s, &address)).collect(),
                 address,
                 socket_file: None,
+                shared_queue: false,
             })
         }
     }
@@ -323,6 +327,7 @@ fn share(
         listeners: sockets.into_iter().map(|s| listener(s, &address)).collect(),
         address,
         socket_file,
+        shared_queue: loops > 1,
     })
 }
 

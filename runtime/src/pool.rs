@@ -454,7 +454,7 @@ pub fn start<F: ExecutorFactory>(
         let factory = Arc::clone(&factory);
         let stop = stop.subscribe();
         let ready = ready_tx.clone();
-        let listener = (listener, local_addr.clone());
+        let listener = (listener, local_addr.clone(), bound.shared_queue);
         let thread = std::thread::Builder::new()
             .name(format!("percore-loop-{index}"))
             .spawn(move || {
@@ -522,7 +522,7 @@ fn run_loop<F: ExecutorFactory>(
     index: usize,
     factory: &F,
     shared: Arc<Shared<F::Endpoint>>,
-    (listener, local_addr): (Listener, LocalAddress),
+    (listener, local_addr, shared_queue): (Listener, LocalAddress, bool),
     jobs: async_channel::Receiver<Job>,
     mut stop: watch::Receiver<bool>,
     ready: mpsc::Sender<(usize, Result<(), String>)>,
@@ -551,7 +551,7 @@ fn run_loop<F: ExecutorFactory>(
             Ok(executor) => Rc::new(executor),
             Err(message) => return give_up(message),
         };
-        let listener = match AsyncListener::from_std(listener) {
+        let listener = match AsyncListener::from_std(listener, shared_queue) {
             Ok(listener) => listener,
             Err(e) => {
                 executor.close();

@@ -4,8 +4,9 @@
 //! Invariants: a loop's counter is raised when a request is assigned to it and lowered exactly once when
 //! that request's work is over (`InFlight` guard: its response is ready and, for a handler or ASGI app
 //! that runs on after that, its coroutine has finished), whichever thread finishes it. Its busy flag is set
-//! only by the loop itself, while it runs executor code (`Busy` guard), and cleared when it returns. Each
-//! loop's two fields sit on their own cache line so loops updating their own do not contend.
+//! only by the loop itself, while it runs executor code (`Busy` guard), and cleared when it returns. Its
+//! open-connection count is raised and lowered by the loop's own acceptor (`connection_opened`/`_closed`).
+//! Each loop's fields sit on their own cache line so loops updating their own do not contend.
 
 use std::cell::Cell;
 use std::fmt;
@@ -71,6 +72,8 @@ struct PaddedCounter {
     in_flight: AtomicUsize,
     /// Set while the loop runs executor code (`LoadTable::busy`).
     busy: AtomicBool,
+    /// Connections the loop has open (`LoadTable::connection_opened`).
+    connections: AtomicUsize,
 }
 
 /// Per-loop load, shared by every loop: in-flight request counts and busy flags.
@@ -114,6 +117,40 @@ impl LoadTable {
 
     pub fn loops(&self) -> usize {
         self.counters.len()
+    }
+
+    /// Counts a connection `loop_index` accepted, until `connection_closed`. Only that loop calls these.
+    pub fn connection_opened(&self, loop_index: usize) {
+        self.counters[loop_index]
+            .connections
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn connection_closed(&self, loop_index: usize) {
+        self.counters[loop_index]
+            .connections
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Whether `loop_index` should leave a connection waiting in the shared accept queue to another loop:
+    /// one that is free (not busy in executor code) and has fewer connections open.
+    ///
+    /// Why: every loop waiting on the shared queue is woken by a new connection, and the one already
+    /// awake (often the one that just accepted) wins the race. Measured on 3.13t, 2 loops, wrk opening 4
+    /// keep-alive connections at once: all 4 landed on one loop in 4 of 6 runs, so with `--routing
+    /// local` one core served everything (the routing experiment's even mix: 3890 req/s where per-loop
+    /// listeners had given 7709).
+    pub fn should_leave_connection(&self, loop_index: usize) -> bool {
+        let own = self.connections(loop_index);
+        (0..self.loops()).any(|other| {
+            other != loop_index && !self.is_busy(other) && self.connections(other) < own
+        })
+    }
+
+    fn connections(&self, loop_index: usize) -> usize {
+        self.counters[loop_index]
+            .connections
+            .load(Ordering::Relaxed)
     }
 
     pub fn in_flight(&self, loop_index: usize) -> usize {
@@ -306,5 +343,34 @@ mod tests {
         let moved = std::thread::spawn(move || drop(guard));
         moved.join().unwrap();
         assert_eq!(table.in_flight(1), 0);
+    }
+
+    #[test]
+    fn a_loop_leaves_connections_to_a_free_loop_with_fewer() {
+        let table = LoadTable::new(3);
+        assert!(
+            !table.should_leave_connection(0),
+            "all equal: everyone accepts"
+        );
+        table.connection_opened(0);
+        assert!(table.should_leave_connection(0), "loops 1 and 2 have fewer");
+        assert!(!table.should_leave_connection(1));
+        table.connection_opened(1);
+        table.connection_opened(2);
+        assert!(!table.should_leave_connection(0), "balanced again");
+        table.connection_opened(0);
+        let busy_one = table.busy(1);
+        assert!(
+            table.should_leave_connection(0),
+            "loop 2 is free and has fewer"
+        );
+        let busy_two = table.busy(2);
+        assert!(
+            !table.should_leave_connection(0),
+            "the loops with fewer are busy in executor code: take it"
+        );
+        drop((busy_one, busy_two));
+        table.connection_closed(0);
+        assert!(!table.should_leave_connection(0));
     }
 }

@@ -13,18 +13,21 @@
 use std::cell::Cell;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 use tokio::sync::{oneshot, watch, Notify};
 
 use crate::access_log;
@@ -38,6 +41,7 @@ use crate::pool::{
 };
 use crate::proxy::Forwarded;
 use crate::router::Lookup;
+use crate::routing::LoadTable;
 
 /// A request head (request line and headers) larger than this is answered 431.
 const MAX_HEADER_SIZE: usize = 64 * 1024;
@@ -45,24 +49,90 @@ const MAX_HEADER_SIZE: usize = 64 * 1024;
 const EAGER_BODY_LIMIT: u64 = 64 * 1024;
 
 /// A loop's listening socket in its async form (`listener` binds them).
-pub enum AsyncListener {
-    Tcp(tokio::net::TcpListener),
-    Unix(tokio::net::UnixListener),
+///
+/// Readiness and accepting are separate steps (an `AsyncFd`, not tokio's listeners, whose `accept`
+/// takes whatever is queued): between them a loop that has more connections than a free loop leaves the
+/// queued connection to that loop (`LoadTable::should_leave_connection`).
+pub struct AsyncListener {
+    socket: ListeningSocket,
+    /// Every loop accepts from this one queue (its listener is a duplicate of one socket).
+    shared_queue: bool,
 }
+
+enum ListeningSocket {
+    Tcp(AsyncFd<std::net::TcpListener>),
+    Unix(AsyncFd<std::os::unix::net::UnixListener>),
+}
+
+/// How long a loop leaves a queued connection to a free loop with fewer connections before it takes the
+/// connection itself (that loop may be slow to wake): tokio's timer tick, so at most ~2 ms.
+const LEAVE_TO_ANOTHER_LOOP: Duration = Duration::from_millis(1);
 
 impl AsyncListener {
     /// Must run on the loop's runtime (registers the socket with its reactor).
-    pub fn from_std(listener: Listener) -> std::io::Result<Self> {
-        Ok(match listener {
+    pub fn from_std(listener: Listener, shared_queue: bool) -> std::io::Result<Self> {
+        // SAFETY (both `register_with_interest`): the AsyncFd owns the listener and with it the fd, which
+        // nothing else closes or replaces while it is registered.
+        let socket = match listener {
             Listener::Tcp(listener) => {
                 listener.set_nonblocking(true)?;
-                AsyncListener::Tcp(tokio::net::TcpListener::from_std(listener)?)
+                ListeningSocket::Tcp(unsafe {
+                    AsyncFd::register_with_interest(listener, Interest::READABLE)?
+                })
             }
             Listener::Unix(listener) => {
                 listener.set_nonblocking(true)?;
-                AsyncListener::Unix(tokio::net::UnixListener::from_std(listener)?)
+                ListeningSocket::Unix(unsafe {
+                    AsyncFd::register_with_interest(listener, Interest::READABLE)?
+                })
             }
+        };
+        Ok(AsyncListener {
+            socket,
+            shared_queue,
         })
+    }
+
+    /// The next connection this loop should take: waits until one is queued, and on a shared queue first
+    /// lets a free loop with fewer connections take it (see `LEAVE_TO_ANOTHER_LOOP`).
+    async fn accept(&self, load: &LoadTable, index: usize) -> std::io::Result<Accepted> {
+        let leave = || self.shared_queue && load.should_leave_connection(index);
+        match &self.socket {
+            ListeningSocket::Tcp(fd) => {
+                let (stream, peer) = accept_from(fd, leave, |l| l.accept()).await?;
+                stream.set_nonblocking(true)?;
+                Ok(Accepted::Tcp(
+                    tokio::net::TcpStream::from_std(stream)?,
+                    peer,
+                ))
+            }
+            ListeningSocket::Unix(fd) => {
+                let (stream, _) = accept_from(fd, leave, |l| l.accept()).await?;
+                stream.set_nonblocking(true)?;
+                Ok(Accepted::Unix(tokio::net::UnixStream::from_std(stream)?))
+            }
+        }
+    }
+}
+
+async fn accept_from<L: AsRawFd, T>(
+    fd: &AsyncFd<L>,
+    leave: impl Fn() -> bool,
+    accept: impl Fn(&L) -> std::io::Result<T>,
+) -> std::io::Result<T> {
+    loop {
+        let mut ready = fd.readable().await?;
+        if leave() {
+            drop(ready);
+            tokio::time::sleep(LEAVE_TO_ANOTHER_LOOP).await;
+            // Still marked ready: returns at once, and accepting then finds the queue empty if another
+            // loop took the connection meanwhile.
+            ready = fd.readable().await?;
+        }
+        match ready.try_io(|inner| accept(inner.get_ref())) {
+            Ok(result) => return result,
+            Err(_would_block) => continue,
+        }
     }
 }
 
@@ -102,12 +172,18 @@ impl Connections {
     }
 }
 
-struct ConnectionGuard(Rc<Connections>);
+/// An open connection, counted in the loop's `Connections` and in the shared `LoadTable`.
+struct ConnectionGuard {
+    connections: Rc<Connections>,
+    load: Arc<LoadTable>,
+    index: usize,
+}
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
-        self.0.open.set(self.0.open.get() - 1);
-        self.0.closed.notify_waiters();
+        self.load.connection_closed(self.index);
+        self.connections.open.set(self.connections.open.get() - 1);
+        self.connections.closed.notify_waiters();
     }
 }
 
@@ -120,8 +196,7 @@ pub async fn accept_until_stopped<X: Executor>(
 ) -> Rc<Connections> {
     let connections = Rc::new(Connections::default());
     let limits = context.shared.config.limits.clone();
-    // Every loop accepts from the same queue (`listener`).
-    let shares_queue = context.shared.load.loops() > 1;
+    let shares_queue = listener.shared_queue;
     loop {
         while connections.open.get() >= limits.max_connections_per_loop {
             tokio::select! {
@@ -133,7 +208,7 @@ pub async fn accept_until_stopped<X: Executor>(
             break;
         }
         let accepted = tokio::select! {
-            accepted = accept(&listener) => accepted,
+            accepted = listener.accept(&context.shared.load, context.index) => accepted,
             _ = stop.wait_for(|stopped| *stopped) => break,
         };
         match accepted {
@@ -167,16 +242,6 @@ enum Accepted {
     Unix(tokio::net::UnixStream),
 }
 
-async fn accept(listener: &AsyncListener) -> std::io::Result<Accepted> {
-    match listener {
-        AsyncListener::Tcp(listener) => {
-            let (stream, peer) = listener.accept().await?;
-            Ok(Accepted::Tcp(stream, peer))
-        }
-        AsyncListener::Unix(listener) => Ok(Accepted::Unix(listener.accept().await?.0)),
-    }
-}
-
 fn spawn_connection<X, IO>(
     stream: IO,
     peer: Option<SocketAddr>,
@@ -188,7 +253,12 @@ fn spawn_connection<X, IO>(
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     connections.open.set(connections.open.get() + 1);
-    let guard = ConnectionGuard(Rc::clone(connections));
+    context.shared.load.connection_opened(context.index);
+    let guard = ConnectionGuard {
+        connections: Rc::clone(connections),
+        load: Arc::clone(&context.shared.load),
+        index: context.index,
+    };
     let context = Rc::clone(context);
     let stop = stop.clone();
     let mut abort = connections.abort.subscribe();
