@@ -15,7 +15,11 @@ import time
 
 import pytest
 
-from .conftest import FREE_THREADED
+import re
+import socket
+import urllib.request
+
+from .conftest import FREE_THREADED, free_port
 
 APP = "tests.apps.free_core_app:api"
 POLICIES = ["local", "round-robin", "least-loaded"]
@@ -69,6 +73,54 @@ def wait_until_started(port: int, kind: str, count: int = 1, timeout: float = 30
 def count_overlapping(port: int, paths: list[str]) -> int:
     fresh_get(port, "/now")  # warm up
     return sum(overlap(at_once(port, paths)) for _ in range(TRIALS))
+
+
+def open_connections(metrics_port: int) -> int:
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=30) as reply:
+        text = reply.read().decode()
+    return sum(int(v) for v in re.findall(r"^percore_open_connections\{[^}]*\} (\d+)$", text, re.M))
+
+
+def test_a_burst_of_keep_alive_connections_spreads_over_idle_loops(serve):
+    """Four clients connecting at once to an idle 2-loop server: with `--routing local` each connection's
+    requests run on the loop that accepted it, so all four on one loop would leave a core idle for as
+    long as they stay open. The loop already awake used to win every race for the shared queue (all
+    four on one loop in most bursts)."""
+    metrics_port = free_port()
+    server = serve(APP, "--loops", "2", "--routing", "local", "--metrics-port", str(metrics_port))
+    spread = 0
+    for _ in range(10):
+        deadline = time.monotonic() + 30
+        while open_connections(metrics_port) > 0:  # the last burst's connections are gone
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        barrier = threading.Barrier(4)
+        loops: list = [None] * 4
+        done = threading.Barrier(4)
+
+        def client(index: int) -> None:
+            barrier.wait()
+            connection = socket.create_connection(("127.0.0.1", server.port), timeout=60)
+            try:
+                connection.sendall(b"GET /loop HTTP/1.1\r\nHost: t\r\n\r\n")
+                reply = b""
+                while not reply.endswith(b"}"):
+                    chunk = connection.recv(4096)
+                    assert chunk, "connection closed early"
+                    reply += chunk
+                loops[index] = json.loads(reply.split(b"\r\n\r\n", 1)[1])["loop"]
+                done.wait()  # all four stay connected until every one has its answer
+            finally:
+                connection.close()
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        assert None not in loops, loops
+        spread += len(set(loops)) == 2
+    assert spread >= 7, f"only {spread} of 10 bursts used both loops"
 
 
 @pytest.mark.skipif(not FREE_THREADED, reason="the GIL serialises CPU-bound Python")

@@ -76,6 +76,11 @@ async def now():
     return {"at": time.monotonic()}
 
 
+@api.get("/loop")
+async def loop(request: percore.Request):
+    return {"loop": request.loop_index}
+
+
 @api.get("/started")
 def started_counts():
     with _lock:
