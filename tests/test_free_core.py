@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import http.client
 import json
-import threading
-import time
-
-import pytest
-
 import re
 import socket
+import threading
+import time
 import urllib.request
+
+import pytest
 
 from .conftest import FREE_THREADED, free_port
 
@@ -81,6 +80,26 @@ def open_connections(metrics_port: int) -> int:
     return sum(int(v) for v in re.findall(r"^percore_open_connections\{[^}]*\} (\d+)$", text, re.M))
 
 
+def loop_of_new_connection(
+    port: int, index: int, loops: list, start: threading.Barrier, done: threading.Barrier
+) -> None:
+    """Connects when all clients are ready, records which loop answered GET /loop, and stays connected
+    until every client has its answer."""
+    start.wait()
+    connection = socket.create_connection(("127.0.0.1", port), timeout=60)
+    try:
+        connection.sendall(b"GET /loop HTTP/1.1\r\nHost: t\r\n\r\n")
+        reply = b""
+        while not reply.endswith(b"}"):
+            chunk = connection.recv(4096)
+            assert chunk, "connection closed early"
+            reply += chunk
+        loops[index] = json.loads(reply.split(b"\r\n\r\n", 1)[1])["loop"]
+        done.wait()
+    finally:
+        connection.close()
+
+
 def test_a_burst_of_keep_alive_connections_spreads_over_idle_loops(serve):
     """Four clients connecting at once to an idle 2-loop server: with `--routing local` each connection's
     requests run on the loop that accepted it, so all four on one loop would leave a core idle for as
@@ -94,26 +113,12 @@ def test_a_burst_of_keep_alive_connections_spreads_over_idle_loops(serve):
         while open_connections(metrics_port) > 0:  # the last burst's connections are gone
             assert time.monotonic() < deadline
             time.sleep(0.01)
-        barrier = threading.Barrier(4)
         loops: list = [None] * 4
-        done = threading.Barrier(4)
-
-        def client(index: int) -> None:
-            barrier.wait()
-            connection = socket.create_connection(("127.0.0.1", server.port), timeout=60)
-            try:
-                connection.sendall(b"GET /loop HTTP/1.1\r\nHost: t\r\n\r\n")
-                reply = b""
-                while not reply.endswith(b"}"):
-                    chunk = connection.recv(4096)
-                    assert chunk, "connection closed early"
-                    reply += chunk
-                loops[index] = json.loads(reply.split(b"\r\n\r\n", 1)[1])["loop"]
-                done.wait()  # all four stay connected until every one has its answer
-            finally:
-                connection.close()
-
-        threads = [threading.Thread(target=client, args=(i,)) for i in range(4)]
+        start, done = threading.Barrier(4), threading.Barrier(4)
+        threads = [
+            threading.Thread(target=loop_of_new_connection, args=(server.port, i, loops, start, done))
+            for i in range(4)
+        ]
         for thread in threads:
             thread.start()
         for thread in threads:
