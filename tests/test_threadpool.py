@@ -78,3 +78,21 @@ def test_the_last_server_to_stop_shuts_the_pool_down():
     assert pool._shutdown
     with TestClient(api) as third:
         assert third.get("/executor").json()["id"] != id(pool)
+
+
+@pytest.mark.parametrize(
+    ("app", "path"),
+    [(APP, "/thread-affinity"), ("tests.apps.threadpool_app:starlette_api", "/sync-affinity")],
+    ids=["thread-started-by-a-handler", "starlette-def-endpoint-on-anyio"],
+)
+def test_threads_started_on_a_loop_run_on_every_cpu(serve, app, path):
+    """A thread started on a loop thread (by the app, or anyio's worker threads behind Starlette's and
+    FastAPI's `def` endpoints) is not pinned to that loop's core: it may run on every CPU of the process."""
+    mask = sorted(os.sched_getaffinity(0))
+    if len(mask) < 2:
+        pytest.skip("one CPU: nothing to widen")
+    server = serve(app, "--loops", "1")
+    body = server.get(path).json()
+    assert body["affinity"] == mask
+    if "loop_affinity" in body:
+        assert body["loop_affinity"] == [mask[0]], "the loop itself stays pinned"

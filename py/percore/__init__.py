@@ -1,8 +1,9 @@
 """percore: a thread-per-core multi-loop Python web runtime with a Rust core."""
 
-from . import _asyncio_patch
+from . import _affinity, _asyncio_patch
 
 _asyncio_patch.install()
+_affinity.install()
 
 from ._runtime import __version__  # noqa: E402
 from ._threadpool import run_in_threadpool  # noqa: E402

@@ -17,7 +17,7 @@ import sys
 import threading
 from asyncio import base_events, events
 
-from . import _threadpool
+from . import _affinity, _threadpool
 
 _DefaultSelector = getattr(selectors, "EpollSelector", selectors.DefaultSelector)
 
@@ -94,7 +94,10 @@ class LoopThreadEventLoop(asyncio.SelectorEventLoop):
 
 
 def new_running_loop() -> LoopThreadEventLoop:
-    """Create the calling thread's loop and make it that thread's running (and current) loop."""
+    """Create the calling thread's loop and make it that thread's running (and current) loop. Called on
+    the loop thread once it is pinned to its core: threads started from it get the process's CPUs
+    (``_affinity``)."""
+    _affinity.mark_loop_thread()
     loop = LoopThreadEventLoop()
     loop._percore_pool = _threadpool.shared()
     loop.set_default_executor(loop._percore_pool)

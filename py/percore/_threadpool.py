@@ -12,10 +12,9 @@ keep every core busy with CPU-bound work (in parallel on 3.13t; on a GIL build t
 compute, so they do not queue behind a core's worth of CPU jobs. The cap keeps a 256-core host from starting
 hundreds of threads. Work beyond the size waits in the pool's queue.
 
-Affinity: a new thread inherits the CPU affinity of the thread that starts it, and the pool's threads are
-started by whichever loop thread first submits work — pinned to its one core. Each pool thread therefore
-resets its affinity to the process's mask (the main thread's, read with ``sched_getaffinity(pid)``), so
-offloaded work runs on every core instead of on top of the loop that submitted it.
+Affinity: the pool's threads are started by whichever loop thread first submits work, and a new thread
+inherits the affinity of the thread that starts it; ``_affinity`` gives threads started on a loop thread
+the process's mask, so offloaded work runs on every core instead of on top of the loop that submitted it.
 
 Lifetime: every ``Server.start`` holds the pool and ``Server.join`` lets go of it; the last one shuts it
 down once its loops have stopped — queued jobs are cancelled, running ones are waited for up to a timeout
@@ -30,13 +29,13 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
-import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from . import _runtime
+from ._affinity import process_mask
 from ._logging import logger
 
 T = TypeVar("T")
@@ -50,23 +49,10 @@ _pool: ThreadPoolExecutor | None = None
 _holders = 0
 
 
-def process_mask() -> set[int]:
-    """The process's CPU affinity: its main thread's (``pid``), not the calling loop thread's single core."""
-    return os.sched_getaffinity(os.getpid())
-
-
 def size(mask: set[int]) -> int:
     """How many threads the pool runs: ``min(32, cpus + 4)`` over the process's CPU budget."""
     cpus, _ = _runtime.cpu_budget(len(mask))
     return min(MAX_THREADS, cpus + EXTRA_THREADS)
-
-
-def _unpin(mask: set[int]) -> None:
-    """Pool thread initializer: run on the process's CPUs, not only on the submitting loop's core."""
-    try:
-        os.sched_setaffinity(0, mask)
-    except OSError as error:  # a mask shrunk under us (cpuset change): keep the inherited one
-        logger.warning("thread pool: cannot widen this thread's CPU affinity: %s", error)
 
 
 def shared() -> ThreadPoolExecutor:
@@ -74,13 +60,7 @@ def shared() -> ThreadPoolExecutor:
     global _pool
     with _lock:
         if _pool is None:
-            mask = process_mask()
-            _pool = ThreadPoolExecutor(
-                max_workers=size(mask),
-                thread_name_prefix="percore-pool",
-                initializer=_unpin,
-                initargs=(mask,),
-            )
+            _pool = ThreadPoolExecutor(max_workers=size(process_mask()), thread_name_prefix="percore-pool")
         return _pool
 
 

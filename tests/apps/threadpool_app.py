@@ -77,3 +77,29 @@ def _nothing() -> None:
 async def noop_offloaded():
     await asyncio.to_thread(_nothing)
     return {"ok": True}
+
+
+@api.get("/thread-affinity")
+async def thread_affinity():
+    """The CPUs of a plain thread the handler starts on its (pinned) loop thread."""
+    seen: dict = {}
+    thread = threading.Thread(target=lambda: seen.update(affinity=sorted(os.sched_getaffinity(0))))
+    thread.start()
+    thread.join()
+    return {**seen, "loop_affinity": sorted(os.sched_getaffinity(0))}
+
+
+def _starlette_app():
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    def sync_endpoint(request):  # Starlette runs a `def` endpoint on anyio's worker threads
+        return JSONResponse(
+            {"affinity": sorted(os.sched_getaffinity(0)), "thread": threading.current_thread().name}
+        )
+
+    return Starlette(routes=[Route("/sync-affinity", sync_endpoint)])
+
+
+starlette_api = _starlette_app()
