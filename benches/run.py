@@ -98,7 +98,11 @@ APP_ENDPOINTS = [Endpoint("/json"), Endpoint("/plaintext"), Endpoint("/users/42?
 APP_ENDPOINTS += [Endpoint("/cpu"), SLEEP]
 # Two chained dependencies and a pydantic body: only the apps with dependency injection (native, FastAPI).
 DEPENDS = Endpoint("POST /depends", BENCHES / "depends.lua")
-DEPENDS_ENDPOINTS = [*APP_ENDPOINTS, DEPENDS]
+# A 64 KiB file through StaticFiles (native: served from Rust; the frameworks: Starlette's): not in the RSGI
+# and Robyn apps.
+STATIC = Endpoint("/static/64k.bin")
+STATIC_ENDPOINTS = [*APP_ENDPOINTS, STATIC]
+DEPENDS_ENDPOINTS = [*APP_ENDPOINTS, DEPENDS, STATIC]
 # The hyper baseline does no Python work, so only the endpoints whose work it can do without Python
 # (fixed bytes; a 10 ms timer) are measured on it; the tables say "n/a" for the rest.
 HYPER_ENDPOINTS = [Endpoint("/json"), SLEEP]
@@ -276,7 +280,7 @@ def contenders() -> list[Contender]:
             env = {"ROBYN_HOST": "127.0.0.1", "ROBYN_PORT": PORT}
             found.append(Contender(ROBYN, robyn(peers), APP_ENDPOINTS, env=env, killed_is_expected=True))
     for framework, app in FRAMEWORKS.items():
-        endpoints = DEPENDS_ENDPOINTS if framework == "FastAPI" else APP_ENDPOINTS
+        endpoints = DEPENDS_ENDPOINTS if framework == "FastAPI" else STATIC_ENDPOINTS
         for python, label, stack in builds:
             peers = os.environ.get(stack.variable)
             found += framework_contenders(framework, app, python, label, stack, peers, endpoints)
@@ -298,6 +302,8 @@ def ratio_pairs(names: list[str]) -> list[tuple[str, str]]:
             pairs.append((native, stack.uvicorn.format("Starlette")))
         else:  # what a FastAPI user porting to the native API gains (issue 16's POST /depends: >= 5x)
             pairs.append((native, stack.uvicorn.format("FastAPI")))
+            # and a Starlette user (issue 16's static 64 KiB file: >= 3x Starlette's StaticFiles on uvicorn)
+            pairs.append((native, stack.uvicorn.format("Starlette")))
         if stack.robyn:
             pairs.append((native, ROBYN))
     return [(mine, peer) for mine, peer in pairs if mine in names and peer in names]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from benches.apps.common import SLEEP_SECONDS, burn
+from benches.apps.common import SLEEP_SECONDS, STATIC_BYTES, burn
 
 ECHO_BODY = (Path(__file__).resolve().parent.parent / "benches" / "echo.json").read_bytes().rstrip()
 
@@ -34,6 +34,8 @@ def test_every_bench_app_answers_every_endpoint_alike(serve, app):
         echo = client.request("POST", "/echo", ECHO_BODY, {"Content-Type": "application/json"})
         assert echo.status == 200
         assert echo.json() == json.loads(ECHO_BODY)
+        static = client.get("/static/64k.bin")
+        assert (static.status, static.body) == (200, STATIC_BYTES)
     finally:
         client.close()
 

@@ -6,6 +6,9 @@ waiting requests a server keeps in flight (concurrency), not how fast it runs Py
 """
 
 import asyncio
+import os
+import tempfile
+from pathlib import Path
 
 CPU_ITERATIONS = 20_000
 SLEEP_SECONDS = 0.01
@@ -25,3 +28,21 @@ def cpu_result() -> dict:
 async def sleep_result() -> dict:
     await asyncio.sleep(SLEEP_SECONDS)
     return {"slept": SLEEP_SECONDS}
+
+
+#: `GET /static/64k.bin`: a 64 KiB file every app serves through its StaticFiles (issue 16: percore's,
+#: served from Rust, against Starlette's).
+STATIC_FILE = "64k.bin"
+STATIC_BYTES = bytes(range(256)) * 256
+
+
+def static_directory() -> str:
+    """A directory holding STATIC_FILE, written (atomically) when missing or different."""
+    directory = Path(tempfile.gettempdir()) / "percore-bench-static"
+    directory.mkdir(exist_ok=True)
+    path = directory / STATIC_FILE
+    if not path.exists() or path.read_bytes() != STATIC_BYTES:
+        partial = directory / f".{STATIC_FILE}.{os.getpid()}"
+        partial.write_bytes(STATIC_BYTES)
+        partial.replace(path)
+    return str(directory)

@@ -7,11 +7,13 @@ through FastAPI's default jsonable_encoder + JSONResponse path), every handler `
 
 from fastapi import Depends, FastAPI, Header
 from fastapi.responses import PlainTextResponse
+from fastapi.staticfiles import StaticFiles
 
-from benches.apps.common import cpu_result, sleep_result
+from benches.apps.common import cpu_result, sleep_result, static_directory
 from benches.apps.dependencies import Order, order_result, tenant_of, user_of
 
 app = FastAPI()
+app.mount("/static", StaticFiles(directory=static_directory()))
 
 
 @app.get("/json")

@@ -2,10 +2,11 @@
 
 import percore
 
-from benches.apps.common import cpu_result, sleep_result
+from benches.apps.common import cpu_result, sleep_result, static_directory
 from benches.apps.dependencies import Order, order_result, tenant_of, user_of
 
 api = percore.App()
+api.mount("/static", percore.StaticFiles(directory=static_directory()))
 
 
 @api.get("/json")

@@ -3,9 +3,10 @@ apps/fastapi_app.py without FastAPI's dependency and validation layer."""
 
 from starlette.applications import Starlette
 from starlette.responses import JSONResponse, PlainTextResponse
-from starlette.routing import Route
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 
-from benches.apps.common import cpu_result, sleep_result
+from benches.apps.common import cpu_result, sleep_result, static_directory
 
 
 async def json(request):
@@ -40,5 +41,6 @@ app = Starlette(
         Route("/echo", echo, methods=["POST"]),
         Route("/cpu", cpu),
         Route("/sleep", sleep),
+        Mount("/static", StaticFiles(directory=static_directory())),
     ]
 )

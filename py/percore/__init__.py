@@ -22,6 +22,7 @@ from .responses import (  # noqa: E402
     StreamingResponse,
     safe_file,
 )
+from .staticfiles import StaticFiles  # noqa: E402
 
 __all__ = [
     "App",
@@ -46,6 +47,7 @@ __all__ = [
     "Router",
     "Security",
     "StartupError",
+    "StaticFiles",
     "StreamingResponse",
     "__version__",
     "run_in_threadpool",

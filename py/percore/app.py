@@ -19,6 +19,7 @@ from .exceptions import HTTPException
 from .params import Depends
 from .responses import JSONResponse, Response, as_response
 from .routing import Handler, Route, RouteOptions, Router
+from .staticfiles import static_routes
 
 __all__ = ["App", "Handler", "LoopHook", "Middleware", "Route", "RouteOptions", "Router"]
 
@@ -143,7 +144,7 @@ class App(Router):
                 route = with_middleware(route, layers, self._handle_exception)
             wrapped.append(route)
         routes = wrapped
-        return [_computed(route) if route.const else route for route in routes]
+        return [_computed(route) if route.const else route for route in routes] + static_routes(self._mounts)
 
     def exception_handler(self, exception_type: type[BaseException]) -> Callable[[Handler], Handler]:
         """``handler(request, exc)`` turns ``exception_type`` (and subclasses) into a response."""

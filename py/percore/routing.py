@@ -14,6 +14,7 @@ from . import params as _params
 from .dependencies import solve
 from .exceptions import ConfigurationError
 from .params import Depends
+from .staticfiles import mount_path
 
 Handler = TypeVar("Handler", bound=Callable[..., Any])
 
@@ -70,6 +71,8 @@ class Router:
         self._routes: list[Route] = []
         self._middleware: list[Any] = []
         self._dependencies: tuple[Depends, ...] = tuple(dependencies)
+        #: ``(path, StaticFiles)`` mounts (``mount``), served from Rust; not routes of the OpenAPI schema.
+        self._mounts: list[tuple[str, Any]] = []
 
     @property
     def routes(self) -> list[Route]:
@@ -178,10 +181,16 @@ class Router:
         self._middleware.append(function)
         return function
 
+    def mount(self, path: str, app: Any, name: str | None = None) -> None:
+        """Serves ``app``, a ``percore.StaticFiles``, at ``path`` and below (Starlette's ``mount``), from
+        Rust: see ``percore.staticfiles``. ``name`` is accepted for Starlette compatibility."""
+        self._mounts.append((mount_path(self.prefix + path, app), app))
+
     def include_router(self, router: Router, *, dependencies: Sequence[Depends] = ()) -> None:
         """Adds ``router``'s routes under this router's prefix (their signatures re-analysed for the new
         path), with the router's middleware; ``dependencies`` run before those routes' own (after this
-        router's)."""
+        router's). Its mounts are mounted under this router's prefix."""
+        self._mounts += [(self.prefix + path, files) for path, files in router._mounts]
         for route in router.routes:
             self.add_route(
                 route.path,

@@ -16,6 +16,7 @@ pub mod query;
 pub mod router;
 pub mod routing;
 pub mod server;
+pub mod static_files;
 pub mod tls;
 pub mod websocket;
 

@@ -6,6 +6,12 @@
 
 /// Percent-decodes bytes; `plus_is_space` for query strings (`+` means a space there, not in paths).
 fn percent_decode(raw: &str, plus_is_space: bool) -> String {
+    String::from_utf8(percent_decode_bytes(raw, plus_is_space))
+        .unwrap_or_else(|invalid| String::from_utf8_lossy(invalid.as_bytes()).into_owned())
+}
+
+/// Percent-decodes to raw bytes (no UTF-8 replacement): what a file name on disk is made of.
+pub fn percent_decode_bytes(raw: &str, plus_is_space: bool) -> Vec<u8> {
     let bytes = raw.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -26,7 +32,7 @@ fn percent_decode(raw: &str, plus_is_space: bool) -> String {
         }
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    out
 }
 
 fn hex_digit(byte: u8) -> Option<u8> {

@@ -38,13 +38,15 @@ use crate::pool::{
     Executor, ExecutorFactory, HttpRequest, HttpResponse, Latch, LocalBoxFuture, ResponseBody,
 };
 use crate::routing::InFlight;
+use crate::static_files::StaticFiles;
 
-/// What a route runs: a native handler, a response computed once at startup, or (for every path) an
-/// ASGI app.
+/// What a route runs: a native handler, a response computed once at startup, a mounted directory of
+/// static files (served from Rust), or (for every path) an ASGI app.
 pub enum Endpoint {
     Native(NativeEndpoint),
     Const(ConstResponse),
     Asgi(AsgiEndpoint),
+    Static(Arc<StaticFiles>),
 }
 
 /// A `const=True` route's response: served from Rust on every request without entering Python.
@@ -287,6 +289,8 @@ impl PyExecutor {
                 Err(pending) => Started::Pending(pending, None),
             },
             Endpoint::Const(constant) => Started::Done(constant.response()),
+            // Answered by `call` before Python is entered.
+            Endpoint::Static(_) => Started::Done(HttpResponse::internal_error()),
         }
     }
 
@@ -786,6 +790,10 @@ impl Executor for PyExecutor {
     fn call(&self, endpoint: &Endpoint, mut request: HttpRequest) -> LocalBoxFuture<HttpResponse> {
         if let Endpoint::Const(constant) = endpoint {
             return Box::pin(std::future::ready(constant.response()));
+        }
+        // Never enters Python: the file system work runs on tokio's blocking pool.
+        if let Endpoint::Static(files) = endpoint {
+            return Box::pin(Arc::clone(files).serve(request));
         }
         let began = Instant::now();
         // Held until the response is ready unless the request's task took it (it runs on).

@@ -19,6 +19,7 @@ use crate::pool::{self, RunningPool};
 use crate::proxy::TrustedProxies;
 use crate::router::Router;
 use crate::routing::RoutingPolicy;
+use crate::static_files::StaticFiles;
 use crate::tls::Tls;
 
 /// A route as the Python app describes it.
@@ -35,6 +36,17 @@ pub struct RouteSpec {
     /// `inline=True`: a `def` handler runs on the loop thread instead of the sync pool.
     #[pyo3(default)]
     inline: bool,
+    /// A route of `mount(path, StaticFiles(...))`: the directory served from Rust.
+    #[pyo3(default)]
+    static_files: Option<StaticSpec>,
+}
+
+/// `percore.staticfiles._Mounted`: a `StaticFiles` and the path it is mounted at.
+#[derive(FromPyObject)]
+pub struct StaticSpec {
+    directory: std::path::PathBuf,
+    html: bool,
+    prefix: String,
 }
 
 struct Prepared {
@@ -267,6 +279,11 @@ impl Server {
             router
                 .insert(method.clone(), &route.path, endpoints.len())
                 .map_err(config_error)?;
+            if let Some(spec) = route.static_files {
+                let files = StaticFiles::new(spec.directory, spec.html, spec.prefix);
+                endpoints.push(Endpoint::Static(Arc::new(files)));
+                continue;
+            }
             if let Some((value,)) = route.const_value {
                 let response = to_response(
                     value.bind(py),
