@@ -103,18 +103,21 @@ pub enum Body {
 
 /// Where a request path leads.
 #[derive(Debug)]
-enum Found {
-    /// A regular file, opened, with its canonical path (for its content type) and the status to send it
-    /// with (404 for html mode's `404.html`).
-    File {
-        file: File,
-        metadata: Metadata,
-        path: PathBuf,
-        status: StatusCode,
-    },
+enum Lookup {
+    File(Box<Opened>),
     /// html mode: a directory with an `index.html` asked for without its trailing slash.
     AddSlash,
-    NotFound,
+    Missing,
+}
+
+/// A regular file, opened, with its canonical path (for its content type) and the status to send it with
+/// (404 for html mode's `404.html`).
+#[derive(Debug)]
+struct Opened {
+    file: File,
+    metadata: Metadata,
+    path: PathBuf,
+    status: StatusCode,
 }
 
 impl StaticFiles {
@@ -168,15 +171,15 @@ impl StaticFiles {
                 self.find(root, &segments, trailing_slash)
             }
             (Ok(root), None) => self.not_found_in(root),
-            (Err(_), _) => Found::NotFound,
+            (Err(_), _) => Lookup::Missing,
         };
         match found {
-            Found::NotFound => Ok(Prepared {
+            Lookup::Missing => Ok(Prepared {
                 status: StatusCode::NOT_FOUND,
                 headers: text_headers(),
                 body: Body::Full(Bytes::from_static(b"Not Found")),
             }),
-            Found::AddSlash => Ok(Prepared {
+            Lookup::AddSlash => Ok(Prepared {
                 status: StatusCode::TEMPORARY_REDIRECT,
                 headers: vec![(
                     header::LOCATION,
@@ -189,21 +192,16 @@ impl StaticFiles {
                 )],
                 body: Body::Empty,
             }),
-            Found::File {
-                file,
-                metadata,
-                path,
-                status,
-            } => {
+            Lookup::File(opened) => {
                 let root = root?; // found under it
-                file_answer(&root, file, metadata, &path, status, conditions)
+                file_answer(&root, *opened, conditions)
             }
         }
     }
 
     /// The file `segments` name under the directory (html mode: a directory's `index.html`, else
     /// `404.html`).
-    fn find(&self, root: &Path, segments: &[Vec<u8>], trailing_slash: bool) -> Found {
+    fn find(&self, root: &Path, segments: &[Vec<u8>], trailing_slash: bool) -> Lookup {
         let mut candidate = root.to_owned();
         candidate.extend(segments.iter().map(|s| OsStr::from_bytes(s)));
         match resolve_inside(root, &candidate) {
@@ -216,7 +214,7 @@ impl StaticFiles {
                 if let Some((index, metadata)) = resolve_inside(root, &path.join("index.html")) {
                     if metadata.is_file() {
                         if !trailing_slash {
-                            return Found::AddSlash;
+                            return Lookup::AddSlash;
                         }
                         if let Some(found) = open_file(index, StatusCode::OK) {
                             return found;
@@ -230,7 +228,7 @@ impl StaticFiles {
     }
 
     /// html mode: the directory's `404.html` (sent with status 404), if there is one.
-    fn not_found_in(&self, root: &Path) -> Found {
+    fn not_found_in(&self, root: &Path) -> Lookup {
         if self.html {
             if let Some((path, metadata)) = resolve_inside(root, &root.join("404.html")) {
                 if metadata.is_file() {
@@ -240,19 +238,19 @@ impl StaticFiles {
                 }
             }
         }
-        Found::NotFound
+        Lookup::Missing
     }
 }
 
 /// The answer for a found file: its precompressed sibling if accepted, 304, 206/416, or the whole file.
-fn file_answer(
-    root: &Path,
-    file: File,
-    metadata: Metadata,
-    path: &Path,
-    status: StatusCode,
-    conditions: &Conditions,
-) -> io::Result<Prepared> {
+fn file_answer(root: &Path, opened: Opened, conditions: &Conditions) -> io::Result<Prepared> {
+    let Opened {
+        file,
+        metadata,
+        path,
+        status,
+    } = opened;
+    let path = path.as_path();
     // A precompressed sibling the client accepts replaces the file; its own size and dates make its
     // own ETag, so caches never confuse the two.
     let siblings = Sibling::ALL.map(|sibling| sibling.find(root, path));
@@ -386,14 +384,14 @@ fn resolve_inside(root: &Path, candidate: &Path) -> Option<(PathBuf, Metadata)> 
 
 /// Opens a regular file at a canonical path. Non-blocking: if it was replaced by a FIFO since it was
 /// looked at, opening does not wait for a writer, and the check on the opened file refuses it.
-fn open_file(path: PathBuf, status: StatusCode) -> Option<Found> {
+fn open_file(path: PathBuf, status: StatusCode) -> Option<Lookup> {
     let (file, metadata) = open_regular(&path)?;
-    Some(Found::File {
+    Some(Lookup::File(Box::new(Opened {
         file,
         metadata,
         path,
         status,
-    })
+    })))
 }
 
 fn open_regular(path: &Path) -> Option<(File, Metadata)> {
