@@ -15,13 +15,9 @@ from typing import Any
 
 from ._logging import logger
 from .app import App
-from .exceptions import AppLoadError, PercoreError
+from .exceptions import AppLoadError, LifespanStartupFailed  # the latter was defined here: still importable
 
 INTERFACES = ("auto", "native", "asgi")
-
-
-class LifespanStartupFailed(PercoreError):
-    """The app reported ``lifespan.startup.failed`` (or raised during startup)."""
 
 
 def is_asgi3(app: Any) -> bool:

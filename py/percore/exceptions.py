@@ -12,6 +12,10 @@ class AppLoadError(PercoreError):
     """``MODULE:ATTR`` could not be imported or does not name an app."""
 
 
+class LifespanStartupFailed(PercoreError):
+    """The app reported ``lifespan.startup.failed`` (or raised during startup)."""
+
+
 class HTTPException(PercoreError):
     """Raise in a handler to answer ``status_code`` with ``{"detail": detail}`` (and ``headers``)."""
 
@@ -25,4 +29,11 @@ class HTTPException(PercoreError):
         return f"HTTPException(status_code={self.status_code!r}, detail={self.detail!r})"
 
 
-__all__ = ["AppLoadError", "ConfigurationError", "HTTPException", "PercoreError", "StartupError"]
+__all__ = [
+    "AppLoadError",
+    "ConfigurationError",
+    "HTTPException",
+    "LifespanStartupFailed",
+    "PercoreError",
+    "StartupError",
+]

@@ -1,48 +1,26 @@
-"""``runtime serve --workers N`` and ``--reload``: a supervisor process running the server in worker
-processes that share one port (see docs/workers.md).
-
-A worker is ``python -m percore serve ...``: the user's own arguments plus the hidden ``--supervised-*`` flags
-that ``Supervisor.worker_argv`` adds. The supervisor
-
-* binds the listeners before any worker starts and holds them until it exits: on TCP one SO_REUSEPORT
-  listener per worker (its loops share it, so only a loop free to accept takes a connection), after the
-  same busy-port probe the single-process server does (so a port held by another program fails with one
-  clear line); with ``--uds`` the one Unix socket (removed at exit). Each worker inherits its share
-  (``--supervised-socket-fd``; a user's ``--fd`` is passed on the same way), and a worker that replaces
-  another accepts on the same sockets, so the connections queued on them when the old one stops are not
-  lost (``--reload``, ``--limit-max-requests``, restarts);
-* gives each worker its own slice of the CPU affinity mask (``cpu_slices``); with ``--loops auto`` only the
-  first CPUs of the mask that the container's CPU quota pays for are sliced (``_runtime.cpu_budget``), as
-  the quota is shared by all workers;
-* restarts a worker that exits without being asked to, with a backoff; gives up with an error (exit 1)
-  when a worker exits before it serves during the first launch, or ``MAX_START_FAILURES`` times in a row
-  later (the app's own error is on stderr, printed by the worker);
-* stops every worker with SIGTERM on SIGTERM or SIGINT and waits for them; a second signal SIGKILLs them;
-* with ``--reload``, polls the mtimes of the ``*.py`` files under the app's directory and replaces every
-  worker when one changes. New workers start next to the old ones (SO_REUSEPORT); the old ones stop only
-  once all new ones serve, so code that does not import leaves the old code serving until it is fixed.
+"""The ``Supervisor``: it holds the listeners, runs the worker processes, restarts the ones that die, replaces
+them on ``--reload`` and ``--limit-max-requests``, and stops them all on a signal (see the package docstring
+for the rules).
 
 Invariant: only the supervisor's main thread touches its state; signal handlers just record the signal.
 """
 
 from __future__ import annotations
 
-import ctypes
-import logging
 import os
 import select
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from importlib.machinery import PathFinder
 from pathlib import Path
 
-from . import _runtime
-from ._logging import logger
-from .exceptions import StartupError
+from .. import _runtime
+from .._logging import logger
+from ..exceptions import StartupError
+from .cpus import cpu_slices
+from .reload import RELOAD_POLL_SECONDS, SourceWatcher, app_source_dir
 
 #: Consecutive start-up failures of one worker (after the first launch) before the supervisor gives up.
 MAX_START_FAILURES = 5
@@ -52,8 +30,6 @@ MAX_BACKOFF_SECONDS = 10.0
 #: The Rust default of --shutdown-timeout, and what workers get beyond it to run lifespan shutdown and exit.
 DEFAULT_SHUTDOWN_TIMEOUT = 5.0
 EXIT_GRACE_SECONDS = 5.0
-RELOAD_POLL_SECONDS = 0.5
-_SKIPPED_DIRS = frozenset({"__pycache__", "node_modules", "site-packages"})
 
 
 def backoff(failures: int) -> float:
@@ -61,133 +37,9 @@ def backoff(failures: int) -> float:
     return 0.0 if failures <= 1 else min(0.5 * 2 ** (failures - 2), MAX_BACKOFF_SECONDS)
 
 
-def cpu_slices(cpus: list[int], workers: int, loops: str) -> list[list[int]]:
-    """The CPUs each worker is pinned to (its affinity mask; its loops pin to the CPUs in it).
-
-    ``--loops auto``: the mask is split into ``workers`` contiguous, near-equal slices (one loop per CPU);
-    with more workers than CPUs each worker gets one CPU, round-robin. ``--loops N``: the ``workers × N``
-    loops are laid over the mask in order, wrapping round-robin, and a worker gets the CPUs of its loops.
-    """
-    cpus = sorted(cpus)
-    count = len(cpus)
-    if loops.strip().lower() == "auto":
-        if workers <= count:
-            return [cpus[i * count // workers : (i + 1) * count // workers] for i in range(workers)]
-        return [[cpus[i % count]] for i in range(workers)]
-    try:
-        per_worker = int(loops)
-    except ValueError:
-        per_worker = 0
-    if per_worker < 1:  # invalid: each worker reports the error itself, like the single-process server
-        return [cpus for _ in range(workers)]
-    return [sorted({cpus[(i * per_worker + j) % count] for j in range(per_worker)}) for i in range(workers)]
-
-
 def _format_address(address: tuple) -> str:
     host, port = address[0], address[1]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def app_source_dir(target: str, app_dir: str | None = None) -> Path:
-    """The directory of the app module ``MODULE`` in ``MODULE:ATTR``, found without importing it (the
-    supervisor never runs app code) where the worker will import it from (``--app-dir`` first); the current
-    directory when it cannot be found."""
-    module = target.partition(":")[0]
-    search: list[str] | None = [*([os.path.abspath(app_dir)] if app_dir else []), os.getcwd(), *sys.path]
-    spec = None
-    parts = module.split(".")
-    for depth in range(len(parts)):
-        if not search or not all(parts):
-            return Path.cwd()
-        try:
-            spec = PathFinder.find_spec(".".join(parts[: depth + 1]), search)
-        except (ImportError, ValueError):
-            spec = None
-        if spec is None:
-            return Path.cwd()
-        search = list(spec.submodule_search_locations or [])
-    if spec is not None and spec.has_location and spec.origin:
-        return Path(spec.origin).resolve().parent
-    return Path(search[0]).resolve() if search else Path.cwd()
-
-
-class SourceWatcher:
-    """Polls ``(mtime, size)`` of every ``*.py`` file under some directories (hidden directories,
-    ``__pycache__`` and installed packages skipped). No dependency: watchfiles has no 3.13t guarantee."""
-
-    def __init__(self, directories: list[Path]) -> None:
-        self.directories = directories
-        self._files = self._scan()
-
-    def _scan(self) -> dict[str, tuple[int, int]]:
-        files: dict[str, tuple[int, int]] = {}
-        for directory in self.directories:
-            for root, dirs, names in os.walk(directory):
-                dirs[:] = [d for d in dirs if not d.startswith(".") and d not in _SKIPPED_DIRS]
-                for name in names:
-                    if name.endswith(".py"):
-                        path = os.path.join(root, name)
-                        try:
-                            stat = os.stat(path)
-                        except OSError:  # deleted while we walked
-                            continue
-                        files[path] = (stat.st_mtime_ns, stat.st_size)
-        return files
-
-    def changes(self) -> list[str]:
-        """Files created, modified or deleted since the last call."""
-        files = self._scan()
-        changed = sorted(p for p in files.keys() | self._files.keys() if files.get(p) != self._files.get(p))
-        self._files = files
-        return changed
-
-
-# --- the worker's side ------------------------------------------------------------------------------
-
-
-class _WorkerTag(logging.Filter):
-    def __init__(self, index: int) -> None:
-        super().__init__()
-        self.prefix = f"worker {index}: "
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.msg, str) and not record.msg.startswith(self.prefix):
-            record.msg = self.prefix + record.msg
-        return True
-
-
-def enter_worker(
-    index: int, supervisor: int, cpus: str | None, ready_fd: int
-) -> tuple[Callable[[], None], Callable[[], None]]:
-    """What a worker does before importing the app: exit with its supervisor, pin itself to its CPUs (the
-    loops pin to the CPUs in the mask), tag its log lines. Returns the callbacks that tell the supervisor
-    this worker serves, and that it reached ``--limit-max-requests`` (start my replacement, then stop me)."""
-    PR_SET_PDEATHSIG = 1
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) != 0:
-        logger.warning("cannot ask to be stopped with the supervisor: errno %d", ctypes.get_errno())
-    if os.getppid() != supervisor:  # it died before prctl: nobody would stop us
-        raise StartupError(f"worker {index}: the supervisor (pid {supervisor}) is gone")
-    if cpus:
-        os.sched_setaffinity(0, [int(cpu) for cpu in cpus.split(",")])
-    logger.addFilter(_WorkerTag(index))
-
-    def tell(line: str, what: str) -> None:
-        try:
-            os.write(ready_fd, f"{line}\n".encode())
-        except OSError as error:  # the supervisor is gone; PR_SET_PDEATHSIG stops us
-            logger.warning("cannot tell the supervisor %s: %s", what, error)
-
-    def ready() -> None:
-        tell(str(os.getpid()), "this worker serves")
-
-    def recycle() -> None:
-        tell(f"recycle {os.getpid()}", "this worker reached --limit-max-requests")
-
-    return ready, recycle
-
-
-# --- the supervisor ---------------------------------------------------------------------------------
 
 
 @dataclass(eq=False)
