@@ -26,14 +26,16 @@ import re
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
-from run import Endpoint, free_port, wait_until_serving  # benches/run.py: this script's folder is on sys.path
+from run import Endpoint, wait_until_serving  # benches/run.py: this script's folder is on sys.path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from tests.conftest import ServerProcess  # noqa: E402 - the tests' server helper (needs pytest, as the venv has)
+
 APPS = {"native": "benches.apps.native:api", "starlette": "benches.apps.starlette_app:app"}
 ECHO = (ROOT / "benches" / "echo.json").read_text()
 
@@ -211,41 +213,24 @@ class BadTraffic(threading.Thread):
 
 
 def soak(app_name: str, python: str, total: int, segment: int) -> dict:
-    port = free_port()
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    command = [
-        "taskset",
-        "-c",
-        "1",
-        python,
-        "-m",
-        "percore",
-        "serve",
+    server = ServerProcess(
         APPS[app_name],
-        "--loops",
-        "1",
-        "--port",
-        str(port),
-        "--log-level",
-        "error",
-        "--max-body-size",
-        "1048576",
-    ]
-    # stderr to a file: a pipe read only on failure would fill up with the app's tracebacks (bad traffic)
-    # and block the server's logging.
-    log = tempfile.TemporaryFile("w+")
-    server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log, text=True)
+        *("--loops", "1", "--log-level", "error", "--max-body-size", "1048576"),
+        python=python,
+        prefix=("taskset", "-c", "1"),
+        stop_timeout=20,
+    ).start()  # its stderr to a file: a pipe read only on failure would fill up with the app's tracebacks
+    port = server.port
     try:
         try:
-            wait_until_serving(port, server, Endpoint("/json"))
+            wait_until_serving(port, server.process, Endpoint("/json"))
         except RuntimeError as error:
-            log.seek(0)
-            raise RuntimeError(f"{error}: {log.read()}") from None
+            raise RuntimeError(f"{error}: {server.read_stderr()}") from None
         script = Path(f"/tmp/percore-soak-{os.getpid()}.lua")
         script.write_text(WRK_SCRIPT % ECHO)
         bad = BadTraffic(port, app_name)
         bad.start()
-        samples = [{"requests": 0, "rss": rss_bytes(server.pid), "seconds": 0.0}]
+        samples = [{"requests": 0, "rss": rss_bytes(server.process.pid), "seconds": 0.0}]
         done, non_2xx, socket_errors, started = 0, 0, 0, time.monotonic()
         while done < total:
             result = run_wrk(port, segment, script)
@@ -255,7 +240,7 @@ def soak(app_name: str, python: str, total: int, segment: int) -> dict:
             samples.append(
                 {
                     "requests": done,
-                    "rss": rss_bytes(server.pid),
+                    "rss": rss_bytes(server.process.pid),
                     "seconds": round(time.monotonic() - started, 1),
                     "rps": result["rps"],
                 }
@@ -266,7 +251,7 @@ def soak(app_name: str, python: str, total: int, segment: int) -> dict:
             )
         bad.stop.set()
         bad.join(timeout=30)
-        alive = server.poll() is None
+        alive = server.process.poll() is None
         warm = next(s for s in samples if s["requests"] >= total * 0.1)
         final = samples[-1]
         growth = final["rss"] / warm["rss"] - 1
@@ -291,11 +276,10 @@ def soak(app_name: str, python: str, total: int, segment: int) -> dict:
             and growth < 0.10,
         }
     finally:
-        server.terminate()
         try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
+            server.stop()
+        except AssertionError as error:  # killed after 20 s: say so, without hiding the run's own outcome
+            print(f"  {app_name}: {error}", file=sys.stderr)
 
 
 def main() -> int:

@@ -1,8 +1,21 @@
-"""Shared fixtures: a real `runtime serve` subprocess on a free port, and a small HTTP client."""
+"""Shared fixtures: a real `runtime serve` subprocess on a free port, and a small HTTP client.
+
+Two tiers, told apart by the `e2e` marker (registered in pyproject.toml) rather than by folder:
+
+* **e2e**: the test starts a real process: `runtime serve` through `ServerProcess` or the `serve` fixture, the
+  CLI through `run_cli`, or anything else through `subprocess`. The marker is applied at collection
+  (`pytest_collection_modifyitems`) to every test whose code, fixtures or test-package helpers reach one of
+  those, so nobody marks by hand; and `ServerProcess`/`run_cli` refuse to run in a test left unmarked, so
+  the tier never lies.
+* **fast**: everything else, in-process (pure logic, `percore.testing.TestClient`):
+  `pytest -m "not e2e" tests` runs it in seconds; `pytest -m e2e tests` the other tier.
+"""
 
 from __future__ import annotations
 
+import fcntl
 import http.client
+import inspect
 import json
 import os
 import signal
@@ -12,7 +25,8 @@ import sys
 import sysconfig
 import tempfile
 import time
-from collections.abc import Iterator
+import types
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -23,8 +37,86 @@ FREE_THREADED = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
 BUILD = "free-threaded" if FREE_THREADED else "gil"
 
 
+#: How long the helpers wait for a server to start (and supervised servers to stop): generous, the machine is
+#: small and busy; a server that hangs still fails the test, only later.
+DEADLINE = 60.0
+
+
 def pytest_report_header(config) -> str:
     return f"percore tests on {sys.version.split()[0]} ({BUILD} build), executable {sys.executable}"
+
+
+# --- the two tiers ------------------------------------------------------------------------------------------
+
+#: Names whose use makes a test end-to-end: the helpers below that start `python -m percore`, and the
+#: `subprocess` module (`subprocess.run`, `Popen`).
+STARTS_A_PROCESS = frozenset({"ServerProcess", "run_cli", "Popen", "subprocess"})
+
+
+def starts_a_process(function: Callable, seen: set[types.CodeType] | None = None) -> bool:
+    """Whether `function`'s code (nested functions included) names a `STARTS_A_PROCESS` helper, directly or
+    through a function or class of the tests package it names (followed transitively)."""
+    seen = set() if seen is None else seen
+    code = getattr(inspect.unwrap(function), "__code__", None)
+    if code is None or code in seen:
+        return False
+    seen.add(code)
+    names: set[str] = set()
+    codes = [code]
+    while codes:
+        current = codes.pop()
+        names.update(current.co_names)
+        codes.extend(constant for constant in current.co_consts if isinstance(constant, types.CodeType))
+    if names & STARTS_A_PROCESS:
+        return True
+    namespace = getattr(inspect.unwrap(function), "__globals__", {})
+    for name in names:
+        value = namespace.get(name)
+        if not (getattr(value, "__module__", None) or "").startswith("tests."):
+            continue
+        if inspect.isclass(value):
+            if issubclass(value, ServerProcess) or any(
+                starts_a_process(member, seen)
+                for member in vars(value).values()
+                if inspect.isfunction(member)
+            ):
+                return True
+        elif inspect.isfunction(value) and starts_a_process(value, seen):
+            return True
+    return False
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        function = getattr(item, "function", None)
+        if function is None or item.get_closest_marker("e2e") is not None:
+            continue
+        fixtures = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
+        functions = [function, *(d.func for defs in fixtures.values() for d in defs)]
+        if any(starts_a_process(f) for f in functions):
+            item.add_marker(pytest.mark.e2e)
+
+
+_running: pytest.Item | None = None
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    global _running
+    _running = item
+    try:
+        return (yield)
+    finally:
+        _running = None
+
+
+def check_tier(what: str) -> None:
+    """A test that starts a process must be in the e2e tier (the scan above missed a way to start one)."""
+    if _running is not None and _running.get_closest_marker("e2e") is None:
+        raise AssertionError(
+            f"{_running.nodeid} starts {what} but is not marked e2e: start it through the conftest helpers "
+            "from the test, its fixtures or a helper of the tests package, or mark it @pytest.mark.e2e"
+        )
 
 
 def free_port() -> int:
@@ -33,16 +125,25 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def run_cli(*args: str, path: tuple[Path, ...] = (), timeout: float = 120) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str,
+    path: tuple[Path, ...] = (),
+    timeout: float = 120,
+    env: dict[str, str] | None = None,
+    stderr: int = subprocess.PIPE,
+) -> subprocess.CompletedProcess:
     """`python -m percore ARGS` to completion, output captured; `path` goes before the repository on
-    PYTHONPATH (apps written into a test's tmp_path). The timeout is generous: the machine is small and busy,
-    and a command that hangs still fails the test."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([*map(str, path), str(ROOT)]))
+    PYTHONPATH (apps written into a test's tmp_path), `env` adds variables, `stderr` (a file descriptor)
+    replaces the captured stderr. The timeout is generous: the machine is small and busy, and a command that
+    hangs still fails the test."""
+    check_tier("`python -m percore`")
+    environment = dict(os.environ, **(env or {}), PYTHONPATH=os.pathsep.join([*map(str, path), str(ROOT)]))
     return subprocess.run(
         [sys.executable, "-m", "percore", *args],
         cwd=ROOT,
-        env=env,
-        capture_output=True,
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
         text=True,
         timeout=timeout,
     )
@@ -107,10 +208,14 @@ class Client:
 
 
 class ServerProcess:
-    """`python -m percore serve APP` in a subprocess, stopped with SIGTERM.
+    """`python -m percore serve APP` (or a reference server) in a subprocess, stopped with SIGTERM: the one
+    helper for every test that runs a server, the `--workers` supervisor included (tests/test_workers.py).
 
-    Its stderr goes to a file, read at stop() (and by read_stderr() at any time); with stderr="pipe" it is a
-    pipe that nobody reads while the server runs (a stalled log reader), read to its end by stop()."""
+    Its stderr goes to a file, read at stop() and by read_stderr() at any time, also while it runs; with
+    stderr="pipe" it is a pipe that nobody reads while the server runs (a stalled log reader), read to its end
+    by stop(). `path`: directories put before the repository on PYTHONPATH (apps written into a test's
+    tmp_path). `stop_timeout`: stop()'s default wait for the exit after SIGTERM. `python` runs the server
+    and `prefix` goes before it (benches/soak.py: another build's python, pinned by `taskset -c 1`)."""
 
     def __init__(
         self,
@@ -120,25 +225,38 @@ class ServerProcess:
         server: str = "percore",
         stderr: Literal["file", "pipe"] = "file",
         uds: Path | None = None,
+        path: tuple[Path, ...] = (),
+        stop_timeout: float = 10.0,
+        python: str = sys.executable,
+        prefix: tuple[str, ...] = (),
     ) -> None:
         self.port = port or free_port()
         self.server = server
         self.stderr_to = stderr
         # A Unix socket path instead of the TCP port (--uds, the same flag in uvicorn).
         self.uds = uds
+        self.path = path
+        self.stop_timeout = stop_timeout
         listen = ["--uds", str(uds)] if uds is not None else ["--port", str(self.port)]
         if server == "percore":
-            self.command = [sys.executable, "-m", "percore", "serve", app, *listen, *args]
+            self.command = [*prefix, python, "-m", "percore", "serve", app, *listen, *args]
         else:  # the reference server, for side-by-side comparisons
-            self.command = [sys.executable, "-m", server, app, *listen, *args]
+            self.command = [*prefix, python, "-m", server, app, *listen, *args]
         self.process: subprocess.Popen | None = None
         self.stderr = ""
 
-    def start(self, timeout: float = 20.0) -> ServerProcess:
-        env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    def launch(self) -> ServerProcess:
+        """Starts the process without waiting for it to listen."""
+        check_tier(f"a server ({' '.join(self.command)})")
+        pythonpath = [*map(str, self.path), str(ROOT), os.environ.get("PYTHONPATH", "")]
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(pythonpath))
         # stderr to a file by default, not a pipe read only at the end: a server that logs more than a pipe
-        # holds (~64 KiB of tracebacks) would block in its log call and stop answering.
+        # holds (~64 KiB of tracebacks) would block in its log call and stop answering. O_APPEND: the server
+        # shares the file offset read_stderr() moves, and must not write over what it wrote before.
         self._stderr_file = tempfile.TemporaryFile("w+") if self.stderr_to == "file" else None
+        if self._stderr_file is not None:
+            flags = fcntl.fcntl(self._stderr_file.fileno(), fcntl.F_GETFL)
+            fcntl.fcntl(self._stderr_file.fileno(), fcntl.F_SETFL, flags | os.O_APPEND)
         self.process = subprocess.Popen(
             self.command,
             cwd=ROOT,
@@ -147,23 +265,35 @@ class ServerProcess:
             stderr=self._stderr_file or subprocess.PIPE,
             text=True,
         )
+        return self
+
+    def start(self, timeout: float = DEADLINE) -> ServerProcess:
+        """Launches the server and waits until it accepts connections (a RuntimeError with its stderr if it
+        exits or does not listen within `timeout`)."""
+        self.launch()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 self.stop()
                 raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.stderr}")
-            try:
-                if self.uds is not None:
-                    with socket.socket(socket.AF_UNIX) as probe:
-                        probe.settimeout(0.2)
-                        probe.connect(str(self.uds))
-                        return self
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return self
-            except OSError:
-                time.sleep(0.05)
+            if self.accepts():
+                return self
+            time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"server did not start listening:\n{self.stderr}")
+
+    def accepts(self) -> bool:
+        """Whether a connection to the server's port (or Unix socket) is accepted now."""
+        try:
+            if self.uds is not None:
+                with socket.socket(socket.AF_UNIX) as probe:
+                    probe.settimeout(0.5)
+                    probe.connect(str(self.uds))
+                    return True
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                return True
+        except OSError:
+            return False
 
     def client(self, timeout: float = 10.0) -> Client:
         return Client(self.port, timeout)
@@ -175,9 +305,10 @@ class ServerProcess:
         finally:
             client.close()
 
-    def stop(self, timeout: float = 10.0) -> int:
-        """SIGTERM, wait, collect stderr; returns the exit code."""
+    def stop(self, timeout: float | None = None) -> int:
+        """SIGTERM, wait (`stop_timeout` by default), collect stderr; returns the exit code."""
         assert self.process is not None
+        timeout = self.stop_timeout if timeout is None else timeout
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
         try:
@@ -185,7 +316,9 @@ class ServerProcess:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.stderr = self._wait(None)
-            raise AssertionError(f"server did not exit within {timeout}s of SIGTERM") from None
+            raise AssertionError(
+                f"server did not exit within {timeout}s of SIGTERM:\n{self.stderr}"
+            ) from None
         return self.process.returncode
 
     def _wait(self, timeout: float | None) -> str:
@@ -203,7 +336,8 @@ class ServerProcess:
 
 @pytest.fixture
 def serve() -> Iterator:
-    """serve(app, *cli_args) -> a started ServerProcess; all are stopped (and must exit 0) at teardown."""
+    """serve(app, *cli_args, **ServerProcess options) -> a started ServerProcess; all are stopped (and must
+    exit 0) at teardown."""
     started: list[ServerProcess] = []
 
     def start(
@@ -212,10 +346,14 @@ def serve() -> Iterator:
         server: str = "percore",
         stderr: Literal["file", "pipe"] = "file",
         uds: Path | None = None,
+        path: tuple[Path, ...] = (),
+        stop_timeout: float = 10.0,
     ) -> ServerProcess:
-        server = ServerProcess(app, *args, server=server, stderr=stderr, uds=uds).start()
+        server = ServerProcess(
+            app, *args, server=server, stderr=stderr, uds=uds, path=path, stop_timeout=stop_timeout
+        )
         started.append(server)
-        return server
+        return server.start()
 
     yield start
     for server in started:

@@ -257,34 +257,6 @@ def test_cors_preflight_and_simple_requests():
         assert denied.status_code == 400
 
 
-def test_openapi_schema_and_offline_docs_page():
-    from percore.testing import TestClient
-
-    from .apps import native_api
-
-    with TestClient(native_api.api) as client:
-        schema = client.get("/openapi.json").json()
-        assert schema["openapi"] == "3.1.0"
-        read = schema["paths"]["/typed/{number}/{ratio}/{flag}/{ident}"]["get"]
-        assert [(p["name"], p["in"], p["schema"]) for p in read["parameters"]] == [
-            ("number", "path", {"type": "integer"}),
-            ("ratio", "path", {"type": "number"}),
-            ("flag", "path", {"type": "boolean"}),
-            ("ident", "path", {"type": "string", "format": "uuid"}),
-        ]
-        assert "422" in read["responses"]
-        create = schema["paths"]["/items"]["post"]
-        assert create["requestBody"]["content"]["application/json"]["schema"] == {
-            "$ref": "#/components/schemas/Item"
-        }
-        assert schema["components"]["schemas"]["Item"]["required"] == ["name", "price"]
-        assert "201" in create["responses"]
-        docs = client.get("/docs")
-        assert docs.headers["content-type"].startswith("text/html")
-        assert "/openapi.json" in docs.text
-        assert "http://" not in docs.text and "https://" not in docs.text  # nothing fetched from elsewhere
-
-
 def test_const_routes_are_computed_once_and_served_from_rust():
     from percore.testing import TestClient
 

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 import pytest
 from percore import _openapi
-from percore.testing import TestClient
 
 from .browser import Browser, chromium
 
@@ -134,45 +132,3 @@ def test_the_built_in_page_without_the_docs_extra(serve, browser):
     created = browser.wait_for(f"{create}.querySelector('pre:not([hidden])')?.innerText", "the POST's answer")
     assert created.startswith("201"), created
     assert browser.outside == []
-
-
-def test_swagger_ui_assets_are_served_by_percore():
-    if _openapi.swagger_ui_dir() is None:
-        pytest.skip("percore[docs] (swagger-ui-bundle-v2) is not installed")
-    from .apps.docs_app import api
-
-    with TestClient(api) as client:
-        page = client.get("/docs").text
-        assert 'src="/docs/swagger-ui-bundle.js"' in page and 'href="/docs/swagger-ui.css"' in page
-        script = client.get("/docs/swagger-ui-bundle.js")
-        assert script.status_code == 200 and script.headers["content-type"].startswith("text/javascript")
-        assert b"SwaggerUIBundle" in script.content
-        assert client.get("/docs/swagger-ui.css").headers["content-type"].startswith("text/css")
-
-
-def test_docs_url_none_serves_neither_page():
-    import percore
-
-    api = percore.App(docs_url=None, redoc_url=None)
-    with TestClient(api) as client:
-        assert client.get("/openapi.json").status_code == 200
-        for path in ("/docs", "/docs/swagger-ui-bundle.js", "/redoc"):
-            assert client.get(path).status_code == 404
-
-
-@pytest.mark.parametrize("with_pydantic", [True, False], ids=["pydantic", "no-pydantic"])
-def test_a_json_body_is_the_request_body_with_its_schema(monkeypatch, with_pydantic):
-    if not with_pydantic:
-        monkeypatch.setitem(sys.modules, "pydantic", None)  # `import pydantic` raises ImportError
-    from .apps.docs_app import api
-
-    schema = api.openapi()
-    body = schema["paths"]["/items"]["post"]["requestBody"]
-    assert body["required"] is True
-    item = body["content"]["application/json"]["schema"]
-    if "$ref" in item:
-        item = schema["components"]["schemas"][item["$ref"].rsplit("/", 1)[1]]
-    assert item["type"] == "object" and item["required"] == ["name", "price"]
-    properties = item["properties"]
-    assert properties["name"]["type"] == "string" and properties["price"]["type"] == "number"
-    assert properties["tags"]["type"] == "array" and properties["tags"]["items"] == {"type": "string"}

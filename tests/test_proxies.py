@@ -8,7 +8,8 @@ import json
 import pytest
 
 from .conftest import assert_one_clear_line, run_cli
-from .test_asgi import exchange, serve_websockets
+from .test_asgi import exchange
+from .test_asgi_websockets import serve_websockets
 from .websocket_client import TEXT
 from .websocket_client import connect as connect_websocket
 

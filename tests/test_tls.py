@@ -15,7 +15,7 @@ import time
 import pytest
 
 from .conftest import ROOT, assert_one_clear_line, free_port, loops_answering, run_cli
-from .test_asgi import serve_websockets
+from .test_asgi_websockets import serve_websockets
 from .test_metrics import scrape, total, wait_for
 from .websocket_client import connect as connect_websocket
 

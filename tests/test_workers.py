@@ -10,19 +10,17 @@ import http.client
 import os
 import signal
 import socket
-import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from percore import _supervisor
 
-from .conftest import ROOT, Client, ServerProcess, assert_one_clear_line, free_port, run_cli
+from .conftest import DEADLINE, ROOT, Client, ServerProcess, assert_one_clear_line, free_port, run_cli
 from .test_sockets import unix_json
 
-DEADLINE = 60.0
 WORKERS_APP = "tests.apps.workers_app:api"
 
 
@@ -52,96 +50,43 @@ def running(pid: int) -> bool:
     return stat.rpartition(")")[2].split()[0] != "Z"
 
 
-class Supervised(ServerProcess):
-    """`python -m percore serve` whose stderr goes to a file, so a test can wait for log lines while it runs,
-    with extra directories on PYTHONPATH (apps written to tmp_path)."""
+def pid_of_a_fresh_connection(server: ServerProcess) -> int:
+    client = Client(server.port, timeout=DEADLINE)
+    try:
+        response = client.get("/pid")
+    finally:
+        client.close()
+    assert response.status == 200, response.body
+    return response.json()["pid"]
 
-    def __init__(self, app: str, *args: str, log: Path, path: tuple[Path, ...] = ()) -> None:
-        super().__init__(app, *args)
-        self.log_path = log
-        self.path = path
 
-    def launch(self) -> Supervised:
-        pythonpath = [str(p) for p in self.path] + [str(ROOT), os.environ.get("PYTHONPATH", "")]
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(pythonpath))
-        with open(self.log_path, "w") as log:
-            self.process = subprocess.Popen(self.command, cwd=ROOT, env=env, stdout=log, stderr=log)
-        return self
+def worker_pids(server: ServerProcess, count: int) -> set[int]:
+    """Fresh connections until ``count`` distinct worker pids have answered (SO_REUSEPORT spreads new
+    connections over every worker's listeners by a hash of their addresses)."""
+    seen: set[int] = set()
 
-    def start(self, timeout: float = DEADLINE) -> Supervised:
-        self.launch()
-        try:
-            wait_for(lambda: self.process.poll() is not None or self.answers(), "the port to answer", timeout)
-        except AssertionError:
-            self.stop()
-            raise
-        if self.process.poll() is not None:
-            raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
-        return self
+    def more() -> bool:
+        seen.add(pid_of_a_fresh_connection(server))
+        return len(seen) >= count
 
-    def answers(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                return True
-        except OSError:
-            return False
-
-    def log(self) -> str:
-        return self.log_path.read_text()
-
-    def pid_of_a_fresh_connection(self) -> int:
-        client = Client(self.port, timeout=DEADLINE)
-        try:
-            response = client.get("/pid")
-        finally:
-            client.close()
-        assert response.status == 200, response.body
-        return response.json()["pid"]
-
-    def worker_pids(self, count: int) -> set[int]:
-        """Fresh connections until ``count`` distinct worker pids have answered (SO_REUSEPORT spreads new
-        connections over every worker's listeners by a hash of their addresses)."""
-        seen: set[int] = set()
-
-        def more() -> bool:
-            seen.add(self.pid_of_a_fresh_connection())
-            return len(seen) >= count
-
-        wait_for(more, f"{count} distinct worker pids")
-        # A worker answers as soon as its loops accept, a moment before it reports to the supervisor; one
-        # killed in that moment is a start-up failure. Tests that go on to kill one wait for the report.
-        wait_for(lambda: "worker(s) serving on" in self.log(), "the supervisor to see every worker serving")
-        return seen
-
-    def stop(self, timeout: float = DEADLINE) -> int:
-        assert self.process is not None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-            raise AssertionError(f"server did not exit within {timeout}s of SIGTERM:\n{self.log()}") from None
-        self.stderr = self.log()
-        return self.process.returncode
+    wait_for(more, f"{count} distinct worker pids")
+    # A worker answers as soon as its loops accept, a moment before it reports to the supervisor; one
+    # killed in that moment is a start-up failure. Tests that go on to kill one wait for the report.
+    wait_for(
+        lambda: "worker(s) serving on" in server.read_stderr(), "the supervisor to see every worker serving"
+    )
+    return seen
 
 
 @pytest.fixture
-def supervised(tmp_path) -> Iterator:
-    """supervised(app, *cli_args, path=()) -> a started Supervised; each is stopped at teardown (exit 0)."""
-    started: list[Supervised] = []
+def supervised(serve) -> Callable[..., ServerProcess]:
+    """supervised(app, *cli_args, path=()) -> a started supervisor (conftest's `serve`: stopped at teardown,
+    exit 0), given DEADLINE to stop: it waits for its workers to drain."""
 
-    def start(app: str, *args: str, path: tuple[Path, ...] = ()) -> Supervised:
-        server = Supervised(app, *args, log=tmp_path / f"server-{len(started)}.log", path=path)
-        started.append(server)
-        return server.start()
+    def start(app: str, *args: str, path: tuple[Path, ...] = ()) -> ServerProcess:
+        return serve(app, *args, path=path, stop_timeout=DEADLINE)
 
-    yield start
-    for server in started:
-        if server.process is not None and server.process.returncode is None:
-            code = server.stop()
-            assert code == 0, f"server exited with {code}:\n{server.stderr}"
+    return start
 
 
 # --- workers -------------------------------------------------------------------------------------------
@@ -193,7 +138,7 @@ def test_each_worker_serves_its_metrics_on_its_own_port(supervised):
             except OSError:
                 metrics_port = free_port()
     server = supervised(WORKERS_APP, "--workers", "2", "--loops", "1", "--metrics-port", str(metrics_port))
-    pids = server.worker_pids(2)
+    pids = worker_pids(server, 2)
     for port in (metrics_port, metrics_port + 1):
         text = wait_for(lambda port=port: metrics_text(port), f"metrics on port {port}")
         assert text.startswith("HTTP/1.1 200"), text[:200]
@@ -230,7 +175,7 @@ def test_lifespan_runs_on_every_loop_of_every_worker(supervised):
 
 def test_a_killed_worker_is_restarted_and_the_port_answers_throughout(supervised):
     server = supervised(WORKERS_APP, "--workers", "2", "--loops", "1")
-    pids = server.worker_pids(2)
+    pids = worker_pids(server, 2)
     victim = min(pids)
     os.kill(victim, signal.SIGKILL)
     wait_for(lambda: not alive(victim), "the killed worker to be reaped")
@@ -238,20 +183,20 @@ def test_a_killed_worker_is_restarted_and_the_port_answers_throughout(supervised
     answered_by: set[int] = set()
 
     def replacement_answered() -> bool:
-        answered_by.add(server.pid_of_a_fresh_connection())
+        answered_by.add(pid_of_a_fresh_connection(server))
         return bool(answered_by - pids)
 
     wait_for(replacement_answered, "a new worker pid")
     assert victim not in answered_by
-    wait_for(lambda: "was killed by SIGKILL; restarting" in server.log(), "the restart to be logged")
-    assert f"(pid {victim}) was killed by SIGKILL; restarting" in server.log()
+    wait_for(lambda: "was killed by SIGKILL; restarting" in server.read_stderr(), "the restart to be logged")
+    assert f"(pid {victim}) was killed by SIGKILL; restarting" in server.read_stderr()
     assert server.stop() == 0
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_sigterm_or_sigint_stops_every_worker_and_exits_0(supervised, signum):
     server = supervised(WORKERS_APP, "--workers", "2", "--loops", "1")
-    pids = server.worker_pids(2)
+    pids = worker_pids(server, 2)
     server.process.send_signal(signum)
     server.process.wait(DEADLINE)
     assert server.stop() == 0, server.stderr
@@ -263,7 +208,7 @@ def test_sigterm_or_sigint_stops_every_worker_and_exits_0(supervised, signum):
 
 def test_a_second_signal_kills_workers_that_are_still_draining(supervised, tmp_path):
     server = supervised(WORKERS_APP, "--workers", "2", "--loops", "1", "--shutdown-timeout", "60")
-    pids = server.worker_pids(2)
+    pids = worker_pids(server, 2)
     marker = tmp_path / "in-flight"
 
     def slow_request() -> None:
@@ -279,13 +224,13 @@ def test_a_second_signal_kills_workers_that_are_still_draining(supervised, tmp_p
     thread.start()
     wait_for(marker.exists, "the slow request to run")
     server.process.send_signal(signal.SIGTERM)
-    wait_for(lambda: "SIGTERM: stopping" in server.log(), "the supervisor to start stopping")
+    wait_for(lambda: "SIGTERM: stopping" in server.read_stderr(), "the supervisor to start stopping")
     holder = int(wait_for(marker.read_text, "the holder's pid"))
     assert alive(holder)  # draining its in-flight request, for up to --shutdown-timeout
     server.process.send_signal(signal.SIGTERM)
     server.process.wait(DEADLINE)
-    assert server.process.returncode == 128 + signal.SIGTERM, server.log()
-    assert "second signal: killing" in server.log()
+    assert server.process.returncode == 128 + signal.SIGTERM, server.read_stderr()
+    assert "second signal: killing" in server.read_stderr()
     assert not any(alive(pid) for pid in pids)
     thread.join(DEADLINE)
 
@@ -302,17 +247,40 @@ def test_an_app_that_fails_to_import_exits_non_zero_with_its_message(tmp_path):
     assert "before serving" in result.stderr.splitlines()[-1]
 
 
+def test_the_supervisor_and_its_workers_write_whole_lines_to_their_shared_stderr(tmp_path):
+    """Each write(2) to the stderr the supervisor and its workers share is whole lines, so a process stopped
+    between two writes (a worker SIGTERMed by its supervisor) never leaves half a line for the next line to
+    run on into. A SOCK_SEQPACKET stderr keeps every write(2) a record of its own; PYTHONUNBUFFERED=1 makes
+    print() write a line and its newline separately."""
+    (tmp_path / "refusing_app.py").write_text('raise RuntimeError("this app refuses to start")\n')
+    reader, writer = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with reader:
+        with writer:
+            result = run_cli(
+                *("serve", "refusing_app:api", "--workers", "2", "--port", str(free_port())),
+                path=(tmp_path,),
+                env={"PYTHONUNBUFFERED": "1"},
+                stderr=writer.fileno(),
+            )
+        reader.settimeout(DEADLINE)  # every writer has exited: the records are there, then the end
+        writes = list(iter(lambda: reader.recv(1 << 20).decode(), ""))
+    assert result.returncode == 1, writes
+    assert any("this app refuses to start" in write for write in writes), writes
+    assert all(write.endswith("\n") for write in writes), writes
+    assert writes[-1].startswith("runtime: error: worker ") and "before serving" in writes[-1], writes
+
+
 def test_a_worker_that_keeps_failing_to_restart_makes_the_supervisor_give_up(supervised, tmp_path):
     app_file = tmp_path / "fragile_app.py"
     app_file.write_text("from tests.apps.workers_app import api\n")
     server = supervised("fragile_app:api", "--workers", "2", "--loops", "1", path=(tmp_path,))
-    survivor, victim = sorted(server.worker_pids(2))
+    survivor, victim = sorted(worker_pids(server, 2))
     app_file.write_text('raise RuntimeError("broken since the last deploy")\n')
     os.kill(victim, signal.SIGKILL)
     # Restarted with a backoff, each attempt fails at import; after MAX_START_FAILURES the supervisor stops
     # the survivor and exits 1.
     wait_for(lambda: server.process.poll() is not None, "the supervisor to give up", timeout=3 * DEADLINE)
-    log = server.log()
+    log = server.read_stderr()
     assert server.process.returncode == 1, log
     assert log.count("broken since the last deploy") == _supervisor.MAX_START_FAILURES
     last = log.splitlines()[-1]
@@ -324,7 +292,7 @@ def test_a_worker_that_keeps_failing_to_restart_makes_the_supervisor_give_up(sup
 
 def test_workers_exit_when_the_supervisor_is_killed(supervised):
     server = supervised(WORKERS_APP, "--workers", "2", "--loops", "1")
-    pids = server.worker_pids(2)
+    pids = worker_pids(server, 2)
     server.process.kill()
     server.process.wait()
     # PR_SET_PDEATHSIG: each worker gets SIGTERM and stops; nothing is left holding the port.
@@ -362,7 +330,7 @@ def test_workers_and_a_single_process_server_never_share_a_port(supervised):
     finally:
         assert single.stop() == 0
     server = supervised(WORKERS_APP, "--workers", "2", "--loops", "1")
-    server.worker_pids(2)
+    worker_pids(server, 2)
     result = run_cli("serve", WORKERS_APP, "--loops", "1", "--port", str(server.port))
     assert result.returncode == 1 and f"127.0.0.1:{server.port} is already in use" in result.stderr
 
@@ -396,7 +364,7 @@ async def version():
 """
 
 
-def version_of(server: Supervised) -> str | None:
+def version_of(server: ServerProcess) -> str | None:
     try:
         client = Client(server.port, timeout=10)
         try:
@@ -440,15 +408,15 @@ def test_reload_serves_edits_and_keeps_the_old_code_while_the_new_code_is_broken
     write(app_file, VERSIONED_APP.format(version="two"))
     wait_for(lambda: version_of(server) == "two", "the edit to be served")
     # The new workers serve and the old ones are gone (until then the old code may still answer).
-    wait_for(lambda: server.log().count("replaced worker") >= workers, "the old workers to stop")
+    wait_for(lambda: server.read_stderr().count("replaced worker") >= workers, "the old workers to stop")
 
     # Broken code: the new worker fails to import, the old one keeps serving the last good code.
     write(app_file, "import percore\napi = percore.App(\n")
     wait_for(
-        lambda: "before the new workers took over; the previous code keeps serving" in server.log(),
+        lambda: "before the new workers took over; the previous code keeps serving" in server.read_stderr(),
         "the failed reload",
     )
-    assert "SyntaxError" in server.log()
+    assert "SyntaxError" in server.read_stderr()
     for _ in range(5):
         assert version_of(server) == "two"
 
@@ -464,18 +432,18 @@ def test_reload_waits_for_a_fix_when_the_app_is_broken_from_the_start(supervised
     app_file = tmp_path / "late_app.py"
     write(app_file, 'raise RuntimeError("not yet")\n')
     write(tmp_path / "reload_helper.py", 'SUFFIX = ""\n')
-    server = Supervised(
-        "late_app:api", "--reload", "--loops", "1", log=tmp_path / "late.log", path=(tmp_path,)
+    server = ServerProcess(
+        "late_app:api", "--reload", "--loops", "1", path=(tmp_path,), stop_timeout=DEADLINE
     )
     server.launch()
     try:
-        wait_for(lambda: "waiting for a source change" in server.log(), "the failed first start")
+        wait_for(lambda: "waiting for a source change" in server.read_stderr(), "the failed first start")
         assert server.process.poll() is None, "--reload must not exit on broken code"
-        assert "not yet" in server.log()
+        assert "not yet" in server.read_stderr()
         write(app_file, VERSIONED_APP.format(version="fixed"))
         wait_for(lambda: version_of(server) == "fixed", "the fixed app to be served")
     finally:
-        assert server.stop() == 0, server.log()
+        assert server.stop() == 0, server.read_stderr()
 
 
 # --- in-process: how CPUs are sliced, how sources are found and watched --------------------------------
@@ -550,8 +518,7 @@ def test_limit_max_requests_recycles_workers_without_losing_a_connection(tmp_pat
     # The supervisor holds the listening sockets (TCP: one per loop of each worker; --uds: the one socket)
     # and a replacement accepts on the same ones, so a worker that stops takes no queued connection with it.
     path = Path(f"/tmp/percore-recycle-{os.getpid()}.sock")
-    listen = ("--uds", str(path)) if transport == "uds" else ()
-    server = Supervised(
+    server = ServerProcess(
         WORKERS_APP,
         "--workers",
         "2",
@@ -559,18 +526,15 @@ def test_limit_max_requests_recycles_workers_without_losing_a_connection(tmp_pat
         "1",
         "--limit-max-requests",
         "5",
-        *listen,
-        log=tmp_path / "log",
+        uds=path if transport == "uds" else None,
+        stop_timeout=DEADLINE,
     )
-    if transport == "uds":
-        server.command.remove("--port")
-        server.command.remove(str(server.port))
     server.launch()
 
     def pid() -> int:
         if transport == "uds":
             return unix_json(path, "/pid")["pid"]
-        return server.pid_of_a_fresh_connection()
+        return pid_of_a_fresh_connection(server)
 
     try:
         deadline = time.monotonic() + 60
@@ -606,7 +570,7 @@ def test_limit_max_requests_recycles_workers_without_losing_a_connection(tmp_pat
         assert len(set(pids)) >= 2 + 4, pids
     finally:
         code = server.stop(timeout=30)
-    log = server.log()
+    log = server.read_stderr()
     assert code == 0, log
     assert log.count("reached --limit-max-requests: starting its replacement") >= 4
     assert "serving in place of the recycled one" in log

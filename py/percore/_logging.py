@@ -10,6 +10,7 @@ writer says how many.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import sys
 import threading
@@ -53,11 +54,10 @@ class BackgroundStreamHandler(logging.Handler):
                 with self._dropped_lock:
                     dropped, self._dropped = self._dropped, 0
                 if dropped:
-                    self.stream.write(
-                        f"percore: {dropped} log line(s) dropped: the log stream was not keeping up\n"
+                    line = (
+                        f"percore: {dropped} log line(s) dropped: the log stream was not keeping up\n{line}"
                     )
-                self.stream.write(line + "\n")
-                self.stream.flush()
+                write_lines(self.stream, line + "\n")
             except Exception:  # a closed or broken stream: nothing sensible left to report to
                 pass
             finally:
@@ -67,6 +67,33 @@ class BackgroundStreamHandler(logging.Handler):
         deadline = time.monotonic() + FLUSH_SECONDS
         while self.lines.unfinished_tasks and time.monotonic() < deadline:
             time.sleep(0.005)
+
+
+def write_lines(stream, text: str) -> None:
+    """Writes ``text``, whole lines, to ``stream`` in one ``write(2)`` when it has a file descriptor.
+
+    Why: a ``--workers`` supervisor and its workers share one stderr. With an unbuffered stderr
+    (``PYTHONUNBUFFERED``, ``python -u``) ``print()`` writes a line and its newline in two calls, and a
+    buffered one splits a line longer than its buffer, so a worker stopped between two writes (SIGTERM from
+    its supervisor) left a line without its newline and the next process's line ran on into it. One write of
+    whole lines (to a pipe: up to PIPE_BUF bytes, never interleaved) is all of a line or none of it."""
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):  # no descriptor (io.StringIO, pytest's capture)
+        stream.write(text)
+        stream.flush()
+        return
+    stream.flush()  # what the stream still buffers goes first
+    data = text.encode(getattr(stream, "encoding", None) or "utf-8", "backslashreplace")
+    while data:  # a blocking write is short only past PIPE_BUF or when a signal interrupts it
+        data = data[os.write(fd, data) :]
+
+
+def write_error_line(text: str) -> None:
+    """``text`` as one line on stderr, after the log lines queued before it (``runtime: error: ...``)."""
+    for handler in logger.handlers:
+        handler.flush()
+    write_lines(sys.stderr, text + "\n")
 
 
 def log_handler_error(route: str, error: BaseException) -> None:

@@ -313,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     except PercoreError as error:
         if arguments.log_level == "debug" and error.__cause__ is not None:
             _logging.logger.exception("details")
-        print(f"runtime: error: {error}", file=sys.stderr)
+        _logging.write_error_line(f"runtime: error: {error}")
         return 1
     return 0
 
