@@ -142,5 +142,6 @@ def test_bad_certificate_options_fail_with_one_clear_line(args, fragments):
 def test_the_banner_says_https(serve):
     server = serve(NATIVE, "--loops", "1", *HTTPS)
     assert https_json(server.port, "/gil")
-    server.stop()
-    assert f"https://127.0.0.1:{server.port}" in server.stderr
+    # Logged once the loops accept, so possibly after this first answer: waited for, not raced by stop().
+    banner = f"https://127.0.0.1:{server.port}"
+    assert wait_for(lambda: banner in server.read_stderr(), timeout=60), server.read_stderr()
