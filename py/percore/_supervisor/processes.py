@@ -3,6 +3,8 @@ them on ``--reload`` and ``--limit-max-requests``, and stops them all on a signa
 for the rules).
 
 Invariant: only the supervisor's main thread touches its state; signal handlers just record the signal.
+Over 500 lines on purpose: one state machine over the worker slots (serving, pending, replacing, retiring),
+which every method reads and changes; split, each part would need all of it.
 """
 
 from __future__ import annotations
