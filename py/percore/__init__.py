@@ -23,6 +23,7 @@ from .responses import (  # noqa: E402
     safe_file,
 )
 from .staticfiles import StaticFiles  # noqa: E402
+from .websockets import WebSocket, WebSocketDisconnect, WebSocketException  # noqa: E402
 
 __all__ = [
     "App",
@@ -49,6 +50,9 @@ __all__ = [
     "StartupError",
     "StaticFiles",
     "StreamingResponse",
+    "WebSocket",
+    "WebSocketDisconnect",
+    "WebSocketException",
     "__version__",
     "run_in_threadpool",
     "safe_file",

@@ -15,6 +15,7 @@ from typing import Any
 from ._cors import Cors
 from ._logging import logger
 from ._middleware import HANDLER_RAISED, Middleware, call_exception_handler, with_middleware
+from ._websocket_route import WEBSOCKET
 from .exceptions import HTTPException
 from .params import Depends
 from .responses import JSONResponse, Response, as_response
@@ -144,6 +145,8 @@ class App(Router):
                 route = with_middleware(route, layers, self._handle_exception)
             wrapped.append(route)
         routes = wrapped
+        # WebSocket routes: no middleware or CORS (they wrap HTTP responses), not in OpenAPI.
+        routes += [Route(WEBSOCKET, s.path, s.runner, s.params, 200) for s in self._websocket_routes]
         return [_computed(route) if route.const else route for route in routes] + static_routes(self._mounts)
 
     def exception_handler(self, exception_type: type[BaseException]) -> Callable[[Handler], Handler]:

@@ -94,7 +94,7 @@ def _name(function: Any) -> str:
     return getattr(function, "__qualname__", None) or type(function).__qualname__
 
 
-_SOURCE_ORDER = ("path", "query", "header", "cookie", "body", "request")
+_SOURCE_ORDER = ("path", "query", "header", "cookie", "body", "request", "websocket")
 
 
 class _Graph:
@@ -104,6 +104,7 @@ class _Graph:
         self.path_params = path_params
         self.params: dict[str, tuple[Param, str]] = {}  # slot -> (param, who declared it)
         self.request_slot: str | None = None
+        self.websocket_slot: str | None = None
         self.nodes: list[_Node] = []
         self.cache: dict[Any, int] = {}
         self.background = False
@@ -149,6 +150,11 @@ class _Graph:
                     _name(function),
                 )
             return self.request_slot
+        if param.source == "websocket":  # one connection object, whoever declares it (WebSocket routes)
+            if self.websocket_slot is None:
+                self.websocket_slot = param.name
+                self.params[param.name] = (param, _name(function))
+            return self.websocket_slot
         slot = f"_percore_{id(function):x}_{param.name}" if private else param.name
         param = dataclasses.replace(param, name=slot)
         known = self.params.get(slot)

@@ -9,7 +9,8 @@
 - ``Header()``, ``Cookie()``, ``Query()``, ``Body()`` (as the default, or inside ``Annotated[...]``) say
   so explicitly; headers are matched as ``x_token`` → ``x-token``;
 - a ``dict``, ``list`` of models, dataclass, TypedDict or pydantic model is the JSON body;
-- ``Request`` (or a parameter named ``request``) is the request;
+- ``Request`` (or a parameter named ``request``) is the request; ``WebSocket`` (or ``websocket``), on
+  WebSocket routes, the connection;
 - anything else is a query parameter. ``list[str]``/``list[int]`` collect repeated keys.
 
 Scalars (str, int, float, bool, UUID and lists of them) are read and converted in Rust; a body is
@@ -31,6 +32,7 @@ from typing import Annotated, Any, Union, get_args, get_origin
 from .background import BackgroundTasks
 from .exceptions import ConfigurationError
 from .requests import Request
+from .websockets import WebSocket
 
 
 class _Required:
@@ -131,7 +133,7 @@ class Param:
     """One keyword argument of a handler, as the Rust side binds it."""
 
     name: str
-    source: str  # path | query | header | cookie | body | request (+ depends | background | security_scopes)
+    source: str  # path | query | header | cookie | body | request (+ depends | background | security_scopes | websocket)
     key: str  # the name on the wire
     kind: str  # str | int | float | bool | uuid | list[<scalar>] | json
     required: bool
@@ -331,6 +333,11 @@ def analyse(method: str, path: str, function: Callable[..., Any], path_params: l
 
         if annotation is Request or (name == "request" and annotation is inspect.Parameter.empty):
             params.append(Param(name, "request", name, "str", False, None))
+            continue
+        if (isinstance(annotation, type) and issubclass(annotation, WebSocket)) or (
+            name == "websocket" and annotation is inspect.Parameter.empty
+        ):
+            params.append(Param(name, "websocket", name, "websocket", False, None))
             continue
         source = marker.source if marker is not None else ""
         if name in path_params:

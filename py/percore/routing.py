@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, TypedDict, TypeVar, Unpack
 
 from . import params as _params
+from ._websocket_route import WebSocketRoute, websocket_route
 from .dependencies import solve
 from .exceptions import ConfigurationError
 from .params import Depends
@@ -73,6 +74,7 @@ class Router:
         self._dependencies: tuple[Depends, ...] = tuple(dependencies)
         #: ``(path, StaticFiles)`` mounts (``mount``), served from Rust; not routes of the OpenAPI schema.
         self._mounts: list[tuple[str, Any]] = []
+        self._websocket_routes: list[WebSocketRoute] = []
 
     @property
     def routes(self) -> list[Route]:
@@ -112,6 +114,10 @@ class Router:
                 response_model,
                 response_model_exclude_none,
             )
+            if any(p.source == "websocket" for p in solved.params):
+                raise ConfigurationError(
+                    f"route {method} {full_path}: a WebSocket parameter needs @websocket({path!r})"
+                )
             if const and (solved.params or solved.endpoint is not function):
                 raise ConfigurationError(
                     f"const route {method} {full_path}: the handler must take no parameters or "
@@ -174,6 +180,27 @@ class Router:
     def options(self, path: str, **options: Unpack[RouteOptions]) -> Callable[[Handler], Handler]:
         return self.route(path, ["OPTIONS"], **options)
 
+    def add_websocket_route(
+        self, path: str, function: Callable[..., Any], *, dependencies: Sequence[Depends] = ()
+    ) -> None:
+        """A WebSocket route: ``function`` (``async def``) gets the connection as its ``WebSocket``
+        parameter, and path/query/header/cookie parameters and dependencies as an HTTP route's."""
+        full_path = self.prefix + path
+        if not full_path.startswith("/"):
+            raise ConfigurationError(f"route {path!r}: path must start with '/'")
+        dependencies = (*self._dependencies, *dependencies)
+        names = _PATH_PARAM.findall(full_path)
+        self._websocket_routes.append(websocket_route(full_path, function, names, dependencies))
+
+    def websocket(self, path: str, *, dependencies: Sequence[Depends] = ()) -> Callable[[Handler], Handler]:
+        """``@api.websocket("/ws")`` on ``async def handler(websocket: WebSocket, ...)``."""
+
+        def register(function: Handler) -> Handler:
+            self.add_websocket_route(path, function, dependencies=dependencies)
+            return function
+
+        return register
+
     def middleware(self, function: Any) -> Any:
         """``async def mw(request, call_next)`` around this router's handlers: ``await call_next(request)``
         gives the handler's response (always a ``Response`` object here); return it or another. The
@@ -203,4 +230,8 @@ class Router:
                 response_model=route.response_model,
                 response_model_exclude_none=route.response_model_exclude_none,
                 inline=route.inline,
+            )
+        for socket in router._websocket_routes:
+            self.add_websocket_route(
+                socket.path, socket.function, dependencies=(*dependencies, *socket.dependencies)
             )

@@ -2,12 +2,19 @@
 //!
 //! Invariant: a request that matches no path (404) or no method on a matched path (405, with `Allow`) is
 //! answered from here without entering Python. Conflicting registrations fail at startup, never at request time.
+//!
+//! WebSocket routes are filed under the pseudo-method [`WEBSOCKET`]: only a WebSocket handshake
+//! (`lookup_websocket`) reaches them; a plain request never does, and `Allow` never names it.
 
 use std::fmt;
 
 use http::Method;
 
 use crate::query::percent_decode_path;
+
+/// The method WebSocket routes are registered under (not an HTTP method anyone may send: plain lookups
+/// skip it).
+pub const WEBSOCKET: &str = "WEBSOCKET";
 
 /// An index into the server's endpoint table.
 pub type EndpointId = usize;
@@ -134,6 +141,25 @@ impl Router {
         Ok(())
     }
 
+    /// For a WebSocket handshake: the path's WebSocket route, else what a plain request would get.
+    pub fn lookup_websocket(&self, method: &Method, path: &str) -> Lookup {
+        if self.catch_all.is_none() {
+            if let Ok(found) = self.tree.at(path) {
+                let entry = self.tables[*found.value]
+                    .entries
+                    .iter()
+                    .find(|(m, _)| m.as_str() == WEBSOCKET);
+                if let Some((_, endpoint)) = entry {
+                    return Lookup::Found {
+                        endpoint: *endpoint,
+                        params: decoded(&found.params),
+                    };
+                }
+            }
+        }
+        self.lookup(method, path)
+    }
+
     pub fn lookup(&self, method: &Method, path: &str) -> Lookup {
         if let Some(endpoint) = self.catch_all {
             return Lookup::Found {
@@ -145,32 +171,36 @@ impl Router {
             return Lookup::NotFound;
         };
         let table = &self.tables[*found.value];
-        let entry = table.entries.iter().find(|(m, _)| m == method).or_else(|| {
+        let entries = || table.entries.iter().filter(|(m, _)| m.as_str() != WEBSOCKET);
+        let entry = entries().find(|(m, _)| m == method).or_else(|| {
             // HEAD is GET without the body (hyper leaves the body out), unless HEAD has its own route.
             (*method == Method::HEAD)
-                .then(|| table.entries.iter().find(|(m, _)| *m == Method::GET))
+                .then(|| entries().find(|(m, _)| *m == Method::GET))
                 .flatten()
         });
         match entry {
             Some((_, endpoint)) => Lookup::Found {
                 endpoint: *endpoint,
-                // Matching runs on the raw path (so `%2F` stays inside one segment); values are decoded.
-                params: found
-                    .params
-                    .iter()
-                    .map(|(k, v)| (k.to_owned(), percent_decode_path(v)))
-                    .collect(),
+                params: decoded(&found.params),
             },
+            // A path with only a WebSocket route does not exist for plain requests (as in Starlette).
+            None if entries().next().is_none() => Lookup::NotFound,
             None => Lookup::MethodNotAllowed {
-                allow: table
-                    .entries
-                    .iter()
+                allow: entries()
                     .map(|(m, _)| m.as_str())
                     .collect::<Vec<_>>()
                     .join(", "),
             },
         }
     }
+}
+
+/// Matching runs on the raw path (so `%2F` stays inside one segment); values are decoded.
+fn decoded(params: &matchit::Params<'_, '_>) -> Vec<(String, String)> {
+    params
+        .iter()
+        .map(|(k, v)| (k.to_owned(), percent_decode_path(v)))
+        .collect()
 }
 
 #[cfg(test)]
@@ -221,6 +251,41 @@ mod tests {
             found(router.lookup(&Method::HEAD, "/users/Jos%C3%A9%2Fx")),
             (3, vec![("name".into(), "José/x".into())])
         );
+    }
+
+    #[test]
+    fn websocket_routes_answer_handshakes_only() {
+        let websocket = Method::from_bytes(WEBSOCKET.as_bytes()).unwrap();
+        let mut router = Router::new();
+        router.insert(websocket.clone(), "/ws/{room}", 0).unwrap();
+        router.insert(Method::GET, "/both", 1).unwrap();
+        router.insert(websocket.clone(), "/both", 2).unwrap();
+        assert_eq!(
+            found(router.lookup_websocket(&Method::GET, "/ws/a%20b")),
+            (0, vec![("room".to_owned(), "a b".to_owned())])
+        );
+        assert_eq!(found(router.lookup_websocket(&Method::GET, "/both")).0, 2);
+        assert_eq!(found(router.lookup(&Method::GET, "/both")).0, 1);
+        // Plain requests never reach a WebSocket route, whatever method they name.
+        assert!(matches!(
+            router.lookup(&Method::GET, "/ws/a"),
+            Lookup::NotFound
+        ));
+        assert!(matches!(
+            router.lookup(&websocket, "/ws/a"),
+            Lookup::NotFound
+        ));
+        match router.lookup(&Method::POST, "/both") {
+            Lookup::MethodNotAllowed { allow } => assert_eq!(allow, "GET"),
+            _ => panic!("expected 405"),
+        }
+        // A handshake on a path without a WebSocket route is routed as the plain request it is.
+        router.insert(Method::GET, "/plain", 3).unwrap();
+        assert_eq!(found(router.lookup_websocket(&Method::GET, "/plain")).0, 3);
+        assert!(matches!(
+            router.lookup_websocket(&Method::GET, "/nope"),
+            Lookup::NotFound
+        ));
     }
 
     #[test]

@@ -506,11 +506,13 @@ async fn handle<X: Executor>(
         )
     });
     let malformed = head_error(&parts);
-    let response = match context
-        .shared
-        .router
-        .lookup(&parts.method, parts.uri.path())
-    {
+    let router = &context.shared.router;
+    let lookup = if upgrade.is_some() && crate::websocket::is_handshake(&parts.headers) {
+        router.lookup_websocket(&parts.method, parts.uri.path())
+    } else {
+        router.lookup(&parts.method, parts.uri.path())
+    };
+    let response = match lookup {
         // Before routing, as h11 does: a 404 must not hide a malformed request.
         _ if malformed.is_some() => bad_request_and_close(malformed.unwrap_or_default()),
         Lookup::NotFound => HttpResponse::text(404, "Not Found"),

@@ -72,6 +72,15 @@ pub struct Limits {
     pub ping_timeout: Duration,
 }
 
+/// Whether a request's headers ask to become a WebSocket (`Upgrade: websocket`): such a request is
+/// routed to the path's WebSocket route, if it has one (`Router::lookup_websocket`).
+pub fn is_handshake(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
 /// Waits for hyper's upgrade, then pumps frames between the upgraded connection and `app`.
 pub async fn serve_upgraded<A: App>(
     app: &A,

@@ -41,12 +41,23 @@ use crate::routing::InFlight;
 use crate::static_files::StaticFiles;
 
 /// What a route runs: a native handler, a response computed once at startup, a mounted directory of
-/// static files (served from Rust), or (for every path) an ASGI app.
+/// static files (served from Rust), a native WebSocket route, or (for every path) an ASGI app.
 pub enum Endpoint {
     Native(NativeEndpoint),
     Const(ConstResponse),
     Asgi(AsgiEndpoint),
     Static(Arc<StaticFiles>),
+    WebSocket(WebSocketRoute),
+}
+
+/// A native `@api.websocket(path)` route. Its runner (`percore._websocket_route`) drives the same
+/// exchange as an ASGI app's WebSocket (`python/websocket.rs`: frame pump, limits, bounded queues),
+/// called as `runner(scope, receive, send, kwargs)` with the handshake's parameters bound like a
+/// native handler's.
+pub struct WebSocketRoute {
+    /// The runner, and the empty root path the scope is built with.
+    pub runner: AsgiEndpoint,
+    pub params: Vec<Param>,
 }
 
 /// A `const=True` route's response: served from Rust on every request without entering Python.
@@ -291,6 +302,103 @@ impl PyExecutor {
             Endpoint::Const(constant) => Started::Done(constant.response()),
             // Answered by `call` before Python is entered.
             Endpoint::Static(_) => Started::Done(HttpResponse::internal_error()),
+            Endpoint::WebSocket(route) => match self.start_websocket(py, route, request) {
+                Ok(response) => Started::Done(response),
+                Err(pending) => Started::Pending(pending, None),
+            },
+        }
+    }
+
+    /// Calls `app(*arguments)` in a fresh Context and steps the coroutine it returns as a task of this
+    /// loop, for `connection` (an ASGI exchange or a WebSocket).
+    fn run_app<'py>(
+        &self,
+        py: Python<'py>,
+        app: &Bound<'py, PyAny>,
+        arguments: Bound<'py, PyTuple>,
+        name: &str,
+        connection: Arc<dyn AppConnection>,
+    ) -> PyResult<Bound<'py, RequestTask>> {
+        let context = new_context(py)?;
+        let coroutine = in_context(&context, || app.call1(arguments))??;
+        // SAFETY: attached, live object.
+        if unsafe { ffi::PyCoro_CheckExact(coroutine.as_ptr()) } == 0 {
+            return Err(pyo3::exceptions::PyTypeError::new_err(
+                "the ASGI app did not return a coroutine (is it an ASGI 3 app?)",
+            ));
+        }
+        let task = RequestTask::new(
+            py,
+            coroutine.unbind(),
+            Arc::clone(&self.shared),
+            context.unbind(),
+            name.to_owned(),
+            Completion::Asgi(connection),
+        )?;
+        RequestTask::step(&task, None);
+        self.shared.track(&task);
+        Ok(task)
+    }
+
+    /// A handshake on a native WebSocket route: its parameters bound (a request that does not validate
+    /// is refused with 403 and the 422 detail, as FastAPI closes it with 1008 before accepting), then
+    /// the route's runner on the WebSocket exchange. Like an ASGI WebSocket, it counts as in flight
+    /// until its handshake is answered.
+    fn start_websocket(
+        &self,
+        py: Python<'_>,
+        route: &WebSocketRoute,
+        mut request: HttpRequest,
+    ) -> Result<HttpResponse, oneshot::Receiver<HttpResponse>> {
+        let name = asgi::request_name(&request);
+        if !websocket::is_websocket(&request) {
+            return Ok(HttpResponse::text(
+                400,
+                "Bad Request: not a WebSocket handshake",
+            ));
+        }
+        let (reply, mut response) = oneshot::channel();
+        let loop_state = self
+            .loop_state
+            .borrow()
+            .as_ref()
+            .map(|s| s.bind(py).clone());
+        let started = (|| -> PyResult<()> {
+            let (socket, arguments) = websocket::prepare(
+                py,
+                &self.shared,
+                &route.runner,
+                &mut request,
+                loop_state.as_ref(),
+                reply,
+            )?;
+            let scope = arguments.get_item(0)?;
+            let path_params = PyDict::new(py);
+            for (key, value) in &request.params {
+                path_params.set_item(key, value)?;
+            }
+            scope.set_item(intern!(py, "path_params"), path_params)?;
+            let kwargs = match self.bind(py, &route.params, request)? {
+                Ok(kwargs) => kwargs.unwrap_or_else(|| PyDict::new(py)),
+                Err(mut rejected) => {
+                    rejected.status = http::StatusCode::FORBIDDEN;
+                    socket.refuse(rejected);
+                    return Ok(());
+                }
+            };
+            let mut arguments: Vec<Bound<'_, PyAny>> = arguments.iter().collect();
+            arguments.push(kwargs.into_any());
+            let arguments = PyTuple::new(py, arguments)?;
+            self.run_app(py, route.runner.app.bind(py), arguments, &name, socket)?;
+            Ok(())
+        })();
+        if let Err(err) = started {
+            return Ok(self.shared.fail(py, &err, &name));
+        }
+        match response.try_recv() {
+            Ok(response) => Ok(response),
+            Err(oneshot::error::TryRecvError::Empty) => Err(response),
+            Err(oneshot::error::TryRecvError::Closed) => Ok(HttpResponse::internal_error()),
         }
     }
 
@@ -308,6 +416,7 @@ impl PyExecutor {
             .borrow()
             .as_ref()
             .map(|s| s.bind(py).clone());
+        let mut request = request;
         let started = (|| -> PyResult<Option<Arc<AsgiExchange>>> {
             let (connection, arguments, exchange): (Arc<dyn AppConnection>, _, _) =
                 if websocket::is_websocket(&request) {
@@ -315,7 +424,7 @@ impl PyExecutor {
                         py,
                         &self.shared,
                         endpoint,
-                        request,
+                        &mut request,
                         loop_state.as_ref(),
                         reply,
                     )?;
@@ -332,24 +441,7 @@ impl PyExecutor {
                     )?;
                     (exchange.clone(), arguments, Some(exchange))
                 };
-            let context = new_context(py)?;
-            let coroutine = in_context(&context, || endpoint.app.bind(py).call1(arguments))??;
-            // SAFETY: attached, live object.
-            if unsafe { ffi::PyCoro_CheckExact(coroutine.as_ptr()) } == 0 {
-                return Err(pyo3::exceptions::PyTypeError::new_err(
-                    "the ASGI app did not return a coroutine (is it an ASGI 3 app?)",
-                ));
-            }
-            let task = RequestTask::new(
-                py,
-                coroutine.unbind(),
-                Arc::clone(&self.shared),
-                context.unbind(),
-                name.clone(),
-                Completion::Asgi(connection),
-            )?;
-            RequestTask::step(&task, None);
-            self.shared.track(&task);
+            let task = self.run_app(py, endpoint.app.bind(py), arguments, &name, connection)?;
             // An HTTP app counts against --max-in-flight until it returns, even when its client has
             // left (ASGI apps are not cancelled then). A WebSocket counts until its handshake is
             // answered only: open sockets are bounded by --max-connections.
@@ -391,7 +483,7 @@ impl PyExecutor {
             Ok(context) => context,
             Err(err) => return Started::Done(self.shared.fail(py, &err, &endpoint.name)),
         };
-        let kwargs = match self.bind(py, endpoint, request) {
+        let kwargs = match self.bind(py, &endpoint.params, request) {
             Ok(Ok(kwargs)) => kwargs,
             Ok(Err(rejected)) => return Started::Done(rejected),
             Err(err) => return Started::Done(self.shared.handler_failed(py, &err, &endpoint.name)),
@@ -469,10 +561,10 @@ impl PyExecutor {
     fn bind<'py>(
         &self,
         py: Python<'py>,
-        endpoint: &NativeEndpoint,
+        params: &[Param],
         request: HttpRequest,
     ) -> PyResult<Result<Option<Bound<'py, PyDict>>, HttpResponse>> {
-        if endpoint.params.is_empty() {
+        if params.is_empty() {
             return Ok(Ok(None));
         }
         let state = self
@@ -483,7 +575,7 @@ impl PyExecutor {
         Ok(
             match params::bind(
                 py,
-                &endpoint.params,
+                params,
                 request,
                 self.index,
                 state,

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use pyo3::prelude::*;
 
 use super::asgi::AsgiEndpoint;
-use super::executor::{ConstResponse, Endpoint, NativeEndpoint, PyExecutorFactory};
+use super::executor::{ConstResponse, Endpoint, NativeEndpoint, PyExecutorFactory, WebSocketRoute};
 use super::params::{Param, ParamSpec};
 use super::response::to_response;
 use super::sync_pool::{self, SyncPool};
@@ -307,6 +307,16 @@ impl Server {
                 .map(|spec| Param::from_spec(py, spec))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(config_error)?;
+            if method.as_str() == crate::router::WEBSOCKET {
+                endpoints.push(Endpoint::WebSocket(WebSocketRoute {
+                    runner: AsgiEndpoint {
+                        app: route.function,
+                        root_path: String::new(),
+                    },
+                    params,
+                }));
+                continue;
+            }
             // A `def` handler goes to the sync pool (one that returns a coroutine anyway has it stepped
             // on the loop afterwards); `async def` ones and `inline=True` ones run on the loop.
             let offload = !route.inline && !is_async.call1((&route.function,))?.is_truthy()?;

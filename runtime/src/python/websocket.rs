@@ -5,6 +5,8 @@
 //! pump (`crate::websocket`, a local task) turns client frames into `websocket.receive` /
 //! `websocket.disconnect` for `receive()` and writes what the app passes to `send()`. A WebSocket stays
 //! on the loop that accepted its connection (the upgraded socket belongs to that thread's runtime).
+//! Native `@api.websocket` routes use the same exchange: their runner (`percore._websocket_route`) is
+//! called with this scope, `receive` and `send` (`PyExecutor::start_websocket`).
 //!
 //! Both directions are bounded. Client messages wait in a queue of `--ws-max-queue` for `receive()`;
 //! while it is full the reader stops reading the socket, so TCP pushes back on the client. Frames for the
@@ -418,6 +420,18 @@ impl WebSocketExchange {
         self.deliver(py, Event::Disconnect(1006));
     }
 
+    /// Answers the handshake with `response` instead of running the app (a native route's parameters
+    /// did not validate).
+    pub fn refuse(&self, response: HttpResponse) {
+        let mut state = self.lock();
+        state.phase = Phase::Closed;
+        let reply = state.reply.take();
+        drop(state);
+        if let Some(reply) = reply {
+            let _ = reply.send(response);
+        }
+    }
+
     /// Closes an open WebSocket from the server's side with `code`, and tells the app (its
     /// `websocket.disconnect` carries the same code).
     fn close_from_server(&self, py: Python<'_>, code: CloseCode, reason: &'static str) {
@@ -521,11 +535,7 @@ impl WebSocketSend {
 /// Whether `request` asks to become a WebSocket.
 pub fn is_websocket(request: &HttpRequest) -> bool {
     request.upgrade.is_some()
-        && request
-            .headers
-            .get(http::header::UPGRADE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+        && crate::websocket::is_handshake(&request.headers)
         && request
             .headers
             .contains_key(http::header::SEC_WEBSOCKET_KEY)
@@ -536,7 +546,7 @@ pub fn prepare<'py>(
     py: Python<'py>,
     shared: &Arc<LoopShared>,
     endpoint: &AsgiEndpoint,
-    mut request: HttpRequest,
+    request: &mut HttpRequest,
     loop_state: Option<&Bound<'py, PyDict>>,
     reply: oneshot::Sender<HttpResponse>,
 ) -> PyResult<(Arc<WebSocketExchange>, Bound<'py, PyTuple>)> {
@@ -550,7 +560,7 @@ pub fn prepare<'py>(
         intern!(py, "websocket"),
         scheme,
         endpoint,
-        &request,
+        request,
         loop_state,
     )?;
     let subprotocols: Vec<String> = request
