@@ -183,7 +183,9 @@ class WebSocket:
             await self._send(message)
         elif self.application_state is WebSocketState.CONNECTED:
             if kind not in ("websocket.send", "websocket.close"):
-                raise RuntimeError(f'Expected ASGI message "websocket.send" or "websocket.close", but got {kind!r}')
+                raise RuntimeError(
+                    f'Expected ASGI message "websocket.send" or "websocket.close", but got {kind!r}'
+                )
             if kind == "websocket.close":
                 self.application_state = WebSocketState.DISCONNECTED
             try:
@@ -200,7 +202,9 @@ class WebSocket:
         """Completes the handshake (101), with the chosen ``subprotocol`` and extra ``headers``."""
         if self.client_state is WebSocketState.CONNECTING:
             await self.receive()
-        await self.send({"type": "websocket.accept", "subprotocol": subprotocol, "headers": list(headers or [])})
+        await self.send(
+            {"type": "websocket.accept", "subprotocol": subprotocol, "headers": list(headers or [])}
+        )
 
     async def close(self, code: int = 1000, reason: str | None = None) -> None:
         """Closes with ``code`` and ``reason``; before ``accept()`` it refuses the handshake (403)."""

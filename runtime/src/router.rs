@@ -171,7 +171,12 @@ impl Router {
             return Lookup::NotFound;
         };
         let table = &self.tables[*found.value];
-        let entries = || table.entries.iter().filter(|(m, _)| m.as_str() != WEBSOCKET);
+        let entries = || {
+            table
+                .entries
+                .iter()
+                .filter(|(m, _)| m.as_str() != WEBSOCKET)
+        };
         let entry = entries().find(|(m, _)| m == method).or_else(|| {
             // HEAD is GET without the body (hyper leaves the body out), unless HEAD has its own route.
             (*method == Method::HEAD)
