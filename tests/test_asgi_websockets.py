@@ -98,7 +98,9 @@ def test_a_websocket_client_that_stops_answering_pings_is_closed_with_1011(serve
     silent.sock.close()
 
 
-@pytest.mark.parametrize(("path", "status"), [("/ws-denied", 403), ("/ws-crash", 500)])
+@pytest.mark.parametrize(
+    ("path", "status"), [("/ws-denied", 403), ("/ws-crash", 500), ("/ws-unauthorized", 401)]
+)
 def test_websocket_denied_before_accept(websocket_server, path, status):
     ws = connect_websocket(websocket_server.port, path)
     assert ws.status == status

@@ -9,7 +9,9 @@ then drives the same exchange as an ASGI app's WebSocket (``runtime/src/python/w
 ``runner(scope, receive, send, kwargs)``.
 
 A handshake whose parameters do not validate is refused with 403 and FastAPI's 422 ``detail`` as JSON
-(FastAPI closes with 1008 before accepting, which uvicorn answers 403).
+(FastAPI closes with 1008 before accepting, which uvicorn answers 403). An ``HTTPException`` before
+``accept()`` (a dependency's) answers the handshake with its status and ``{"detail": ...}``, through the
+ASGI WebSocket denial-response extension, as FastAPI under uvicorn does.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 from .dependencies import solve
 from .exceptions import ConfigurationError, HTTPException
 from .params import Depends, Param
+from .responses import JSONResponse
 from .websockets import WebSocket, WebSocketDisconnect, WebSocketException, WebSocketState
 
 #: The router's pseudo-method for WebSocket routes (``runtime/src/router.rs``).
@@ -71,13 +74,21 @@ def _runner(endpoint: Callable[..., Any], slots: list[str]) -> Callable[..., Any
         except WebSocketException as error:
             await _close(websocket, error.code, error.reason)
         except HTTPException as error:
-            # A dependency's "no": before the handshake is answered it refuses it (as FastAPI under
-            # uvicorn); afterwards it is an error like any other (logged, closed with 1011).
+            # A dependency's "no": before the handshake is answered, the handshake's answer (a denial
+            # response, as FastAPI's under uvicorn); afterwards an error like any other (logged, 1011).
             if websocket.application_state is not WebSocketState.CONNECTING:
                 raise
-            await _close(websocket, 1008, str(error.detail))
+            await _deny(send, error)
 
     return run
+
+
+async def _deny(send: Any, error: HTTPException) -> None:
+    body = JSONResponse({"detail": error.detail}, status_code=error.status_code, headers=error.headers)
+    headers = [(b"content-type", b"application/json")]
+    headers += [(name.encode("latin-1"), value.encode("latin-1")) for name, value in body.headers]
+    await send({"type": "websocket.http.response.start", "status": body.status_code, "headers": headers})
+    await send({"type": "websocket.http.response.body", "body": body.body})
 
 
 async def _close(websocket: WebSocket, code: int, reason: str) -> None:

@@ -100,7 +100,7 @@ async def room(
 
 def current_user(x_token: Annotated[str | None, Header()] = None) -> str:
     if x_token != "secret":
-        raise HTTPException(401, "bad token")
+        raise HTTPException(401, "bad token", {"WWW-Authenticate": "Bearer"})
     return "alice"
 
 

@@ -9,6 +9,7 @@ import threading
 from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.responses import (
@@ -185,6 +186,11 @@ async def crashes(websocket: WebSocket):
     raise RuntimeError("websocket handler crashed before accepting")
 
 
+async def unauthorized(websocket: WebSocket):
+    # Starlette answers it with a denial response (the websocket.http.response extension).
+    raise HTTPException(401, "no entry")
+
+
 async def websocket_events(request):
     return JSONResponse({"log": websocket_log})
 
@@ -217,6 +223,7 @@ app = Starlette(
         WebSocketRoute("/ws-whoami", websocket_whoami),
         WebSocketRoute("/ws-patient", patient),
         WebSocketRoute("/ws-crash", crashes),
+        WebSocketRoute("/ws-unauthorized", unauthorized),
     ],
     middleware=[Middleware(AddHeader)],
     lifespan=lifespan,

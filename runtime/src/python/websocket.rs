@@ -1,7 +1,8 @@
 //! ASGI WebSockets: the `websocket` scope, the handshake decided by the app, then messages both ways.
 //!
 //! The app first receives `websocket.connect`. `websocket.accept` answers the upgrade with 101 (and the
-//! chosen subprotocol); `websocket.close` before that denies it with 403. After the upgrade the frame
+//! chosen subprotocol); `websocket.close` before that denies it with 403, and the denial-response
+//! extension (`websocket.http.response.start`/`.body`) with the app's own HTTP response. After the upgrade the frame
 //! pump (`crate::websocket`, a local task) turns client frames into `websocket.receive` /
 //! `websocket.disconnect` for `receive()` and writes what the app passes to `send()`. A WebSocket stays
 //! on the loop that accepted its connection (the upgraded socket belongs to that thread's runtime).
@@ -13,7 +14,8 @@
 //! client wait in a queue of `SEND_QUEUE_FRAMES` (then `send()` waits); a client that reads nothing for
 //! `--send-timeout` while frames wait for it is dropped, and the app hears `websocket.disconnect` 1006.
 //!
-//! Invariants: one HTTP answer per handshake (101, 403, or 500 if the app fails before deciding); once
+//! Invariants: one HTTP answer per handshake (101, 403, the app's denial response, or 500 if the app
+//! fails before deciding); once
 //! closed by either side nothing more is sent; everything runs on the connection's loop thread; the state
 //! lock is never held while Python code runs (an app's objects may call back into `receive()`/`send()`,
 //! which take the lock: holding it would deadlock the loop), so Python values are read before locking.
@@ -43,6 +45,9 @@ const SEND_QUEUE_FRAMES: usize = 64;
 
 enum Phase {
     Handshake,
+    /// The app is sending a denial response (`websocket.http.response.*`): the handshake's answer,
+    /// its body collected until `more_body` is false.
+    Denying(HttpResponse, Vec<u8>),
     Open,
     Closed,
 }
@@ -72,6 +77,11 @@ enum Outgoing {
     Close {
         code: u16,
         reason: String,
+    },
+    ResponseStart(HttpResponse),
+    ResponseBody {
+        body: Vec<u8>,
+        more: bool,
     },
     Other,
 }
@@ -190,7 +200,7 @@ impl WebSocketExchange {
         // `__index__`, `__eq__` on a key), which may call `receive()`/`send()` again.
         let outgoing = Self::outgoing(py, &kind, message)?;
         let mut state = self.lock();
-        match (outgoing, &state.phase) {
+        match (outgoing, &mut state.phase) {
             (
                 Outgoing::Accept {
                     subprotocol,
@@ -242,6 +252,23 @@ impl WebSocketExchange {
                     let _ = reply.send(HttpResponse::text(403, "Forbidden"));
                 }
             }
+            (Outgoing::ResponseStart(response), Phase::Handshake) => {
+                state.phase = Phase::Denying(response, Vec::new());
+            }
+            (Outgoing::ResponseBody { body, more }, Phase::Denying(_, collected)) => {
+                collected.extend_from_slice(&body);
+                if !more {
+                    let denial = std::mem::replace(&mut state.phase, Phase::Closed);
+                    let reply = state.reply.take();
+                    drop(state);
+                    if let (Some(reply), Phase::Denying(response, body)) = (reply, denial) {
+                        let _ = reply.send(HttpResponse {
+                            body: ResponseBody::Full(body.into()),
+                            ..response
+                        });
+                    }
+                }
+            }
             (Outgoing::Send(frame), Phase::Open) => {
                 let sender = state.outgoing.clone();
                 drop(state);
@@ -271,6 +298,25 @@ impl WebSocketExchange {
         ready(py, py.None().into_bound(py))
     }
 
+    /// A message's `headers`: an iterable of `(name, value)` byte pairs (runs the app's Python code).
+    fn headers(headers: Option<Bound<'_, PyAny>>) -> PyResult<Vec<(HeaderName, HeaderValue)>> {
+        let mut parsed = Vec::new();
+        if let Some(headers) = headers {
+            for pair in headers.try_iter()? {
+                let pair = pair?;
+                let name: Vec<u8> = pair.get_item(0)?.extract()?;
+                let value: Vec<u8> = pair.get_item(1)?.extract()?;
+                parsed.push((
+                    HeaderName::from_bytes(&name)
+                        .map_err(|_| PyTypeError::new_err("invalid header name"))?,
+                    HeaderValue::from_bytes(&value)
+                        .map_err(|_| PyTypeError::new_err("invalid header value"))?,
+                ));
+            }
+        }
+        Ok(parsed)
+    }
+
     /// Reads a `send()` message of type `kind` out of the app's dict into Rust values. Runs the app's
     /// Python code (iterables, `__index__`, ...), so it must be called without the state lock.
     fn outgoing<'py>(
@@ -286,23 +332,9 @@ impl WebSocketExchange {
                 let subprotocol = field(intern!(py, "subprotocol"))?
                     .map(|p| p.extract())
                     .transpose()?;
-                let mut headers = Vec::new();
-                if let Some(extra) = field(intern!(py, "headers"))? {
-                    for pair in extra.try_iter()? {
-                        let pair = pair?;
-                        let name: Vec<u8> = pair.get_item(0)?.extract()?;
-                        let value: Vec<u8> = pair.get_item(1)?.extract()?;
-                        headers.push((
-                            HeaderName::from_bytes(&name)
-                                .map_err(|_| PyTypeError::new_err("invalid header name"))?,
-                            HeaderValue::from_bytes(&value)
-                                .map_err(|_| PyTypeError::new_err("invalid header value"))?,
-                        ));
-                    }
-                }
                 Outgoing::Accept {
                     subprotocol,
-                    headers,
+                    headers: Self::headers(field(intern!(py, "headers"))?)?,
                 }
             }
             "websocket.send" => Outgoing::Send(
@@ -316,6 +348,30 @@ impl WebSocketExchange {
                     }
                 },
             ),
+            "websocket.http.response.start" => {
+                let status: u16 = field(intern!(py, "status"))?
+                    .ok_or_else(|| {
+                        PyTypeError::new_err("websocket.http.response.start needs 'status'")
+                    })?
+                    .extract()?;
+                let status = StatusCode::from_u16(status)
+                    .map_err(|_| PyTypeError::new_err(format!("invalid status {status}")))?;
+                Outgoing::ResponseStart(HttpResponse {
+                    status,
+                    headers: Self::headers(field(intern!(py, "headers"))?)?,
+                    body: ResponseBody::Full(Bytes::new()),
+                })
+            }
+            "websocket.http.response.body" => Outgoing::ResponseBody {
+                body: field(intern!(py, "body"))?
+                    .map(|b| b.extract())
+                    .transpose()?
+                    .unwrap_or_default(),
+                more: field(intern!(py, "more_body"))?
+                    .map(|m| m.is_truthy())
+                    .transpose()?
+                    .unwrap_or(false),
+            },
             "websocket.close" => Outgoing::Close {
                 code: field(intern!(py, "code"))?
                     .map(|c| c.extract())
@@ -348,6 +404,21 @@ impl AppConnection for WebSocketExchange {
                         HttpResponse::text(403, "Forbidden")
                     };
                     let _ = reply.send(response);
+                }
+            }
+            Phase::Denying(..) => {
+                // The app ended inside its denial response: what it sent so far, or a 500 if it failed.
+                let denial = std::mem::replace(&mut state.phase, Phase::Closed);
+                if let (Some(reply), Phase::Denying(response, body)) = (state.reply.take(), denial)
+                {
+                    let _ = reply.send(if error.is_some() {
+                        HttpResponse::internal_error()
+                    } else {
+                        HttpResponse {
+                            body: ResponseBody::Full(body.into()),
+                            ..response
+                        }
+                    });
                 }
             }
             Phase::Open => {
@@ -571,6 +642,9 @@ pub fn prepare<'py>(
         .flat_map(|v| v.split(',').map(|p| p.trim().to_owned()))
         .collect();
     scope.set_item(intern!(py, "subprotocols"), subprotocols)?;
+    let extensions = PyDict::new(py);
+    extensions.set_item(intern!(py, "websocket.http.response"), PyDict::new(py))?;
+    scope.set_item(intern!(py, "extensions"), extensions)?;
     let raw_path = request.uri.path().to_owned();
     let client_key = request
         .headers
