@@ -129,7 +129,8 @@ class TestClient:
 
 class WebSocketDenied(WebSocketDisconnect):
     """The server answered the handshake with ``status_code`` instead of 101 (the app closed before
-    accepting: 403; its parameters did not validate: 403 with the 422 ``detail``; it failed: 500)."""
+    accepting: 403; its parameters did not validate: 403 with the 422 ``detail``; an ``HTTPException``
+    before accepting: its status and detail; it failed: 500)."""
 
     def __init__(self, status_code: int, headers: dict[str, str], content: bytes) -> None:
         super().__init__(1008, f"handshake answered {status_code}")
