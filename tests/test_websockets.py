@@ -4,6 +4,7 @@ in-process server on a loopback socket) and against a real ``runtime serve`` sub
 from __future__ import annotations
 
 import json
+import signal
 import time
 from typing import Annotated
 
@@ -202,3 +203,16 @@ def test_app_exception_closes_1011_is_logged_and_serving_goes_on(serve):
     assert opcode == TEXT and b'"room":"x"' in payload
     assert server.stop() == 0
     assert "RuntimeError: boom" in server.stderr
+
+
+def test_server_shutdown_closes_open_websockets_with_1001_and_exits_cleanly(serve):
+    server = serve(APP, "--loops", "2", "--routing", "round-robin")
+    sockets = [connect_websocket(server.port, "/ws") for _ in range(2)]
+    for ws in sockets:
+        assert ws.status == 101
+        ws.send_text("ping")
+        assert ws.receive() == (TEXT, b"ping")
+    server.process.send_signal(signal.SIGTERM)
+    for ws in sockets:
+        assert ws.receive_close_code() == 1001
+    assert server.process.wait(timeout=30) == 0  # the handlers ended (a second SIGTERM would force it)
