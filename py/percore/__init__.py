@@ -9,8 +9,9 @@ from ._runtime import __version__  # noqa: E402
 from ._threadpool import run_in_threadpool  # noqa: E402
 from .app import App, Router  # noqa: E402
 from .background import BackgroundTask, BackgroundTasks  # noqa: E402
+from .datastructures import UploadFile  # noqa: E402
 from .exceptions import ConfigurationError, HTTPException, PercoreError, StartupError  # noqa: E402
-from .params import Body, Cookie, Depends, Header, Path, Query, Security  # noqa: E402
+from .params import Body, Cookie, Depends, File, Form, Header, Path, Query, Security  # noqa: E402
 from .requests import Request  # noqa: E402
 from .responses import (  # noqa: E402
     FileResponse,
@@ -33,7 +34,9 @@ __all__ = [
     "ConfigurationError",
     "Cookie",
     "Depends",
+    "File",
     "FileResponse",
+    "Form",
     "HTMLResponse",
     "HTTPException",
     "Header",
@@ -50,6 +53,7 @@ __all__ = [
     "StartupError",
     "StaticFiles",
     "StreamingResponse",
+    "UploadFile",
     "WebSocket",
     "WebSocketDisconnect",
     "WebSocketException",

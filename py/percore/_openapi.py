@@ -140,7 +140,7 @@ def generate(routes: list, title: str, version: str) -> dict[str, Any]:
             operation["description"] = doc
         parameters = []
         for param in route.params:
-            if param.source in ("request",) or param.name.startswith("_percore"):
+            if param.source in ("request", "form", "file") or param.name.startswith("_percore"):
                 continue
             if param.source == "body":
                 operation["requestBody"] = {
@@ -170,6 +170,11 @@ def generate(routes: list, title: str, version: str) -> dict[str, Any]:
             parameters.append(entry)
         if parameters:
             operation["parameters"] = parameters
+        form = [p for p in route.params if p.source in ("form", "file")]
+        if form:
+            from ._forms import request_body
+
+            operation["requestBody"] = request_body(route, form, components)
         _add_response_model(operation, route, components)
         _add_security(operation, route, security_schemes)
         if parameters or "requestBody" in operation:

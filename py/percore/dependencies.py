@@ -37,7 +37,7 @@ from typing import Any
 from ._logging import logger
 from .background import BackgroundTasks, run_after_response
 from .exceptions import ConfigurationError
-from .params import Depends, Param, Security, SecurityScopes, analyse
+from .params import Depends, Param, Security, SecurityScopes, analyse, check_one_body_kind
 
 __all__ = ["Depends", "Solved", "solve"]
 
@@ -95,6 +95,8 @@ def _name(function: Any) -> str:
 
 
 _SOURCE_ORDER = ("path", "query", "header", "cookie", "body", "request", "websocket")
+#: Form fields and files are the body, in the order declared (as FastAPI validates them).
+_BODY_SOURCES = {"form": "body", "file": "body"}
 
 
 class _Graph:
@@ -136,7 +138,7 @@ class _Graph:
                 expressions[param.name] = "_percore_bg"
         for source in _SOURCE_ORDER:
             for param in analysed:
-                if param.source == source:
+                if _BODY_SOURCES.get(param.source, param.source) == source:
                     expressions[param.name] = self.bind(function, param, private)
         return [(param.name, expressions[param.name]) for param in analysed]
 
@@ -349,6 +351,7 @@ def solve(
     if not graph.nodes and not graph.background and not graph.constants and response_model is None:
         return Solved(analyse(method, path, function, path_params), function)
     params = [param for param, _ in graph.params.values()]
+    check_one_body_kind(graph.where(), params)
     bodies = [p for p in params if p.source == "body"]
     if len(bodies) > 1:
         raise ConfigurationError(

@@ -9,6 +9,8 @@
 - ``Header()``, ``Cookie()``, ``Query()``, ``Body()`` (as the default, or inside ``Annotated[...]``) say
   so explicitly; headers are matched as ``x_token`` → ``x-token``;
 - a ``dict``, ``list`` of models, dataclass, TypedDict or pydantic model is the JSON body;
+- ``Form()`` is a field of a form body, ``File()`` (or an ``UploadFile`` annotation) a file of a
+  multipart one (``percore._forms``); the body is parsed in Rust as it streams in;
 - ``Request`` (or a parameter named ``request``) is the request; ``WebSocket`` (or ``websocket``), on
   WebSocket routes, the connection;
 - anything else is a query parameter. ``list[str]``/``list[int]`` collect repeated keys.
@@ -29,6 +31,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Union, get_args, get_origin
 
+from . import _forms, _validation
+from ._validation import jsonable_ctx
 from .background import BackgroundTasks
 from .exceptions import ConfigurationError
 from .requests import Request
@@ -75,6 +79,18 @@ class Cookie(_Marker):
 
 class Body(_Marker):
     source = "body"
+
+
+class Form(_Marker):
+    """A field of an ``application/x-www-form-urlencoded`` or ``multipart/form-data`` body."""
+
+    source = "form"
+
+
+class File(Form):
+    """A file of a ``multipart/form-data`` body: ``UploadFile``, ``bytes`` or a list of them."""
+
+    source = "file"
 
 
 class Depends:
@@ -133,9 +149,11 @@ class Param:
     """One keyword argument of a handler, as the Rust side binds it."""
 
     name: str
-    source: str  # path | query | header | cookie | body | request (+ depends | background | security_scopes | websocket)
+    #: path | query | header | cookie | body | form | file | request (+ depends | background |
+    #: security_scopes | websocket)
+    source: str
     key: str  # the name on the wire
-    kind: str  # str | int | float | bool | uuid | list[<scalar>] | json
+    kind: str  # str | int | float | bool | uuid | list[<scalar>] | json | upload | bytes | list[upload|bytes]
     required: bool
     default: Any
     converter: Callable[[Any], tuple[bool, Any]] | None = None
@@ -185,10 +203,14 @@ def _scalar_kind(annotation: Any) -> str | None:
 
 
 def _pydantic_errors(error: Any) -> list[dict]:
-    return [
-        {"type": e["type"], "loc": ["body", *e["loc"]], "msg": e["msg"], "input": e.get("input")}
-        for e in error.errors(include_url=False)
-    ]
+    """pydantic's errors as FastAPI answers them: under ``body``, with their ``ctx`` made JSON-safe."""
+    errors = []
+    for e in error.errors(include_url=False):
+        entry = {"type": e["type"], "loc": ["body", *e["loc"]], "msg": e["msg"], "input": e.get("input")}
+        if "ctx" in e:
+            entry["ctx"] = jsonable_ctx(e["ctx"])
+        errors.append(entry)
+    return errors
 
 
 def _body_converter(annotation: Any) -> Callable[[Any], tuple[bool, Any]] | None:
@@ -225,37 +247,20 @@ def _body_converter(annotation: Any) -> Callable[[Any], tuple[bool, Any]] | None
 
 
 def _plain_converter(annotation: Any) -> Callable[[Any], tuple[bool, Any]]:
-    def invalid(message: str, value: Any) -> tuple[bool, Any]:
-        return False, [{"type": "model_type", "loc": ["body"], "msg": message, "input": value}]
-
-    if dataclasses.is_dataclass(annotation):
-
-        def build(value: Any) -> tuple[bool, Any]:
-            if not isinstance(value, dict):
-                return invalid("Input should be an object", value)
-            try:
-                return True, annotation(**value)
-            except TypeError as error:
-                return invalid(str(error), value)
-
-        return build
-
-    if _is_typed_dict(annotation):
-        required = getattr(annotation, "__required_keys__", frozenset())
-
-        def check(value: Any) -> tuple[bool, Any]:
-            if not isinstance(value, dict):
-                return invalid("Input should be an object", value)
-            missing = sorted(required - value.keys())
-            if missing:
-                return False, [
-                    {"type": "missing", "loc": ["body", key], "msg": "Field required", "input": value}
-                    for key in missing
-                ]
-            return True, value
-
-        return check
+    """Without pydantic: dataclasses and TypedDicts validated per field, with pydantic's errors."""
+    if dataclasses.is_dataclass(annotation) or _is_typed_dict(annotation):
+        return _validation.converter(annotation)
     raise ConfigurationError(f"body type {annotation!r} needs pydantic installed to be validated")
+
+
+def check_one_body_kind(where: str, params: list[Param]) -> None:
+    """A body is JSON or a form, not both."""
+    if any(p.source == "body" for p in params) and any(p.source in ("form", "file") for p in params):
+        raise ConfigurationError(
+            f"route {where}: a request body is JSON or a form; this one declares a JSON body "
+            f"({', '.join(p.name for p in params if p.source == 'body')}) and form fields "
+            f"({', '.join(p.name for p in params if p.source in ('form', 'file'))})"
+        )
 
 
 def _with_dependency(depends: Depends, dependency: Callable[..., Any]) -> Depends:
@@ -342,6 +347,10 @@ def analyse(method: str, path: str, function: Callable[..., Any], path_params: l
         source = marker.source if marker is not None else ""
         if name in path_params:
             source = "path"
+        elif _forms.is_upload(annotation) and source in ("", "form", "body"):
+            source = "file"  # as FastAPI: an UploadFile is a file whatever marks it
+        elif source == "form" and (get_origin(annotation) or annotation) is bytes:
+            source = "file"
         elif not source:
             source = "body" if _is_body_type(annotation) else "query"
         if source == "path" and name not in path_params:
@@ -352,11 +361,21 @@ def analyse(method: str, path: str, function: Callable[..., Any], path_params: l
         if source == "header" and not (marker and marker.alias):
             key = key.replace("_", "-") if getattr(marker, "convert_underscores", True) else key
             key = key.lower()
+        if source == "file":
+            kind = _forms.file_kind(annotation, where, name)
+            converter = _forms.upload_file if "upload" in kind else None
+            params.append(Param(name, source, key, kind, required, default, converter, annotation))
+            continue
         if source == "body":
             converter = _body_converter(annotation)
             params.append(Param(name, "body", key, "json", required, default, converter, annotation))
             continue
         kind = _scalar_kind(annotation)
+        if kind is None and source == "form":
+            raise ConfigurationError(
+                f"route {where}: form field {name!r} has type {annotation!r}; supported: str, int, "
+                "float, bool, uuid.UUID, bytes and list[...] of them (files: UploadFile, bytes)"
+            )
         if kind is None:
             raise ConfigurationError(
                 f"route {where}: {source} parameter {name!r} has type {annotation!r}; "
@@ -367,6 +386,7 @@ def analyse(method: str, path: str, function: Callable[..., Any], path_params: l
         params.append(Param(name, source, key, kind, required, default))
     if sum(p.source == "body" for p in params) > 1:
         raise ConfigurationError(f"route {where}: only one parameter can be the request body")
+    check_one_body_kind(where, params)
     bound = {p.name for p in params}
     for name in path_params:
         if name not in bound and takes_any_keyword:
@@ -378,6 +398,8 @@ __all__ = [
     "Body",
     "Cookie",
     "Depends",
+    "File",
+    "Form",
     "Header",
     "Param",
     "Path",

@@ -77,6 +77,8 @@ class TestClient:
         path: str,
         *,
         json: Any = None,
+        data: Mapping[str, Any] | None = None,
+        files: Any = None,
         content: bytes | str | None = None,
         headers: Mapping[str, str] | None = None,
         params: Mapping[str, Any] | None = None,
@@ -88,6 +90,11 @@ class TestClient:
         if json is not None:
             body = json_module.dumps(json).encode()
             headers.setdefault("Content-Type", "application/json")
+        elif data is not None or files is not None:
+            from ._forms import encode  # a form, as httpx encodes one (multipart with files)
+
+            body, content_type = encode(data, files)
+            headers.setdefault("Content-Type", content_type)
         elif content is not None:
             body = content.encode() if isinstance(content, str) else content
         if params:

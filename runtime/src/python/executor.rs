@@ -16,7 +16,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::os::fd::{AsRawFd, RawFd};
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,11 +28,13 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::{oneshot, Notify};
 
 use super::asgi::{self, AsgiEndpoint, AsgiExchange};
+use super::forms;
 use super::params::{self, Param};
 use super::response::to_response;
 use super::sync_pool::{Offloaded, SyncCall, SyncHold, SyncOutcome, SyncPool};
 use super::task::{in_context, AppConnection, Completion, RequestTask};
 use super::websocket;
+use crate::forms::Form;
 use crate::metrics::{self, ExtraMetrics};
 use crate::pool::{
     Executor, ExecutorFactory, HttpRequest, HttpResponse, Latch, LocalBoxFuture, ResponseBody,
@@ -43,7 +45,8 @@ use crate::static_files::StaticFiles;
 /// What a route runs: a native handler, a response computed once at startup, a mounted directory of
 /// static files (served from Rust), a native WebSocket route, or (for every path) an ASGI app.
 pub enum Endpoint {
-    Native(NativeEndpoint),
+    /// Shared so a request reading its form body can reach it after the body has arrived.
+    Native(Arc<NativeEndpoint>),
     Const(ConstResponse),
     Asgi(AsgiEndpoint),
     Static(Arc<StaticFiles>),
@@ -101,6 +104,8 @@ pub struct NativeEndpoint {
     pub name: Arc<str>,
     /// A `def` handler (not `inline=True`): called on the sync pool (`sync_pool`), not the loop thread.
     pub offload: bool,
+    /// It takes form fields or files: its body is parsed as it streams in, before binding (`forms`).
+    pub form: bool,
 }
 
 /// A response that took at least this long to compute is written only after the connections that are
@@ -273,6 +278,8 @@ pub struct PyExecutor {
     loop_state: RefCell<Option<Py<PyDict>>>,
     /// Where `def` handlers go (None when the app has none to offload).
     sync_calls: Option<Rc<async_channel::Sender<SyncCall>>>,
+    /// This executor, for requests that resume after an await (a form body streaming in); set by `drive`.
+    this: RefCell<Weak<PyExecutor>>,
 }
 
 fn object_len(object: &Bound<'_, PyAny>) -> isize {
@@ -294,7 +301,7 @@ impl PyExecutor {
         in_flight: &mut Option<InFlight>,
     ) -> Started {
         match endpoint {
-            Endpoint::Native(native) => self.start_native(py, native, request, in_flight),
+            Endpoint::Native(native) => self.start_native(py, native, request, None, in_flight),
             Endpoint::Asgi(asgi) => match self.start_asgi(py, asgi, request, in_flight) {
                 Ok(response) => Started::Done(response),
                 Err(pending) => Started::Pending(pending, None),
@@ -378,7 +385,7 @@ impl PyExecutor {
                 path_params.set_item(key, value)?;
             }
             scope.set_item(intern!(py, "path_params"), path_params)?;
-            let kwargs = match self.bind(py, &route.params, request)? {
+            let kwargs = match self.bind(py, &route.params, request, None)? {
                 Ok(kwargs) => kwargs.unwrap_or_else(|| PyDict::new(py)),
                 Err(mut rejected) => {
                     rejected.status = http::StatusCode::FORBIDDEN;
@@ -477,13 +484,14 @@ impl PyExecutor {
         py: Python<'_>,
         endpoint: &NativeEndpoint,
         request: HttpRequest,
+        form: Option<Form>,
         in_flight: &mut Option<InFlight>,
     ) -> Started {
         let context = match new_context(py) {
             Ok(context) => context,
             Err(err) => return Started::Done(self.shared.fail(py, &err, &endpoint.name)),
         };
-        let kwargs = match self.bind(py, &endpoint.params, request) {
+        let kwargs = match self.bind(py, &endpoint.params, request, form) {
             Ok(Ok(kwargs)) => kwargs,
             Ok(Err(rejected)) => return Started::Done(rejected),
             Err(err) => return Started::Done(self.shared.handler_failed(py, &err, &endpoint.name)),
@@ -513,6 +521,68 @@ impl PyExecutor {
             }
             Err(err) => Started::Done(self.shared.handler_failed(py, &err, &endpoint.name)),
         }
+    }
+
+    /// The response to a started request: at once, or once its task or sync-pool call is done.
+    fn respond_started(
+        &self,
+        started: Started,
+        began: Instant,
+        in_flight: Option<InFlight>,
+        native: Option<&NativeEndpoint>,
+    ) -> LocalBoxFuture<HttpResponse> {
+        match started {
+            // A slow response waits for the other ready connections: see `COALESCE_AFTER`.
+            Started::Done(response) if began.elapsed() >= COALESCE_AFTER => Box::pin(async move {
+                tokio::task::yield_now().await;
+                response
+            }),
+            Started::Done(response) => Box::pin(std::future::ready(response)),
+            Started::Pending(pending, task) => Box::pin(until_finished(
+                pending,
+                task,
+                Arc::clone(&self.shared.wake),
+                in_flight,
+            )),
+            Started::Offloaded(call, calls, outcome) => {
+                let Some(native) = native else {
+                    unreachable!("only native handlers are offloaded")
+                };
+                let route = (native.status_code, Arc::clone(&native.name));
+                let shared = Arc::clone(&self.shared);
+                Box::pin(on_sync_pool(call, calls, outcome, shared, route))
+            }
+        }
+    }
+
+    /// A route that takes form fields or files: its body is read and parsed (`forms::read_form`, no
+    /// Python involved) as it arrives, then the handler is bound and started as any other. The request
+    /// counts against `--max-in-flight` while its body arrives.
+    fn call_with_form(
+        &self,
+        native: Arc<NativeEndpoint>,
+        mut request: HttpRequest,
+    ) -> LocalBoxFuture<HttpResponse> {
+        let this = self.this.borrow().clone();
+        let max_body_size = self.shared.max_body_size;
+        Box::pin(async move {
+            let mut in_flight = request.in_flight.take();
+            let form = match forms::read_form(&mut request, max_body_size).await {
+                Ok(form) => form,
+                Err(refused) => return refused,
+            };
+            let Some(this) = this.upgrade() else {
+                return HttpResponse::internal_error();
+            };
+            let began = Instant::now();
+            let started = Python::attach(|py| {
+                let started = this.start_native(py, &native, request, Some(form), &mut in_flight);
+                this.wake_driver_if_needed(py);
+                started
+            });
+            this.respond_started(started, began, in_flight, Some(&native))
+                .await
+        })
     }
 
     /// Steps `coroutine` as a task of this loop and delivers its result (lifecycle hooks, not requests).
@@ -563,6 +633,7 @@ impl PyExecutor {
         py: Python<'py>,
         params: &[Param],
         request: HttpRequest,
+        form: Option<Form>,
     ) -> PyResult<Result<Option<Bound<'py, PyDict>>, HttpResponse>> {
         if params.is_empty() {
             return Ok(Ok(None));
@@ -577,6 +648,7 @@ impl PyExecutor {
                 py,
                 params,
                 request,
+                form,
                 self.index,
                 state,
                 self.shared.uuid_class.bind(py),
@@ -801,7 +873,11 @@ impl Executor for PyExecutor {
     type Endpoint = Endpoint;
 
     fn streams_request_body(endpoint: &Endpoint) -> bool {
-        matches!(endpoint, Endpoint::Asgi(_))
+        match endpoint {
+            Endpoint::Asgi(_) => true,
+            Endpoint::Native(native) => native.form,
+            Endpoint::Const(_) | Endpoint::Static(_) | Endpoint::WebSocket(_) => false,
+        }
     }
 
     fn startup(self: Rc<Self>) -> LocalBoxFuture<Result<(), String>> {
@@ -887,6 +963,11 @@ impl Executor for PyExecutor {
         if let Endpoint::Static(files) = endpoint {
             return Box::pin(Arc::clone(files).serve(request));
         }
+        if let Endpoint::Native(native) = endpoint {
+            if native.form {
+                return self.call_with_form(Arc::clone(native), request);
+            }
+        }
         let began = Instant::now();
         // Held until the response is ready unless the request's task took it (it runs on).
         let mut in_flight = request.in_flight.take();
@@ -895,31 +976,15 @@ impl Executor for PyExecutor {
             self.wake_driver_if_needed(py);
             started
         });
-        match started {
-            // A slow response waits for the other ready connections: see `COALESCE_AFTER`.
-            Started::Done(response) if began.elapsed() >= COALESCE_AFTER => Box::pin(async move {
-                tokio::task::yield_now().await;
-                response
-            }),
-            Started::Done(response) => Box::pin(std::future::ready(response)),
-            Started::Pending(pending, task) => Box::pin(until_finished(
-                pending,
-                task,
-                Arc::clone(&self.shared.wake),
-                in_flight,
-            )),
-            Started::Offloaded(call, calls, outcome) => {
-                let Endpoint::Native(native) = endpoint else {
-                    unreachable!("only native handlers are offloaded")
-                };
-                let route = (native.status_code, Arc::clone(&native.name));
-                let shared = Arc::clone(&self.shared);
-                Box::pin(on_sync_pool(call, calls, outcome, shared, route))
-            }
-        }
+        let native = match endpoint {
+            Endpoint::Native(native) => Some(&**native),
+            _ => None,
+        };
+        self.respond_started(started, began, in_flight, native)
     }
 
     fn drive(self: Rc<Self>) -> LocalBoxFuture<()> {
+        *self.this.borrow_mut() = Rc::downgrade(&self);
         Box::pin(async move {
             loop {
                 let timeout = Python::attach(|py| self.asyncio_timeout(py));
@@ -1126,6 +1191,7 @@ impl PyExecutorFactory {
                     .unwrap_or_else(|p| p.into_inner())
                     .as_ref()
                     .map(|pool| Rc::new(pool.sender())),
+                this: RefCell::new(Weak::new()),
             })
         }
     }

@@ -4,6 +4,7 @@
 
 mod asgi;
 mod executor;
+mod forms;
 mod params;
 mod request;
 mod response;

@@ -7,6 +7,10 @@
 //! that name a model, calls the converter `percore.params` prepared. Every failure is collected, so one
 //! 422 names every bad field, in FastAPI's format: `{"detail": [{"type", "loc", "msg", "input"}]}`.
 //!
+//! Form fields (`Form()`) and uploads (`File()`, `UploadFile`) come from the form `crate::forms` parsed
+//! as the body streamed in (`python/forms.rs` turns its files into `UploadFile`s); their errors are
+//! FastAPI's, at `["body", name]`.
+//!
 //! Invariant: a request either binds completely or is rejected with 422 (invalid input) or 400
 //! (malformed JSON); the handler never sees a half-bound call.
 
@@ -14,8 +18,10 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyList, PyString, PyTuple};
 
+use super::forms::{file_bytes, upload_file};
 use super::request::Request;
 use super::serialize::{from_json, to_json};
+use crate::forms::{Form, FormValue};
 use crate::pool::{HttpRequest, HttpResponse};
 use crate::query::{parse_cookies, parse_query};
 
@@ -27,6 +33,10 @@ enum Source {
     Cookie,
     Body,
     Request,
+    /// A text field of a form body.
+    Form,
+    /// A file of a multipart body.
+    File,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -43,6 +53,8 @@ enum Kind {
     One(Scalar),
     Many(Scalar),
     Json,
+    /// Files: as `UploadFile`s (`upload`) or their contents (`bytes`); `many` for `list[...]`.
+    File { upload: bool, many: bool },
 }
 
 /// A parameter as `percore.params.Param` describes it.
@@ -64,7 +76,8 @@ pub struct Param {
     kind: Kind,
     required: bool,
     default: Py<PyAny>,
-    /// For bodies: `converter(value) -> (True, converted) | (False, [error dicts])`.
+    /// For bodies: `converter(value) -> (True, converted) | (False, [error dicts])`. For uploads:
+    /// `percore._forms.upload_file`, which makes an `UploadFile`.
     converter: Option<Py<PyAny>>,
 }
 
@@ -80,6 +93,11 @@ fn scalar(name: &str) -> Option<Scalar> {
 }
 
 impl Param {
+    /// Whether this parameter comes from a form body (the route's body is then parsed as a form).
+    pub fn reads_form(&self) -> bool {
+        matches!(self.source, Source::Form | Source::File)
+    }
+
     pub fn from_spec(py: Python<'_>, spec: ParamSpec) -> Result<Param, String> {
         let source = match spec.source.as_str() {
             "path" => Source::Path,
@@ -88,10 +106,16 @@ impl Param {
             "cookie" => Source::Cookie,
             "body" => Source::Body,
             "request" => Source::Request,
+            "form" => Source::Form,
+            "file" => Source::File,
             other => return Err(format!("unknown parameter source {other:?}")),
         };
         let kind = match spec.kind.as_str() {
             "json" => Kind::Json,
+            "upload" | "bytes" | "list[upload]" | "list[bytes]" => Kind::File {
+                upload: spec.kind.contains("upload"),
+                many: spec.kind.starts_with("list["),
+            },
             many if many.starts_with("list[") && many.ends_with(']') => Kind::Many(
                 scalar(&many[5..many.len() - 1]).ok_or_else(|| format!("unknown kind {many:?}"))?,
             ),
@@ -175,7 +199,7 @@ fn source_name(source: Source) -> &'static str {
         Source::Query => "query",
         Source::Header => "header",
         Source::Cookie => "cookie",
-        Source::Body => "body",
+        Source::Body | Source::Form | Source::File => "body",
         Source::Request => "request",
     }
 }
@@ -222,15 +246,18 @@ fn convert<'py>(
     })
 }
 
-/// Binds `params` for `request`: the keyword arguments, or why the request is rejected.
+/// Binds `params` for `request` (and its parsed `form`, for routes that take form fields or files): the
+/// keyword arguments, or why the request is rejected.
 pub fn bind<'py>(
     py: Python<'py>,
     params: &[Param],
     request: HttpRequest,
+    form: Option<Form>,
     loop_index: usize,
     loop_state: Option<Py<PyAny>>,
     uuid_class: &Bound<'py, PyAny>,
 ) -> PyResult<Result<Bound<'py, PyDict>, Rejected>> {
+    let mut form = form.unwrap_or_default();
     let kwargs = PyDict::new(py);
     let mut errors: Vec<Py<PyAny>> = Vec::new();
     let mut query: Option<Vec<(String, String)>> = None;
@@ -273,6 +300,19 @@ pub fn bind<'py>(
                     continue;
                 }
             }
+            Source::File => {
+                bind_files(py, param, &mut form, &kwargs, &mut errors)?;
+                continue;
+            }
+            // As FastAPI: an empty text field counts as not sent (browsers send empty inputs).
+            Source::Form => form
+                .get(&param.key)
+                .filter_map(|value| match value {
+                    FormValue::Text(text) => Some(text.clone()),
+                    FormValue::File(_) => None,
+                })
+                .filter(|text| !(text.is_empty() && matches!(param.kind, Kind::One(_))))
+                .collect(),
             Source::Path => request
                 .params
                 .iter()
@@ -362,6 +402,7 @@ pub fn bind<'py>(
                 kwargs.set_item(name, list)?;
             }
             Kind::Json => kwargs.set_item(name, PyString::new(py, &values[values.len() - 1]))?,
+            Kind::File { .. } => unreachable!("files are bound by bind_files"),
         }
     }
     if !errors.is_empty() {
@@ -371,6 +412,81 @@ pub fn bind<'py>(
         kwargs.set_item(name, Request::new(request, loop_index, loop_state))?;
     }
     Ok(Ok(kwargs))
+}
+
+/// Binds a `File()`/`UploadFile` parameter: the files sent under its name (the last one for a single
+/// file, as FastAPI), or FastAPI's errors: `missing`, and for a text field where an `UploadFile` is
+/// expected its `value_error`.
+fn bind_files<'py>(
+    py: Python<'py>,
+    param: &Param,
+    form: &mut Form,
+    kwargs: &Bound<'py, PyDict>,
+    errors: &mut Vec<Py<PyAny>>,
+) -> PyResult<()> {
+    let Kind::File { upload, many } = param.kind else {
+        unreachable!("a file parameter has a file kind")
+    };
+    let name = param.name.bind(py);
+    let texts: Vec<String> = form
+        .get(&param.key)
+        .filter_map(|value| match value {
+            FormValue::Text(text) => Some(text.clone()),
+            FormValue::File(_) => None,
+        })
+        .collect();
+    let mut files = form.take_files(&param.key);
+    if files.is_empty() && texts.is_empty() {
+        if param.required {
+            errors.push(error_entry(
+                py,
+                "missing",
+                location(py, &["body", &param.key], None)?,
+                "Field required",
+                py.None().into_bound(py),
+            )?);
+        } else {
+            kwargs.set_item(name, copy_default(param.default.bind(py))?)?;
+        }
+        return Ok(());
+    }
+    let texts = if many || files.is_empty() {
+        texts
+    } else {
+        files.drain(..files.len() - 1);
+        Vec::new()
+    };
+    let mut values = Vec::with_capacity(files.len());
+    for file in files {
+        values.push(match (upload, &param.converter) {
+            (true, Some(factory)) => upload_file(py, factory.bind(py), file)?,
+            _ => file_bytes(py, file)?,
+        });
+    }
+    // Text where a file was expected: bytes take its UTF-8, an UploadFile cannot be made of it.
+    for (index, text) in texts.iter().enumerate() {
+        if !upload {
+            values.push(pyo3::types::PyBytes::new(py, text.as_bytes()).into_any());
+            continue;
+        }
+        let entry = error_entry(
+            py,
+            "value_error",
+            location(py, &["body", &param.key], many.then_some(index))?,
+            "Value error, Expected UploadFile, received: <class 'str'>",
+            PyString::new(py, text).into_any(),
+        )?;
+        let context = PyDict::new(py);
+        context.set_item(intern!(py, "error"), PyDict::new(py))?;
+        entry.bind(py).set_item(intern!(py, "ctx"), context)?;
+        errors.push(entry);
+    }
+    if many {
+        kwargs.set_item(name, PyList::new(py, values)?)?;
+    } else if let Some(value) = values.pop() {
+        kwargs.set_item(name, value)?;
+    }
+    Ok(())
 }
 
 /// Mutable defaults (`tags: list[str] = []`) are copied per request, so one request's changes never

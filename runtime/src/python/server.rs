@@ -320,13 +320,14 @@ impl Server {
             // A `def` handler goes to the sync pool (one that returns a coroutine anyway has it stepped
             // on the loop afterwards); `async def` ones and `inline=True` ones run on the loop.
             let offload = !route.inline && !is_async.call1((&route.function,))?.is_truthy()?;
-            endpoints.push(Endpoint::Native(NativeEndpoint {
+            endpoints.push(Endpoint::Native(Arc::new(NativeEndpoint {
                 function: route.function,
+                form: params.iter().any(Param::reads_form),
                 params,
                 status_code: route.status_code,
                 name: format!("{method} {}", route.path).into(),
                 offload,
-            }));
+            })));
         }
         Ok(Server::with(config, router, endpoints, factory))
     }

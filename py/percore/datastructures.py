@@ -1,0 +1,71 @@
+"""``percore.UploadFile``: a file of a ``multipart/form-data`` body, as Starlette's ``UploadFile``.
+
+The body was parsed in Rust as it arrived (``runtime/src/forms.rs``): a file up to 1 MiB is in memory
+(``file`` is an ``io.BytesIO``), a larger one was written there and then to an unlinked temporary file
+(``file`` is that open file: it disappears when closed or collected).
+"""
+
+from __future__ import annotations
+
+import io
+from typing import BinaryIO
+
+from ._threadpool import run_in_threadpool
+
+
+class UploadFile:
+    """An uploaded file: ``filename``, ``content_type``, ``headers`` (the part's, lower-case names),
+    ``size`` and ``file`` (the contents, positioned at the start); ``await read()/seek()/write()/close()``.
+    On disk, ``read``/``write``/``seek``/``close`` run on the thread pool so the loop is not held up."""
+
+    def __init__(
+        self,
+        file: BinaryIO,
+        *,
+        size: int | None = None,
+        filename: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.file = file
+        self.size = size
+        self.filename = filename
+        self.headers = headers if headers is not None else {}
+
+    @property
+    def content_type(self) -> str | None:
+        return self.headers.get("content-type")
+
+    @property
+    def _in_memory(self) -> bool:
+        return isinstance(self.file, io.BytesIO)
+
+    async def write(self, data: bytes) -> None:
+        if self.size is not None:
+            self.size += len(data)
+        if self._in_memory:
+            self.file.write(data)
+        else:
+            await run_in_threadpool(self.file.write, data)
+
+    async def read(self, size: int = -1) -> bytes:
+        if self._in_memory:
+            return self.file.read(size)
+        return await run_in_threadpool(self.file.read, size)
+
+    async def seek(self, offset: int) -> None:
+        if self._in_memory:
+            self.file.seek(offset)
+        else:
+            await run_in_threadpool(self.file.seek, offset)
+
+    async def close(self) -> None:
+        if self._in_memory:
+            self.file.close()
+        else:
+            await run_in_threadpool(self.file.close)
+
+    def __repr__(self) -> str:
+        return f"UploadFile(filename={self.filename!r}, size={self.size!r}, headers={self.headers!r})"
+
+
+__all__ = ["UploadFile"]
