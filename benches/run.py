@@ -102,7 +102,9 @@ DEPENDS = Endpoint("POST /depends", BENCHES / "depends.lua")
 # and Robyn apps.
 STATIC = Endpoint("/static/64k.bin")
 STATIC_ENDPOINTS = [*APP_ENDPOINTS, STATIC]
-DEPENDS_ENDPOINTS = [*APP_ENDPOINTS, DEPENDS, STATIC]
+# A 1 MB multipart upload (issue 16: >= 3x FastAPI + python-multipart), on the same two apps.
+UPLOAD = Endpoint("POST /upload", BENCHES / "upload.lua")
+DEPENDS_ENDPOINTS = [*APP_ENDPOINTS, DEPENDS, STATIC, UPLOAD]
 # The hyper baseline does no Python work, so only the endpoints whose work it can do without Python
 # (fixed bytes; a 10 ms timer) are measured on it; the tables say "n/a" for the rest.
 HYPER_ENDPOINTS = [Endpoint("/json"), SLEEP]
@@ -309,25 +311,32 @@ def ratio_pairs(names: list[str]) -> list[tuple[str, str]]:
     return [(mine, peer) for mine, peer in pairs if mine in names and peer in names]
 
 
-def request(port: int, method: str, path: str, body: bytes | None, timeout: float) -> tuple[int, bytes]:
+def request(
+    port: int, method: str, path: str, body: tuple[bytes, str] | None, timeout: float
+) -> tuple[int, bytes]:
     if TLS:
         context = ssl.create_default_context(cafile=CERTFILE)
         connection = http.client.HTTPSConnection("localhost", port, timeout=timeout, context=context)
     else:
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
-        headers = {"Content-Type": "application/json"} if body is not None else {}
-        connection.request(method, path, body=body, headers=headers)
+        headers = {"Content-Type": body[1]} if body is not None else {}
+        connection.request(method, path, body=body and body[0], headers=headers)
         response = connection.getresponse()
         return response.status, response.read()
     finally:
         connection.close()
 
 
-def request_body(script: Path | None) -> bytes | None:
+def request_body(script: Path | None) -> tuple[bytes, str] | None:
+    """(body, content type) the script's requests carry: <script>.json, or the upload's generated body."""
+    if script == UPLOAD.script:
+        from benches.apps.uploads import upload_body
+
+        return upload_body()
     if script is None or not script.with_suffix(".json").exists():
         return None
-    return script.with_suffix(".json").read_bytes().rstrip()
+    return script.with_suffix(".json").read_bytes().rstrip(), "application/json"
 
 
 def wait_until_serving(port: int, process: subprocess.Popen, endpoint: Endpoint, timeout: float = 30) -> None:

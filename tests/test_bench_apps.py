@@ -60,3 +60,18 @@ def test_native_and_fastapi_bench_apps_answer_depends_alike(serve, app):
         assert [e["loc"] for e in missing.json()["detail"]] == [["header", "x-tenant"]]
     finally:
         client.close()
+
+
+@pytest.mark.parametrize("app", APPS[:2])
+def test_native_and_fastapi_bench_apps_answer_upload_alike(serve, app):
+    from benches.apps.uploads import FILE_SIZE, upload_body
+
+    server = serve(app, "--loops", "1", "--log-level", "warning")
+    client = server.client()
+    body, content_type = upload_body()
+    try:
+        reply = client.request("POST", "/upload", body, {"Content-Type": content_type})
+        assert reply.status == 200
+        assert reply.json() == {"filename": "upload.bin", "size": FILE_SIZE, "note": "bench"}
+    finally:
+        client.close()

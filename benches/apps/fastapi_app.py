@@ -2,15 +2,17 @@
 
 Minimal on purpose and the same work as apps/starlette_app.py: no middleware, no response models (results go
 through FastAPI's default jsonable_encoder + JSONResponse path), every handler `async def`. `POST /depends`
-(two chained dependencies and a pydantic body) exists here and in apps/native.py only.
+(two chained dependencies and a pydantic body) and `POST /upload` (a 1 MB multipart upload) exist here and
+in apps/native.py only.
 """
 
-from fastapi import Depends, FastAPI, Header
+from fastapi import Depends, FastAPI, Form, Header, UploadFile
 from fastapi.responses import PlainTextResponse
 from fastapi.staticfiles import StaticFiles
 
 from benches.apps.common import cpu_result, sleep_result, static_directory
 from benches.apps.dependencies import Order, order_result, tenant_of, user_of
+from benches.apps.uploads import upload_result
 
 app = FastAPI()
 app.mount("/static", StaticFiles(directory=static_directory()))
@@ -57,3 +59,8 @@ async def current_user(t: dict = Depends(tenant), authorization: str | None = He
 @app.post("/depends")
 async def depends(order: Order, user: dict = Depends(current_user)):
     return order_result(order, user)
+
+
+@app.post("/upload")  # python-multipart parses the form (Starlette's MultiPartParser)
+async def upload(file: UploadFile, note: str = Form()):
+    return upload_result(file.filename, await file.read(), note)

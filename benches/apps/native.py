@@ -4,6 +4,7 @@ import percore
 
 from benches.apps.common import cpu_result, sleep_result, static_directory
 from benches.apps.dependencies import Order, order_result, tenant_of, user_of
+from benches.apps.uploads import upload_result
 
 api = percore.App()
 api.mount("/static", percore.StaticFiles(directory=static_directory()))
@@ -52,3 +53,8 @@ async def current_user(
 @api.post("/depends")
 async def depends(order: Order, user: dict = percore.Depends(current_user)):
     return order_result(order, user)
+
+
+@api.post("/upload")
+async def upload(file: percore.UploadFile, note: str = percore.Form()):
+    return upload_result(file.filename, await file.read(), note)

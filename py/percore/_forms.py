@@ -51,7 +51,7 @@ def upload_file(
 ) -> UploadFile:
     """Called from Rust per uploaded file: its contents are ``data`` (in memory) or the open, unlinked
     temporary file ``fd`` (spooled to disk), which the ``UploadFile`` then owns."""
-    file: Any = io.BytesIO(data) if fd is None else open(fd, "rb+")  # noqa: SIM115 (the UploadFile owns it)
+    file: Any = io.BytesIO(data) if fd is None else open(fd, "rb+")
     part_headers: dict[str, str] = {}
     for key, value in headers:
         part_headers[key] = f"{part_headers[key]}, {value}" if key in part_headers else value

@@ -77,7 +77,13 @@ def _int(value: Any, loc: list[Any], errors: Errors) -> Any:
         try:
             return int(value.strip())
         except ValueError:
-            _error(errors, "int_parsing", loc, "Input should be a valid integer, unable to parse string as an integer", value)
+            _error(
+                errors,
+                "int_parsing",
+                loc,
+                "Input should be a valid integer, unable to parse string as an integer",
+                value,
+            )
             return _MISSING
     _error(errors, "int_type", loc, "Input should be a valid integer", value)
     return _MISSING
@@ -90,7 +96,13 @@ def _float(value: Any, loc: list[Any], errors: Errors) -> Any:
         try:
             return float(value.strip())
         except ValueError:
-            _error(errors, "float_parsing", loc, "Input should be a valid number, unable to parse string as a number", value)
+            _error(
+                errors,
+                "float_parsing",
+                loc,
+                "Input should be a valid number, unable to parse string as a number",
+                value,
+            )
             return _MISSING
     _error(errors, "float_type", loc, "Input should be a valid number", value)
     return _MISSING
@@ -108,7 +120,9 @@ def _bool(value: Any, loc: list[Any], errors: Errors) -> Any:
     if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
         return value.lower() in _TRUE
     if isinstance(value, int | float | str):
-        _error(errors, "bool_parsing", loc, "Input should be a valid boolean, unable to interpret input", value)
+        _error(
+            errors, "bool_parsing", loc, "Input should be a valid boolean, unable to interpret input", value
+        )
     else:
         _error(errors, "bool_type", loc, "Input should be a valid boolean", value)
     return _MISSING

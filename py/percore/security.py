@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from .exceptions import HTTPException
-from .params import Cookie, Header, Query, SecurityScopes
+from .params import Cookie, Form, Header, Query, SecurityScopes
 
 __all__ = [
     "APIKeyCookie",
@@ -39,6 +39,7 @@ __all__ = [
     "HTTPBearer",
     "HTTPDigest",
     "OAuth2PasswordBearer",
+    "OAuth2PasswordRequestForm",
     "SecurityBase",
     "SecurityScopes",
 ]
@@ -294,3 +295,26 @@ class OAuth2PasswordBearer(SecurityBase):
         if not value or scheme.lower() != "bearer":
             return self._fail()
         return param
+
+
+class OAuth2PasswordRequestForm:
+    """The OAuth2 password flow's token request (a form body), as FastAPI's: use it as
+    ``form: Annotated[OAuth2PasswordRequestForm, Depends()]`` on the ``tokenUrl`` route. ``scopes`` is
+    ``scope`` split on spaces. (FastAPI also checks that ``grant_type``, when sent, is ``password``.)"""
+
+    def __init__(
+        self,
+        *,
+        grant_type: Annotated[str | None, Form()] = None,
+        username: Annotated[str, Form()],
+        password: Annotated[str, Form()],
+        scope: Annotated[str, Form()] = "",
+        client_id: Annotated[str | None, Form()] = None,
+        client_secret: Annotated[str | None, Form()] = None,
+    ) -> None:
+        self.grant_type = grant_type
+        self.username = username
+        self.password = password
+        self.scopes = scope.split()
+        self.client_id = client_id
+        self.client_secret = client_secret

@@ -232,7 +232,9 @@ where
     let (mut fields, mut files) = (0, 0);
     while let Some(mut part) = multipart.next_field().await.map_err(from_multer)? {
         let name = part.name().unwrap_or("").to_owned();
-        let Some(filename) = part.file_name().map(str::to_owned) else {
+        // A file input left empty is sent with `filename=""`: a text field (empty), as in Starlette.
+        let filename = part.file_name().filter(|name| !name.is_empty());
+        let Some(filename) = filename.map(str::to_owned) else {
             fields += 1;
             if fields > limits.max_fields {
                 return Err(too_many_fields(limits));
@@ -465,6 +467,12 @@ mod tests {
             assert!(file.headers.iter().any(|(k, _)| k == "content-disposition"));
             assert!(matches!(&file.data, Spooled::Memory(b) if &b[..] == b"hello\r\nworld"));
         }
+    }
+
+    #[test]
+    fn an_empty_file_input_is_an_empty_text_field() {
+        let form = parse(&multipart(&[("upload", Some(""), b"")]), 8, limits()).unwrap();
+        assert!(matches!(&form.items[..], [(name, FormValue::Text(t))] if name == "upload" && t.is_empty()));
     }
 
     #[test]

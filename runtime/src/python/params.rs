@@ -434,6 +434,8 @@ fn bind_files<'py>(
             FormValue::Text(text) => Some(text.clone()),
             FormValue::File(_) => None,
         })
+        // As for text fields: an empty one (a file input left empty) is not sent.
+        .filter(|text| many || !text.is_empty())
         .collect();
     let mut files = form.take_files(&param.key);
     if files.is_empty() && texts.is_empty() {
