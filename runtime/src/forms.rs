@@ -120,7 +120,9 @@ impl<E: fmt::Display> fmt::Display for FormError<E> {
             FormError::TooLarge => f.write_str("the body is larger than --max-body-size"),
             FormError::Invalid(message) => f.write_str(message),
             FormError::Body(err) => write!(f, "reading the body failed: {err}"),
-            FormError::Spool(err) => write!(f, "could not write an upload to a temporary file: {err}"),
+            FormError::Spool(err) => {
+                write!(f, "could not write an upload to a temporary file: {err}")
+            }
         }
     }
 }
@@ -472,7 +474,9 @@ mod tests {
     #[test]
     fn an_empty_file_input_is_an_empty_text_field() {
         let form = parse(&multipart(&[("upload", Some(""), b"")]), 8, limits()).unwrap();
-        assert!(matches!(&form.items[..], [(name, FormValue::Text(t))] if name == "upload" && t.is_empty()));
+        assert!(
+            matches!(&form.items[..], [(name, FormValue::Text(t))] if name == "upload" && t.is_empty())
+        );
     }
 
     #[test]
@@ -538,15 +542,9 @@ mod tests {
             parse(garbage, 4, limits()),
             Err(FormError::Invalid(_))
         ));
-        let failing = futures_util::stream::iter(vec![
-            Ok(Bytes::from_static(b"--XyZ\r\n")),
-            Err(Broken),
-        ]);
-        let result = run(read(
-            failing,
-            Encoding::Multipart("XyZ".into()),
-            limits(),
-        ));
+        let failing =
+            futures_util::stream::iter(vec![Ok(Bytes::from_static(b"--XyZ\r\n")), Err(Broken)]);
+        let result = run(read(failing, Encoding::Multipart("XyZ".into()), limits()));
         assert!(matches!(result, Err(FormError::Body(Broken))));
     }
 

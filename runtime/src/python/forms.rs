@@ -22,7 +22,10 @@ use crate::pool::{HttpRequest, HttpResponse, RequestBody};
 /// Reads `request`'s form (its body is taken; the rest of the request is left for binding). A request
 /// that is not a form (another `Content-Type`) has an empty one, as in Starlette: its required fields
 /// are then reported missing.
-pub async fn read_form(request: &mut HttpRequest, max_body_size: u64) -> Result<Form, HttpResponse> {
+pub async fn read_form(
+    request: &mut HttpRequest,
+    max_body_size: u64,
+) -> Result<Form, HttpResponse> {
     let content_type = request
         .headers
         .get(http::header::CONTENT_TYPE)

@@ -54,7 +54,10 @@ enum Kind {
     Many(Scalar),
     Json,
     /// Files: as `UploadFile`s (`upload`) or their contents (`bytes`); `many` for `list[...]`.
-    File { upload: bool, many: bool },
+    File {
+        upload: bool,
+        many: bool,
+    },
 }
 
 /// A parameter as `percore.params.Param` describes it.
