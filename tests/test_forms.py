@@ -9,7 +9,8 @@ import socket
 import typing
 
 import pytest
-from percore import _forms, _validation
+from percore import _forms
+from percore.params import _plain_converter
 from percore.testing import TestClient
 
 from .apps import forms_app
@@ -84,7 +85,7 @@ BODIES = [
 @pytest.mark.parametrize(("path", "body"), BODIES, ids=[f"{p} {b}" for p, b in BODIES])
 def test_dataclass_and_typed_dict_bodies_as_fastapi(both, path, body):
     """With pydantic (installed in the test venvs) the body goes through its TypeAdapter; the errors are
-    FastAPI's, ``ctx`` included. Without pydantic, ``_validation`` must give the same (next test)."""
+    FastAPI's, ``ctx`` included. Without pydantic, ``_plain_converter`` (``_validation``) must give the same (next test)."""
     mine, reference = (client.post(path, json=body) for client in both)
     assert (mine.status_code, mine.json()) == (reference.status_code, reference.json())
 
@@ -95,7 +96,7 @@ def test_plain_validation_without_pydantic_matches_fastapi(both, path, body):
     _, theirs = both
     reference = theirs.post(path, json=body)
     annotation = forms_app.Item if path == "/item" else forms_app.Movie
-    ok, value = _validation.converter(annotation)(body)
+    ok, value = _plain_converter(annotation)(body)
     if reference.status_code == 200:
         assert ok, value
         expected = reference.json()
