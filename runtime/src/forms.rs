@@ -46,11 +46,12 @@ impl FormLimits {
     }
 }
 
-/// An uploaded file's contents: in memory, or (past the spool threshold) in an unlinked temporary file,
-/// positioned at its start.
+/// An uploaded file's contents: in memory (the chunks as they arrived, joined only where they are
+/// consumed, so a 1 MB upload is copied once less), or (past the spool threshold) in an unlinked
+/// temporary file, positioned at its start.
 #[derive(Debug)]
 pub enum Spooled {
-    Memory(Bytes),
+    Memory(Vec<Bytes>),
     Disk(std::fs::File),
 }
 
@@ -306,7 +307,6 @@ fn from_multer<E: std::error::Error + Send + Sync + 'static>(err: multer::Error)
 /// page cache, microseconds, where a hand-off to a blocking thread per chunk would cost more.
 struct Spool {
     threshold: usize,
-    memory: BytesMut,
     chunks: Vec<Bytes>,
     file: Option<std::fs::File>,
     size: u64,
@@ -316,7 +316,6 @@ impl Spool {
     fn new(threshold: usize) -> Self {
         Spool {
             threshold,
-            memory: BytesMut::new(),
             chunks: Vec::new(),
             file: None,
             size: 0,
@@ -337,28 +336,18 @@ impl Spool {
             self.file = Some(file);
             return Ok(());
         }
-        // Chunks are kept as they came (no copy) and joined once at the end.
+        // Chunks are kept as they came (no copy): the bridge copies them once, into the Python object.
         self.chunks.push(chunk);
         Ok(())
     }
 
-    fn finish(mut self) -> std::io::Result<(u64, Spooled)> {
+    fn finish(self) -> std::io::Result<(u64, Spooled)> {
         if let Some(mut file) = self.file {
             file.flush()?;
             file.seek(SeekFrom::Start(0))?;
             return Ok((self.size, Spooled::Disk(file)));
         }
-        let data = match self.chunks.len() {
-            0 => Bytes::new(),
-            1 => self.chunks.pop().unwrap_or_default(),
-            _ => {
-                for chunk in &self.chunks {
-                    self.memory.extend_from_slice(chunk);
-                }
-                self.memory.freeze()
-            }
-        };
-        Ok((self.size, Spooled::Memory(data)))
+        Ok((self.size, Spooled::Memory(self.chunks)))
     }
 }
 
@@ -467,7 +456,7 @@ mod tests {
             assert_eq!(file.content_type.as_deref(), Some("text/plain"));
             assert_eq!(file.size, 12);
             assert!(file.headers.iter().any(|(k, _)| k == "content-disposition"));
-            assert!(matches!(&file.data, Spooled::Memory(b) if &b[..] == b"hello\r\nworld"));
+            assert!(matches!(&file.data, Spooled::Memory(c) if c.concat() == b"hello\r\nworld"));
         }
     }
 

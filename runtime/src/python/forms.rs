@@ -107,7 +107,7 @@ pub fn upload_file<'py>(
         headers.append(PyTuple::new(py, [name.as_str(), value.as_str()])?)?;
     }
     let (data, fd) = match file.data {
-        Spooled::Memory(bytes) => (Some(PyBytes::new(py, &bytes)), None),
+        Spooled::Memory(chunks) => (Some(joined(py, &chunks, file.size)?), None),
         Spooled::Disk(disk) => (None, Some(disk.into_raw_fd())),
     };
     factory.call1((
@@ -123,11 +123,26 @@ pub fn upload_file<'py>(
 /// The file's contents as `bytes` (`Annotated[bytes, File()]`).
 pub fn file_bytes(py: Python<'_>, file: UploadedFile) -> PyResult<Bound<'_, PyAny>> {
     Ok(match file.data {
-        Spooled::Memory(bytes) => PyBytes::new(py, &bytes).into_any(),
+        Spooled::Memory(chunks) => joined(py, &chunks, file.size)?.into_any(),
         Spooled::Disk(mut disk) => {
             let mut contents = Vec::with_capacity(file.size as usize);
             disk.read_to_end(&mut contents)?;
             PyBytes::new(py, &contents).into_any()
         }
+    })
+}
+
+/// The chunks of an in-memory file as one `bytes`, copied straight into the Python object.
+fn joined<'py>(py: Python<'py>, chunks: &[Bytes], size: u64) -> PyResult<Bound<'py, PyBytes>> {
+    if let [one] = chunks {
+        return Ok(PyBytes::new(py, one));
+    }
+    PyBytes::new_with(py, size as usize, |buffer| {
+        let mut at = 0;
+        for chunk in chunks {
+            buffer[at..at + chunk.len()].copy_from_slice(chunk);
+            at += chunk.len();
+        }
+        Ok(())
     })
 }
