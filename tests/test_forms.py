@@ -265,3 +265,41 @@ def test_urlencoded_and_def_handlers_over_sockets(server):
     # A `def` handler (on the sync pool) gets its files too.
     reply = send_form(client, "/bytes", {}, [("data", TXT), ("more", ("m", b"1", "x/y"))])
     assert reply.json() == {"data": "hello\r\nworld", "more": [["m", "1"]]}
+
+
+def test_a_client_leaving_mid_upload_leaves_the_server_serving(server):
+    start = b'--B\r\nContent-Disposition: form-data; name="file"; filename="big"\r\n\r\n'
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(multipart_head("/spool", "B").encode())
+        for chunk in (start, b"z" * 2_000_000):  # past the spooling threshold: a temporary file is open
+            sock.sendall(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+    # Gone before the end of the body: the parse is dropped (its temporary file closed); nothing answers it.
+    reply = send_form(server_client(server), "/upload", {"note": "after"}, [("file", TXT)])
+    assert reply.status == 200 and reply.json()["note"] == "after"
+
+
+def test_form_routes_behind_middleware():
+    from typing import Annotated
+
+    import percore
+
+    api = percore.App()
+
+    @api.middleware
+    async def tag(request, call_next):
+        response = await call_next(request)
+        response.headers.append(("x-seen", "1"))
+        return response
+
+    @api.post("/f")
+    async def form_route(name: Annotated[str, percore.Form()], request: percore.Request):
+        return {"name": name, "method": request.method}
+
+    with TestClient(api) as client:
+        reply = client.post("/f", data={"name": "ada"})
+        assert (reply.status_code, reply.json(), reply.headers["x-seen"]) == (
+            200,
+            {"name": "ada", "method": "POST"},
+            "1",
+        )
+        assert client.post("/f", data={}).json()["detail"][0]["loc"] == ["body", "name"]
