@@ -64,6 +64,13 @@ class UploadFile:
         else:
             await run_in_threadpool(self.file.close)
 
+    def __del__(self) -> None:
+        # A file on disk the handler left open is closed with its UploadFile (at the request's end, on
+        # CPython; Starlette closes it after the response), without an "unclosed file" ResourceWarning.
+        file = self.__dict__.get("file")
+        if file is not None and not isinstance(file, io.BytesIO) and not file.closed:
+            file.close()
+
     def __repr__(self) -> str:
         return f"UploadFile(filename={self.filename!r}, size={self.size!r}, headers={self.headers!r})"
 
