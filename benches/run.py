@@ -312,7 +312,12 @@ def ratio_pairs(names: list[str]) -> list[tuple[str, str]]:
 
 
 def request(
-    port: int, method: str, path: str, body: tuple[bytes, str] | None, timeout: float
+    port: int,
+    method: str,
+    path: str,
+    body: tuple[bytes, str] | None,
+    timeout: float,
+    headers: dict[str, str] | None = None,
 ) -> tuple[int, bytes]:
     if TLS:
         context = ssl.create_default_context(cafile=CERTFILE)
@@ -320,17 +325,26 @@ def request(
     else:
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
-        headers = {"Content-Type": body[1]} if body is not None else {}
-        connection.request(method, path, body=body and body[0], headers=headers)
+        sent = {**(headers or {}), **({"Content-Type": body[1]} if body is not None else {})}
+        connection.request(method, path, body=body and body[0], headers=sent)
         response = connection.getresponse()
         return response.status, response.read()
     finally:
         connection.close()
 
 
+def script_headers(script: Path | None) -> dict[str, str]:
+    """The headers a wrk script sets (`wrk.headers["Name"] = "value"`), for the pre-flight request."""
+    if script is None:
+        return {}
+    return dict(re.findall(r'^wrk\.headers\["([^"]+)"\]\s*=\s*"([^"]*)"', script.read_text(), re.M))
+
+
 def request_body(script: Path | None) -> tuple[bytes, str] | None:
     """(body, content type) the script's requests carry: <script>.json, or the upload's generated body."""
     if script == UPLOAD.script:
+        if str(ROOT) not in sys.path:  # run as a script (benches/ is sys.path[0]), not as benches.run
+            sys.path.insert(0, str(ROOT))
         from benches.apps.uploads import upload_body
 
         return upload_body()
@@ -346,7 +360,14 @@ def wait_until_serving(port: int, process: subprocess.Popen, endpoint: Endpoint,
         if process.poll() is not None:
             raise RuntimeError(f"server exited with {process.returncode} before answering")
         try:
-            request(port, endpoint.method, endpoint.path, request_body(endpoint.script), timeout=2)
+            request(
+                port,
+                endpoint.method,
+                endpoint.path,
+                request_body(endpoint.script),
+                timeout=2,
+                headers=script_headers(endpoint.script),
+            )
             return
         except (OSError, http.client.HTTPException):
             time.sleep(0.1)
@@ -535,7 +556,14 @@ def measure_round(contender: Contender, args, index: int, record: Record) -> Non
 def measure_endpoint(port: int, endpoint: Endpoint, args) -> tuple[dict, dict]:
     """The pre-flight request (must be 2xx), a --warmup s wrk run, then one measured --duration s run:
     the measured run's wrk figures, and a sample of the pre-flight response."""
-    status, body = request(port, endpoint.method, endpoint.path, request_body(endpoint.script), timeout=10)
+    status, body = request(
+        port,
+        endpoint.method,
+        endpoint.path,
+        request_body(endpoint.script),
+        timeout=10,
+        headers=script_headers(endpoint.script),
+    )
     if not 200 <= status < 300:
         raise RuntimeError(f"answered {status} before measuring: {body[:300]!r}")
     url = f"{'https' if TLS else 'http'}://127.0.0.1:{port}{endpoint.path}"
