@@ -7,6 +7,7 @@ _affinity.install()
 
 from ._runtime import __version__  # noqa: E402
 from ._threadpool import run_in_threadpool  # noqa: E402
+from ._event_loop import EventLoop, EventLoopPolicy, new_event_loop, run  # noqa: E402
 from .app import App, Router  # noqa: E402
 from .background import BackgroundTask, BackgroundTasks  # noqa: E402
 from .datastructures import UploadFile  # noqa: E402
@@ -34,6 +35,8 @@ __all__ = [
     "ConfigurationError",
     "Cookie",
     "Depends",
+    "EventLoop",
+    "EventLoopPolicy",
     "File",
     "FileResponse",
     "Form",
@@ -58,6 +61,8 @@ __all__ = [
     "WebSocketDisconnect",
     "WebSocketException",
     "__version__",
+    "new_event_loop",
+    "run",
     "run_in_threadpool",
     "safe_file",
 ]

@@ -8,6 +8,7 @@ pub mod access_log;
 pub mod config;
 pub mod cpu_budget;
 pub mod deadline;
+pub mod event_loop;
 pub mod forms;
 pub mod listener;
 pub mod metrics;

@@ -3,6 +3,7 @@
 //! the GIL disabled.
 
 mod asgi;
+mod event_loop;
 mod executor;
 mod forms;
 mod params;
@@ -95,6 +96,9 @@ fn _runtime(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<asgi::Ready>()?;
     m.add_class::<asgi::Done>()?;
     m.add_class::<response::ChunkSender>()?;
+    m.add_class::<event_loop::Reactor>()?;
+    m.add_class::<event_loop::Handle>()?;
+    m.add_class::<event_loop::TimerHandle>()?;
     m.add_function(wrap_pyfunction!(current_request_task, m)?)?;
     m.add_function(wrap_pyfunction!(dumps, m)?)?;
     m.add_function(wrap_pyfunction!(available_cores, m)?)?;

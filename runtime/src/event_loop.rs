@@ -1,0 +1,362 @@
+//! The plain-Rust half of percore's event loop (the Python half is `python/event_loop.rs`): a
+//! level-triggered epoll poller with an eventfd wake-up, the monotonic clock, and a timer heap.
+//!
+//! Invariants:
+//! - Readiness is level-triggered, as asyncio's selectors are: a reader that leaves data unread is
+//!   reported again on the next poll (mio and tokio are edge-triggered, which asyncio callbacks are not
+//!   written for).
+//! - `Poller::wake` is the only thing other threads do to a poller; it is async-signal- and thread-safe
+//!   (one `write` to an eventfd). The eventfd is drained inside `wait` and never reported as an event.
+//! - `monotonic()` is `CLOCK_MONOTONIC` in seconds, the same clock as Python's `time.monotonic()`, so
+//!   `loop.time()` values and deadlines computed in Python agree with the heap's.
+//! - Timers with equal deadlines fire in the order they were scheduled (a sequence number breaks ties).
+//!
+//! All `unsafe` of the event loop lives in this module: the epoll/eventfd/clock system calls.
+
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+/// The epoll token of the wake-up eventfd (file descriptors are never negative).
+const WAKE_TOKEN: u64 = u64::MAX;
+
+/// One readiness report: errors and hang-ups count as both readable and writable, as in
+/// `selectors.EpollSelector`, so the callback that reads or writes sees the error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Event {
+    pub fd: RawFd,
+    pub readable: bool,
+    pub writable: bool,
+}
+
+/// An epoll instance and the eventfd that interrupts its `wait`.
+#[derive(Debug)]
+pub struct Poller {
+    epoll: OwnedFd,
+    wake: OwnedFd,
+}
+
+fn check(result: libc::c_int) -> io::Result<libc::c_int> {
+    if result < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(result)
+    }
+}
+
+impl Poller {
+    pub fn new() -> io::Result<Self> {
+        // SAFETY: plain system calls; each returned descriptor is owned exactly once.
+        let epoll = unsafe { OwnedFd::from_raw_fd(check(libc::epoll_create1(libc::EPOLL_CLOEXEC))?) };
+        let wake = unsafe {
+            OwnedFd::from_raw_fd(check(libc::eventfd(
+                0,
+                libc::EFD_CLOEXEC | libc::EFD_NONBLOCK,
+            ))?)
+        };
+        let poller = Self { epoll, wake };
+        poller.ctl(libc::EPOLL_CTL_ADD, poller.wake.as_raw_fd(), libc::EPOLLIN as u32, WAKE_TOKEN)?;
+        Ok(poller)
+    }
+
+    /// The epoll descriptor: readable when `wait` would report something (for an outer reactor).
+    pub fn as_raw_fd(&self) -> RawFd {
+        self.epoll.as_raw_fd()
+    }
+
+    fn ctl(&self, op: libc::c_int, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
+        let mut event = libc::epoll_event { events, u64: token };
+        // SAFETY: `event` outlives the call; the kernel validates `fd`.
+        check(unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), op, fd, &mut event) })?;
+        Ok(())
+    }
+
+    /// Watches `fd` for exactly the given interests (replacing earlier ones); with neither, stops
+    /// watching it. A descriptor closed and reused behind our back is re-added instead of modified.
+    pub fn set_interest(&self, fd: RawFd, read: bool, write: bool) -> io::Result<()> {
+        if fd < 0 {
+            return Err(io::Error::from_raw_os_error(libc::EBADF));
+        }
+        if !read && !write {
+            return match self.ctl(libc::EPOLL_CTL_DEL, fd, 0, 0) {
+                // Already gone: closing a descriptor removes it from every epoll set.
+                Err(err) if matches!(err.raw_os_error(), Some(libc::ENOENT | libc::EBADF)) => Ok(()),
+                other => other,
+            };
+        }
+        let mut events = 0u32;
+        if read {
+            events |= libc::EPOLLIN as u32;
+        }
+        if write {
+            events |= libc::EPOLLOUT as u32;
+        }
+        match self.ctl(libc::EPOLL_CTL_MOD, fd, events, fd as u64) {
+            Err(err) if err.raw_os_error() == Some(libc::ENOENT) => {
+                self.ctl(libc::EPOLL_CTL_ADD, fd, events, fd as u64)
+            }
+            other => other,
+        }
+    }
+
+    /// Waits up to `timeout` (`None`: until something happens) and appends what is ready to `events`.
+    /// An interrupted wait (a signal) returns `ErrorKind::Interrupted` so the caller can run handlers.
+    pub fn wait(&self, events: &mut Vec<Event>, timeout: Option<Duration>) -> io::Result<()> {
+        const CAPACITY: usize = 256;
+        let mut raw = [libc::epoll_event { events: 0, u64: 0 }; CAPACITY];
+        // Round up: waking a millisecond early would find the timer not yet due and spin.
+        let millis = match timeout {
+            None => -1,
+            Some(t) => t.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as libc::c_int,
+        };
+        // SAFETY: `raw` has room for CAPACITY entries and outlives the call.
+        let n = check(unsafe {
+            libc::epoll_wait(
+                self.epoll.as_raw_fd(),
+                raw.as_mut_ptr(),
+                CAPACITY as libc::c_int,
+                millis,
+            )
+        })?;
+        for event in &raw[..n as usize] {
+            let (bits, token) = (event.events, event.u64);
+            if token == WAKE_TOKEN {
+                self.drain_wake();
+                continue;
+            }
+            let error = bits & (libc::EPOLLERR | libc::EPOLLHUP) as u32 != 0;
+            events.push(Event {
+                fd: token as RawFd,
+                readable: error || bits & libc::EPOLLIN as u32 != 0,
+                writable: error || bits & libc::EPOLLOUT as u32 != 0,
+            });
+        }
+        Ok(())
+    }
+
+    /// Interrupts a `wait` in progress (or makes the next one return at once). Thread-safe.
+    pub fn wake(&self) -> io::Result<()> {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64.
+        let n = unsafe { libc::write(self.wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            // EAGAIN: the counter is saturated, so a wake-up is pending anyway.
+            if err.kind() != io::ErrorKind::WouldBlock {
+                return Err(err);
+            }
+        }
+        Ok(())
+    }
+
+    fn drain_wake(&self) {
+        let mut value: u64 = 0;
+        // SAFETY: reads 8 bytes into a live u64. Non-blocking: EAGAIN when already drained.
+        unsafe { libc::read(self.wake.as_raw_fd(), (&mut value as *mut u64).cast(), 8) };
+    }
+}
+
+/// `CLOCK_MONOTONIC` in seconds: Python's `time.monotonic()`.
+pub fn monotonic() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+}
+
+struct Entry<T> {
+    when: f64,
+    seq: u64,
+    item: T,
+}
+
+impl<T> PartialEq for Entry<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+impl<T> Eq for Entry<T> {}
+impl<T> PartialOrd for Entry<T> {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl<T> Ord for Entry<T> {
+    /// Reversed: `BinaryHeap` is a max-heap and the earliest deadline must come out first.
+    fn cmp(&self, other: &Self) -> Ordering {
+        other
+            .when
+            .total_cmp(&self.when)
+            .then_with(|| other.seq.cmp(&self.seq))
+    }
+}
+
+/// Deadlines in `monotonic()` seconds, earliest first, ties in insertion order.
+pub struct TimerHeap<T> {
+    heap: BinaryHeap<Entry<T>>,
+    seq: u64,
+}
+
+impl<T> Default for TimerHeap<T> {
+    fn default() -> Self {
+        Self {
+            heap: BinaryHeap::new(),
+            seq: 0,
+        }
+    }
+}
+
+impl<T> TimerHeap<T> {
+    pub fn push(&mut self, when: f64, item: T) {
+        self.seq += 1;
+        self.heap.push(Entry {
+            when,
+            seq: self.seq,
+            item,
+        });
+    }
+
+    pub fn len(&self) -> usize {
+        self.heap.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.heap.is_empty()
+    }
+
+    /// The earliest entry's deadline and item.
+    pub fn peek(&self) -> Option<(f64, &T)> {
+        self.heap.peek().map(|e| (e.when, &e.item))
+    }
+
+    /// Every item, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = &T> {
+        self.heap.iter().map(|e| &e.item)
+    }
+
+    /// Removes and returns the earliest entry.
+    pub fn pop(&mut self) -> Option<T> {
+        self.heap.pop().map(|e| e.item)
+    }
+
+    /// Removes every entry `keep` rejects (returned, so the caller decides where they are dropped).
+    pub fn extract_if(&mut self, mut keep: impl FnMut(&T) -> bool) -> Vec<T> {
+        let mut removed = Vec::new();
+        let mut kept = Vec::with_capacity(self.heap.len());
+        for entry in std::mem::take(&mut self.heap).into_vec() {
+            if keep(&entry.item) {
+                kept.push(entry);
+            } else {
+                removed.push(entry.item);
+            }
+        }
+        self.heap = BinaryHeap::from(kept);
+        removed
+    }
+
+    /// Empties the heap, returning the items.
+    pub fn drain(&mut self) -> Vec<T> {
+        std::mem::take(&mut self.heap)
+            .into_vec()
+            .into_iter()
+            .map(|e| e.item)
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+
+    #[test]
+    fn timers_come_out_by_deadline_then_insertion_order() {
+        let mut heap = TimerHeap::default();
+        heap.push(2.0, "c");
+        heap.push(1.0, "a");
+        heap.push(1.0, "b");
+        heap.push(0.5, "first");
+        let order: Vec<_> = std::iter::from_fn(|| heap.pop()).collect();
+        assert_eq!(order, ["first", "a", "b", "c"]);
+    }
+
+    #[test]
+    fn extract_if_keeps_the_heap_ordered() {
+        let mut heap = TimerHeap::default();
+        for i in 0..10 {
+            heap.push(f64::from(10 - i), i);
+        }
+        let removed = heap.extract_if(|i| i % 2 == 0);
+        assert_eq!(removed.len(), 5);
+        assert_eq!(heap.peek().map(|(w, _)| w), Some(2.0));
+    }
+
+    #[test]
+    fn readiness_is_level_triggered() {
+        let poller = Poller::new().unwrap();
+        let (mut a, b) = UnixStream::pair().unwrap();
+        poller.set_interest(b.as_raw_fd(), true, false).unwrap();
+        let mut events = Vec::new();
+        poller.wait(&mut events, Some(Duration::ZERO)).unwrap();
+        assert!(events.is_empty());
+        a.write_all(b"xy").unwrap();
+        for _ in 0..2 {
+            // Not drained, so reported again.
+            events.clear();
+            poller.wait(&mut events, Some(Duration::from_secs(5))).unwrap();
+            assert_eq!(
+                events,
+                [Event {
+                    fd: b.as_raw_fd(),
+                    readable: true,
+                    writable: false
+                }]
+            );
+        }
+        let mut buf = [0u8; 2];
+        (&b).read_exact(&mut buf).unwrap();
+        events.clear();
+        poller.wait(&mut events, Some(Duration::ZERO)).unwrap();
+        assert!(events.is_empty());
+        poller.set_interest(b.as_raw_fd(), false, false).unwrap();
+        // Removing twice is harmless.
+        poller.set_interest(b.as_raw_fd(), false, false).unwrap();
+    }
+
+    #[test]
+    fn wake_interrupts_a_blocking_wait_from_another_thread() {
+        let poller = std::sync::Arc::new(Poller::new().unwrap());
+        let waker = poller.clone();
+        let thread = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            waker.wake().unwrap();
+        });
+        let mut events = Vec::new();
+        poller.wait(&mut events, None).unwrap();
+        assert!(events.is_empty(), "the wake-up is not an event");
+        thread.join().unwrap();
+        // Drained: the next wait times out instead of returning at once forever.
+        poller.wait(&mut events, Some(Duration::ZERO)).unwrap();
+        assert!(events.is_empty());
+    }
+
+    #[test]
+    fn bad_descriptors_are_errors() {
+        let poller = Poller::new().unwrap();
+        assert!(poller.set_interest(-1, true, false).is_err());
+        assert!(poller.set_interest(1_000_000, true, false).is_err());
+    }
+
+    #[test]
+    fn monotonic_moves_forward() {
+        let a = monotonic();
+        let b = monotonic();
+        assert!(b >= a && a > 0.0);
+    }
+}

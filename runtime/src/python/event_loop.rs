@@ -1,0 +1,892 @@
+//! `Reactor`, `Handle`, `TimerHandle`: the Rust core of `percore.EventLoop` (py/percore/_event_loop.py).
+//!
+//! The Python class is asyncio's Unix selector loop with its reactor replaced: the ready queue, the timer
+//! heap, reader/writer registrations and one whole loop iteration (`run_once`, asyncio's `_run_once`)
+//! are here, over the level-triggered epoll poller of `crate::event_loop`. Everything asyncio builds on
+//! `call_soon`/`add_reader` (transports, streams, TLS, `sock_*`, servers, subprocesses, signals) stays
+//! asyncio's own Python.
+//!
+//! Invariants:
+//! - One iteration runs exactly the callbacks that were ready when it started (after I/O and due timers
+//!   are queued), in FIFO order; callbacks they schedule run in the next iteration — asyncio's order.
+//! - The state lock is never held while Python code can run: no call into Python and no Python object
+//!   dropped (a `__del__` may call `call_soon`, and a re-entered `std::sync::Mutex` deadlocks). Objects
+//!   taken out under the lock are dropped after it is released.
+//! - `call_soon_threadsafe` may run on any thread (and on 3.13t truly in parallel): all shared state is
+//!   behind the lock, and it wakes the poller only if the loop is blocked in (or about to block in) it;
+//!   the loop decides to block under the same lock, so no wake-up is lost.
+//! - Errors in callbacks go to the loop's exception handler; `SystemExit` and `KeyboardInterrupt`
+//!   propagate out of `run_once` and the callbacks not yet run stay queued, as in asyncio.
+
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::RawFd;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use pyo3::exceptions::{PyKeyError, PyKeyboardInterrupt, PyRuntimeError, PySystemExit, PyTypeError};
+use pyo3::gc::{PyTraverseError, PyVisit};
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::pyclass::CompareOp;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyFloat, PyTuple};
+
+use crate::event_loop::{Event, Poller, TimerHeap, monotonic};
+
+/// asyncio's cap on one wait (`base_events.MAXIMUM_SELECT_TIMEOUT`).
+const MAXIMUM_WAIT: f64 = 24.0 * 3600.0;
+/// `time.get_clock_info('monotonic').resolution` on Linux: timers this close to now are due.
+const CLOCK_RESOLUTION: f64 = 1e-9;
+/// Cancelled timers are purged from the heap once they are this many and half of it (asyncio's rule).
+const MIN_CANCELLED_TO_PURGE: usize = 100;
+
+/// A scheduled call: `context.run(callback, *args)`.
+struct Callback {
+    /// `(callback, *args)`, built once so running it is one call.
+    run_args: Py<PyTuple>,
+    context: Py<PyAny>,
+    event_loop: Py<PyAny>,
+    cancelled: AtomicBool,
+}
+
+fn copy_context(py: Python<'_>) -> PyResult<Py<PyAny>> {
+    static COPY_CONTEXT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    COPY_CONTEXT
+        .import(py, "contextvars", "copy_context")?
+        .call0()
+        .map(Bound::unbind)
+}
+
+impl Callback {
+    fn new(
+        py: Python<'_>,
+        event_loop: &Py<PyAny>,
+        callback: Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<Py<PyAny>>,
+    ) -> PyResult<Self> {
+        let mut items = Vec::with_capacity(args.len() + 1);
+        items.push(callback);
+        items.extend(args.iter());
+        let run_args = PyTuple::new(py, items)?.unbind();
+        let context = match context {
+            Some(context) if !context.is_none(py) => context,
+            _ => copy_context(py)?,
+        };
+        Ok(Self {
+            run_args,
+            context,
+            event_loop: event_loop.clone_ref(py),
+            cancelled: AtomicBool::new(false),
+        })
+    }
+
+    fn cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Acquire)
+    }
+
+    /// Runs the call unless cancelled; reports an exception to the loop's handler.
+    fn run(&self, py: Python<'_>, handle: &Bound<'_, PyAny>) -> PyResult<()> {
+        if self.cancelled() {
+            return Ok(());
+        }
+        let result = self
+            .context
+            .bind(py)
+            .call_method1(intern!(py, "run"), self.run_args.bind(py));
+        match result {
+            Ok(_) => Ok(()),
+            Err(err)
+                if err.is_instance_of::<PySystemExit>(py)
+                    || err.is_instance_of::<PyKeyboardInterrupt>(py) =>
+            {
+                Err(err)
+            }
+            Err(err) => {
+                self.event_loop.bind(py).call_method1(
+                    intern!(py, "_percore_callback_error"),
+                    (handle, err.value(py)),
+                )?;
+                Ok(())
+            }
+        }
+    }
+
+    fn callback<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.run_args.bind(py).get_item(0)
+    }
+
+    fn args<'py>(&self, py: Python<'py>) -> Bound<'py, PyTuple> {
+        let run_args = self.run_args.bind(py);
+        run_args.get_slice(1, run_args.len())
+    }
+
+    fn repr(&self, py: Python<'_>, kind: &str, extra: &str) -> PyResult<String> {
+        let mut info = vec![kind.to_owned()];
+        if self.cancelled() {
+            info.push("cancelled".into());
+        }
+        if !extra.is_empty() {
+            info.push(extra.into());
+        }
+        let source = py
+            .import(intern!(py, "asyncio.format_helpers"))?
+            .call_method1(
+                intern!(py, "_format_callback_source"),
+                (self.callback(py)?, self.args(py), false),
+            )?;
+        info.push(source.extract()?);
+        Ok(format!("<{}>", info.join(" ")))
+    }
+
+    fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.run_args)?;
+        visit.call(&self.context)?;
+        visit.call(&self.event_loop)
+    }
+}
+
+/// asyncio's `Handle` API for a callback queued by `call_soon` or registered by `add_reader`/`add_writer`.
+#[pyclass(frozen, module = "percore._runtime")]
+pub struct Handle {
+    call: Callback,
+}
+
+#[pymethods]
+impl Handle {
+    fn cancel(&self) {
+        self.call.cancelled.store(true, Ordering::Release);
+    }
+
+    fn cancelled(&self) -> bool {
+        self.call.cancelled()
+    }
+
+    fn get_context(&self, py: Python<'_>) -> Py<PyAny> {
+        self.call.context.clone_ref(py)
+    }
+
+    fn _run(slf: &Bound<'_, Self>) -> PyResult<()> {
+        slf.get().call.run(slf.py(), slf.as_any())
+    }
+
+    #[getter]
+    fn _cancelled(&self) -> bool {
+        self.call.cancelled()
+    }
+
+    #[getter]
+    fn _callback<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.call.callback(py)
+    }
+
+    #[getter]
+    fn _args<'py>(&self, py: Python<'py>) -> Bound<'py, PyTuple> {
+        self.call.args(py)
+    }
+
+    #[getter]
+    fn _context(&self, py: Python<'_>) -> Py<PyAny> {
+        self.call.context.clone_ref(py)
+    }
+
+    #[getter]
+    fn _loop(&self, py: Python<'_>) -> Py<PyAny> {
+        self.call.event_loop.clone_ref(py)
+    }
+
+    /// Creation tracebacks are not recorded (asyncio records them in debug mode only).
+    #[getter]
+    fn _source_traceback(&self) -> Option<Py<PyAny>> {
+        None
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        self.call.repr(py, "Handle", "")
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        self.call.traverse(&visit)
+    }
+}
+
+/// asyncio's `TimerHandle` API: a callback queued by `call_later`/`call_at`.
+#[pyclass(frozen, module = "percore._runtime")]
+pub struct TimerHandle {
+    call: Callback,
+    when: f64,
+    /// In the reactor's heap (not yet due, or cancelled and not yet purged).
+    scheduled: AtomicBool,
+    /// The reactor's count of cancelled timers still in its heap.
+    cancelled_in_heap: Arc<AtomicIsize>,
+}
+
+#[pymethods]
+impl TimerHandle {
+    fn cancel(&self) {
+        if !self.call.cancelled.swap(true, Ordering::AcqRel) && self.scheduled.load(Ordering::Acquire)
+        {
+            self.cancelled_in_heap.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn cancelled(&self) -> bool {
+        self.call.cancelled()
+    }
+
+    fn when(&self) -> f64 {
+        self.when
+    }
+
+    fn get_context(&self, py: Python<'_>) -> Py<PyAny> {
+        self.call.context.clone_ref(py)
+    }
+
+    fn _run(slf: &Bound<'_, Self>) -> PyResult<()> {
+        slf.get().call.run(slf.py(), slf.as_any())
+    }
+
+    #[getter]
+    fn _when(&self) -> f64 {
+        self.when
+    }
+
+    #[getter]
+    fn _scheduled(&self) -> bool {
+        self.scheduled.load(Ordering::Acquire)
+    }
+
+    #[getter]
+    fn _cancelled(&self) -> bool {
+        self.call.cancelled()
+    }
+
+    #[getter]
+    fn _callback<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.call.callback(py)
+    }
+
+    #[getter]
+    fn _args<'py>(&self, py: Python<'py>) -> Bound<'py, PyTuple> {
+        self.call.args(py)
+    }
+
+    #[getter]
+    fn _context(&self, py: Python<'_>) -> Py<PyAny> {
+        self.call.context.clone_ref(py)
+    }
+
+    #[getter]
+    fn _loop(&self, py: Python<'_>) -> Py<PyAny> {
+        self.call.event_loop.clone_ref(py)
+    }
+
+    #[getter]
+    fn _source_traceback(&self) -> Option<Py<PyAny>> {
+        None
+    }
+
+    fn __hash__(&self, py: Python<'_>) -> PyResult<isize> {
+        PyFloat::new(py, self.when).hash()
+    }
+
+    /// Ordered by deadline, like asyncio's; equal when the deadline, call and state are equal.
+    fn __richcmp__(
+        &self,
+        py: Python<'_>,
+        other: &Bound<'_, PyAny>,
+        op: CompareOp,
+    ) -> PyResult<Py<PyAny>> {
+        let Ok(other) = other.cast::<TimerHandle>() else {
+            return Ok(py.NotImplemented());
+        };
+        let other = other.get();
+        let result = match op {
+            CompareOp::Eq | CompareOp::Ne => {
+                let equal = self.when == other.when
+                    && self.call.cancelled() == other.call.cancelled()
+                    && self
+                        .call
+                        .run_args
+                        .bind(py)
+                        .eq(other.call.run_args.bind(py))?;
+                equal == matches!(op, CompareOp::Eq)
+            }
+            op => op.matches(self.when.total_cmp(&other.when)),
+        };
+        Ok(pyo3::types::PyBool::new(py, result).to_owned().into_any().unbind())
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        self.call
+            .repr(py, "TimerHandle", &format!("when={}", self.when))
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        self.call.traverse(&visit)
+    }
+}
+
+enum Ready {
+    Soon(Py<Handle>),
+    Timer(Py<TimerHandle>),
+}
+
+impl Ready {
+    fn run(&self, py: Python<'_>) -> PyResult<()> {
+        match self {
+            Ready::Soon(handle) => handle.get().call.run(py, handle.bind(py).as_any()),
+            Ready::Timer(timer) => timer.get().call.run(py, timer.bind(py).as_any()),
+        }
+    }
+
+    fn object(&self) -> &Py<PyAny> {
+        match self {
+            Ready::Soon(handle) => handle.as_any(),
+            Ready::Timer(timer) => timer.as_any(),
+        }
+    }
+}
+
+/// A descriptor's reader and writer callbacks.
+#[derive(Default)]
+struct Watch {
+    reader: Option<Py<Handle>>,
+    writer: Option<Py<Handle>>,
+}
+
+#[derive(Default)]
+struct State {
+    ready: VecDeque<Ready>,
+    /// An empty deque kept to swap with `ready` at the start of an iteration (no allocation).
+    spare: VecDeque<Ready>,
+    timers: TimerHeap<Py<TimerHandle>>,
+    io: HashMap<RawFd, Watch>,
+    events: Vec<Event>,
+    stopping: bool,
+    /// The loop is blocked in (or has decided to block in) `Poller::wait`.
+    sleeping: bool,
+    closed: bool,
+}
+
+/// Python objects taken out of the state under its lock, dropped once it is released.
+type Garbage = Vec<Py<PyAny>>;
+
+/// The reactor of one `percore.EventLoop`. See the module docs.
+#[pyclass(frozen, module = "percore._runtime")]
+pub struct Reactor {
+    poller: Poller,
+    state: Mutex<State>,
+    event_loop: Py<PyAny>,
+    cancelled_in_heap: Arc<AtomicIsize>,
+}
+
+fn closed_error() -> PyErr {
+    PyRuntimeError::new_err("Event loop is closed")
+}
+
+impl Reactor {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while the lock was held leaves plain data (queues, maps): still consistent.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn push(&self, ready: Ready, wake: bool) -> PyResult<()> {
+        let mut state = self.lock();
+        if state.closed {
+            drop(state);
+            drop(ready);
+            return Err(closed_error());
+        }
+        state.ready.push_back(ready);
+        let wake = wake && state.sleeping;
+        drop(state);
+        if wake {
+            self.poller.wake()?;
+        }
+        Ok(())
+    }
+
+    fn soon(
+        &self,
+        py: Python<'_>,
+        callback: Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<Py<PyAny>>,
+        threadsafe: bool,
+    ) -> PyResult<Py<Handle>> {
+        let call = Callback::new(py, &self.event_loop, callback, args, context)?;
+        let handle = Py::new(py, Handle { call })?;
+        self.push(Ready::Soon(handle.clone_ref(py)), threadsafe)?;
+        Ok(handle)
+    }
+
+    fn timer(
+        &self,
+        py: Python<'_>,
+        when: f64,
+        callback: Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<Py<PyAny>>,
+    ) -> PyResult<Py<TimerHandle>> {
+        let call = Callback::new(py, &self.event_loop, callback, args, context)?;
+        let timer = Py::new(
+            py,
+            TimerHandle {
+                call,
+                when,
+                scheduled: AtomicBool::new(true),
+                cancelled_in_heap: self.cancelled_in_heap.clone(),
+            },
+        )?;
+        let entry = timer.clone_ref(py);
+        let mut state = self.lock();
+        if state.closed {
+            drop(state);
+            drop(entry);
+            return Err(closed_error());
+        }
+        state.timers.push(when, entry);
+        // A new earliest deadline must shorten a wait in progress (a timer set from another thread).
+        let wake = state.sleeping && state.timers.peek().is_some_and(|(w, _)| w == when);
+        drop(state);
+        if wake {
+            self.poller.wake()?;
+        }
+        Ok(timer)
+    }
+
+    /// Registers `handle` as `fd`'s reader or writer; the one it replaces is cancelled.
+    fn watch(&self, fd: RawFd, handle: Py<Handle>, write: bool) -> PyResult<()> {
+        let mut state = self.lock();
+        if state.closed {
+            drop(state);
+            drop(handle);
+            return Err(closed_error());
+        }
+        let watch = state.io.entry(fd).or_default();
+        let slot = if write {
+            &mut watch.writer
+        } else {
+            &mut watch.reader
+        };
+        let old = slot.replace(handle);
+        let (read, write_) = (watch.reader.is_some(), watch.writer.is_some());
+        if let Err(err) = self.poller.set_interest(fd, read, write_) {
+            // Undo: the registration did not happen.
+            let watch = state.io.get_mut(&fd).expect("just inserted");
+            let slot = if write {
+                &mut watch.writer
+            } else {
+                &mut watch.reader
+            };
+            let new = std::mem::replace(slot, old);
+            let empty = watch.reader.is_none() && watch.writer.is_none();
+            if empty {
+                state.io.remove(&fd);
+            }
+            drop(state);
+            drop(new);
+            return Err(err.into());
+        }
+        drop(state);
+        if let Some(old) = old {
+            old.get().cancel();
+        }
+        Ok(())
+    }
+
+    /// Removes `fd`'s reader or writer (into `garbage`); false if there was none. Lock held by caller.
+    fn unwatch_locked(state: &mut State, poller: &Poller, fd: RawFd, write: bool, garbage: &mut Garbage) -> bool {
+        let Some(watch) = state.io.get_mut(&fd) else {
+            return false;
+        };
+        let slot = if write {
+            &mut watch.writer
+        } else {
+            &mut watch.reader
+        };
+        let Some(old) = slot.take() else {
+            return false;
+        };
+        old.get().cancel();
+        garbage.push(old.into_any());
+        let (read, write) = (watch.reader.is_some(), watch.writer.is_some());
+        if !read && !write {
+            state.io.remove(&fd);
+        }
+        // The descriptor may already be closed (the kernel dropped it from the set): nothing to undo.
+        let _ = poller.set_interest(fd, read, write);
+        true
+    }
+
+    fn unwatch(&self, fd: RawFd, write: bool) -> bool {
+        let mut garbage = Garbage::new();
+        let mut state = self.lock();
+        let removed = !state.closed && Self::unwatch_locked(&mut state, &self.poller, fd, write, &mut garbage);
+        drop(state);
+        drop(garbage);
+        removed
+    }
+
+    /// Drops cancelled timers from the heap's head, and purges them all when they are most of it.
+    fn purge_cancelled(&self, state: &mut State, garbage: &mut Garbage) {
+        let cancelled = self.cancelled_in_heap.load(Ordering::Relaxed).max(0) as usize;
+        if state.timers.len() > MIN_CANCELLED_TO_PURGE && cancelled * 2 > state.timers.len() {
+            for timer in state.timers.extract_if(|t| !t.get().call.cancelled()) {
+                timer.get().scheduled.store(false, Ordering::Release);
+                self.cancelled_in_heap.fetch_sub(1, Ordering::Relaxed);
+                garbage.push(timer.into_any());
+            }
+        }
+        while state
+            .timers
+            .peek()
+            .is_some_and(|(_, t)| t.get().call.cancelled())
+        {
+            let timer = state.timers.pop().expect("peeked");
+            timer.get().scheduled.store(false, Ordering::Release);
+            self.cancelled_in_heap.fetch_sub(1, Ordering::Relaxed);
+            garbage.push(timer.into_any());
+        }
+    }
+
+    /// One iteration: wait for I/O (no longer than the next timer), queue what is ready and due, run the
+    /// callbacks that were ready when the iteration started.
+    fn iterate(&self, py: Python<'_>) -> PyResult<()> {
+        let mut garbage = Garbage::new();
+        let (timeout, mut events) = {
+            let mut state = self.lock();
+            if state.closed {
+                return Err(closed_error());
+            }
+            self.purge_cancelled(&mut state, &mut garbage);
+            let timeout = if !state.ready.is_empty() || state.stopping {
+                Some(Duration::ZERO)
+            } else if let Some((when, _)) = state.timers.peek() {
+                let seconds = (when - monotonic()).clamp(0.0, MAXIMUM_WAIT);
+                Some(Duration::from_secs_f64(seconds))
+            } else {
+                None
+            };
+            state.sleeping = timeout != Some(Duration::ZERO);
+            (timeout, std::mem::take(&mut state.events))
+        };
+        drop(garbage);
+        events.clear();
+        let waited = if timeout == Some(Duration::ZERO) {
+            self.poller.wait(&mut events, timeout)
+        } else {
+            let poller = &self.poller;
+            py.detach(|| poller.wait(&mut events, timeout))
+        };
+        let mut garbage = Garbage::new();
+        let mut batch = {
+            let mut state = self.lock();
+            state.sleeping = false;
+            if state.closed {
+                return Err(closed_error());
+            }
+            for event in &events {
+                let Some(watch) = state.io.get(&event.fd) else {
+                    continue;
+                };
+                let reader = watch.reader.as_ref().filter(|_| event.readable);
+                let writer = watch.writer.as_ref().filter(|_| event.writable);
+                let (reader, writer) = (
+                    reader.map(|h| (h.get().call.cancelled(), h.clone_ref(py))),
+                    writer.map(|h| (h.get().call.cancelled(), h.clone_ref(py))),
+                );
+                for (handle, write) in [(reader, false), (writer, true)] {
+                    match handle {
+                        Some((true, handle)) => {
+                            garbage.push(handle.into_any());
+                            Self::unwatch_locked(&mut state, &self.poller, event.fd, write, &mut garbage);
+                        }
+                        Some((false, handle)) => state.ready.push_back(Ready::Soon(handle)),
+                        None => {}
+                    }
+                }
+            }
+            state.events = events;
+            let end = monotonic() + CLOCK_RESOLUTION;
+            while let Some((when, timer)) = state.timers.peek() {
+                if timer.get().call.cancelled() {
+                    self.purge_cancelled(&mut state, &mut garbage);
+                    continue;
+                }
+                if when >= end {
+                    break;
+                }
+                let timer = state.timers.pop().expect("peeked");
+                timer.get().scheduled.store(false, Ordering::Release);
+                state.ready.push_back(Ready::Timer(timer));
+            }
+            let spare = std::mem::take(&mut state.spare);
+            std::mem::replace(&mut state.ready, spare)
+        };
+        drop(garbage);
+        if let Err(err) = waited {
+            if err.kind() != std::io::ErrorKind::Interrupted {
+                self.requeue(batch);
+                return Err(err.into());
+            }
+            // A signal: run Python's handlers now (KeyboardInterrupt comes out of here).
+            if let Err(err) = py.check_signals() {
+                self.requeue(batch);
+                return Err(err);
+            }
+        }
+        while let Some(ready) = batch.pop_front() {
+            if let Err(err) = ready.run(py) {
+                drop(ready);
+                self.requeue(batch);
+                return Err(err);
+            }
+        }
+        let mut state = self.lock();
+        if state.spare.capacity() == 0 {
+            state.spare = batch;
+        }
+        Ok(())
+    }
+
+    /// Puts callbacks an interrupted iteration did not run back at the front of the queue.
+    fn requeue(&self, mut batch: VecDeque<Ready>) {
+        let mut state = self.lock();
+        batch.append(&mut state.ready);
+        state.ready = batch;
+    }
+}
+
+#[pymethods]
+impl Reactor {
+    #[new]
+    fn new(event_loop: Py<PyAny>) -> PyResult<Self> {
+        Ok(Self {
+            poller: Poller::new()?,
+            state: Mutex::new(State::default()),
+            event_loop,
+            cancelled_in_heap: Arc::new(AtomicIsize::new(0)),
+        })
+    }
+
+    #[pyo3(signature = (callback, *args, context=None))]
+    fn call_soon(
+        &self,
+        py: Python<'_>,
+        callback: Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<Py<PyAny>>,
+    ) -> PyResult<Py<Handle>> {
+        self.soon(py, callback, args, context, false)
+    }
+
+    #[pyo3(signature = (callback, *args, context=None))]
+    fn call_soon_threadsafe(
+        &self,
+        py: Python<'_>,
+        callback: Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<Py<PyAny>>,
+    ) -> PyResult<Py<Handle>> {
+        self.soon(py, callback, args, context, true)
+    }
+
+    #[pyo3(signature = (delay, callback, *args, context=None))]
+    fn call_later(
+        &self,
+        py: Python<'_>,
+        delay: Option<f64>,
+        callback: Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<Py<PyAny>>,
+    ) -> PyResult<Py<TimerHandle>> {
+        let delay = delay.ok_or_else(|| PyTypeError::new_err("delay must not be None"))?;
+        self.timer(py, monotonic() + delay, callback, args, context)
+    }
+
+    #[pyo3(signature = (when, callback, *args, context=None))]
+    fn call_at(
+        &self,
+        py: Python<'_>,
+        when: Option<f64>,
+        callback: Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<Py<PyAny>>,
+    ) -> PyResult<Py<TimerHandle>> {
+        let when = when.ok_or_else(|| PyTypeError::new_err("when cannot be None"))?;
+        self.timer(py, when, callback, args, context)
+    }
+
+    /// `time.monotonic()`, the loop's clock.
+    fn time(&self) -> f64 {
+        monotonic()
+    }
+
+    #[pyo3(signature = (fd, callback, *args))]
+    fn add_reader(
+        &self,
+        py: Python<'_>,
+        fd: RawFd,
+        callback: Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+    ) -> PyResult<Py<Handle>> {
+        let call = Callback::new(py, &self.event_loop, callback, args, None)?;
+        let handle = Py::new(py, Handle { call })?;
+        self.watch(fd, handle.clone_ref(py), false)?;
+        Ok(handle)
+    }
+
+    #[pyo3(signature = (fd, callback, *args))]
+    fn add_writer(
+        &self,
+        py: Python<'_>,
+        fd: RawFd,
+        callback: Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+    ) -> PyResult<Py<Handle>> {
+        let call = Callback::new(py, &self.event_loop, callback, args, None)?;
+        let handle = Py::new(py, Handle { call })?;
+        self.watch(fd, handle.clone_ref(py), true)?;
+        Ok(handle)
+    }
+
+    fn remove_reader(&self, fd: RawFd) -> bool {
+        self.unwatch(fd, false)
+    }
+
+    fn remove_writer(&self, fd: RawFd) -> bool {
+        self.unwatch(fd, true)
+    }
+
+    /// `(events, reader, writer)` for a watched descriptor (`events` as in `selectors`: 1 read, 2 write).
+    #[allow(clippy::type_complexity)]
+    fn get_key(
+        &self,
+        py: Python<'_>,
+        fd: RawFd,
+    ) -> PyResult<(u8, Option<Py<Handle>>, Option<Py<Handle>>)> {
+        let state = self.lock();
+        let watch = state
+            .io
+            .get(&fd)
+            .ok_or_else(|| PyKeyError::new_err(format!("{fd} is not registered")))?;
+        let events = u8::from(watch.reader.is_some()) | (u8::from(watch.writer.is_some()) << 1);
+        Ok((
+            events,
+            watch.reader.as_ref().map(|h| h.clone_ref(py)),
+            watch.writer.as_ref().map(|h| h.clone_ref(py)),
+        ))
+    }
+
+    /// The watched descriptors.
+    fn fds(&self) -> Vec<RawFd> {
+        self.lock().io.keys().copied().collect()
+    }
+
+    /// One loop iteration (asyncio's `_run_once`).
+    fn run_once(&self, py: Python<'_>) -> PyResult<()> {
+        self.iterate(py)
+    }
+
+    /// Iterates until `stop()` (the Python side does `run_forever`'s setup and cleanup).
+    fn run_forever(&self, py: Python<'_>) -> PyResult<()> {
+        let result = loop {
+            if let Err(err) = self.iterate(py) {
+                break Err(err);
+            }
+            if self.lock().stopping {
+                break Ok(());
+            }
+        };
+        self.lock().stopping = false;
+        result
+    }
+
+    /// Makes `run_forever` return after the current iteration (the next one, if none is running).
+    fn stop(&self) {
+        self.lock().stopping = true;
+    }
+
+    fn is_stopping(&self) -> bool {
+        self.lock().stopping
+    }
+
+    /// Interrupts a blocking wait (for signals; thread-safe).
+    fn wakeup(&self) -> PyResult<()> {
+        Ok(self.poller.wake()?)
+    }
+
+    /// The epoll descriptor: readable when an iteration would find I/O ready.
+    fn fileno(&self) -> RawFd {
+        self.poller.as_raw_fd()
+    }
+
+    /// Seconds until the loop must iterate again: 0 if callbacks are ready, None if only I/O can wake it.
+    fn timeout(&self) -> Option<f64> {
+        let mut garbage = Garbage::new();
+        let mut state = self.lock();
+        self.purge_cancelled(&mut state, &mut garbage);
+        let timeout = if !state.ready.is_empty() || state.stopping {
+            Some(0.0)
+        } else {
+            state
+                .timers
+                .peek()
+                .map(|(when, _)| (when - monotonic()).max(0.0))
+        };
+        drop(state);
+        drop(garbage);
+        timeout
+    }
+
+    /// `(ready callbacks, timers in the heap, watched descriptors)`.
+    fn counts(&self) -> (usize, usize, usize) {
+        let state = self.lock();
+        (state.ready.len(), state.timers.len(), state.io.len())
+    }
+
+    /// Drops every queued callback, timer and registration; later scheduling raises RuntimeError.
+    fn close(&self) {
+        let mut state = self.lock();
+        state.closed = true;
+        let ready = std::mem::take(&mut state.ready);
+        let timers = state.timers.drain();
+        let io = std::mem::take(&mut state.io);
+        for fd in io.keys() {
+            let _ = self.poller.set_interest(*fd, false, false);
+        }
+        drop(state);
+        for timer in &timers {
+            timer.get().scheduled.store(false, Ordering::Release);
+        }
+        drop((ready, timers, io));
+    }
+
+    fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.event_loop)?;
+        // Never block in the collector: if another thread holds the lock, what it guards is simply
+        // not reported (the collector then treats those objects as reachable; nothing is freed early).
+        let Ok(state) = self.state.try_lock() else {
+            return Ok(());
+        };
+        for ready in &state.ready {
+            visit.call(ready.object())?;
+        }
+        for timer in state.timers.iter() {
+            visit.call(timer)?;
+        }
+        for watch in state.io.values() {
+            visit.call(&watch.reader)?;
+            visit.call(&watch.writer)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,490 @@
+"""percore's own event loop (percore._event_loop over runtime/src/python/event_loop.rs), in process.
+
+Every test runs on ``percore.new_event_loop()``; the ones marked ``both`` also run on asyncio's own loop,
+so a behaviour asserted here is asyncio's behaviour, not an accident of ours. Nothing here waits on a
+clock: a broken wake-up hangs, and pytest-timeout turns that into a failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import os
+import signal
+import socket
+import ssl
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+import percore
+from percore import _runtime
+
+CERTS = Path(__file__).resolve().parent / "certs"
+
+FACTORIES = {"percore": percore.new_event_loop, "asyncio": asyncio.SelectorEventLoop}
+
+
+@pytest.fixture
+def loop():
+    loop = percore.new_event_loop()
+    yield loop
+    if not loop.is_closed():
+        loop.close()
+
+
+@pytest.fixture(params=list(FACTORIES))
+def any_loop(request):
+    loop = FACTORIES[request.param]()
+    yield loop
+    if not loop.is_closed():
+        loop.close()
+
+
+def test_the_loop_is_ours_all_the_way_down(loop):
+    assert isinstance(loop, asyncio.AbstractEventLoop)
+    assert isinstance(loop.call_soon(lambda: None), _runtime.Handle)
+    assert isinstance(loop.call_later(10, lambda: None), _runtime.TimerHandle)
+    # No selectors object: the epoll descriptor belongs to the Rust reactor.
+    assert not hasattr(loop._selector, "_selector")
+    with pytest.raises(RuntimeError, match="no select"):
+        loop._selector.select(0)
+
+
+def test_callbacks_run_in_fifo_order_and_new_ones_wait_for_the_next_iteration(any_loop):
+    seen = []
+
+    def first():
+        seen.append("first")
+        any_loop.call_soon(seen.append, "scheduled by first")
+
+    any_loop.call_soon(first)
+    any_loop.call_soon(seen.append, "second")
+    any_loop._run_once()
+    assert seen == ["first", "second"]
+    any_loop._run_once()
+    assert seen == ["first", "second", "scheduled by first"]
+
+
+def test_a_cancelled_handle_never_runs(any_loop):
+    seen = []
+    handle = any_loop.call_soon(seen.append, "cancelled")
+    any_loop.call_soon(seen.append, "kept")
+    handle.cancel()
+    assert handle.cancelled()
+    any_loop._run_once()
+    assert seen == ["kept"]
+
+
+def test_timers_fire_by_deadline_equal_deadlines_in_scheduling_order(loop):
+    seen = []
+    now = loop.time()
+    when = now + 0.05
+    loop.call_at(when + 0.01, seen.append, "later")
+    for name in ["a", "b", "c", "d"]:
+        loop.call_at(when, seen.append, name)
+    loop.call_at(now - 1, seen.append, "past")
+    cancelled = loop.call_at(when, seen.append, "cancelled")
+    assert cancelled.when() == when
+    cancelled.cancel()
+    loop.call_at(when + 0.02, loop.stop)
+    loop.run_forever()
+    assert seen == ["past", "a", "b", "c", "d", "later"]
+
+
+def test_timer_handles_compare_by_deadline(loop):
+    early = loop.call_later(1, print)
+    late = loop.call_later(2, print)
+    assert early < late and late > early and early != late
+    assert sorted([late, early]) == [early, late]
+    early.cancel()
+    late.cancel()
+
+
+def test_many_cancelled_timers_are_purged_and_the_rest_still_fire(loop):
+    seen = []
+    handles = [loop.call_later(3600, seen.append, i) for i in range(500)]
+    for handle in handles:
+        handle.cancel()
+    loop.call_later(0, seen.append, "due")
+    loop.call_later(0, loop.stop)
+    loop.run_forever()
+    assert seen == ["due"]
+    ready, timers, _ = loop._reactor.counts()
+    assert timers < 500, "cancelled timers are dropped from the heap, not kept until their deadline"
+    assert not any(h._scheduled for h in handles)
+
+
+def test_callbacks_run_in_their_context(any_loop):
+    var = contextvars.ContextVar("var", default="outside")
+    context = contextvars.copy_context()
+    context.run(var.set, "inside")
+    seen = []
+    any_loop.call_soon(lambda: seen.append(var.get()), context=context)
+    any_loop.call_soon(lambda: seen.append(var.get()))
+    any_loop._run_once()
+    assert seen == ["inside", "outside"]
+
+
+def test_call_soon_threadsafe_wakes_a_loop_blocked_in_the_reactor(any_loop):
+    # No timers, no ready callbacks: the loop blocks in epoll_wait until the eventfd is written.
+    future = any_loop.create_future()
+    started = threading.Event()
+
+    def other_thread():
+        started.wait()
+        any_loop.call_soon_threadsafe(future.set_result, "woken")
+
+    thread = threading.Thread(target=other_thread)
+    thread.start()
+    any_loop.call_soon(started.set)
+    assert any_loop.run_until_complete(future) == "woken"
+    thread.join()
+
+
+def test_call_soon_threadsafe_from_many_threads_loses_nothing(loop):
+    threads, per_thread = 4, 2000
+    seen = []
+    done = loop.create_future()
+
+    def add(item):
+        seen.append(item)
+        if len(seen) == threads * per_thread:
+            done.set_result(None)
+
+    def producer(t):
+        for i in range(per_thread):
+            loop.call_soon_threadsafe(add, (t, i))
+
+    workers = [threading.Thread(target=producer, args=(t,)) for t in range(threads)]
+    for worker in workers:
+        worker.start()
+    loop.run_until_complete(done)
+    for worker in workers:
+        worker.join()
+    assert sorted(seen) == [(t, i) for t in range(threads) for i in range(per_thread)]
+    for t in range(threads):  # each thread's calls keep their order
+        assert [i for tt, i in seen if tt == t] == list(range(per_thread))
+
+
+def test_readers_and_writers_on_a_socketpair(any_loop):
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    try:
+        got = []
+        done = any_loop.create_future()
+
+        def on_readable():
+            # Reads one byte at a time: level-triggered readiness calls again while data is left.
+            got.append(b.recv(1))
+            if len(got) == 3:
+                assert any_loop.remove_reader(b) is True
+                done.set_result(None)
+
+        any_loop.add_reader(b, on_readable)
+
+        def on_writable():
+            assert any_loop.remove_writer(a.fileno()) is True
+            a.send(b"xyz")
+
+        any_loop.add_writer(a.fileno(), on_writable)
+        any_loop.run_until_complete(done)
+        assert got == [b"x", b"y", b"z"]
+        assert any_loop.remove_reader(b) is False
+        assert any_loop.remove_writer(a) is False
+    finally:
+        a.close()
+        b.close()
+
+
+def test_replacing_a_reader_cancels_the_old_handle(loop):
+    a, b = socket.socketpair()
+    try:
+        loop.add_reader(b, print)
+        old = loop._selector.get_key(b).data[0]
+        loop.add_reader(b, print)
+        assert old.cancelled()
+        assert loop.remove_reader(b)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_bad_descriptor_is_a_clear_error_and_leaves_nothing_registered(loop):
+    r, w = os.pipe()
+    os.close(r)
+    os.close(w)
+    with pytest.raises(OSError):
+        loop.add_reader(r, print)
+    assert loop._reactor.counts()[2] == 1  # only the loop's own self-pipe
+    with pytest.raises(ValueError):
+        loop.add_reader(-1, print)
+
+
+async def _echo_via_streams() -> bytes:
+    async def handle(reader, writer):
+        writer.write(await reader.readline())
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"hello streams\n")
+        line = await reader.readline()
+        writer.close()
+        await writer.wait_closed()
+    return line
+
+
+def test_tcp_echo_via_streams(any_loop):
+    assert any_loop.run_until_complete(_echo_via_streams()) == b"hello streams\n"
+
+
+def test_tcp_echo_via_streams_over_tls(loop):
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(CERTS / "localhost.crt", CERTS / "localhost.key")
+    client_ctx = ssl.create_default_context(cafile=CERTS / "localhost.crt")
+
+    async def main():
+        async def handle(reader, writer):
+            writer.write(await reader.readline())
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=server_ctx)
+        port = server.sockets[0].getsockname()[1]
+        async with server:
+            reader, writer = await asyncio.open_connection(
+                "127.0.0.1", port, ssl=client_ctx, server_hostname="localhost"
+            )
+            writer.write(b"hello tls\n")
+            line = await reader.readline()
+            writer.close()
+            await writer.wait_closed()
+        return line
+
+    assert loop.run_until_complete(main()) == b"hello tls\n"
+
+
+def test_tcp_echo_via_transports_and_protocols(any_loop):
+    class Echo(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.transport = transport
+
+        def data_received(self, data):
+            self.transport.write(data)
+
+    class Client(asyncio.Protocol):
+        def __init__(self):
+            self.received = b""
+            self.done = any_loop.create_future()
+
+        def connection_made(self, transport):
+            transport.write(b"x" * 100_000)  # more than one socket buffer: exercises add_writer
+            self.transport = transport
+
+        def data_received(self, data):
+            self.received += data
+            if len(self.received) == 100_000:
+                self.transport.close()
+
+        def connection_lost(self, exc):
+            self.done.set_result(self.received)
+
+    async def main():
+        server = await any_loop.create_server(Echo, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        _, client = await any_loop.create_connection(Client, "127.0.0.1", port)
+        received = await client.done
+        server.close()
+        await server.wait_closed()
+        return received
+
+    assert any_loop.run_until_complete(main()) == b"x" * 100_000
+
+
+def test_sock_methods_getaddrinfo_and_run_in_executor(loop):
+    async def main():
+        infos = await loop.getaddrinfo("localhost", 0, type=socket.SOCK_STREAM)
+        assert infos
+        listener = socket.create_server(("127.0.0.1", 0))
+        listener.setblocking(False)
+        client = socket.socket()
+        client.setblocking(False)
+        with listener, client:
+            await loop.sock_connect(client, listener.getsockname())
+            conn, _ = await loop.sock_accept(listener)
+            with conn:
+                await loop.sock_sendall(client, b"ping")
+                assert await loop.sock_recv(conn, 4) == b"ping"
+        return await loop.run_in_executor(None, threading.get_ident)
+
+    assert loop.run_until_complete(main()) != threading.get_ident()
+
+
+def test_closing_with_pending_work_drops_it(loop):
+    seen = []
+    loop.call_soon(seen.append, "never")
+    loop.call_later(0, seen.append, "never either")
+    a, b = socket.socketpair()
+    loop.add_reader(a, seen.append, "nor this")
+    loop.close()
+    assert loop.is_closed()
+    loop.close()  # twice is fine
+    assert seen == []
+    assert loop._reactor.counts() == (0, 0, 0)
+    with pytest.raises(RuntimeError, match="closed"):
+        loop.call_soon(print)
+    with pytest.raises(RuntimeError, match="closed"):
+        loop.call_soon_threadsafe(print)
+    with pytest.raises(RuntimeError, match="closed"):
+        loop.call_later(1, print)
+    coroutine = asyncio.sleep(0)
+    with pytest.raises(RuntimeError, match="closed"):
+        loop.run_until_complete(coroutine)
+    coroutine.close()
+    a.close()
+    b.close()
+
+
+def test_a_running_loop_cannot_be_closed(loop):
+    async def main():
+        with pytest.raises(RuntimeError, match="running"):
+            loop.close()
+
+    loop.run_until_complete(main())
+
+
+def test_an_exception_in_a_callback_goes_to_the_exception_handler(any_loop):
+    contexts = []
+    any_loop.set_exception_handler(lambda _loop, context: contexts.append(context))
+    seen = []
+
+    def boom():
+        raise ValueError("boom")
+
+    handle = any_loop.call_soon(boom)
+    any_loop.call_soon(seen.append, "still runs")
+    any_loop._run_once()
+    assert seen == ["still runs"]
+    [context] = contexts
+    assert isinstance(context["exception"], ValueError)
+    assert context["handle"] is handle
+    assert context["message"].startswith("Exception in callback")
+    assert "boom" in context["message"]
+
+
+@pytest.mark.parametrize("exc", [KeyboardInterrupt, SystemExit])
+def test_keyboard_interrupt_and_system_exit_escape_and_leave_the_rest_queued(any_loop, exc):
+    seen = []
+
+    def interrupt():
+        raise exc
+
+    any_loop.call_soon(interrupt)
+    any_loop.call_soon(seen.append, "after")
+    with pytest.raises(exc):
+        any_loop._run_once()
+    assert seen == []
+    any_loop._run_once()
+    assert seen == ["after"]
+
+
+def test_stop_before_run_forever_runs_one_iteration(any_loop):
+    seen = []
+    any_loop.call_soon(seen.append, 1)
+    any_loop.stop()
+    any_loop.run_forever()
+    assert seen == [1]
+    assert not any_loop.is_running()
+
+
+def test_asyncio_timeout_and_task_group(loop):
+    async def main():
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.01):
+                await asyncio.sleep(3600)
+
+        async def child(i):
+            await asyncio.sleep(0)
+            return i * 2
+
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(child(i)) for i in range(10)]
+
+        async def fail():
+            raise ValueError("child failed")
+
+        with pytest.raises(ExceptionGroup):
+            async with asyncio.TaskGroup() as group:
+                group.create_task(fail())
+                group.create_task(asyncio.sleep(3600))
+        return [t.result() for t in tasks]
+
+    assert loop.run_until_complete(main()) == [i * 2 for i in range(10)]
+
+
+def test_percore_run_and_asyncio_runners_use_our_loop():
+    async def which():
+        await asyncio.sleep(0)
+        return type(asyncio.get_running_loop())
+
+    assert percore.run(which()) is percore.EventLoop
+    assert asyncio.run(which(), loop_factory=percore.new_event_loop) is percore.EventLoop
+    with asyncio.Runner(loop_factory=percore.new_event_loop) as runner:
+        assert runner.run(which()) is percore.EventLoop
+    policy = asyncio.get_event_loop_policy()
+    try:
+        asyncio.set_event_loop_policy(percore.EventLoopPolicy())
+        assert asyncio.run(which()) is percore.EventLoop
+    finally:
+        asyncio.set_event_loop_policy(policy)
+
+
+def test_signal_handlers_wake_the_loop(loop):
+    got = loop.create_future()
+    loop.add_signal_handler(signal.SIGUSR1, got.set_result, "signalled")
+    try:
+        loop.call_soon(os.kill, os.getpid(), signal.SIGUSR1)
+        assert loop.run_until_complete(got) == "signalled"
+    finally:
+        loop.remove_signal_handler(signal.SIGUSR1)
+
+
+def test_subprocess(loop):
+    async def main():
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", "print(input().upper())", stdin=-1, stdout=-1
+        )
+        out, _ = await proc.communicate(b"percore\n")
+        return out, proc.returncode
+
+    assert loop.run_until_complete(main()) == (b"PERCORE\n", 0)
+
+
+def test_debug_mode_checks_callbacks(loop):
+    loop.set_debug(True)
+    with pytest.raises(TypeError, match="coroutine"):
+        loop.call_soon(_echo_via_streams)
+    loop.set_debug(False)
+    assert loop.call_soon.__self__ is loop._reactor  # the fast path is back
+
+
+def test_anyio_on_our_loop():
+    anyio = pytest.importorskip("anyio")
+
+    async def main():
+        async with anyio.create_task_group() as group:
+            group.start_soon(anyio.sleep, 0)
+        result = await anyio.to_thread.run_sync(lambda: 42)
+        return result, type(asyncio.get_running_loop())
+
+    assert anyio.run(main, backend_options={"loop_factory": percore.new_event_loop}) == (
+        42,
+        percore.EventLoop,
+    )
