@@ -22,7 +22,7 @@ import asyncio
 import selectors
 import sys
 import threading
-from asyncio import events, format_helpers, unix_events
+from asyncio import base_events, events, format_helpers, unix_events
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
@@ -81,13 +81,21 @@ class EventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-define
 
     def set_debug(self, enabled: bool) -> None:
         super().set_debug(enabled)
+        self._reactor.set_debug(bool(enabled))
         self._bind_fast_path()
 
     def time(self) -> float:
         return self._reactor.time()
 
+    def _traced(self, handle, frame):
+        """In debug mode, record where ``handle`` was scheduled (asyncio's ``_source_traceback``)."""
+        if self._debug:
+            handle._set_source_traceback(format_helpers.extract_stack(frame))
+        return handle
+
     def _call_soon(self, callback, args, context):
-        return self._reactor.call_soon(callback, *args, context=context)
+        # Only reached in debug mode or through asyncio internals: the fast path binds the reactor's.
+        return self._traced(self._reactor.call_soon(callback, *args, context=context), sys._getframe(1))
 
     def call_at(self, when, callback, *args, context=None):
         if when is None:
@@ -96,13 +104,14 @@ class EventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-define
         if self._debug:
             self._check_thread()
             self._check_callback(callback, "call_at")
-        return self._reactor.call_at(when, callback, *args, context=context)
+        return self._traced(self._reactor.call_at(when, callback, *args, context=context), sys._getframe(1))
 
     def call_soon_threadsafe(self, callback, *args, context=None):
         self._check_closed()
         if self._debug:
             self._check_callback(callback, "call_soon_threadsafe")
-        return self._reactor.call_soon_threadsafe(callback, *args, context=context)
+        handle = self._reactor.call_soon_threadsafe(callback, *args, context=context)
+        return self._traced(handle, sys._getframe(1))
 
     def _add_callback(self, handle) -> None:
         # asyncio's signal handling queues its own (Python) Handle objects.
@@ -118,9 +127,24 @@ class EventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-define
     def _percore_callback_error(self, handle, exc: BaseException) -> None:
         """Called by the reactor when a callback raised (asyncio's ``Handle._run``)."""
         source = format_helpers._format_callback_source(handle._callback, handle._args, debug=self._debug)
-        self.call_exception_handler(
-            {"message": f"Exception in callback {source}", "exception": exc, "handle": handle}
-        )
+        context = {"message": f"Exception in callback {source}", "exception": exc, "handle": handle}
+        if handle._source_traceback:
+            context["source_traceback"] = handle._source_traceback
+        self.call_exception_handler(context)
+
+    def _percore_run_debug(self, handle) -> None:
+        """Runs one callback in debug mode, as asyncio's ``_run_once`` does (called by the reactor)."""
+        if handle._cancelled:
+            return
+        try:
+            self._current_handle = handle
+            t0 = self.time()
+            handle._run()
+            dt = self.time() - t0
+            if dt >= self.slow_callback_duration:
+                base_events.logger.warning("Executing %s took %.3f seconds", base_events._format_handle(handle), dt)
+        finally:
+            self._current_handle = None
 
     # --- file descriptors -------------------------------------------------------------------------
 

@@ -20,7 +20,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::RawFd;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,19 +44,37 @@ const MIN_CANCELLED_TO_PURGE: usize = 100;
 
 /// A scheduled call: `context.run(callback, *args)`.
 struct Callback {
-    /// `(callback, *args)`, built once so running it is one call.
-    run_args: Py<PyTuple>,
+    /// `(context, callback, *args)`, built once so that running it is one vectorcall of the unbound
+    /// `Context.run` (no bound method object, no argument tuple per run). Dropped by `cancel()`, as
+    /// asyncio drops `_callback` and `_args`: a cancelled timer waits in the heap until its deadline or
+    /// a purge, and must not keep what it would have called alive until then.
+    run_args: Mutex<Option<Py<PyTuple>>>,
     context: Py<PyAny>,
     event_loop: Py<PyAny>,
     cancelled: AtomicBool,
+    /// Where it was scheduled from: set by the Python side in debug mode only (asyncio's
+    /// `Handle._source_traceback`).
+    source_traceback: OnceLock<Py<PyAny>>,
 }
 
-fn copy_context(py: Python<'_>) -> PyResult<Py<PyAny>> {
+fn copy_context(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
     static COPY_CONTEXT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
     COPY_CONTEXT
         .import(py, "contextvars", "copy_context")?
         .call0()
-        .map(Bound::unbind)
+}
+
+/// `contextvars.Context.run`, the unbound method: `run(context, callback, *args)`.
+fn context_run(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
+    static CONTEXT_RUN: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    CONTEXT_RUN
+        .get_or_try_init(py, || {
+            py.import("contextvars")?
+                .getattr("Context")?
+                .getattr("run")
+                .map(Bound::unbind)
+        })
+        .map(|run| run.bind(py))
 }
 
 impl Callback {
@@ -67,19 +85,21 @@ impl Callback {
         args: &Bound<'_, PyTuple>,
         context: Option<Py<PyAny>>,
     ) -> PyResult<Self> {
-        let mut items = Vec::with_capacity(args.len() + 1);
+        let context = match context {
+            Some(context) if !context.is_none(py) => context.into_bound(py),
+            _ => copy_context(py)?,
+        };
+        let mut items = Vec::with_capacity(args.len() + 2);
+        items.push(context.clone());
         items.push(callback);
         items.extend(args.iter());
         let run_args = PyTuple::new(py, items)?.unbind();
-        let context = match context {
-            Some(context) if !context.is_none(py) => context,
-            _ => copy_context(py)?,
-        };
         Ok(Self {
-            run_args,
-            context,
+            run_args: Mutex::new(Some(run_args)),
+            context: context.unbind(),
             event_loop: event_loop.clone_ref(py),
             cancelled: AtomicBool::new(false),
+            source_traceback: OnceLock::new(),
         })
     }
 
@@ -87,15 +107,32 @@ impl Callback {
         self.cancelled.load(Ordering::Acquire)
     }
 
+    fn run_args(&self, py: Python<'_>) -> Option<Py<PyTuple>> {
+        let run_args = self.run_args.lock().unwrap_or_else(|p| p.into_inner());
+        run_args.as_ref().map(|args| args.clone_ref(py))
+    }
+
+    /// Marks the call cancelled and drops what it would have called; true if it was not cancelled.
+    fn cancel(&self) -> bool {
+        let first = !self.cancelled.swap(true, Ordering::AcqRel);
+        let run_args = self
+            .run_args
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        drop(run_args); // after the lock: a finalizer may run here
+        first
+    }
+
     /// Runs the call unless cancelled; reports an exception to the loop's handler.
     fn run(&self, py: Python<'_>, handle: &Bound<'_, PyAny>) -> PyResult<()> {
         if self.cancelled() {
             return Ok(());
         }
-        let result = self
-            .context
-            .bind(py)
-            .call_method1(intern!(py, "run"), self.run_args.bind(py));
+        let Some(run_args) = self.run_args(py) else {
+            return Ok(());
+        };
+        let result = context_run(py)?.call1(run_args.bind(py));
         match result {
             Ok(_) => Ok(()),
             Err(err)
@@ -114,13 +151,23 @@ impl Callback {
         }
     }
 
-    fn callback<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        self.run_args.bind(py).get_item(0)
+    fn context(&self, py: Python<'_>) -> Py<PyAny> {
+        self.context.clone_ref(py)
     }
 
-    fn args<'py>(&self, py: Python<'py>) -> Bound<'py, PyTuple> {
-        let run_args = self.run_args.bind(py);
-        run_args.get_slice(1, run_args.len())
+    /// The callback, None once cancelled (asyncio's `_callback`).
+    fn callback<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        self.run_args(py)
+            .map(|args| args.into_bound(py).get_item(1))
+            .transpose()
+    }
+
+    /// The arguments, None once cancelled (asyncio's `_args`).
+    fn args<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyTuple>> {
+        self.run_args(py).map(|args| {
+            let args = args.into_bound(py);
+            args.get_slice(2, args.len())
+        })
     }
 
     fn repr(&self, py: Python<'_>, kind: &str, extra: &str) -> PyResult<String> {
@@ -131,20 +178,36 @@ impl Callback {
         if !extra.is_empty() {
             info.push(extra.into());
         }
-        let source = py
-            .import(intern!(py, "asyncio.format_helpers"))?
-            .call_method1(
-                intern!(py, "_format_callback_source"),
-                (self.callback(py)?, self.args(py), false),
-            )?;
-        info.push(source.extract()?);
+        if let Some(callback) = self.callback(py)? {
+            let source = py
+                .import(intern!(py, "asyncio.format_helpers"))?
+                .call_method1(
+                    intern!(py, "_format_callback_source"),
+                    (callback, self.args(py)),
+                )?;
+            info.push(source.extract()?);
+        }
         Ok(format!("<{}>", info.join(" ")))
     }
 
     fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
-        visit.call(&self.run_args)?;
+        // Never block in the collector (see Reactor::__traverse__).
+        if let Ok(run_args) = self.run_args.try_lock() {
+            visit.call(&*run_args)?;
+        }
         visit.call(&self.context)?;
-        visit.call(&self.event_loop)
+        visit.call(&self.event_loop)?;
+        visit.call(self.source_traceback.get())
+    }
+
+    fn source_traceback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.source_traceback.get().map(|tb| tb.clone_ref(py))
+    }
+
+    fn set_source_traceback(&self, traceback: Py<PyAny>) -> PyResult<()> {
+        self.source_traceback
+            .set(traceback)
+            .map_err(|_| PyRuntimeError::new_err("the source traceback is already set"))
     }
 }
 
@@ -157,7 +220,7 @@ pub struct Handle {
 #[pymethods]
 impl Handle {
     fn cancel(&self) {
-        self.call.cancelled.store(true, Ordering::Release);
+        self.call.cancel();
     }
 
     fn cancelled(&self) -> bool {
@@ -165,7 +228,7 @@ impl Handle {
     }
 
     fn get_context(&self, py: Python<'_>) -> Py<PyAny> {
-        self.call.context.clone_ref(py)
+        self.call.context(py)
     }
 
     fn _run(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -178,18 +241,18 @@ impl Handle {
     }
 
     #[getter]
-    fn _callback<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+    fn _callback<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
         self.call.callback(py)
     }
 
     #[getter]
-    fn _args<'py>(&self, py: Python<'py>) -> Bound<'py, PyTuple> {
+    fn _args<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyTuple>> {
         self.call.args(py)
     }
 
     #[getter]
     fn _context(&self, py: Python<'_>) -> Py<PyAny> {
-        self.call.context.clone_ref(py)
+        self.call.context(py)
     }
 
     #[getter]
@@ -197,10 +260,14 @@ impl Handle {
         self.call.event_loop.clone_ref(py)
     }
 
-    /// Creation tracebacks are not recorded (asyncio records them in debug mode only).
+    /// Where the call was scheduled from (debug mode only, else None).
     #[getter]
-    fn _source_traceback(&self) -> Option<Py<PyAny>> {
-        None
+    fn _source_traceback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.call.source_traceback(py)
+    }
+
+    fn _set_source_traceback(&self, traceback: Py<PyAny>) -> PyResult<()> {
+        self.call.set_source_traceback(traceback)
     }
 
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
@@ -226,8 +293,7 @@ pub struct TimerHandle {
 #[pymethods]
 impl TimerHandle {
     fn cancel(&self) {
-        if !self.call.cancelled.swap(true, Ordering::AcqRel) && self.scheduled.load(Ordering::Acquire)
-        {
+        if self.call.cancel() && self.scheduled.load(Ordering::Acquire) {
             self.cancelled_in_heap.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -241,7 +307,7 @@ impl TimerHandle {
     }
 
     fn get_context(&self, py: Python<'_>) -> Py<PyAny> {
-        self.call.context.clone_ref(py)
+        self.call.context(py)
     }
 
     fn _run(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -264,18 +330,18 @@ impl TimerHandle {
     }
 
     #[getter]
-    fn _callback<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+    fn _callback<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
         self.call.callback(py)
     }
 
     #[getter]
-    fn _args<'py>(&self, py: Python<'py>) -> Bound<'py, PyTuple> {
+    fn _args<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyTuple>> {
         self.call.args(py)
     }
 
     #[getter]
     fn _context(&self, py: Python<'_>) -> Py<PyAny> {
-        self.call.context.clone_ref(py)
+        self.call.context(py)
     }
 
     #[getter]
@@ -284,8 +350,12 @@ impl TimerHandle {
     }
 
     #[getter]
-    fn _source_traceback(&self) -> Option<Py<PyAny>> {
-        None
+    fn _source_traceback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.call.source_traceback(py)
+    }
+
+    fn _set_source_traceback(&self, traceback: Py<PyAny>) -> PyResult<()> {
+        self.call.set_source_traceback(traceback)
     }
 
     fn __hash__(&self, py: Python<'_>) -> PyResult<isize> {
@@ -307,11 +377,10 @@ impl TimerHandle {
             CompareOp::Eq | CompareOp::Ne => {
                 let equal = self.when == other.when
                     && self.call.cancelled() == other.call.cancelled()
-                    && self
-                        .call
-                        .run_args
-                        .bind(py)
-                        .eq(other.call.run_args.bind(py))?;
+                    && match (self.call.run_args(py), other.call.run_args(py)) {
+                        (Some(a), Some(b)) => a.bind(py).eq(b.bind(py))?,
+                        (a, b) => a.is_none() && b.is_none(),
+                    };
                 equal == matches!(op, CompareOp::Eq)
             }
             op => op.matches(self.when.total_cmp(&other.when)),
@@ -335,6 +404,14 @@ enum Ready {
 }
 
 impl Ready {
+    /// In debug mode: asyncio's `_run_once` debug branch (`_current_handle`, slow-callback warning).
+    fn run_debug(&self, py: Python<'_>, event_loop: &Py<PyAny>) -> PyResult<()> {
+        event_loop
+            .bind(py)
+            .call_method1(intern!(py, "_percore_run_debug"), (self.object(),))?;
+        Ok(())
+    }
+
     fn run(&self, py: Python<'_>) -> PyResult<()> {
         match self {
             Ready::Soon(handle) => handle.get().call.run(py, handle.bind(py).as_any()),
@@ -381,6 +458,8 @@ pub struct Reactor {
     state: Mutex<State>,
     event_loop: Py<PyAny>,
     cancelled_in_heap: Arc<AtomicIsize>,
+    /// The loop's debug mode: callbacks then run through `_percore_run_debug` (timed, logged if slow).
+    debug: AtomicBool,
 }
 
 fn closed_error() -> PyErr {
@@ -639,8 +718,14 @@ impl Reactor {
                 return Err(err);
             }
         }
+        let debug = self.debug.load(Ordering::Relaxed);
         while let Some(ready) = batch.pop_front() {
-            if let Err(err) = ready.run(py) {
+            let ran = if debug {
+                ready.run_debug(py, &self.event_loop)
+            } else {
+                ready.run(py)
+            };
+            if let Err(err) = ran {
                 drop(ready);
                 self.requeue(batch);
                 return Err(err);
@@ -670,6 +755,7 @@ impl Reactor {
             state: Mutex::new(State::default()),
             event_loop,
             cancelled_in_heap: Arc::new(AtomicIsize::new(0)),
+            debug: AtomicBool::new(false),
         })
     }
 
@@ -804,6 +890,11 @@ impl Reactor {
         };
         self.lock().stopping = false;
         result
+    }
+
+    /// Debug mode: callbacks run through the loop's `_percore_run_debug`.
+    fn set_debug(&self, enabled: bool) {
+        self.debug.store(enabled, Ordering::Relaxed);
     }
 
     /// Makes `run_forever` return after the current iteration (the next one, if none is running).
