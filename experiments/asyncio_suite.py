@@ -125,7 +125,9 @@ def run_module(loop: str, module: str, timeout: float) -> dict:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--loop", choices=["percore", "asyncio", "both"], default="both")
     parser.add_argument("--module", action="append", help="a test_asyncio module (default: all)")
     parser.add_argument("--timeout", type=float, default=900, help="seconds per module")

@@ -17,9 +17,8 @@ import sys
 import threading
 from pathlib import Path
 
-import pytest
-
 import percore
+import pytest
 from percore import _runtime
 
 CERTS = Path(__file__).resolve().parent / "certs"
@@ -112,7 +111,7 @@ def test_many_cancelled_timers_are_purged_and_the_rest_still_fire(loop):
     loop.call_later(0, loop.stop)
     loop.run_forever()
     assert seen == ["due"]
-    ready, timers, _ = loop._reactor.counts()
+    _, timers, _ = loop._reactor.counts()
     assert timers < 500, "cancelled timers are dropped from the heap, not kept until their deadline"
     assert not any(h._scheduled for h in handles)
 

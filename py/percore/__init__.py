@@ -5,9 +5,9 @@ from . import _affinity, _asyncio_patch
 _asyncio_patch.install()
 _affinity.install()
 
+from ._event_loop import EventLoop, EventLoopPolicy, new_event_loop, run  # noqa: E402
 from ._runtime import __version__  # noqa: E402
 from ._threadpool import run_in_threadpool  # noqa: E402
-from ._event_loop import EventLoop, EventLoopPolicy, new_event_loop, run  # noqa: E402
 from .app import App, Router  # noqa: E402
 from .background import BackgroundTask, BackgroundTasks  # noqa: E402
 from .datastructures import UploadFile  # noqa: E402

@@ -142,7 +142,9 @@ class EventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-define
             handle._run()
             dt = self.time() - t0
             if dt >= self.slow_callback_duration:
-                base_events.logger.warning("Executing %s took %.3f seconds", base_events._format_handle(handle), dt)
+                base_events.logger.warning(
+                    "Executing %s took %.3f seconds", base_events._format_handle(handle), dt
+                )
         finally:
             self._current_handle = None
 

@@ -49,7 +49,8 @@ fn check(result: libc::c_int) -> io::Result<libc::c_int> {
 impl Poller {
     pub fn new() -> io::Result<Self> {
         // SAFETY: plain system calls; each returned descriptor is owned exactly once.
-        let epoll = unsafe { OwnedFd::from_raw_fd(check(libc::epoll_create1(libc::EPOLL_CLOEXEC))?) };
+        let epoll =
+            unsafe { OwnedFd::from_raw_fd(check(libc::epoll_create1(libc::EPOLL_CLOEXEC))?) };
         let wake = unsafe {
             OwnedFd::from_raw_fd(check(libc::eventfd(
                 0,
@@ -57,7 +58,12 @@ impl Poller {
             ))?)
         };
         let poller = Self { epoll, wake };
-        poller.ctl(libc::EPOLL_CTL_ADD, poller.wake.as_raw_fd(), libc::EPOLLIN as u32, WAKE_TOKEN)?;
+        poller.ctl(
+            libc::EPOLL_CTL_ADD,
+            poller.wake.as_raw_fd(),
+            libc::EPOLLIN as u32,
+            WAKE_TOKEN,
+        )?;
         Ok(poller)
     }
 
@@ -82,7 +88,9 @@ impl Poller {
         if !read && !write {
             return match self.ctl(libc::EPOLL_CTL_DEL, fd, 0, 0) {
                 // Already gone: closing a descriptor removes it from every epoll set.
-                Err(err) if matches!(err.raw_os_error(), Some(libc::ENOENT | libc::EBADF)) => Ok(()),
+                Err(err) if matches!(err.raw_os_error(), Some(libc::ENOENT | libc::EBADF)) => {
+                    Ok(())
+                }
                 other => other,
             };
         }
@@ -309,7 +317,9 @@ mod tests {
         for _ in 0..2 {
             // Not drained, so reported again.
             events.clear();
-            poller.wait(&mut events, Some(Duration::from_secs(5))).unwrap();
+            poller
+                .wait(&mut events, Some(Duration::from_secs(5)))
+                .unwrap();
             assert_eq!(
                 events,
                 [Event {

@@ -20,12 +20,14 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::RawFd;
-use std::sync::{Mutex, OnceLock};
 use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering};
 use std::sync::Arc;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use pyo3::exceptions::{PyKeyError, PyKeyboardInterrupt, PyRuntimeError, PySystemExit, PyTypeError};
+use pyo3::exceptions::{
+    PyKeyError, PyKeyboardInterrupt, PyRuntimeError, PySystemExit, PyTypeError,
+};
 use pyo3::gc::{PyTraverseError, PyVisit};
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -33,7 +35,7 @@ use pyo3::pyclass::CompareOp;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyFloat, PyTuple};
 
-use crate::event_loop::{Event, Poller, TimerHeap, monotonic};
+use crate::event_loop::{monotonic, Event, Poller, TimerHeap};
 
 /// asyncio's cap on one wait (`base_events.MAXIMUM_SELECT_TIMEOUT`).
 const MAXIMUM_WAIT: f64 = 24.0 * 3600.0;
@@ -385,7 +387,10 @@ impl TimerHandle {
             }
             op => op.matches(self.when.total_cmp(&other.when)),
         };
-        Ok(pyo3::types::PyBool::new(py, result).to_owned().into_any().unbind())
+        Ok(pyo3::types::PyBool::new(py, result)
+            .to_owned()
+            .into_any()
+            .unbind())
     }
 
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
@@ -469,7 +474,9 @@ fn closed_error() -> PyErr {
 impl Reactor {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic while the lock was held leaves plain data (queues, maps): still consistent.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn push(&self, ready: Ready, wake: bool) -> PyResult<()> {
@@ -578,7 +585,13 @@ impl Reactor {
     }
 
     /// Removes `fd`'s reader or writer (into `garbage`); false if there was none. Lock held by caller.
-    fn unwatch_locked(state: &mut State, poller: &Poller, fd: RawFd, write: bool, garbage: &mut Garbage) -> bool {
+    fn unwatch_locked(
+        state: &mut State,
+        poller: &Poller,
+        fd: RawFd,
+        write: bool,
+        garbage: &mut Garbage,
+    ) -> bool {
         let Some(watch) = state.io.get_mut(&fd) else {
             return false;
         };
@@ -604,7 +617,8 @@ impl Reactor {
     fn unwatch(&self, fd: RawFd, write: bool) -> bool {
         let mut garbage = Garbage::new();
         let mut state = self.lock();
-        let removed = !state.closed && Self::unwatch_locked(&mut state, &self.poller, fd, write, &mut garbage);
+        let removed = !state.closed
+            && Self::unwatch_locked(&mut state, &self.poller, fd, write, &mut garbage);
         drop(state);
         drop(garbage);
         removed
@@ -682,7 +696,13 @@ impl Reactor {
                     match handle {
                         Some((true, handle)) => {
                             garbage.push(handle.into_any());
-                            Self::unwatch_locked(&mut state, &self.poller, event.fd, write, &mut garbage);
+                            Self::unwatch_locked(
+                                &mut state,
+                                &self.poller,
+                                event.fd,
+                                write,
+                                &mut garbage,
+                            );
                         }
                         Some((false, handle)) => state.ready.push_back(Ready::Soon(handle)),
                         None => {}
