@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import gc
 import os
 import signal
 import socket
 import ssl
 import sys
 import threading
+import weakref
 from pathlib import Path
 
 import percore
@@ -114,6 +116,48 @@ def test_many_cancelled_timers_are_purged_and_the_rest_still_fire(loop):
     _, timers, _ = loop._reactor.counts()
     assert timers < 500, "cancelled timers are dropped from the heap, not kept until their deadline"
     assert not any(h._scheduled for h in handles)
+
+
+def test_a_cancelled_timer_lets_go_of_its_callback_at_once(any_loop):
+    # asyncio drops a cancelled handle's callback; the timer itself may wait in the heap for an hour.
+    class Owner:
+        def method(self):
+            pass
+
+    owner = Owner()
+    alive = weakref.ref(owner)
+    timer = any_loop.call_later(3600, owner.method)
+    del owner
+    assert alive() is not None
+    timer.cancel()
+    assert alive() is None
+    assert timer._callback is None and timer._args is None and timer.get_context() is not None
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_a_task_that_failed_is_reported_as_soon_as_it_is_dropped(any_loop, debug):
+    # Nothing of the loop's may keep a finished task alive (debug mode once did, through a frame's
+    # locals): its "exception was never retrieved" report would come at some later collection instead.
+    reports = []
+    any_loop.set_exception_handler(lambda _loop, context: reports.append(context["message"]))
+    any_loop.set_debug(debug)
+
+    async def fail():
+        raise ValueError("nobody awaits me")
+
+    async def main():
+        asyncio.tasks._PyTask(fail(), loop=any_loop)
+        asyncio.ensure_future(fail())  # the C Task
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        return list(reports)
+
+    gc.disable()  # only reference counting may free the tasks
+    try:
+        seen = any_loop.run_until_complete(main())
+    finally:
+        gc.enable()
+    assert seen == ["Task exception was never retrieved"] * 2
 
 
 def test_callbacks_run_in_their_context(any_loop):

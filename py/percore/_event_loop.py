@@ -147,6 +147,9 @@ class EventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-define
                 )
         finally:
             self._current_handle = None
+            # As asyncio's _run_once does: a frame that raised keeps this frame (f_back) and so its locals
+            # alive; the handle would keep the task that raised, and its "never retrieved" report, alive.
+            del handle
 
     # --- file descriptors -------------------------------------------------------------------------
 

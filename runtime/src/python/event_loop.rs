@@ -648,7 +648,7 @@ impl Reactor {
 
     /// One iteration: wait for I/O (no longer than the next timer), queue what is ready and due, run the
     /// callbacks that were ready when the iteration started.
-    fn iterate(&self, py: Python<'_>) -> PyResult<()> {
+    fn iterate(&self, py: Python<'_>, block: bool) -> PyResult<()> {
         let mut garbage = Garbage::new();
         let (timeout, mut events) = {
             let mut state = self.lock();
@@ -656,7 +656,7 @@ impl Reactor {
                 return Err(closed_error());
             }
             self.purge_cancelled(&mut state, &mut garbage);
-            let timeout = if !state.ready.is_empty() || state.stopping {
+            let timeout = if !block || !state.ready.is_empty() || state.stopping {
                 Some(Duration::ZERO)
             } else if let Some((when, _)) = state.timers.peek() {
                 let seconds = (when - monotonic()).clamp(0.0, MAXIMUM_WAIT);
@@ -894,14 +894,18 @@ impl Reactor {
     }
 
     /// One loop iteration (asyncio's `_run_once`).
-    fn run_once(&self, py: Python<'_>) -> PyResult<()> {
-        self.iterate(py)
+    ///
+    /// `block=False` never waits: an outer reactor (tokio) that watches `fileno()` and `timeout()`
+    /// did the waiting.
+    #[pyo3(signature = (block=true))]
+    fn run_once(&self, py: Python<'_>, block: bool) -> PyResult<()> {
+        self.iterate(py, block)
     }
 
     /// Iterates until `stop()` (the Python side does `run_forever`'s setup and cleanup).
     fn run_forever(&self, py: Python<'_>) -> PyResult<()> {
         let result = loop {
-            if let Err(err) = self.iterate(py) {
+            if let Err(err) = self.iterate(py, true) {
                 break Err(err);
             }
             if self.lock().stopping {
