@@ -147,7 +147,7 @@ def test_a_task_that_failed_is_reported_as_soon_as_it_is_dropped(any_loop, debug
 
     async def main():
         asyncio.tasks._PyTask(fail(), loop=any_loop)
-        asyncio.ensure_future(fail())  # the C Task
+        asyncio.Task(fail(), loop=any_loop)  # the C Task
         await asyncio.sleep(0)
         await asyncio.sleep(0)
         return list(reports)
@@ -499,6 +499,7 @@ def test_signal_handlers_wake_the_loop(loop):
         loop.remove_signal_handler(signal.SIGUSR1)
 
 
+@pytest.mark.e2e  # starts a (short) Python process
 def test_subprocess(loop):
     async def main():
         proc = await asyncio.create_subprocess_exec(
@@ -531,3 +532,23 @@ def test_anyio_on_our_loop():
         42,
         percore.EventLoop,
     )
+
+
+def test_httpx_client_against_a_local_http_server(loop):
+    httpx = pytest.importorskip("httpx")
+
+    async def main():
+        async def handle(reader, writer):
+            while (await reader.readline()) not in (b"\r\n", b""):
+                pass
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 5\r\n\r\nhello")
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with server, httpx.AsyncClient() as client:
+            response = await client.get(f"http://127.0.0.1:{port}/")
+        return response.status_code, response.text
+
+    assert loop.run_until_complete(main()) == (200, "hello")
