@@ -552,3 +552,28 @@ def test_httpx_client_against_a_local_http_server(loop):
         return response.status_code, response.text
 
     assert loop.run_until_complete(main()) == (200, "hello")
+
+
+def test_an_outer_reactor_can_wait_on_the_loop(loop):
+    # How the server's tokio driver will run this loop: wait on fileno() itself for park()'s timeout,
+    # then run_once(block=False). A call from another thread must make fileno() readable.
+    import select
+
+    reactor = loop._reactor
+    seen = []
+    loop.call_soon(seen.append, "ready")
+    assert reactor.park() == 0.0  # callbacks are ready: do not wait
+    reactor.run_once(block=False)
+    assert seen == ["ready"]
+    timer = loop.call_later(3600, seen.append, "later")
+    timeout = reactor.park()
+    assert timeout is not None and 0 < timeout <= 3600
+    assert select.select([reactor.fileno()], [], [], 0)[0] == []
+    thread = threading.Thread(target=loop.call_soon_threadsafe, args=(seen.append, "from a thread"))
+    thread.start()
+    assert select.select([reactor.fileno()], [], [], 60)[0] == [reactor.fileno()]
+    thread.join()
+    reactor.run_once(block=False)
+    assert seen == ["ready", "from a thread"]
+    timer.cancel()
+    assert reactor.park() is None  # nothing scheduled: only I/O can wake it

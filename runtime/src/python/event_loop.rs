@@ -646,6 +646,27 @@ impl Reactor {
         }
     }
 
+    /// Seconds to wait for I/O (0: callbacks are ready or a stop is pending; None: no timer).
+    fn wait_seconds(state: &State) -> Option<f64> {
+        if !state.ready.is_empty() || state.stopping {
+            Some(0.0)
+        } else {
+            state
+                .timers
+                .peek()
+                .map(|(when, _)| (when - monotonic()).clamp(0.0, MAXIMUM_WAIT))
+        }
+    }
+
+    /// `wait_seconds`, and marks the loop asleep if it is to wait: decided under the lock that
+    /// `call_soon_threadsafe` takes, so no wake-up falls between the decision and the wait.
+    fn park_locked(&self, state: &mut State, garbage: &mut Garbage) -> Option<f64> {
+        self.purge_cancelled(state, garbage);
+        let timeout = Self::wait_seconds(state);
+        state.sleeping = timeout != Some(0.0);
+        timeout
+    }
+
     /// One iteration: wait for I/O (no longer than the next timer), queue what is ready and due, run the
     /// callbacks that were ready when the iteration started.
     fn iterate(&self, py: Python<'_>, block: bool) -> PyResult<()> {
@@ -655,16 +676,12 @@ impl Reactor {
             if state.closed {
                 return Err(closed_error());
             }
-            self.purge_cancelled(&mut state, &mut garbage);
-            let timeout = if !block || !state.ready.is_empty() || state.stopping {
-                Some(Duration::ZERO)
-            } else if let Some((when, _)) = state.timers.peek() {
-                let seconds = (when - monotonic()).clamp(0.0, MAXIMUM_WAIT);
-                Some(Duration::from_secs_f64(seconds))
+            let timeout = if block {
+                self.park_locked(&mut state, &mut garbage)
+                    .map(Duration::from_secs_f64)
             } else {
-                None
+                Some(Duration::ZERO)
             };
-            state.sleeping = timeout != Some(Duration::ZERO);
             (timeout, std::mem::take(&mut state.events))
         };
         drop(garbage);
@@ -945,14 +962,19 @@ impl Reactor {
         let mut garbage = Garbage::new();
         let mut state = self.lock();
         self.purge_cancelled(&mut state, &mut garbage);
-        let timeout = if !state.ready.is_empty() || state.stopping {
-            Some(0.0)
-        } else {
-            state
-                .timers
-                .peek()
-                .map(|(when, _)| (when - monotonic()).max(0.0))
-        };
+        let timeout = Self::wait_seconds(&state);
+        drop(state);
+        drop(garbage);
+        timeout
+    }
+
+    /// For an outer reactor (tokio) about to wait on `fileno()` for `timeout()` seconds (returned):
+    /// until the next `run_once`, `call_soon_threadsafe` and a new earliest timer write the eventfd, so
+    /// `fileno()` turns readable. Without it they assume the loop is running and will see them.
+    fn park(&self) -> Option<f64> {
+        let mut garbage = Garbage::new();
+        let mut state = self.lock();
+        let timeout = self.park_locked(&mut state, &mut garbage);
         drop(state);
         drop(garbage);
         timeout
