@@ -16,6 +16,7 @@ import socket
 import ssl
 import sys
 import threading
+import warnings
 import weakref
 from pathlib import Path
 
@@ -577,3 +578,24 @@ def test_an_outer_reactor_can_wait_on_the_loop(loop):
     assert seen == ["ready", "from a thread"]
     timer.cancel()
     assert reactor.park() is None  # nothing scheduled: only I/O can wake it
+
+
+def test_loops_closed_or_just_dropped_give_their_descriptors_back():
+    def open_fds():
+        return len(os.listdir("/proc/self/fd"))
+
+    before = open_fds()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)  # "unclosed event loop", on purpose
+        for close in [True, False] * 10:
+            loop = percore.new_event_loop()
+            loop.call_soon(print)  # a callback referencing the loop: a cycle only the collector breaks
+            loop.call_soon(loop.stop)
+            loop.call_later(3600, print)
+            if close:
+                loop.close()
+            alive = weakref.ref(loop)
+            del loop
+            gc.collect()
+            assert alive() is None
+    assert open_fds() == before
