@@ -115,14 +115,23 @@ impl Callback {
     }
 
     /// Marks the call cancelled and drops what it would have called; true if it was not cancelled.
+    /// Never call with the reactor's lock held (a finalizer may run): see `cancel_into`.
     fn cancel(&self) -> bool {
+        let mut garbage = Garbage::new();
+        let first = self.cancel_into(&mut garbage);
+        drop(garbage); // after the lock: a finalizer may run here
+        first
+    }
+
+    /// `cancel`, leaving what it drops in `garbage` (for callers holding the reactor's lock).
+    fn cancel_into(&self, garbage: &mut Garbage) -> bool {
         let first = !self.cancelled.swap(true, Ordering::AcqRel);
         let run_args = self
             .run_args
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
-        drop(run_args); // after the lock: a finalizer may run here
+        garbage.extend(run_args.map(Py::into_any));
         first
     }
 
@@ -603,7 +612,7 @@ impl Reactor {
         let Some(old) = slot.take() else {
             return false;
         };
-        old.get().cancel();
+        old.get().call.cancel_into(garbage);
         garbage.push(old.into_any());
         let (read, write) = (watch.reader.is_some(), watch.writer.is_some());
         if !read && !write {
