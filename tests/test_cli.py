@@ -56,6 +56,15 @@ def test_zero_loops_exits_with_one_line():
     assert_one_clear_line(run_cli("serve", "tests.apps.runtime_app:api", "--loops", "0"), "--loops")
 
 
+def test_routing_policies_and_the_shutdown_default_come_from_the_runtime():
+    from percore import _runtime, _supervisor
+
+    assert _runtime.ROUTING_POLICIES == ("local", "round-robin", "least-loaded")
+    help_text = run_cli("serve", "--help").stdout
+    assert "{" + ",".join(_runtime.ROUTING_POLICIES) + "}" in help_text
+    assert _supervisor.DEFAULT_SHUTDOWN_TIMEOUT == _runtime.DEFAULT_SHUTDOWN_TIMEOUT == 5.0
+
+
 def test_a_busy_port_exits_with_one_line():
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))

@@ -23,13 +23,13 @@ use std::time::Duration;
 
 use _runtime::config::{Config, LoopCount};
 use _runtime::listener::LocalAddress;
-use _runtime::pool::{
-    Executor, HttpRequest, HttpResponse, Latch, LocalBoxFuture, LoopContext, RequestBody,
-    ResponseBody, Shared,
-};
+use _runtime::config::RoutingPolicy;
+use _runtime::dispatch::{Job, LoopContext, Shared};
+use _runtime::exchange::{HttpRequest, HttpResponse, Latch, RequestBody, ResponseBody};
+use _runtime::executor::{Executor, LocalBoxFuture};
 use _runtime::query::{parse_cookies, parse_query};
 use _runtime::router::Router;
-use _runtime::routing::{Chooser, RoutingPolicy};
+use _runtime::routing::Chooser;
 use _runtime::server::serve_connection;
 use _runtime::websocket::{self, CloseCode, CloseFrame, Event, Message};
 use bytes::Bytes;
@@ -282,7 +282,7 @@ struct Harness {
     context: Rc<LoopContext<TestExecutor>>,
     stop: watch::Receiver<bool>,
     _stop_sender: watch::Sender<bool>,
-    _jobs: async_channel::Receiver<_runtime::pool::Job>,
+    _jobs: async_channel::Receiver<Job>,
 }
 
 fn harness() -> Harness {

@@ -4,6 +4,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 __version__: str
+# The --routing names, the default first; and the default --shutdown-timeout in seconds.
+ROUTING_POLICIES: tuple[str, ...]
+DEFAULT_SHUTDOWN_TIMEOUT: float
 
 class PercoreError(Exception): ...
 class ConfigurationError(PercoreError): ...
@@ -98,6 +101,7 @@ class Server:
         loop_factory: Callable[[], Any],
         response_class: type,
         on_error: Callable[[str, BaseException], None],
+        hooks: Any,
         asgi_app: Any = None,
         root_path: str = "",
         lifecycle: Callable[[], Any] | None = None,

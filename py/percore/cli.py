@@ -9,12 +9,12 @@ import os
 import sys
 from typing import Any
 
-from . import _about, _logging, _supervisor
+from . import _about, _logging, _runtime, _supervisor
 from ._asgi import INTERFACES
 from .exceptions import AppLoadError, ConfigurationError, PercoreError
 from .server import ServerConfig, serve
 
-ROUTING_POLICIES = ("local", "round-robin", "least-loaded")
+ROUTING_POLICIES = _runtime.ROUTING_POLICIES
 
 
 def load_app(target: str, app_dir: str | None = None) -> Any:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from . import _loop, _open_files, _runtime, _threadpool
+from . import _hooks, _loop, _open_files, _runtime, _threadpool
 from ._asgi import Lifespan, choose_interface
 from ._logging import log_handler_error, logger
 from ._supervisor import DEFAULT_SHUTDOWN_TIMEOUT
@@ -108,6 +108,7 @@ class Server:
             loop_factory=_loop.new_running_loop,
             response_class=Response,
             on_error=log_handler_error,
+            hooks=_hooks.RUNTIME_HOOKS,
             asgi_app=app if asgi else None,
             root_path=config.root_path,
             lifecycle=(lambda: Lifespan(app))

@@ -30,6 +30,8 @@
 //! — and never reads outside the mount point it found (a PATH with `..` is read at the mount point only).
 //! `PERCORE_CGROUP_ROOT` (for tests) makes it read `proc/self/cgroup`, `proc/self/mountinfo` and the
 //! mount points under that directory instead of `/`.
+//!
+//! Over 500 lines: the tests (a fake cgroup tree per case) are ~250 of them.
 
 use std::fmt;
 use std::io::Read;

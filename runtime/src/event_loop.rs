@@ -12,6 +12,7 @@
 //! - Timers with equal deadlines fire in the order they were scheduled (a sequence number breaks ties).
 //!
 //! All `unsafe` of the event loop lives in this module: the epoll/eventfd/clock system calls.
+#![allow(unsafe_code)]
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;

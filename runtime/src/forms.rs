@@ -7,6 +7,8 @@
 //! `max_part_size`, the number of fields and of files by `max_fields`/`max_files` (Starlette's and
 //! python-multipart's defaults); a file part is in memory only up to `spool_threshold`. Malformed input
 //! is an error that names what is wrong (`FormError`), never a panic; nothing here knows about Python.
+//!
+//! Over 500 lines: the tests (bodies fed in every chunking) are ~220 of them.
 
 use std::fmt;
 use std::io::{Seek, SeekFrom, Write};

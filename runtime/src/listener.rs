@@ -15,10 +15,12 @@
 //!
 //! Invariants: a socket file is only ever removed by whoever created it, and only while it is still the
 //! file that was created (`SocketFile`); a path something is listening on is never taken over.
+//!
+//! Over 500 lines: the tests (real sockets, Unix socket files, inherited descriptors) are ~190 of them.
 
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::os::fd::{FromRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -70,17 +72,141 @@ impl LocalAddress {
     }
 }
 
-/// Why listening failed, said so that the user can act on it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BindError(pub String);
+/// Why listening failed: what was being done and on what (`kind`), and the OS error behind it when
+/// there is one (`source`). Its Display is the one line the user sees, said so that they can act on it.
+#[derive(Debug)]
+pub struct BindError {
+    kind: BindErrorKind,
+    source: Option<std::io::Error>,
+}
 
-impl fmt::Display for BindError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+/// What listening failed at, with the address, path or descriptor concerned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BindErrorKind {
+    /// `host` could not be resolved.
+    Resolve { host: String },
+    /// `host` resolved to no address.
+    NoAddress { host: String },
+    /// Something else listens on the address.
+    AddressInUse { address: SocketAddr },
+    /// Listening on the address failed otherwise.
+    Listen { address: SocketAddr },
+    /// The address a socket was bound to could not be read back.
+    UnreadableAddress,
+    /// A server accepts on the Unix socket `path` already.
+    UnixInUse { path: PathBuf },
+    /// Whether something accepts on the Unix socket `path` is unknown (e.g. another user's socket).
+    UnixMaybeInUse { path: PathBuf },
+    /// The stale Unix socket `path` could not be removed.
+    UnixStale { path: PathBuf },
+    /// `path` exists and is not a socket.
+    NotASocketFile { path: PathBuf },
+    /// Listening on the Unix socket `path` failed.
+    UnixListen { path: PathBuf },
+    /// The inherited descriptor (`--fd`) is not open.
+    FdNotOpen { fd: RawFd },
+    /// The inherited descriptor is not a socket.
+    FdNotASocket { fd: RawFd },
+    /// The inherited descriptor is not a stream socket.
+    FdNotAStream { fd: RawFd },
+    /// The inherited socket cannot listen.
+    FdListen { fd: RawFd },
+    /// A supervisor passed `given` sockets for `loops` loops.
+    FdCount { given: usize, loops: usize },
+    /// The listening socket could not be duplicated for every loop.
+    Share,
+    /// The metrics port is taken.
+    MetricsInUse { host: String, port: u16 },
+    /// Listening on the metrics port failed otherwise (its host included).
+    MetricsListen { host: String, port: u16 },
+}
+
+impl BindError {
+    /// A failure of `kind`, caused by `source`.
+    pub fn new(kind: BindErrorKind, source: std::io::Error) -> Self {
+        BindError {
+            kind,
+            source: Some(source),
+        }
+    }
+
+    /// What failed.
+    pub fn kind(&self) -> &BindErrorKind {
+        &self.kind
     }
 }
 
-impl std::error::Error for BindError {}
+impl From<BindErrorKind> for BindError {
+    fn from(kind: BindErrorKind) -> Self {
+        BindError { kind, source: None }
+    }
+}
+
+impl fmt::Display for BindError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use BindErrorKind as K;
+        match &self.kind {
+            K::Resolve { host } => write!(f, "cannot resolve host {host:?}"),
+            K::NoAddress { host } => write!(f, "host {host:?} has no address"),
+            K::AddressInUse { address } => write!(f, "address {address} is already in use"),
+            K::Listen { address } => write!(f, "cannot listen on {address}"),
+            K::UnreadableAddress => f.write_str("cannot read the bound address"),
+            K::UnixInUse { path } => write!(
+                f,
+                "unix socket {} is already in use (a server accepts on it)",
+                path.display()
+            ),
+            K::UnixMaybeInUse { path } => write!(
+                f,
+                "cannot tell whether unix socket {} is in use, so it is left alone",
+                path.display()
+            ),
+            K::UnixStale { path } => {
+                write!(f, "cannot replace the stale socket {}", path.display())
+            }
+            K::NotASocketFile { path } => write!(
+                f,
+                "{} exists and is not a socket: refusing to replace it",
+                path.display()
+            ),
+            K::UnixListen { path } => {
+                write!(f, "cannot listen on unix socket {}", path.display())
+            }
+            K::FdNotOpen { fd } => {
+                write!(f, "--fd {fd}: not an open file descriptor")?;
+                // The OS error in parentheses: "(Bad file descriptor (os error 9))".
+                if let Some(source) = &self.source {
+                    write!(f, " ({source})")?;
+                }
+                return Ok(());
+            }
+            K::FdNotASocket { fd } => write!(f, "--fd {fd}: not a socket"),
+            K::FdNotAStream { fd } => write!(f, "--fd {fd}: not a stream socket"),
+            K::FdListen { fd } => write!(f, "--fd {fd}: cannot listen"),
+            K::FdCount { given, loops } => {
+                write!(f, "{given} inherited listening sockets for {loops} loop(s)")
+            }
+            K::Share => f.write_str("cannot share the listening socket"),
+            K::MetricsInUse { host, port } => {
+                // The OS error says nothing the line does not.
+                return write!(f, "metrics port {port} on {host} is already in use");
+            }
+            K::MetricsListen { host, port } => {
+                write!(f, "cannot listen for metrics on {host}:{port}")
+            }
+        }?;
+        match &self.source {
+            Some(source) => write!(f, ": {source}"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl std::error::Error for BindError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_ref().map(|e| e as _)
+    }
+}
 
 /// The listeners of a pool: one per loop (usually duplicates of one socket), all on `address`.
 #[derive(Debug)]
@@ -120,10 +246,11 @@ pub fn bind(
         }
         Some(SocketSource::FdPerLoop(fds)) => {
             if fds.len() != loops {
-                return Err(BindError(format!(
-                    "{} inherited listening sockets for {loops} loop(s)",
-                    fds.len()
-                )));
+                return Err(BindErrorKind::FdCount {
+                    given: fds.len(),
+                    loops,
+                }
+                .into());
             }
             let sockets = fds
                 .iter()
@@ -143,9 +270,9 @@ pub fn bind(
 fn resolve(host: &str, port: u16) -> Result<SocketAddr, BindError> {
     (host, port)
         .to_socket_addrs()
-        .map_err(|e| BindError(format!("cannot resolve host {host:?}: {e}")))?
+        .map_err(|e| BindError::new(BindErrorKind::Resolve { host: host.into() }, e))?
         .next()
-        .ok_or_else(|| BindError(format!("host {host:?} has no address")))
+        .ok_or_else(|| BindErrorKind::NoAddress { host: host.into() }.into())
 }
 
 fn reuseport_listener(addr: SocketAddr, backlog: i32) -> std::io::Result<std::net::TcpListener> {
@@ -175,11 +302,11 @@ pub fn bind_tcp(
     backlog: i32,
 ) -> Result<Vec<std::net::TcpListener>, BindError> {
     let mut addr = resolve(host, port)?;
-    let busy = |addr: SocketAddr, e: std::io::Error| {
+    let busy = |address: SocketAddr, e: std::io::Error| {
         if e.kind() == std::io::ErrorKind::AddrInUse {
-            BindError(format!("address {addr} is already in use"))
+            BindErrorKind::AddressInUse { address }.into()
         } else {
-            BindError(format!("cannot listen on {addr}: {e}"))
+            BindError::new(BindErrorKind::Listen { address }, e)
         }
     };
     let mut listeners = Vec::with_capacity(count);
@@ -194,7 +321,7 @@ pub fn bind_tcp(
                 .local_addr()
                 .ok()
                 .and_then(|a| a.as_socket())
-                .ok_or_else(|| BindError("cannot read the bound address".into()))?;
+                .ok_or(BindErrorKind::UnreadableAddress)?;
             addr.set_port(picked.port());
         }
     }
@@ -229,38 +356,28 @@ impl Drop for SocketFile {
 /// readable and writable by everyone (0o666, as uvicorn), or keeps the mode of the file it replaces:
 /// the proxy in front usually runs as another user.
 pub fn bind_unix(path: &Path, backlog: i32) -> Result<(Socket, SocketFile), BindError> {
-    let shown = path.display();
     let mut mode = 0o666;
     match std::fs::symlink_metadata(path) {
         Ok(metadata) if metadata.file_type().is_socket() => {
             // Only "connection refused" proves nothing listens: a socket we may not connect to (another
             // user's, EACCES) may still be served, so it is not ours to remove.
             match std::os::unix::net::UnixStream::connect(path) {
-                Ok(_) => {
-                    return Err(BindError(format!(
-                        "unix socket {shown} is already in use (a server accepts on it)"
-                    )))
-                }
+                Ok(_) => return Err(BindErrorKind::UnixInUse { path: path.into() }.into()),
                 Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
                 Err(e) => {
-                    return Err(BindError(format!(
-                    "cannot tell whether unix socket {shown} is in use, so it is left alone: {e}"
-                )))
+                    let kind = BindErrorKind::UnixMaybeInUse { path: path.into() };
+                    return Err(BindError::new(kind, e));
                 }
             }
             mode = metadata.permissions().mode() & 0o777;
             std::fs::remove_file(path)
-                .map_err(|e| BindError(format!("cannot replace the stale socket {shown}: {e}")))?;
+                .map_err(|e| BindError::new(BindErrorKind::UnixStale { path: path.into() }, e))?;
         }
-        Ok(_) => {
-            return Err(BindError(format!(
-                "{shown} exists and is not a socket: refusing to replace it"
-            )))
-        }
+        Ok(_) => return Err(BindErrorKind::NotASocketFile { path: path.into() }.into()),
         Err(_) => {}
     }
     let cannot =
-        |e: std::io::Error| BindError(format!("cannot listen on unix socket {shown}: {e}"));
+        |e: std::io::Error| BindError::new(BindErrorKind::UnixListen { path: path.into() }, e);
     let address = SockAddr::unix(path).map_err(cannot)?;
     let socket = Socket::new(Domain::UNIX, Type::STREAM, None).map_err(cannot)?;
     socket.bind(&address).map_err(cannot)?;
@@ -276,35 +393,27 @@ pub fn bind_unix(path: &Path, backlog: i32) -> Result<(Socket, SocketFile), Bind
 
 /// Takes ownership of inherited descriptor `fd`, which must be a bound stream socket (TCP or Unix).
 fn inherited(fd: RawFd, backlog: i32) -> Result<Socket, BindError> {
-    let not_a_listener = |why: String| BindError(format!("--fd {fd}: {why}"));
-    // SAFETY: fstat on any integer is sound; it only tells whether `fd` is an open socket, which we check
-    // before taking ownership (so a typo cannot make us close a descriptor we did not get).
-    let mut stat = std::mem::MaybeUninit::<libc::stat>::uninit();
-    if unsafe { libc::fstat(fd, stat.as_mut_ptr()) } != 0 {
-        return Err(not_a_listener(format!(
-            "not an open file descriptor ({})",
-            std::io::Error::last_os_error()
-        )));
-    }
-    // SAFETY: fstat succeeded, so it filled `stat`.
-    let stat = unsafe { stat.assume_init() };
-    if stat.st_mode & libc::S_IFMT != libc::S_IFSOCK {
-        return Err(not_a_listener("not a socket".into()));
-    }
-    // SAFETY: `fd` is an open socket this process was handed to serve on; from here the pool owns it.
-    let socket = unsafe { Socket::from_raw_fd(fd) };
+    let socket = match crate::sys::adopt_socket(fd) {
+        Ok(socket) => socket,
+        Err(crate::sys::AdoptError::NotOpen(e)) => {
+            return Err(BindError::new(BindErrorKind::FdNotOpen { fd }, e))
+        }
+        Err(crate::sys::AdoptError::NotASocket) => {
+            return Err(BindErrorKind::FdNotASocket { fd }.into())
+        }
+    };
     match socket.r#type() {
         Ok(kind) if kind == Type::STREAM => {}
         _ => {
             // Not ours to close: give the descriptor back untouched.
             std::mem::forget(socket);
-            return Err(not_a_listener("not a stream socket".into()));
+            return Err(BindErrorKind::FdNotAStream { fd }.into());
         }
     }
     // Listening again only updates the backlog of a socket that already listens (systemd's do).
     socket
         .listen(backlog)
-        .map_err(|e| not_a_listener(format!("cannot listen: {e}")))?;
+        .map_err(|e| BindError::new(BindErrorKind::FdListen { fd }, e))?;
     Ok(socket)
 }
 
@@ -319,7 +428,7 @@ fn share(
     for _ in 1..loops {
         let copy = socket
             .try_clone()
-            .map_err(|e| BindError(format!("cannot share the listening socket: {e}")))?;
+            .map_err(|e| BindError::new(BindErrorKind::Share, e))?;
         sockets.push(copy);
     }
     sockets.push(socket);
@@ -334,7 +443,7 @@ fn share(
 fn address_of(socket: &Socket) -> Result<LocalAddress, BindError> {
     let local = socket
         .local_addr()
-        .map_err(|e| BindError(format!("cannot read the bound address: {e}")))?;
+        .map_err(|e| BindError::new(BindErrorKind::UnreadableAddress, e))?;
     Ok(match local.as_socket() {
         Some(address) => LocalAddress::Tcp(address),
         None => LocalAddress::Unix(unix_name(&local).into()),
@@ -409,7 +518,7 @@ mod tests {
         assert_eq!(&received, b"ping");
         // The busy-port probe still refuses a second server.
         let refused = bind(None, "127.0.0.1", address.port(), 1, false, DEFAULT_BACKLOG);
-        assert!(refused.unwrap_err().0.contains("already in use"));
+        assert!(refused.unwrap_err().to_string().contains("already in use"));
     }
 
     fn bind_from(source: SocketSource, loops: usize) -> Result<Bound, BindError> {
@@ -447,7 +556,7 @@ mod tests {
         assert_eq!(&received, b"ping");
         // A second server on the same path is refused while this one listens.
         let refused = bind_unix(&path, DEFAULT_BACKLOG).unwrap_err();
-        assert!(refused.0.contains("already in use"), "{refused}");
+        assert!(refused.to_string().contains("already in use"), "{refused}");
         drop(bound);
         assert!(!path.exists(), "the socket file outlived its server");
         std::fs::remove_dir_all(dir).unwrap();
@@ -465,7 +574,7 @@ mod tests {
         let plain = dir.join("notes.txt");
         std::fs::write(&plain, "keep me").unwrap();
         let refused = bind_unix(&plain, DEFAULT_BACKLOG).unwrap_err();
-        assert!(refused.0.contains("not a socket"), "{refused}");
+        assert!(refused.to_string().contains("not a socket"), "{refused}");
         assert_eq!(std::fs::read_to_string(&plain).unwrap(), "keep me");
         std::fs::remove_dir_all(dir).unwrap();
     }
@@ -498,7 +607,7 @@ mod tests {
         let refused = bind_from(SocketSource::FdPerLoop(fds.clone()), 3);
         assert!(refused
             .unwrap_err()
-            .0
+            .to_string()
             .contains("2 inherited listening sockets for 3 loop(s)"));
         // The pool takes ownership of the descriptors it is given (a worker's inherited copies).
         let given = held.into_iter().map(IntoRawFd::into_raw_fd).collect();
@@ -531,11 +640,17 @@ mod tests {
         );
         let file = std::fs::File::open("/dev/null").unwrap().into_raw_fd();
         let refused = bind_from(SocketSource::Fd(file), 1).unwrap_err();
-        assert!(refused.0.contains("not a socket"), "{refused}");
+        assert!(refused.to_string().contains("not a socket"), "{refused}");
         let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let refused = bind_from(SocketSource::Fd(udp.into_raw_fd()), 1).unwrap_err();
-        assert!(refused.0.contains("not a stream socket"), "{refused}");
+        assert!(
+            refused.to_string().contains("not a stream socket"),
+            "{refused}"
+        );
         let closed = bind_from(SocketSource::Fd(987_654), 1).unwrap_err();
-        assert!(closed.0.contains("not an open file descriptor"), "{closed}");
+        assert!(
+            closed.to_string().contains("not an open file descriptor"),
+            "{closed}"
+        );
     }
 }

@@ -26,6 +26,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::sync::{watch, Semaphore};
 
+use crate::listener::{BindError, BindErrorKind};
+
 /// Upper bounds of the latency histogram, in microseconds (Prometheus `le` in seconds).
 /// From 100 µs (a native endpoint's whole cost) to 10 s (a slow upstream), roughly ×2.5 apart.
 const LATENCY_BOUNDS_MICROS: [u64; 16] = [
@@ -271,9 +273,7 @@ fn format_seconds(micros: u64) -> String {
 fn resident_memory_bytes() -> Option<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let page_size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    Some(pages * u64::try_from(page_size).ok()?)
+    Some(pages * crate::sys::page_size()?)
 }
 
 /// Where the metrics port listens without `--metrics-host`: loopback, whatever `--host` is, so serving
@@ -284,18 +284,19 @@ pub const DEFAULT_HOST: &str = "127.0.0.1";
 ///
 /// `shared`: a `--workers` worker, whose successor (`--reload` starts the next generation before the
 /// old one stops) must be able to bind the same port while it still runs, so SO_REUSEPORT is set.
-pub fn bind(host: &str, port: u16, shared: bool) -> Result<std::net::TcpListener, String> {
+pub fn bind(host: &str, port: u16, shared: bool) -> Result<std::net::TcpListener, BindError> {
     let failed = |e: std::io::Error| {
+        let host = host.to_owned();
         if e.kind() == std::io::ErrorKind::AddrInUse {
-            format!("metrics port {port} on {host} is already in use")
+            BindError::new(BindErrorKind::MetricsInUse { host, port }, e)
         } else {
-            format!("cannot listen for metrics on {host}:{port}: {e}")
+            BindError::new(BindErrorKind::MetricsListen { host, port }, e)
         }
     };
     let addr = std::net::ToSocketAddrs::to_socket_addrs(&(host, port))
         .map_err(failed)?
         .next()
-        .ok_or_else(|| format!("host {host:?} has no address"))?;
+        .ok_or_else(|| BindErrorKind::NoAddress { host: host.into() })?;
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::STREAM,

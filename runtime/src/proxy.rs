@@ -34,14 +34,17 @@ pub struct TrustedProxies {
 
 /// A `--forwarded-allow-ips` entry that looks like a network but is not one.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BadNetwork(pub String);
+pub struct BadNetwork {
+    /// The entry as given.
+    pub entry: String,
+}
 
 impl fmt::Display for BadNetwork {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
             "--forwarded-allow-ips: {:?} is not a network (expected e.g. 10.0.0.0/8 or fd00::/8)",
-            self.0
+            self.entry
         )
     }
 }
@@ -64,7 +67,9 @@ impl TrustedProxies {
                     .ok()
                     .zip(bits.parse::<u8>().ok())
                     .and_then(|(ip, bits)| canonical_network(ip, bits))
-                    .ok_or_else(|| BadNetwork(entry.to_owned()))?;
+                    .ok_or_else(|| BadNetwork {
+                        entry: entry.to_owned(),
+                    })?;
                 trusted.networks.push(network);
             } else if let Ok(ip) = entry.parse::<IpAddr>() {
                 trusted.addresses.push(ip);
@@ -339,7 +344,12 @@ mod tests {
             "nope/8",
             "::ffff:10.0.0.0/95",
         ] {
-            assert_eq!(TrustedProxies::parse(bad), Err(BadNetwork(bad.to_owned())));
+            assert_eq!(
+                TrustedProxies::parse(bad),
+                Err(BadNetwork {
+                    entry: bad.to_owned()
+                })
+            );
         }
     }
 

@@ -1,4 +1,5 @@
-//! Which loop runs a request: the routing policies and the per-loop load they read — requests in flight,
+//! Which loop runs a request: the routing policies' choice (`Chooser`; the policy itself is a `config`
+//! value) and the per-loop load they read — requests in flight,
 //! and whether the loop is running executor (Python) code right now, away from its event loop.
 //!
 //! Invariants: a loop's counter is raised when a request is assigned to it and lowered exactly once when
@@ -9,53 +10,10 @@
 //! Each loop's fields sit on their own cache line so loops updating their own do not contend.
 
 use std::cell::Cell;
-use std::fmt;
-use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use crate::config::ConfigError;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RoutingPolicy {
-    /// Run on the loop that read the request: no hand-off at all.
-    Local,
-    /// Each loop hands its requests to every loop in turn, starting with itself, passing over a loop that
-    /// is busy in executor code.
-    RoundRobin,
-    /// The loop with the fewest in-flight requests, a loop busy in executor code counting as fully loaded;
-    /// ties go to the loop that read the request.
-    LeastLoaded,
-}
-
-impl RoutingPolicy {
-    pub fn name(self) -> &'static str {
-        match self {
-            RoutingPolicy::Local => "local",
-            RoutingPolicy::RoundRobin => "round-robin",
-            RoutingPolicy::LeastLoaded => "least-loaded",
-        }
-    }
-}
-
-impl fmt::Display for RoutingPolicy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for RoutingPolicy {
-    type Err = ConfigError;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        match text.trim().to_ascii_lowercase().replace('_', "-").as_str() {
-            "local" => Ok(RoutingPolicy::Local),
-            "round-robin" | "roundrobin" => Ok(RoutingPolicy::RoundRobin),
-            "least-loaded" | "leastloaded" => Ok(RoutingPolicy::LeastLoaded),
-            _ => Err(ConfigError::BadRoutingPolicy(text.to_owned())),
-        }
-    }
-}
+use crate::config::RoutingPolicy;
 
 /// What a busy loop adds to its in-flight count for `least-loaded`: more than any real count, so any
 /// loop that can start a request now wins, while busy loops still compare by their counts.
@@ -257,18 +215,6 @@ impl Chooser {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn policy_names_round_trip() {
-        for policy in [
-            RoutingPolicy::Local,
-            RoutingPolicy::RoundRobin,
-            RoutingPolicy::LeastLoaded,
-        ] {
-            assert_eq!(policy.name().parse::<RoutingPolicy>().unwrap(), policy);
-        }
-        assert!("fastest".parse::<RoutingPolicy>().is_err());
-    }
 
     #[test]
     fn local_always_stays_home() {

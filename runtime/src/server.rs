@@ -9,6 +9,8 @@
 //! `head_error`) are answered here, before any executor (Python) is involved. Every wait on a
 //! client is bounded: the TLS handshake and each request head by `--header-timeout`, a body by
 //! `--body-timeout`, taking the response by `--send-timeout` (`deadline`).
+//!
+//! Over 500 lines: one connection's life, from accept to the last byte written, reads best in one place.
 
 use std::cell::Cell;
 use std::convert::Infallible;
@@ -27,18 +29,18 @@ use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::unix::AsyncFd;
-use tokio::io::Interest;
 use tokio::sync::{oneshot, watch, Notify};
 
 use crate::access_log;
 use crate::config::Limits;
 use crate::deadline::{BodyReadError, SendDeadline, TimedBody};
+use crate::dispatch::LoopContext;
+use crate::exchange::{
+    BodyChunks, HttpRequest, HttpResponse, Latch, RequestBody, ResponseBody, StreamAborted,
+};
+use crate::executor::Executor;
 use crate::listener::Listener;
 use crate::metrics::Metrics;
-use crate::pool::{
-    BodyChunks, Executor, HttpRequest, HttpResponse, Latch, LoopContext, RequestBody, ResponseBody,
-    StreamAborted,
-};
 use crate::proxy::Forwarded;
 use crate::router::Lookup;
 use crate::routing::LoadTable;
@@ -71,20 +73,14 @@ const LEAVE_TO_ANOTHER_LOOP: Duration = Duration::from_millis(1);
 impl AsyncListener {
     /// Must run on the loop's runtime (registers the socket with its reactor).
     pub fn from_std(listener: Listener, shared_queue: bool) -> std::io::Result<Self> {
-        // SAFETY (both `register_with_interest`): the AsyncFd owns the listener and with it the fd, which
-        // nothing else closes or replaces while it is registered.
         let socket = match listener {
             Listener::Tcp(listener) => {
                 listener.set_nonblocking(true)?;
-                ListeningSocket::Tcp(unsafe {
-                    AsyncFd::register_with_interest(listener, Interest::READABLE)?
-                })
+                ListeningSocket::Tcp(crate::sys::register_listener(listener)?)
             }
             Listener::Unix(listener) => {
                 listener.set_nonblocking(true)?;
-                ListeningSocket::Unix(unsafe {
-                    AsyncFd::register_with_interest(listener, Interest::READABLE)?
-                })
+                ListeningSocket::Unix(crate::sys::register_listener(listener)?)
             }
         };
         Ok(AsyncListener {
@@ -359,7 +355,7 @@ pub async fn serve_connection<X, IO>(
     }
     .await;
     open.failed = outcome.is_err();
-    // After a 101 hyper's part ends but the socket lives on (a WebSocket, `python/websocket.rs`): until it
+    // After a 101 hyper's part ends but the socket lives on (a WebSocket, `python/asgi/websocket.rs`): until it
     // closes it still counts against `--max-connections` (the caller's guard) and as open in the metrics.
     let _ = released.await;
 }
@@ -507,7 +503,7 @@ async fn handle<X: Executor>(
     });
     let malformed = head_error(&parts);
     let router = &context.shared.router;
-    let lookup = if upgrade.is_some() && crate::websocket::is_handshake(&parts.headers) {
+    let lookup = if upgrade.is_some() && crate::exchange::is_handshake(&parts.headers) {
         router.lookup_websocket(&parts.method, parts.uri.path())
     } else {
         router.lookup(&parts.method, parts.uri.path())

@@ -10,24 +10,98 @@
 //! for (a server has no terminal).
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-/// A certificate or key that cannot serve, said so that the user can fix it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TlsError(pub String);
+/// A certificate or key that cannot serve: what is wrong with which file (`kind`) and the error behind
+/// it (reading the file, parsing PEM, rustls), said so that the user can fix it.
+#[derive(Debug)]
+pub struct TlsError {
+    kind: TlsErrorKind,
+    cause: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
 
-impl fmt::Display for TlsError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+/// What is wrong, and with which file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TlsErrorKind {
+    /// rustls refused its own default protocol versions.
+    Protocols,
+    /// The file given to `flag` cannot be read, or is not PEM.
+    File { flag: &'static str, path: PathBuf },
+    /// The certificate file holds no certificate.
+    NoCertificate { path: PathBuf },
+    /// The key file is encrypted.
+    EncryptedKey { path: PathBuf },
+    /// The key file holds no private key.
+    NoKey { path: PathBuf },
+    /// The key does not belong to the certificate (or rustls refuses the pair).
+    Mismatch { certfile: PathBuf, keyfile: PathBuf },
+}
+
+impl TlsError {
+    fn new(kind: TlsErrorKind, cause: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        TlsError {
+            kind,
+            cause: Some(cause.into()),
+        }
+    }
+
+    /// What is wrong.
+    pub fn kind(&self) -> &TlsErrorKind {
+        &self.kind
     }
 }
 
-impl std::error::Error for TlsError {}
+impl From<TlsErrorKind> for TlsError {
+    fn from(kind: TlsErrorKind) -> Self {
+        TlsError { kind, cause: None }
+    }
+}
+
+impl fmt::Display for TlsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            TlsErrorKind::Protocols => f.write_str("TLS"),
+            TlsErrorKind::File { flag, path } => write!(f, "{flag} {}", path.display()),
+            TlsErrorKind::NoCertificate { path } => write!(
+                f,
+                "--ssl-certfile {}: no PEM certificate in it (expected -----BEGIN CERTIFICATE-----)",
+                path.display()
+            ),
+            TlsErrorKind::EncryptedKey { path } => write!(
+                f,
+                "--ssl-keyfile {} is encrypted, which is not supported: decrypt it once \
+                 (openssl pkey -in KEY -out PLAIN.key) and keep the plain file readable only by the server",
+                path.display()
+            ),
+            TlsErrorKind::NoKey { path } => write!(
+                f,
+                "--ssl-keyfile {}: no PEM private key in it (expected -----BEGIN PRIVATE KEY-----)",
+                path.display()
+            ),
+            TlsErrorKind::Mismatch { certfile, keyfile } => write!(
+                f,
+                "--ssl-keyfile {} does not go with --ssl-certfile {}",
+                keyfile.display(),
+                certfile.display()
+            ),
+        }?;
+        match &self.cause {
+            Some(cause) => write!(f, ": {cause}"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl std::error::Error for TlsError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.cause.as_deref().map(|e| e as _)
+    }
+}
 
 /// The TLS settings every loop's connections use.
 #[derive(Clone)]
@@ -50,15 +124,15 @@ impl Tls {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .map_err(|e| TlsError(format!("TLS: {e}")))?
+            .map_err(|e| TlsError::new(TlsErrorKind::Protocols, e))?
             .with_no_client_auth()
             .with_single_cert(certificates, key)
             .map_err(|e| {
-                TlsError(format!(
-                    "--ssl-keyfile {} does not go with --ssl-certfile {}: {e}",
-                    keyfile.display(),
-                    certfile.display()
-                ))
+                let kind = TlsErrorKind::Mismatch {
+                    certfile: certfile.into(),
+                    keyfile: keyfile.into(),
+                };
+                TlsError::new(kind, e)
             })?;
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Tls {
@@ -82,41 +156,41 @@ impl Tls {
     }
 }
 
-fn read(path: &Path, flag: &str) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|e| TlsError(format!("{flag} {}: {e}", path.display())))
+fn read(path: &Path, flag: &'static str) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|e| file_error(flag, path, e))
+}
+
+fn file_error(
+    flag: &'static str,
+    path: &Path,
+    cause: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+) -> TlsError {
+    let path = path.into();
+    TlsError::new(TlsErrorKind::File { flag, path }, cause)
 }
 
 fn load_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let pem = read(path, "--ssl-certfile")?;
     let certificates = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TlsError(format!("--ssl-certfile {}: {e}", path.display())))?;
+        .map_err(|e| file_error("--ssl-certfile", path, e))?;
     if certificates.is_empty() {
-        return Err(TlsError(format!(
-            "--ssl-certfile {}: no PEM certificate in it (expected -----BEGIN CERTIFICATE-----)",
-            path.display()
-        )));
+        return Err(TlsErrorKind::NoCertificate { path: path.into() }.into());
     }
     Ok(certificates)
 }
 
 fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     let pem = read(path, "--ssl-keyfile")?;
-    let shown = path.display();
     // Checked before parsing: a traditional OpenSSL-encrypted key (`Proc-Type: 4,ENCRYPTED` headers) does
     // not parse as "no key" but as a base64 error, which would say nothing useful.
     if contains(&pem, b"ENCRYPTED PRIVATE KEY") || contains(&pem, b"Proc-Type: 4,ENCRYPTED") {
-        return Err(TlsError(format!(
-            "--ssl-keyfile {shown} is encrypted, which is not supported: decrypt it once \
-             (openssl pkey -in KEY -out PLAIN.key) and keep the plain file readable only by the server"
-        )));
+        return Err(TlsErrorKind::EncryptedKey { path: path.into() }.into());
     }
     match PrivateKeyDer::from_pem_slice(&pem) {
         Ok(key) => Ok(key),
-        Err(pem::Error::NoItemsFound) => Err(TlsError(format!(
-            "--ssl-keyfile {shown}: no PEM private key in it (expected -----BEGIN PRIVATE KEY-----)"
-        ))),
-        Err(e) => Err(TlsError(format!("--ssl-keyfile {shown}: {e}"))),
+        Err(pem::Error::NoItemsFound) => Err(TlsErrorKind::NoKey { path: path.into() }.into()),
+        Err(e) => Err(file_error("--ssl-keyfile", path, e)),
     }
 }
 
@@ -127,7 +201,6 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::PathBuf;
 
     fn certs() -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/certs")
@@ -146,7 +219,8 @@ mod tests {
     fn each_wrong_file_is_named_with_what_is_wrong() {
         let crt = certs().join("localhost.crt");
         let key = certs().join("localhost.key");
-        let error = |certfile: &Path, keyfile: &Path| Tls::load(certfile, keyfile).unwrap_err().0;
+        let error =
+            |certfile: &Path, keyfile: &Path| Tls::load(certfile, keyfile).unwrap_err().to_string();
 
         let missing = error(&certs().join("missing.crt"), &key);
         assert!(

@@ -1,6 +1,6 @@
 //! The WebSocket frame pump: moves frames between an upgraded connection and an app until either side
 //! closes. Plain Rust, so the whole path past the 101 runs without Python (the `http_connection` fuzz
-//! target drives it with an echo app); `python/websocket.rs` is the ASGI app side.
+//! target drives it with an echo app); `python/asgi/websocket.rs` is the ASGI app side.
 //!
 //! Both directions are bounded. Client messages are handed to the app, which queues them; while its queue
 //! is full (`App::queue_full`) the pump stops reading the socket, so TCP pushes back on the client.
@@ -32,7 +32,7 @@ pub use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 pub use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 pub use tokio_tungstenite::tungstenite::Message;
 
-use crate::pool::Latch;
+use crate::exchange::Latch;
 
 /// What the app hears from the client.
 pub enum Event {
@@ -70,15 +70,6 @@ pub struct Limits {
     pub send_timeout: Duration,
     pub ping_interval: Option<Duration>,
     pub ping_timeout: Duration,
-}
-
-/// Whether a request's headers ask to become a WebSocket (`Upgrade: websocket`): such a request is
-/// routed to the path's WebSocket route, if it has one (`Router::lookup_websocket`).
-pub fn is_handshake(headers: &http::HeaderMap) -> bool {
-    headers
-        .get(http::header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
 }
 
 /// Waits for hyper's upgrade, then pumps frames between the upgraded connection and `app`.

@@ -8,11 +8,15 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use _runtime::config::RoutingPolicy;
 use _runtime::config::{available_cores, Config, LoopCount};
+use _runtime::exchange::{HttpRequest, HttpResponse};
+use _runtime::executor::{
+    Executor, ExecutorError, ExecutorErrorKind, ExecutorFactory, LocalBoxFuture,
+};
 use _runtime::listener::{LocalAddress, SocketSource};
-use _runtime::pool::{self, Executor, ExecutorFactory, HttpRequest, HttpResponse, LocalBoxFuture};
+use _runtime::pool::{self, LoopStartError, PoolError};
 use _runtime::router::Router;
-use _runtime::routing::RoutingPolicy;
 
 /// Endpoints: 0 = report where it ran, 1 = report after a 400 ms sleep, 2 = block the loop's thread (nothing
 /// else runs on that loop, not even accepting) until `UNBLOCK`, after saying which loop in `BLOCKED_LOOP`.
@@ -66,7 +70,7 @@ impl ExecutorFactory for WhereFactory {
     type Endpoint = usize;
     type Executor = Where;
 
-    fn create(&self, loop_index: usize) -> Result<Where, String> {
+    fn create(&self, loop_index: usize) -> Result<Where, ExecutorError> {
         Ok(Where { index: loop_index })
     }
 }
@@ -293,4 +297,52 @@ fn a_busy_port_is_reported() {
         .err()
         .unwrap();
     assert!(err.to_string().contains("already in use"), "{err}");
+}
+
+/// Refuses to create the executor of loop 1: the pool reports which loop, which step and why, the
+/// cause kept as a typed error.
+struct FailingFactory;
+
+#[derive(Debug)]
+struct Refused;
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("no executor for you")
+    }
+}
+
+impl std::error::Error for Refused {}
+
+impl ExecutorFactory for FailingFactory {
+    type Endpoint = usize;
+    type Executor = Where;
+
+    fn create(&self, loop_index: usize) -> Result<Where, ExecutorError> {
+        match loop_index {
+            1 => Err(ExecutorError::new(ExecutorErrorKind::Create, Refused)),
+            _ => Ok(Where { index: loop_index }),
+        }
+    }
+}
+
+#[test]
+fn a_loop_that_cannot_start_is_reported_with_its_typed_cause() {
+    let config = Config::new("127.0.0.1", 0, LoopCount::Fixed(2), RoutingPolicy::Local).unwrap();
+    let err = pool::start(config, Router::new(), vec![], Arc::new(FailingFactory))
+        .err()
+        .unwrap();
+    assert_eq!(
+        err.to_string(),
+        "loop 1 failed to start: no executor for you"
+    );
+    let PoolError::LoopStart {
+        index: 1,
+        cause: LoopStartError::Executor(cause),
+    } = &err
+    else {
+        panic!("{err:?}");
+    };
+    assert_eq!(cause.kind(), ExecutorErrorKind::Create);
+    assert!(cause.cause().is::<Refused>());
 }

@@ -30,7 +30,7 @@ MAX_START_FAILURES = 5
 STABLE_SECONDS = 10.0
 MAX_BACKOFF_SECONDS = 10.0
 #: The Rust default of --shutdown-timeout, and what workers get beyond it to run lifespan shutdown and exit.
-DEFAULT_SHUTDOWN_TIMEOUT = 5.0
+DEFAULT_SHUTDOWN_TIMEOUT = _runtime.DEFAULT_SHUTDOWN_TIMEOUT
 EXIT_GRACE_SECONDS = 5.0
 
 

@@ -224,7 +224,7 @@ impl Callback {
 
 /// asyncio's `Handle` API for a callback queued by `call_soon` or registered by `add_reader`/`add_writer`.
 #[pyclass(frozen, module = "percore._runtime")]
-pub struct Handle {
+pub(super) struct Handle {
     call: Callback,
 }
 
@@ -292,7 +292,7 @@ impl Handle {
 
 /// asyncio's `TimerHandle` API: a callback queued by `call_later`/`call_at`.
 #[pyclass(frozen, module = "percore._runtime")]
-pub struct TimerHandle {
+pub(super) struct TimerHandle {
     call: Callback,
     when: f64,
     /// In the reactor's heap (not yet due, or cancelled and not yet purged).
@@ -467,7 +467,7 @@ type Garbage = Vec<Py<PyAny>>;
 
 /// The reactor of one `percore.EventLoop`. See the module docs.
 #[pyclass(frozen, module = "percore._runtime")]
-pub struct Reactor {
+pub(super) struct Reactor {
     poller: Poller,
     state: Mutex<State>,
     event_loop: Py<PyAny>,

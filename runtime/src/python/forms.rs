@@ -16,13 +16,13 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
 
 use crate::deadline::BodyReadError;
+use crate::exchange::{HttpRequest, HttpResponse, RequestBody};
 use crate::forms::{self, Form, FormError, FormLimits, Spooled, UploadedFile};
-use crate::pool::{HttpRequest, HttpResponse, RequestBody};
 
 /// Reads `request`'s form (its body is taken; the rest of the request is left for binding). A request
 /// that is not a form (another `Content-Type`) has an empty one, as in Starlette: its required fields
 /// are then reported missing.
-pub async fn read_form(
+pub(super) async fn read_form(
     request: &mut HttpRequest,
     max_body_size: u64,
 ) -> Result<Form, HttpResponse> {
@@ -97,7 +97,7 @@ fn bad_request(message: &str) -> HttpResponse {
 
 /// `factory(filename, content_type, headers, size, data, fd)`: an `UploadFile` of the part, its
 /// contents in memory (`data`) or in the open temporary file `fd` (which Python then owns).
-pub fn upload_file<'py>(
+pub(super) fn upload_file<'py>(
     py: Python<'py>,
     factory: &Bound<'py, PyAny>,
     file: UploadedFile,
@@ -121,7 +121,7 @@ pub fn upload_file<'py>(
 }
 
 /// The file's contents as `bytes` (`Annotated[bytes, File()]`).
-pub fn file_bytes(py: Python<'_>, file: UploadedFile) -> PyResult<Bound<'_, PyAny>> {
+pub(super) fn file_bytes(py: Python<'_>, file: UploadedFile) -> PyResult<Bound<'_, PyAny>> {
     Ok(match file.data {
         Spooled::Memory(chunks) => joined(py, &chunks, file.size)?.into_any(),
         Spooled::Disk(mut disk) => {

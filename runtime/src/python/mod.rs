@@ -2,10 +2,20 @@
 //! The module declares itself free-threading safe (`gil_used = false`), so importing it on 3.13t keeps
 //! the GIL disabled.
 
+// The layers, bottom to top: docs/architecture.md; scripts/rust-layers.py checks them.
 mod asgi;
+mod awaitable;
+mod convert;
+mod driver;
+mod errors;
 mod event_loop;
 mod executor;
+mod factory;
+mod ffi;
 mod forms;
+mod hooks;
+mod loop_state;
+mod native;
 mod params;
 mod request;
 mod response;
@@ -13,40 +23,10 @@ mod serialize;
 mod server;
 mod sync_pool;
 mod task;
-mod websocket;
 
-use pyo3::create_exception;
-use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
 
-create_exception!(
-    percore,
-    PercoreError,
-    PyException,
-    "Base class of every percore error."
-);
-create_exception!(
-    percore,
-    ConfigurationError,
-    PercoreError,
-    "Invalid server or app configuration."
-);
-create_exception!(
-    percore,
-    StartupError,
-    PercoreError,
-    "The server could not start (e.g. the port is busy)."
-);
-
-/// One line describing a Python exception, for errors that cross into plain Rust.
-fn describe(py: Python<'_>, err: &PyErr) -> String {
-    let type_name = err
-        .get_type(py)
-        .name()
-        .map(|n| n.to_string())
-        .unwrap_or_else(|_| "Exception".into());
-    format!("{type_name}: {}", err.value(py))
-}
+use errors::{ConfigurationError, PercoreError, StartupError};
 
 /// The RequestTask being stepped on this thread (for `loop`, when given), else None.
 #[pyfunction]
@@ -88,13 +68,20 @@ fn cpu_budget(affinity: Option<usize>) -> (usize, String) {
 fn _runtime(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    // Defined once here, read by cli.py, the supervisor and percore.server.
+    let policies = crate::config::RoutingPolicy::ALL.map(|policy| policy.name());
+    m.add("ROUTING_POLICIES", pyo3::types::PyTuple::new(py, policies)?)?;
+    m.add(
+        "DEFAULT_SHUTDOWN_TIMEOUT",
+        crate::config::DEFAULT_SHUTDOWN_TIMEOUT.as_secs_f64(),
+    )?;
     m.add_class::<server::Server>()?;
     m.add_class::<server::UnixSocket>()?;
     m.add_class::<server::TcpListeners>()?;
     m.add_class::<request::Request>()?;
     m.add_class::<task::RequestTask>()?;
-    m.add_class::<asgi::Ready>()?;
-    m.add_class::<asgi::Done>()?;
+    m.add_class::<awaitable::Ready>()?;
+    m.add_class::<awaitable::Done>()?;
     m.add_class::<response::ChunkSender>()?;
     m.add_class::<event_loop::Reactor>()?;
     m.add_class::<event_loop::Handle>()?;

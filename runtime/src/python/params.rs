@@ -13,6 +13,8 @@
 //!
 //! Invariant: a request either binds completely or is rejected with 422 (invalid input) or 400
 //! (malformed JSON); the handler never sees a half-bound call.
+//!
+//! Over 500 lines (just): one binder for every parameter source, each conversion beside its error.
 
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -21,8 +23,8 @@ use pyo3::types::{PyBool, PyDict, PyFloat, PyList, PyString, PyTuple};
 use super::forms::{file_bytes, upload_file};
 use super::request::Request;
 use super::serialize::{from_json, to_json};
+use crate::exchange::{HttpRequest, HttpResponse};
 use crate::forms::{Form, FormValue};
-use crate::pool::{HttpRequest, HttpResponse};
 use crate::query::{parse_cookies, parse_query};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -62,7 +64,7 @@ enum Kind {
 
 /// A parameter as `percore.params.Param` describes it.
 #[derive(FromPyObject)]
-pub struct ParamSpec {
+pub(super) struct ParamSpec {
     name: String,
     source: String,
     key: String,
@@ -72,7 +74,7 @@ pub struct ParamSpec {
     converter: Option<Py<PyAny>>,
 }
 
-pub struct Param {
+pub(super) struct Param {
     name: Py<PyString>,
     source: Source,
     key: String,
@@ -95,13 +97,31 @@ fn scalar(name: &str) -> Option<Scalar> {
     })
 }
 
+/// A parameter spec from the app that this module does not know (a bug in `percore.app`, not the user's).
+#[derive(Debug)]
+pub(super) enum SpecError {
+    UnknownSource(String),
+    UnknownKind(String),
+}
+
+impl std::fmt::Display for SpecError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SpecError::UnknownSource(source) => write!(f, "unknown parameter source {source:?}"),
+            SpecError::UnknownKind(kind) => write!(f, "unknown kind {kind:?}"),
+        }
+    }
+}
+
+impl std::error::Error for SpecError {}
+
 impl Param {
     /// Whether this parameter comes from a form body (the route's body is then parsed as a form).
-    pub fn reads_form(&self) -> bool {
+    pub(super) fn reads_form(&self) -> bool {
         matches!(self.source, Source::Form | Source::File)
     }
 
-    pub fn from_spec(py: Python<'_>, spec: ParamSpec) -> Result<Param, String> {
+    pub(super) fn from_spec(py: Python<'_>, spec: ParamSpec) -> Result<Param, SpecError> {
         let source = match spec.source.as_str() {
             "path" => Source::Path,
             "query" => Source::Query,
@@ -111,7 +131,7 @@ impl Param {
             "request" => Source::Request,
             "form" => Source::Form,
             "file" => Source::File,
-            other => return Err(format!("unknown parameter source {other:?}")),
+            other => return Err(SpecError::UnknownSource(other.to_owned())),
         };
         let kind = match spec.kind.as_str() {
             "json" => Kind::Json,
@@ -120,9 +140,10 @@ impl Param {
                 many: spec.kind.starts_with("list["),
             },
             many if many.starts_with("list[") && many.ends_with(']') => Kind::Many(
-                scalar(&many[5..many.len() - 1]).ok_or_else(|| format!("unknown kind {many:?}"))?,
+                scalar(&many[5..many.len() - 1])
+                    .ok_or_else(|| SpecError::UnknownKind(many.to_owned()))?,
             ),
-            one => Kind::One(scalar(one).ok_or_else(|| format!("unknown kind {one:?}"))?),
+            one => Kind::One(scalar(one).ok_or_else(|| SpecError::UnknownKind(one.to_owned()))?),
         };
         Ok(Param {
             name: PyString::intern(py, &spec.name).unbind(),
@@ -137,7 +158,7 @@ impl Param {
 }
 
 /// Why a request could not be bound.
-pub enum Rejected {
+pub(super) enum Rejected {
     /// 422 with these error entries.
     Invalid(Vec<Py<PyAny>>),
     /// 400: the body is not JSON.
@@ -145,7 +166,7 @@ pub enum Rejected {
 }
 
 impl Rejected {
-    pub fn into_response(self, py: Python<'_>) -> PyResult<HttpResponse> {
+    pub(super) fn into_response(self, py: Python<'_>) -> PyResult<HttpResponse> {
         let detail = PyDict::new(py);
         let status = match self {
             Rejected::Invalid(errors) => {
@@ -251,7 +272,7 @@ fn convert<'py>(
 
 /// Binds `params` for `request` (and its parsed `form`, for routes that take form fields or files): the
 /// keyword arguments, or why the request is rejected.
-pub fn bind<'py>(
+pub(super) fn bind<'py>(
     py: Python<'py>,
     params: &[Param],
     request: HttpRequest,

@@ -4,18 +4,18 @@
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
-use crate::pool::HttpRequest;
+use crate::exchange::HttpRequest;
 use crate::query::{parse_cookies, parse_query};
 
 #[pyclass(frozen, module = "percore", name = "Request")]
-pub struct Request {
+pub(super) struct Request {
     inner: HttpRequest,
     loop_index: usize,
     state: Option<Py<PyAny>>,
 }
 
 impl Request {
-    pub fn new(inner: HttpRequest, loop_index: usize, state: Option<Py<PyAny>>) -> Self {
+    pub(super) fn new(inner: HttpRequest, loop_index: usize, state: Option<Py<PyAny>>) -> Self {
         Request {
             inner,
             loop_index,
@@ -159,7 +159,7 @@ impl Request {
     /// (host, port) this server accepted the connection on; (path, None) on a Unix socket (`--uds`).
     #[getter]
     fn server<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, pyo3::types::PyTuple>> {
-        super::asgi::server_tuple(py, &self.inner.server)
+        super::convert::server_tuple(py, &self.inner.server)
     }
 
     /// This loop's state: what the app's `on_loop_start` hooks put there (a dict; None without hooks).
@@ -173,7 +173,7 @@ impl Request {
     fn json<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let value = super::serialize::from_json(py, self.inner.body.full())
             .map_err(|e| pyo3::exceptions::PyValueError::new_err(format!("malformed JSON: {e}")))?;
-        super::asgi::ready(py, value)
+        super::awaitable::ready(py, value)
     }
 
     /// The index of the loop running this request.

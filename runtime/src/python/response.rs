@@ -16,9 +16,14 @@ use std::sync::{Arc, Mutex};
 use pyo3::exceptions::PyConnectionResetError;
 use tokio::sync::{mpsc, Notify};
 
-use super::asgi::{bytes_of, future_is_done, ready, STREAM_BUFFER};
+use super::awaitable::{future_is_done, ready};
+use super::convert::bytes_of;
+use super::hooks::Hooks;
 use super::serialize::to_json;
-use crate::pool::{HttpResponse, Latch, ResponseBody, StreamAborted};
+use crate::exchange::{HttpResponse, Latch, ResponseBody, StreamAborted};
+
+/// How many body chunks may wait for the client before `send` makes the app wait.
+pub(super) const STREAM_BUFFER: usize = 16;
 
 const FILE_CHUNK: usize = 64 * 1024;
 
@@ -31,12 +36,19 @@ fn status(code: u16) -> PyResult<StatusCode> {
         .map_err(|_| PyValueError::new_err(format!("{code} is not a valid HTTP status code")))
 }
 
-/// `wake` is the loop driver's: needed (and given) only where a response may stream, on a loop thread.
-pub fn to_response(
+/// Where a response is converted on a loop thread: the loop driver's `wake` and the runtime's hooks, which
+/// a response that streams or has a `background` needs.
+pub(super) struct OnLoop<'a> {
+    pub(super) wake: &'a Arc<Notify>,
+    pub(super) hooks: &'a Hooks,
+}
+
+/// `on_loop` is given only where a response may stream (or run a background task): on a loop thread.
+pub(super) fn to_response(
     value: &Bound<'_, PyAny>,
     default_status: u16,
     response_class: &Bound<'_, PyAny>,
-    wake: Option<&Arc<Notify>>,
+    on_loop: Option<OnLoop<'_>>,
 ) -> PyResult<HttpResponse> {
     if let Ok(text) = value.cast::<PyString>() {
         let body = Bytes::copy_from_slice(text.to_str()?.as_bytes());
@@ -52,7 +64,7 @@ pub fn to_response(
         return with_status(response, default_status);
     }
     if value.is_instance(response_class)? {
-        return explicit_response(value, wake);
+        return explicit_response(value, on_loop);
     }
     let body = to_json(value)?;
     with_status(HttpResponse::new(200, JSON, body), default_status)
@@ -67,7 +79,7 @@ fn with_status(mut response: HttpResponse, code: u16) -> PyResult<HttpResponse> 
 /// `body` (bytes, already rendered), `body_iterator` (a `StreamingResponse`) or `path` (a `FileResponse`).
 fn explicit_response(
     value: &Bound<'_, PyAny>,
-    wake: Option<&Arc<Notify>>,
+    on_loop: Option<OnLoop<'_>>,
 ) -> PyResult<HttpResponse> {
     let py = value.py();
     let code: u16 = value.getattr(intern!(py, "status_code"))?.extract()?;
@@ -86,28 +98,27 @@ fn explicit_response(
     let status = status(code)?;
     // `Response(background=...)`: queued on this loop now, so it runs after the response is handed to
     // the connection (`percore.background.run_after_response`). Not for const routes (no loop).
-    if wake.is_some() {
+    if let Some(on_loop) = &on_loop {
         if let Some(background) = value
             .getattr_opt(intern!(py, "background"))?
             .filter(|b| !b.is_none())
         {
-            py.import(intern!(py, "percore.background"))?
-                .getattr(intern!(py, "run_after_response"))?
-                .call1((background,))?;
+            on_loop.hooks.run_after_response.call1(py, (background,))?;
         }
     }
     if let Some(iterator) = value
         .getattr_opt(intern!(py, "body_iterator"))?
         .filter(|i| !i.is_none())
     {
-        let wake = wake.ok_or_else(|| PyTypeError::new_err("this response cannot stream here"))?;
-        return stream(py, status, headers, iterator, Arc::clone(wake));
+        let on_loop =
+            on_loop.ok_or_else(|| PyTypeError::new_err("this response cannot stream here"))?;
+        return stream(py, status, headers, iterator, on_loop);
     }
     if let Some(path) = value
         .getattr_opt(intern!(py, "path"))?
         .filter(|p| !p.is_none())
     {
-        if wake.is_none() {
+        if on_loop.is_none() {
             return Err(PyTypeError::new_err("this response cannot stream here"));
         }
         let path: String = path.str()?.to_string();
@@ -134,16 +145,17 @@ fn explicit_response(
     })
 }
 
-/// A `StreamingResponse`: its iterator is pumped by an asyncio task on this loop
-/// (`percore.responses._pump`), each chunk written to the client as it is produced. The task is
+/// A `StreamingResponse`: its iterator is pumped by an asyncio task on this loop (the `pump` hook,
+/// `percore.responses._pump`), each chunk written to the client as it is produced. The task is
 /// cancelled if the client goes away.
 fn stream(
     py: Python<'_>,
     status: StatusCode,
     headers: Vec<(HeaderName, HeaderValue)>,
     iterator: Bound<'_, PyAny>,
-    wake: Arc<Notify>,
+    on_loop: OnLoop<'_>,
 ) -> PyResult<HttpResponse> {
+    let wake = Arc::clone(on_loop.wake);
     let (sender, chunks) = mpsc::channel(STREAM_BUFFER);
     let abandoned = Arc::new(Latch::default());
     let event_loop = py
@@ -157,10 +169,7 @@ fn stream(
             wake: Arc::clone(&wake),
         },
     )?;
-    let pump = py
-        .import("percore.responses")?
-        .getattr(intern!(py, "_pump"))?
-        .call1((iterator, chunk_sender))?;
+    let pump = on_loop.hooks.pump.call1(py, (iterator, chunk_sender))?;
     let task = event_loop
         .call_method1(intern!(py, "create_task"), (pump,))?
         .unbind();
@@ -185,7 +194,7 @@ fn stream(
 
 /// `await send(chunk)` for `_pump`: queues a chunk for the client, waiting when the client is slower.
 #[pyclass(frozen, module = "percore._runtime")]
-pub struct ChunkSender {
+pub(super) struct ChunkSender {
     sender: Mutex<Option<mpsc::Sender<Result<Bytes, StreamAborted>>>>,
     event_loop: Py<PyAny>,
     wake: Arc<Notify>,
@@ -263,7 +272,7 @@ impl ChunkSender {
     }
 }
 
-pub async fn stream_file(path: String, sender: mpsc::Sender<Result<Bytes, StreamAborted>>) {
+pub(super) async fn stream_file(path: String, sender: mpsc::Sender<Result<Bytes, StreamAborted>>) {
     use tokio::io::AsyncReadExt;
     let mut file = match tokio::fs::File::open(&path).await {
         Ok(file) => file,

@@ -127,24 +127,41 @@ fn plain_data<'py>(value: &Bound<'py, PyAny>) -> PyResult<Option<Bound<'py, PyAn
     Ok(None)
 }
 
-fn key_text(key: &Bound<'_, PyAny>) -> Result<String, String> {
+/// A dict key JSON cannot have (serde takes it as a custom error's message).
+#[derive(Debug)]
+enum KeyError {
+    /// Reading the key's text raised (a `str` that is not valid UTF-8, a failing `__str__`).
+    Python(PyErr),
+    Unsupported,
+}
+
+impl std::fmt::Display for KeyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeyError::Python(err) => err.fmt(f),
+            KeyError::Unsupported => f.write_str("dict keys must be str, int, float, bool or None"),
+        }
+    }
+}
+
+fn key_text(key: &Bound<'_, PyAny>) -> Result<String, KeyError> {
     if let Ok(text) = key.cast::<PyString>() {
-        return text.to_str().map(str::to_owned).map_err(|e| e.to_string());
+        return text.to_str().map(str::to_owned).map_err(KeyError::Python);
     }
     if let Ok(flag) = key.cast::<PyBool>() {
         return Ok(if flag.is_true() { "true" } else { "false" }.into());
     }
     if key.cast::<PyInt>().is_ok() || key.cast::<PyFloat>().is_ok() {
-        return key.str().map(|s| s.to_string()).map_err(|e| e.to_string());
+        return key.str().map(|s| s.to_string()).map_err(KeyError::Python);
     }
     if key.is_none() {
         return Ok("null".into());
     }
-    Err("dict keys must be str, int, float, bool or None".into())
+    Err(KeyError::Unsupported)
 }
 
 /// Serialises `value` to JSON; a value that has no JSON form raises `TypeError`.
-pub fn to_json(value: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
+pub(super) fn to_json(value: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
     sonic_rs::to_vec(&Json { value, depth: 0 }).map_err(|e| PyTypeError::new_err(e.to_string()))
 }
 
@@ -219,7 +236,7 @@ impl<'de, 'py> serde::de::Visitor<'de> for PyValue<'py> {
 }
 
 /// Parses JSON bytes into Python objects with sonic-rs; the error text says what and where.
-pub fn from_json<'py>(py: Python<'py>, bytes: &[u8]) -> Result<Bound<'py, PyAny>, String> {
+pub(super) fn from_json<'py>(py: Python<'py>, bytes: &[u8]) -> Result<Bound<'py, PyAny>, String> {
     use serde::de::DeserializeSeed;
     let mut deserializer = sonic_rs::Deserializer::from_slice(bytes);
     let value = PyValue(py)

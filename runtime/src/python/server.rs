@@ -1,5 +1,7 @@
 //! `percore._runtime.Server`: the Python handle on a loop pool — built from the app's routes, started,
 //! waited on (in short slices so the main thread can take Ctrl-C) and stopped.
+//!
+//! Over 500 lines (just): `Server` and the two socket classes a `--workers` supervisor holds.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -8,23 +10,23 @@ use std::time::{Duration, Instant};
 use pyo3::prelude::*;
 
 use super::asgi::AsgiEndpoint;
-use super::executor::{ConstResponse, Endpoint, NativeEndpoint, PyExecutorFactory, WebSocketRoute};
+use super::errors::{describe, ConfigurationError, StartupError};
+use super::executor::Endpoint;
+use super::factory::PyExecutorFactory;
+use super::hooks::Hooks;
+use super::native::{ConstResponse, NativeEndpoint, WebSocketRoute};
 use super::params::{Param, ParamSpec};
 use super::response::to_response;
 use super::sync_pool::{self, SyncPool};
-use super::{ConfigurationError, StartupError};
-use crate::config::{Config, LoopCount};
-use crate::listener::{self, LocalAddress, SocketFile, SocketSource};
+use crate::config::{Config, Options};
+use crate::listener::{self, LocalAddress, SocketFile};
 use crate::pool::{self, RunningPool};
-use crate::proxy::TrustedProxies;
 use crate::router::Router;
-use crate::routing::RoutingPolicy;
 use crate::static_files::StaticFiles;
-use crate::tls::Tls;
 
 /// A route as the Python app describes it.
 #[derive(FromPyObject)]
-pub struct RouteSpec {
+pub(super) struct RouteSpec {
     method: String,
     path: String,
     function: Py<PyAny>,
@@ -43,7 +45,7 @@ pub struct RouteSpec {
 
 /// `percore.staticfiles._Mounted`: a `StaticFiles` and the path it is mounted at.
 #[derive(FromPyObject)]
-pub struct StaticSpec {
+pub(super) struct StaticSpec {
     directory: std::path::PathBuf,
     html: bool,
     prefix: String,
@@ -55,7 +57,7 @@ struct Prepared {
 }
 
 #[pyclass(frozen, module = "percore._runtime")]
-pub struct Server {
+pub(super) struct Server {
     config: Config,
     prepared: Mutex<Option<Prepared>>,
     factory: Arc<PyExecutorFactory>,
@@ -110,7 +112,7 @@ impl Server {
     /// Serves `routes` (a native app), or `asgi_app` for every request when it is given.
     #[new]
     #[pyo3(signature = (
-        routes, *, host, port, loops, routing, loop_factory, response_class, on_error,
+        routes, *, host, port, loops, routing, loop_factory, response_class, on_error, hooks,
         asgi_app=None, root_path=String::new(), lifecycle=None, exception_responder=None,
         max_body_size=None, header_timeout=None, send_timeout=None, max_connections=None, max_in_flight=None,
         shutdown_timeout=None, access_log=false, metrics_port=None, metrics_host=None, shared_port=false,
@@ -129,6 +131,7 @@ impl Server {
         loop_factory: Py<PyAny>,
         response_class: Py<PyAny>,
         on_error: Py<PyAny>,
+        hooks: Hooks,
         asgi_app: Option<Py<PyAny>>,
         root_path: String,
         lifecycle: Option<Py<PyAny>>,
@@ -157,99 +160,42 @@ impl Server {
         body_timeout: Option<f64>,
         sync_threads: Option<usize>,
     ) -> PyResult<Self> {
-        let loops = LoopCount::parse(loops).map_err(config_error)?;
-        let routing: RoutingPolicy = routing.parse().map_err(config_error)?;
-        let mut config = Config::new(host, port, loops, routing).map_err(config_error)?;
-        let seconds =
-            |value: f64, flag: &str| crate::config::seconds(value, flag).map_err(config_error);
-        let positive = |value: usize, flag: &str| {
-            if value > 0 {
-                Ok(value)
-            } else {
-                Err(config_error(format!("{flag} must be at least 1")))
-            }
-        };
-        let limits = &mut config.limits;
-        if let Some(size) = max_body_size {
-            limits.max_body_size = size;
-        }
-        if let Some(timeout) = header_timeout {
-            limits.header_timeout = seconds(timeout, "--header-timeout")?;
-        }
-        if let Some(timeout) = send_timeout {
-            limits.send_timeout = seconds(timeout, "--send-timeout")?;
-        }
-        if let Some(count) = max_connections {
-            limits.max_connections_per_loop = positive(count, "--max-connections")?;
-        }
-        if let Some(count) = max_in_flight {
-            limits.max_in_flight_per_loop = positive(count, "--max-in-flight")?;
-        }
-        let sync_threads = sync_threads
-            .map(|count| positive(count, "--sync-threads"))
-            .transpose()?;
-        if let Some(size) = ws_max_size {
-            limits.max_websocket_message = positive(size, "--ws-max-size")?;
-        }
-        if let Some(count) = ws_max_queue {
-            limits.websocket_max_queue = positive(count, "--ws-max-queue")?;
-        }
-        match ws_ping_interval {
-            Some(0.0) => limits.websocket_ping_interval = None,
-            Some(interval) => {
-                limits.websocket_ping_interval = Some(seconds(interval, "--ws-ping-interval")?)
-            }
-            None => {}
-        }
-        if let Some(timeout) = ws_ping_timeout {
-            limits.websocket_ping_timeout = seconds(timeout, "--ws-ping-timeout")?;
-        }
-        if let Some(timeout) = body_timeout {
-            limits.body_timeout = seconds(timeout, "--body-timeout")?;
-        }
-        if let Some(timeout) = shutdown_timeout {
-            config.shutdown_timeout = seconds(timeout, "--shutdown-timeout")?;
-        }
-        config.socket = match (uds, fd) {
-            (Some(_), Some(_)) => {
-                return Err(config_error("--uds and --fd are exclusive: pick one"))
-            }
-            (Some(path), None) => Some(SocketSource::UnixPath(path)),
-            (None, Some(fd)) if fd < 0 => {
-                return Err(config_error(format!(
-                    "--fd must be a file descriptor, got {fd}"
-                )))
-            }
-            (None, Some(fd)) => Some(SocketSource::Fd(fd)),
-            (None, None) => listen_fds.map(SocketSource::FdPerLoop),
-        };
-        config.tls = match (ssl_certfile, ssl_keyfile) {
-            (Some(certfile), Some(keyfile)) => {
-                Some(Tls::load(&certfile, &keyfile).map_err(config_error)?)
-            }
-            (None, None) => None,
-            _ => {
-                return Err(config_error(
-                    "HTTPS needs both --ssl-certfile and --ssl-keyfile",
-                ))
-            }
-        };
-        if let Some(backlog) = backlog {
-            config.backlog = positive(backlog.max(0) as usize, "--backlog")? as i32;
-        }
-        config.access_log = access_log;
-        config.metrics_port = metrics_port;
-        config.metrics_host = metrics_host;
-        config.shared_port = shared_port;
-        config.trusted_proxies = forwarded_allow_ips
-            .map(TrustedProxies::parse)
-            .transpose()
-            .map_err(config_error)?;
+        let config = Config::from_options(Options {
+            host: host.to_owned(),
+            port,
+            loops: loops.to_owned(),
+            routing: routing.to_owned(),
+            max_body_size,
+            header_timeout,
+            send_timeout,
+            max_connections,
+            max_in_flight,
+            shutdown_timeout,
+            access_log,
+            metrics_port,
+            metrics_host,
+            shared_port,
+            forwarded_allow_ips: forwarded_allow_ips.map(str::to_owned),
+            ws_max_size,
+            ws_max_queue,
+            ws_ping_interval,
+            ws_ping_timeout,
+            uds,
+            fd,
+            ssl_certfile,
+            ssl_keyfile,
+            backlog,
+            listen_fds,
+            body_timeout,
+            sync_threads,
+        })
+        .map_err(config_error)?;
         let factory = Arc::new(PyExecutorFactory {
             loop_factory,
             lifecycle,
             response_class,
             on_error,
+            hooks,
             exception_responder,
             max_body_size: config.limits.max_body_size,
             max_websocket_message: config.limits.max_websocket_message,
@@ -260,7 +206,7 @@ impl Server {
                 config.limits.websocket_ping_timeout,
             ),
             sync_pool: Mutex::new(None),
-            sync_threads,
+            sync_threads: config.sync_threads,
         });
         if let Some(app) = asgi_app {
             return Ok(Server::with(
@@ -295,7 +241,7 @@ impl Server {
                     config_error(format!(
                         "const route {method} {}: {}",
                         route.path,
-                        super::describe(py, &err)
+                        describe(py, &err)
                     ))
                 })?;
                 endpoints.push(Endpoint::Const(ConstResponse::from(response)));
@@ -325,7 +271,7 @@ impl Server {
                 form: params.iter().any(Param::reads_form),
                 params,
                 status_code: route.status_code,
-                name: format!("{method} {}", route.path).into(),
+                name: crate::exchange::route_name(method.as_str(), &route.path).into(),
                 offload,
             })));
         }
@@ -473,7 +419,7 @@ impl Server {
 /// the same checks as a single server's `--uds` (a path in use or not a socket is refused, a stale one
 /// replaced), and the file is removed by `close()`, or when this object is collected.
 #[pyclass(module = "percore._runtime")]
-pub struct UnixSocket {
+pub(super) struct UnixSocket {
     socket: Option<(socket2::Socket, SocketFile)>,
 }
 
@@ -483,7 +429,8 @@ impl UnixSocket {
     #[pyo3(signature = (path, backlog=None))]
     fn new(path: std::path::PathBuf, backlog: Option<i32>) -> PyResult<Self> {
         let backlog = backlog.unwrap_or(listener::DEFAULT_BACKLOG);
-        let bound = listener::bind_unix(&path, backlog).map_err(|e| StartupError::new_err(e.0))?;
+        let bound = listener::bind_unix(&path, backlog)
+            .map_err(|e| StartupError::new_err(e.to_string()))?;
         Ok(UnixSocket {
             socket: Some(bound),
         })
@@ -509,7 +456,7 @@ impl UnixSocket {
 /// its share, and a worker that replaces another (`--reload`, `--limit-max-requests`, a restart) accepts on
 /// the same sockets, so the connections queued on them are not lost when the old worker stops.
 #[pyclass(module = "percore._runtime")]
-pub struct TcpListeners {
+pub(super) struct TcpListeners {
     listeners: Vec<std::net::TcpListener>,
     address: SocketAddr,
 }
@@ -529,7 +476,7 @@ impl TcpListeners {
     ) -> PyResult<Self> {
         let backlog = backlog.unwrap_or(listener::DEFAULT_BACKLOG);
         let listeners = listener::bind_tcp(host, port, count.max(1), shared, backlog)
-            .map_err(|e| StartupError::new_err(e.0))?;
+            .map_err(|e| StartupError::new_err(e.to_string()))?;
         let address = listeners[0]
             .local_addr()
             .map_err(|e| StartupError::new_err(e.to_string()))?;

@@ -24,31 +24,30 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 use tokio::sync::{oneshot, Notify};
 
 use super::response::to_response;
 use super::task::in_context;
-use crate::pool::HttpResponse;
+use crate::exchange::HttpResponse;
 use crate::routing::InFlight;
 
 /// A loop's offloaded calls that have not ended, so its shutdown waits for them like for its tasks.
 #[derive(Default)]
-pub struct Offloaded {
+pub(super) struct Offloaded {
     count: AtomicUsize,
     /// Notified (`notify_waiters`) when `count` drops to zero.
-    pub none: Notify,
+    pub(super) none: Notify,
 }
 
 impl Offloaded {
-    pub fn is_empty(&self) -> bool {
+    pub(super) fn is_empty(&self) -> bool {
         self.count.load(Ordering::Acquire) == 0
     }
 
     /// Counts one call until the returned hold is dropped.
-    pub fn hold(self: &Arc<Self>, in_flight: Option<InFlight>) -> SyncHold {
+    pub(super) fn hold(self: &Arc<Self>, in_flight: Option<InFlight>) -> SyncHold {
         self.count.fetch_add(1, Ordering::AcqRel);
         SyncHold {
             in_flight,
@@ -58,14 +57,14 @@ impl Offloaded {
 }
 
 /// What an offloaded call keeps taken until its work ends (see the module docs).
-pub struct SyncHold {
+pub(super) struct SyncHold {
     in_flight: Option<InFlight>,
     offloaded: Arc<Offloaded>,
 }
 
 impl SyncHold {
     /// The --max-in-flight guard, for work the loop continues (a coroutine the handler returned).
-    pub fn take_in_flight(&mut self) -> Option<InFlight> {
+    pub(super) fn take_in_flight(&mut self) -> Option<InFlight> {
         self.in_flight.take()
     }
 }
@@ -79,29 +78,29 @@ impl Drop for SyncHold {
 }
 
 /// Calls waiting for a pool thread, for the whole process. A loop whose call does not fit waits.
-pub const QUEUE: usize = 1024;
+pub(super) const QUEUE: usize = 1024;
 
 /// The default number of pool threads: `2 × loops`, at least 4. On 3.13t CPU-bound handlers run in
 /// parallel on every core (one thread per loop would do); the second half is for handlers that block on
 /// I/O, which hold a thread without using a core. A waiting thread costs a stack and nothing else.
-pub fn default_threads(loops: usize) -> usize {
+pub(super) fn default_threads(loops: usize) -> usize {
     (2 * loops).max(4)
 }
 
 /// A `def` handler's call, bound on the loop, run on a pool thread.
-pub struct SyncCall {
-    pub function: Py<PyAny>,
-    pub kwargs: Option<Py<PyDict>>,
+pub(super) struct SyncCall {
+    pub(super) function: Py<PyAny>,
+    pub(super) kwargs: Option<Py<PyDict>>,
     /// The request's own copy of the loop's Context.
-    pub context: Py<PyAny>,
-    pub status_code: u16,
+    pub(super) context: Py<PyAny>,
+    pub(super) status_code: u16,
     /// The outcome and the hold, which the loop drops once it has handled the outcome.
-    pub reply: oneshot::Sender<(SyncOutcome, SyncHold)>,
-    pub hold: SyncHold,
+    pub(super) reply: oneshot::Sender<(SyncOutcome, SyncHold)>,
+    pub(super) hold: SyncHold,
 }
 
 /// What a pool thread hands back to the loop.
-pub enum SyncOutcome {
+pub(super) enum SyncOutcome {
     /// A plain value, already converted.
     Response(HttpResponse),
     /// The value needs the loop: a coroutine to step (in the request's Context, given back with it), or a
@@ -154,8 +153,7 @@ impl SyncCall {
             Err(err) => SyncOutcome::Raised(err),
             Ok(value) => {
                 let response_class = response_class.bind(py);
-                // SAFETY: attached, live object.
-                let coroutine = unsafe { ffi::PyCoro_CheckExact(value.as_ptr()) } != 0;
+                let coroutine = super::ffi::is_coroutine(&value);
                 if coroutine || value.is_instance(response_class).unwrap_or(true) {
                     SyncOutcome::OnLoop(value.unbind(), context.clone_ref(py))
                 } else {
@@ -170,7 +168,7 @@ impl SyncCall {
 }
 
 /// The process's pool threads and the channel that feeds them.
-pub struct SyncPool {
+pub(super) struct SyncPool {
     calls: async_channel::Sender<SyncCall>,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -179,7 +177,10 @@ impl SyncPool {
     /// Starts `threads` pool threads ("percore-sync-i"), not pinned: the scheduler puts them on whichever
     /// core is free, loops' cores included while those wait in epoll.
     /// `response_class`: `percore.Response`, whose instances are converted on the loop.
-    pub fn start(threads: usize, response_class: Py<PyAny>) -> std::io::Result<Arc<SyncPool>> {
+    pub(super) fn start(
+        threads: usize,
+        response_class: Py<PyAny>,
+    ) -> std::io::Result<Arc<SyncPool>> {
         let response_class = Arc::new(response_class);
         let (calls, queued) = async_channel::bounded::<SyncCall>(QUEUE);
         let pool = Arc::new(SyncPool {
@@ -213,13 +214,13 @@ impl SyncPool {
     }
 
     /// The sending side, for a loop.
-    pub fn sender(&self) -> async_channel::Sender<SyncCall> {
+    pub(super) fn sender(&self) -> async_channel::Sender<SyncCall> {
         self.calls.clone()
     }
 
     /// Stops taking calls and waits up to `grace` for the threads to finish the ones they run. A handler
     /// still blocked after that (it cannot be interrupted) is left to the process's exit. Call detached.
-    pub fn close(&self, grace: Duration) {
+    pub(super) fn close(&self, grace: Duration) {
         self.calls.close();
         let deadline = Instant::now() + grace;
         let threads = std::mem::take(&mut *self.threads.lock().unwrap());

@@ -16,27 +16,50 @@
 //! back into the task (`cancel()`, `done()`), and a re-entered `std::sync::Mutex` deadlocks the loop;
 //! the reply is sent exactly once. A task that suspended holds its request's `InFlight` guard until
 //! its coroutine finishes.
+//!
+//! Over 500 lines: the `asyncio.Task` protocol percore implements is that long; it is one type.
 
 use std::cell::RefCell;
 use std::sync::Mutex;
 
 use pyo3::exceptions::{PyRuntimeError, PyStopIteration};
-use pyo3::ffi;
 use pyo3::gc::{PyTraverseError, PyVisit};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 use tokio::sync::oneshot;
 
-use super::executor::LoopShared;
+use crate::exchange::HttpResponse;
 use crate::routing::InFlight;
 
+/// The loop a task runs on, as the task sees it. `loop_state::LoopShared` implements it: a trait so this
+/// module sits below the loop's state (which tracks tasks) without an import cycle, dispatched through a
+/// vtable rather than a boxed completion per request (no allocation on the hot path).
+pub(super) trait TaskLoop: Send + Sync {
+    /// The asyncio loop the task's futures must belong to.
+    fn event_loop(&self) -> &Py<PyAny>;
+    /// `asyncio.CancelledError`, looked up once per loop.
+    fn cancelled_error_type(&self) -> &Py<PyAny>;
+    /// The task finished: the loop forgets it (it was tracked, `LoopShared::track`).
+    fn untrack(&self, task: &Bound<'_, RequestTask>);
+    /// A native handler's coroutine returned `value`: the response (a value that cannot be sent is a
+    /// logged 500).
+    fn respond(
+        &self,
+        py: Python<'_>,
+        value: &Bound<'_, PyAny>,
+        status_code: u16,
+        name: &str,
+    ) -> HttpResponse;
+    /// A native handler's coroutine raised: the app's exception handlers' response, or a logged 500.
+    fn handler_failed(&self, py: Python<'_>, err: &PyErr, name: &str) -> HttpResponse;
+}
+
 /// An ASGI connection (HTTP exchange or WebSocket) told that its app's coroutine is over.
-pub trait AppConnection: Send + Sync {
+pub(super) trait AppConnection: Send + Sync {
     /// `error` is set if the app raised or was cancelled.
     fn app_finished(&self, py: Python<'_>, error: Option<PyErr>);
 }
-use crate::pool::HttpResponse;
 
 thread_local! {
     /// The RequestTask whose coroutine is being stepped on this thread right now.
@@ -44,12 +67,15 @@ thread_local! {
 }
 
 /// The task being stepped on this thread, if it belongs to `event_loop` (or `event_loop` is None).
-pub fn current(py: Python<'_>, event_loop: Option<&Bound<'_, PyAny>>) -> Option<Py<RequestTask>> {
+pub(super) fn current(
+    py: Python<'_>,
+    event_loop: Option<&Bound<'_, PyAny>>,
+) -> Option<Py<RequestTask>> {
     CURRENT.with(|current| {
         let task = current.borrow();
         let task = task.as_ref()?;
         match event_loop {
-            Some(l) if !l.is(task.get().shared.event_loop.bind(py)) => None,
+            Some(l) if !l.is(task.get().shared.event_loop().bind(py)) => None,
             _ => Some(task.clone_ref(py)),
         }
     })
@@ -85,7 +111,7 @@ struct State {
 }
 
 /// What happens when the coroutine finishes.
-pub enum Completion {
+pub(super) enum Completion {
     /// A native handler: its return value becomes the response.
     Native {
         status_code: u16,
@@ -98,33 +124,17 @@ pub enum Completion {
 }
 
 #[pyclass(frozen, weakref, module = "percore", name = "RequestTask")]
-pub struct RequestTask {
+pub(super) struct RequestTask {
     state: Mutex<State>,
     context: Py<PyAny>,
-    shared: std::sync::Arc<LoopShared>,
+    shared: std::sync::Arc<dyn TaskLoop>,
     name: String,
 }
 
-enum Step {
-    Yielded(Py<PyAny>),
-    Returned(Py<PyAny>),
-    Raised(PyErr),
-}
+use super::ffi::Sent as Step;
 
 fn send(py: Python<'_>, coroutine: &Bound<'_, PyAny>) -> Step {
-    let mut result: *mut ffi::PyObject = std::ptr::null_mut();
-    // SAFETY: `coroutine` is a live object and we are attached; PyIter_Send returns a new reference in
-    // `result` for PYGEN_RETURN and PYGEN_NEXT, and sets an exception for PYGEN_ERROR.
-    let status = unsafe { ffi::PyIter_Send(coroutine.as_ptr(), ffi::Py_None(), &mut result) };
-    match status {
-        ffi::PySendResult::PYGEN_RETURN => {
-            Step::Returned(unsafe { Bound::from_owned_ptr(py, result) }.unbind())
-        }
-        ffi::PySendResult::PYGEN_NEXT => {
-            Step::Yielded(unsafe { Bound::from_owned_ptr(py, result) }.unbind())
-        }
-        _ => Step::Raised(PyErr::fetch(py)),
-    }
+    super::ffi::send_none(py, coroutine)
 }
 
 fn throw(py: Python<'_>, coroutine: &Bound<'_, PyAny>, error: PyErr) -> Step {
@@ -142,25 +152,13 @@ fn throw(py: Python<'_>, coroutine: &Bound<'_, PyAny>, error: PyErr) -> Step {
     }
 }
 
-/// Enters `context` for the duration of `body`.
-pub fn in_context<R>(context: &Bound<'_, PyAny>, body: impl FnOnce() -> R) -> PyResult<R> {
-    let py = context.py();
-    // SAFETY: `context` is a contextvars.Context created for this request; we are attached.
-    if unsafe { ffi::PyContext_Enter(context.as_ptr()) } != 0 {
-        return Err(PyErr::fetch(py));
-    }
-    let result = body();
-    if unsafe { ffi::PyContext_Exit(context.as_ptr()) } != 0 {
-        return Err(PyErr::fetch(py));
-    }
-    Ok(result)
-}
+pub(super) use super::ffi::in_context;
 
 impl RequestTask {
-    pub fn new(
+    pub(super) fn new(
         py: Python<'_>,
         coroutine: Py<PyAny>,
-        shared: std::sync::Arc<LoopShared>,
+        shared: std::sync::Arc<dyn TaskLoop>,
         context: Py<PyAny>,
         name: String,
         completion: Completion,
@@ -188,7 +186,7 @@ impl RequestTask {
     }
 
     /// Marks a still-running task as tracked; false if it already finished (or is tracked).
-    pub fn mark_tracked(&self) -> bool {
+    pub(super) fn mark_tracked(&self) -> bool {
         let mut state = self.lock();
         if state.coroutine.is_none() || state.tracked {
             return false;
@@ -199,7 +197,7 @@ impl RequestTask {
 
     /// Keeps `guard` until the coroutine finishes (dropped at once if it already has): the request's
     /// work goes on after its response, or after its client left, and still occupies the loop.
-    pub fn hold_in_flight(&self, guard: Option<InFlight>) {
+    pub(super) fn hold_in_flight(&self, guard: Option<InFlight>) {
         let mut state = self.lock();
         if state.coroutine.is_some() {
             state.in_flight = guard;
@@ -216,7 +214,7 @@ impl RequestTask {
         }
     }
 
-    pub fn name(&self) -> &str {
+    pub(super) fn name(&self) -> &str {
         &self.name
     }
 
@@ -227,7 +225,7 @@ impl RequestTask {
     }
 
     /// Runs the coroutine until it suspends or finishes, as `asyncio.Task.__step` does.
-    pub fn step(slf: &Bound<'_, Self>, error: Option<PyErr>) {
+    pub(super) fn step(slf: &Bound<'_, Self>, error: Option<PyErr>) {
         let py = slf.py();
         let this = slf.get();
         let (coroutine, old_waiter, cancel) = {
@@ -256,7 +254,7 @@ impl RequestTask {
         match stepped {
             Ok(Step::Returned(value)) => Self::finish(slf, Outcome::Returned(value)),
             Ok(Step::Raised(err)) => {
-                if err.is_instance(py, &this.shared.cancelled_error_type.bind(py).clone()) {
+                if err.is_instance(py, &this.shared.cancelled_error_type().bind(py).clone()) {
                     Self::finish(slf, Outcome::Cancelled)
                 } else {
                     Self::finish(slf, Outcome::Raised(err))
@@ -295,7 +293,7 @@ impl RequestTask {
             ));
         }
         let future_loop = yielded.call_method0(intern!(py, "get_loop"))?;
-        if !future_loop.is(this.shared.event_loop.bind(py)) {
+        if !future_loop.is(this.shared.event_loop().bind(py)) {
             return Err(PyRuntimeError::new_err(format!(
                 "Task got Future {} attached to a different loop",
                 yielded.repr()?
@@ -325,7 +323,7 @@ impl RequestTask {
 
     fn schedule_step(slf: &Bound<'_, Self>, error: Option<PyErr>) {
         let py = slf.py();
-        let event_loop = slf.get().shared.event_loop.bind(py);
+        let event_loop = slf.get().shared.event_loop().bind(py);
         let scheduled = match error {
             None => event_loop.call_method1(intern!(py, "call_soon"), (slf,)),
             Some(error) => {
@@ -404,7 +402,7 @@ impl RequestTask {
         if tracked {
             this.shared.untrack(slf);
         }
-        let event_loop = this.shared.event_loop.bind(py);
+        let event_loop = this.shared.event_loop().bind(py);
         for callback in callbacks {
             if let Err(err) = event_loop.call_method1(intern!(py, "call_soon"), (callback, slf)) {
                 err.print(py);
@@ -450,7 +448,7 @@ impl RequestTask {
     }
 
     #[pyo3(signature = (msg=None))]
-    pub fn cancel(slf: &Bound<'_, Self>, msg: Option<Py<PyAny>>) -> PyResult<bool> {
+    pub(super) fn cancel(slf: &Bound<'_, Self>, msg: Option<Py<PyAny>>) -> PyResult<bool> {
         let py = slf.py();
         let this = slf.get();
         let waiter = {
@@ -583,7 +581,7 @@ impl RequestTask {
         };
         if finished {
             this.shared
-                .event_loop
+                .event_loop()
                 .bind(py)
                 .call_method1(intern!(py, "call_soon"), (callback, slf))?;
         }
@@ -626,14 +624,14 @@ impl RequestTask {
     }
 
     fn get_loop(&self, py: Python<'_>) -> Py<PyAny> {
-        self.shared.event_loop.clone_ref(py)
+        self.shared.event_loop().clone_ref(py)
     }
 
     // asyncio.Task's private attributes that libraries (anyio's cancel scopes) read directly.
 
     #[getter]
     fn _loop(&self, py: Python<'_>) -> Py<PyAny> {
-        self.shared.event_loop.clone_ref(py)
+        self.shared.event_loop().clone_ref(py)
     }
 
     #[getter]

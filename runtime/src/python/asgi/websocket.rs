@@ -19,6 +19,9 @@
 //! closed by either side nothing more is sent; everything runs on the connection's loop thread; the state
 //! lock is never held while Python code runs (an app's objects may call back into `receive()`/`send()`,
 //! which take the lock: holding it would deadlock the loop), so Python values are read before locking.
+//!
+//! Over 500 lines: the handshake, the `receive()` queue and the app side of the frame pump share one
+//! state machine (`State`), which reads best whole.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -31,10 +34,11 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString, PyTuple};
 use tokio::sync::{mpsc, oneshot, Notify};
 
-use super::asgi::{base_scope, future_is_done, ready, AsgiEndpoint};
-use super::executor::LoopShared;
-use super::task::AppConnection;
-use crate::pool::{HttpRequest, HttpResponse, Latch, ResponseBody};
+use super::scope::{base_scope, AsgiEndpoint};
+use crate::exchange::{HttpRequest, HttpResponse, Latch, ResponseBody};
+use crate::python::awaitable::{future_is_done, ready};
+use crate::python::loop_state::LoopShared;
+use crate::python::task::AppConnection;
 use crate::websocket::{
     derive_accept_key, serve_upgraded, App as PumpApp, CloseCode, CloseFrame, Event,
     Limits as PumpLimits, Message,
@@ -86,7 +90,7 @@ enum Outgoing {
     Other,
 }
 
-pub struct WebSocketExchange {
+pub(in crate::python) struct WebSocketExchange {
     state: Mutex<State>,
     /// Notified when `receive()` takes an event: a reader waiting for room in the queue reads on.
     room: Notify,
@@ -493,7 +497,7 @@ impl WebSocketExchange {
 
     /// Answers the handshake with `response` instead of running the app (a native route's parameters
     /// did not validate).
-    pub fn refuse(&self, response: HttpResponse) {
+    pub(in crate::python) fn refuse(&self, response: HttpResponse) {
         let mut state = self.lock();
         state.phase = Phase::Closed;
         let reply = state.reply.take();
@@ -580,7 +584,7 @@ impl PumpApp for WebSocketExchange {
 }
 
 #[pyclass(frozen, module = "percore._runtime", name = "WebSocketReceive")]
-pub struct WebSocketReceive(Arc<WebSocketExchange>);
+pub(super) struct WebSocketReceive(Arc<WebSocketExchange>);
 
 #[pymethods]
 impl WebSocketReceive {
@@ -590,7 +594,7 @@ impl WebSocketReceive {
 }
 
 #[pyclass(frozen, module = "percore._runtime", name = "WebSocketSend")]
-pub struct WebSocketSend(Arc<WebSocketExchange>);
+pub(super) struct WebSocketSend(Arc<WebSocketExchange>);
 
 #[pymethods]
 impl WebSocketSend {
@@ -603,17 +607,8 @@ impl WebSocketSend {
     }
 }
 
-/// Whether `request` asks to become a WebSocket.
-pub fn is_websocket(request: &HttpRequest) -> bool {
-    request.upgrade.is_some()
-        && crate::websocket::is_handshake(&request.headers)
-        && request
-            .headers
-            .contains_key(http::header::SEC_WEBSOCKET_KEY)
-}
-
 /// The `websocket` scope and `(scope, receive, send)` for one handshake.
-pub fn prepare<'py>(
+pub(in crate::python) fn prepare<'py>(
     py: Python<'py>,
     shared: &Arc<LoopShared>,
     endpoint: &AsgiEndpoint,

@@ -1,4 +1,4 @@
-//! ASGI 3 over the loop pool: the HTTP scope, `receive` and `send`, and what a finished app left behind.
+//! ASGI 3 HTTP exchanges: the `http` scope, `receive` and `send`, and what a finished app left behind.
 //!
 //! One `AsgiExchange` per request holds the request body still to deliver, the response as the app builds
 //! it, and the reply channel to the connection. The response head goes to the connection with the first
@@ -12,138 +12,29 @@
 //! the request's loop thread. The state lock guards Rust data only: nothing that can run Python (an app's
 //! header iterable, `__index__`, `__eq__` of a dict key, a finalizer) runs while it is held, because the
 //! app may call `receive()`/`send()` from there and the lock is not re-entrant.
+//!
+//! Over 500 lines: one state machine (request body in, response out) whose transitions reference each
+//! other; split, each half would need the other's invariants restated.
 
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
 use http_body_util::BodyExt;
-use pyo3::exceptions::{PyRuntimeError, PyStopIteration, PyTypeError};
+use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList, PyString, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyString, PyTuple};
 use tokio::sync::{mpsc, oneshot};
 
-use super::executor::LoopShared;
-use super::task::AppConnection;
+use super::scope::{base_scope, AsgiEndpoint};
 use crate::deadline::{BodyReadError, TimedBody};
-use crate::listener::LocalAddress;
-use crate::pool::{HttpRequest, HttpResponse, Latch, RequestBody, ResponseBody, StreamAborted};
-use crate::query::percent_decode_path;
-
-/// How many body chunks may wait for the client before `send` makes the app wait.
-pub const STREAM_BUFFER: usize = 16;
-
-/// An awaitable that is already complete: `await Ready(v)` evaluates to `v` without suspending.
-#[pyclass(frozen, module = "percore._runtime")]
-pub struct Ready {
-    value: Py<PyAny>,
-}
-
-#[pymethods]
-impl Ready {
-    fn __await__(slf: Py<Self>) -> Py<Self> {
-        slf
-    }
-
-    fn __iter__(slf: Py<Self>) -> Py<Self> {
-        slf
-    }
-
-    fn __next__(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        Err(PyStopIteration::new_err((self.value.clone_ref(py),)))
-    }
-
-    #[pyo3(signature = (_value=None))]
-    fn send(&self, py: Python<'_>, _value: Option<Py<PyAny>>) -> PyResult<Py<PyAny>> {
-        self.__next__(py)
-    }
-
-    #[pyo3(signature = (error, *_rest))]
-    fn throw(&self, error: Bound<'_, PyAny>, _rest: Bound<'_, PyTuple>) -> PyResult<Py<PyAny>> {
-        Err(PyErr::from_value(error))
-    }
-
-    fn close(&self) {}
-}
-
-/// Whether an asyncio future is done (a failing check counts as done: never resolve it twice).
-pub fn future_is_done(future: &Bound<'_, PyAny>) -> bool {
-    future
-        .call_method0(intern!(future.py(), "done"))
-        .and_then(|d| d.is_truthy())
-        .unwrap_or(true)
-}
-
-/// `await Done()` evaluates to `None` without suspending, like `Ready(None)` but cheaper: `__next__`
-/// ends the iteration without raising `StopIteration` (CPython takes a bare end of iteration as
-/// `None`), and each loop thread reuses one instance. Every `await send(...)` of an ASGI app ends
-/// here, twice per response; allocating a `Ready` and raising through `StopIteration` cost ~1.5k
-/// instructions per await (callgrind, Starlette `/json`).
-#[pyclass(frozen, module = "percore._runtime")]
-pub struct Done;
-
-#[pymethods]
-impl Done {
-    fn __await__(slf: Py<Self>) -> Py<Self> {
-        slf
-    }
-
-    fn __iter__(slf: Py<Self>) -> Py<Self> {
-        slf
-    }
-
-    fn __next__(&self) -> Option<Py<PyAny>> {
-        None
-    }
-
-    /// Called from Python (`awaitable.send(None)`), the end must be a real `StopIteration`.
-    #[pyo3(signature = (_value=None))]
-    fn send(&self, _value: Option<Py<PyAny>>) -> PyResult<Py<PyAny>> {
-        Err(PyStopIteration::new_err(()))
-    }
-
-    #[pyo3(signature = (error, *_rest))]
-    fn throw(&self, error: Bound<'_, PyAny>, _rest: Bound<'_, PyTuple>) -> PyResult<Py<PyAny>> {
-        Err(PyErr::from_value(error))
-    }
-
-    fn close(&self) {}
-}
-
-thread_local! {
-    /// This thread's `Done`. One per thread, not per process: on 3.13t an object shared by every loop
-    /// would have its reference count written by all of them on every await. A raw pointer, leaked on
-    /// purpose (one small object per loop thread): it needs no care when the thread exits.
-    static DONE: std::cell::Cell<*mut pyo3::ffi::PyObject> =
-        const { std::cell::Cell::new(std::ptr::null_mut()) };
-}
-
-/// The completed awaitable for `None`: this thread's `Done`.
-pub fn done(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
-    let cached = DONE.with(|done| done.get());
-    if !cached.is_null() {
-        // SAFETY: a strong reference this thread owns forever (leaked below); we are attached.
-        return Ok(unsafe { Bound::from_borrowed_ptr(py, cached) });
-    }
-    let created = Bound::new(py, Done)?.into_any();
-    DONE.with(|done| done.set(created.clone().into_ptr()));
-    Ok(created)
-}
-
-/// The completed awaitable for `value` (`Done` for `None`).
-pub fn ready<'py>(py: Python<'py>, value: Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
-    if value.is_none() {
-        return done(py);
-    }
-    Ok(Bound::new(
-        py,
-        Ready {
-            value: value.unbind(),
-        },
-    )?
-    .into_any())
-}
+use crate::exchange::{HttpRequest, HttpResponse, Latch, RequestBody, ResponseBody, StreamAborted};
+use crate::python::awaitable::{done, future_is_done, ready};
+use crate::python::convert::{bytes_of, method_string, parse_headers};
+use crate::python::loop_state::LoopShared;
+use crate::python::response::STREAM_BUFFER;
+use crate::python::task::AppConnection;
 
 enum ResponseState {
     NotStarted,
@@ -170,12 +61,12 @@ struct ExchangeState {
     reply: Option<oneshot::Sender<HttpResponse>>,
 }
 
-pub struct AsgiExchange {
+pub(super) struct AsgiExchange {
     state: Mutex<ExchangeState>,
     shared: Arc<LoopShared>,
     name: String,
-    pub client_gone: Arc<Latch>,
-    pub finished: Latch,
+    pub(super) client_gone: Arc<Latch>,
+    pub(super) finished: Latch,
 }
 
 impl AsgiExchange {
@@ -558,7 +449,7 @@ impl AsgiExchange {
                 body: ResponseBody::Stream(chunks, Arc::clone(&self.client_gone)),
             });
         }
-        tokio::task::spawn_local(super::response::stream_file(path, sender));
+        tokio::task::spawn_local(crate::python::response::stream_file(path, sender));
         self.response_complete(py);
         ready(py, py.None().into_bound(py))
     }
@@ -571,7 +462,7 @@ impl AsgiExchange {
     }
 
     /// The client went away while the app was still running: wake a pending `receive()`.
-    pub fn client_disconnected(&self, py: Python<'_>) {
+    pub(super) fn client_disconnected(&self, py: Python<'_>) {
         let waiter = self.lock().disconnect_waiter.take();
         if let Some(waiter) = waiter {
             self.resolve(py, waiter.bind(py), Self::disconnect_message(py));
@@ -624,63 +515,8 @@ impl AppConnection for AsgiExchange {
     }
 }
 
-pub fn bytes_of(value: &Bound<'_, PyAny>) -> PyResult<Bytes> {
-    if let Ok(bytes) = value.cast::<PyBytes>() {
-        return Ok(Bytes::copy_from_slice(bytes.as_bytes()));
-    }
-    if let Ok(array) = value.cast::<PyByteArray>() {
-        return Ok(Bytes::from(array.to_vec()));
-    }
-    if let Ok(view) = value.extract::<Vec<u8>>() {
-        return Ok(Bytes::from(view));
-    }
-    Err(PyTypeError::new_err(format!(
-        "ASGI body must be bytes, not {}",
-        value.get_type().name()?
-    )))
-}
-
-fn parse_headers(headers: &Bound<'_, PyAny>) -> PyResult<Vec<(HeaderName, HeaderValue)>> {
-    let mut parsed = Vec::new();
-    for pair in headers.try_iter()? {
-        let pair = pair?;
-        // Apps send `(bytes, bytes)` tuples (Starlette, FastAPI) or lists: the tuple path avoids the
-        // generic `pair[0]` (an int object and a dispatch per item).
-        let (name, value) = match pair.cast::<PyTuple>() {
-            Ok(tuple) if tuple.len() == 2 => (tuple.get_item(0)?, tuple.get_item(1)?),
-            _ => (pair.get_item(0)?, pair.get_item(1)?),
-        };
-        let name = header_name(&name)?;
-        let value = match value.cast::<PyBytes>() {
-            Ok(bytes) => HeaderValue::from_bytes(bytes.as_bytes()),
-            Err(_) => HeaderValue::from_maybe_shared(bytes_of(&value)?),
-        }
-        .map_err(|_| PyTypeError::new_err(format!("invalid value for header {name}")))?;
-        parsed.push((name, value));
-    }
-    Ok(parsed)
-}
-
-fn header_name(name: &Bound<'_, PyAny>) -> PyResult<HeaderName> {
-    let invalid = |name: &[u8]| {
-        PyTypeError::new_err(format!(
-            "invalid header name {:?}",
-            String::from_utf8_lossy(name)
-        ))
-    };
-    match name.cast::<PyBytes>() {
-        Ok(bytes) => {
-            HeaderName::from_bytes(bytes.as_bytes()).map_err(|_| invalid(bytes.as_bytes()))
-        }
-        Err(_) => {
-            let name = bytes_of(name)?;
-            HeaderName::from_bytes(&name).map_err(|_| invalid(&name))
-        }
-    }
-}
-
 #[pyclass(frozen, module = "percore._runtime", name = "Receive")]
-pub struct Receive(Arc<AsgiExchange>);
+pub(super) struct Receive(Arc<AsgiExchange>);
 
 #[pymethods]
 impl Receive {
@@ -690,7 +526,7 @@ impl Receive {
 }
 
 #[pyclass(frozen, module = "percore._runtime", name = "Send")]
-pub struct Send(Arc<AsgiExchange>);
+pub(super) struct Send(Arc<AsgiExchange>);
 
 #[pymethods]
 impl Send {
@@ -703,237 +539,8 @@ impl Send {
     }
 }
 
-/// An ASGI application as a route target.
-pub struct AsgiEndpoint {
-    pub app: Py<PyAny>,
-    pub root_path: String,
-}
-
-thread_local! {
-    /// The last client host seen on this loop thread, as the `str` the scope needs: formatting an IP
-    /// costs more than the rest of the scope's fixed keys, and a loop's clients (a load balancer, a
-    /// proxy, localhost) are few.
-    static CLIENT_HOST: std::cell::RefCell<Option<(std::net::IpAddr, Py<PyString>)>> =
-        const { std::cell::RefCell::new(None) };
-}
-
-fn host_string(py: Python<'_>, ip: std::net::IpAddr) -> Bound<'_, PyString> {
-    CLIENT_HOST.with(|cache| {
-        let mut cache = cache.borrow_mut();
-        match &*cache {
-            Some((cached, host)) if *cached == ip => host.bind(py).clone(),
-            _ => {
-                let host = PyString::new(py, &ip.to_string());
-                *cache = Some((ip, host.clone().unbind()));
-                host
-            }
-        }
-    })
-}
-
-/// `scope["server"]`, built once per scope template (see `SCOPE_TEMPLATES`).
-/// ASGI's `server`: (host, port), or (path, None) on a Unix socket, as uvicorn reports it.
-pub fn server_tuple<'py>(py: Python<'py>, server: &LocalAddress) -> PyResult<Bound<'py, PyTuple>> {
-    match server {
-        LocalAddress::Tcp(address) => PyTuple::new(
-            py,
-            [
-                PyString::new(py, &address.ip().to_string()).into_any(),
-                address.port().into_pyobject(py)?.into_any(),
-            ],
-        ),
-        LocalAddress::Unix(path) => PyTuple::new(
-            py,
-            [PyString::new(py, path).into_any(), py.None().into_bound(py)],
-        ),
-    }
-}
-
-/// The scope keys that do not change between requests of one kind on one listener.
-struct ScopeTemplate {
-    kind: usize,
-    scheme: usize,
-    root_path: String,
-    server: LocalAddress,
-    scope: Py<PyDict>,
-    asgi: Py<PyDict>,
-}
-
-thread_local! {
-    /// This loop's scope templates (HTTP, WebSocket; a loop has one listener): a request's scope is a
-    /// copy of its template with the per-request keys set. Copying a dict clones its key table in one
-    /// go; building it key by key resized it twice and cost ~2.5k more instructions per request.
-    static SCOPE_TEMPLATES: std::cell::RefCell<Vec<ScopeTemplate>> =
-        const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// A fresh scope dict holding the fixed keys (`type`, `asgi`, `http_version` 1.1, `scheme`, `root_path`,
-/// `server`) and placeholders for the keys `base_scope` sets (so that setting them replaces rather than
-/// inserts). `asgi` is a fresh dict too: nothing in a scope is shared between requests, as under uvicorn.
-fn scope_from_template<'py>(
-    py: Python<'py>,
-    kind: &Bound<'py, PyString>,
-    scheme: &Bound<'py, PyString>,
-    root_path: &str,
-    server: &LocalAddress,
-) -> PyResult<Bound<'py, PyDict>> {
-    SCOPE_TEMPLATES.with(|templates| {
-        let mut templates = templates.borrow_mut();
-        let found = templates.iter().position(|t| {
-            t.kind == kind.as_ptr() as usize
-                && t.scheme == scheme.as_ptr() as usize
-                && t.server == *server
-                && t.root_path == root_path
-        });
-        let template = match found {
-            Some(index) => &templates[index],
-            None => {
-                let asgi = PyDict::new(py);
-                asgi.set_item(intern!(py, "version"), intern!(py, "3.0"))?;
-                asgi.set_item(intern!(py, "spec_version"), intern!(py, "2.3"))?;
-                let scope = PyDict::new(py);
-                let none = py.None();
-                scope.set_item(intern!(py, "type"), kind)?;
-                scope.set_item(intern!(py, "asgi"), &none)?;
-                scope.set_item(intern!(py, "http_version"), intern!(py, "1.1"))?;
-                scope.set_item(intern!(py, "scheme"), scheme)?;
-                for key in ["path", "raw_path"] {
-                    scope.set_item(key, &none)?;
-                }
-                scope.set_item(intern!(py, "root_path"), root_path)?;
-                for key in ["query_string", "headers", "client"] {
-                    scope.set_item(key, &none)?;
-                }
-                scope.set_item(intern!(py, "server"), server_tuple(py, server)?)?;
-                // A loop with clients on many listeners (never the case today) must not grow forever.
-                if templates.len() >= 4 {
-                    templates.remove(0);
-                }
-                templates.push(ScopeTemplate {
-                    kind: kind.as_ptr() as usize,
-                    scheme: scheme.as_ptr() as usize,
-                    root_path: root_path.to_owned(),
-                    server: server.clone(),
-                    scope: scope.unbind(),
-                    asgi: asgi.unbind(),
-                });
-                templates.last().expect("just pushed")
-            }
-        };
-        let scope = template.scope.bind(py).copy()?;
-        scope.set_item(intern!(py, "asgi"), template.asgi.bind(py).copy()?)?;
-        Ok(scope)
-    })
-}
-
-/// `GET`, `POST`, ... as the interned strings they are; other methods as new strings.
-pub fn method_string<'py>(py: Python<'py>, method: &http::Method) -> Bound<'py, PyString> {
-    let known = match *method {
-        http::Method::GET => intern!(py, "GET"),
-        http::Method::POST => intern!(py, "POST"),
-        http::Method::PUT => intern!(py, "PUT"),
-        http::Method::DELETE => intern!(py, "DELETE"),
-        http::Method::PATCH => intern!(py, "PATCH"),
-        http::Method::HEAD => intern!(py, "HEAD"),
-        http::Method::OPTIONS => intern!(py, "OPTIONS"),
-        _ => return PyString::new(py, method.as_str()),
-    };
-    known.clone()
-}
-
-/// The scope keys HTTP and WebSocket connections share: `type`, `asgi`, `http_version`, `scheme`,
-/// `path` (percent-decoded and prefixed with `root_path`, as uvicorn does), `raw_path`, `root_path`,
-/// `query_string`, `headers` (byte pairs, in order, duplicates kept), `client`, `server` and `state`.
-pub fn base_scope<'py>(
-    py: Python<'py>,
-    kind: &Bound<'py, PyString>,
-    scheme: &Bound<'py, PyString>,
-    endpoint: &AsgiEndpoint,
-    request: &HttpRequest,
-    loop_state: Option<&Bound<'py, PyDict>>,
-) -> PyResult<Bound<'py, PyDict>> {
-    let scope = scope_from_template(py, kind, scheme, &endpoint.root_path, &request.server)?;
-    match request.version {
-        http::Version::HTTP_10 => {
-            scope.set_item(intern!(py, "http_version"), intern!(py, "1.0"))?
-        }
-        http::Version::HTTP_2 => scope.set_item(intern!(py, "http_version"), intern!(py, "2"))?,
-        _ => {}
-    }
-    let raw_path = request.uri.path();
-    let path = if endpoint.root_path.is_empty() && !raw_path.contains('%') {
-        PyString::new(py, raw_path)
-    } else {
-        let decoded = percent_decode_path(raw_path);
-        PyString::new(py, &format!("{}{decoded}", endpoint.root_path))
-    };
-    scope.set_item(intern!(py, "path"), path)?;
-    scope.set_item(
-        intern!(py, "raw_path"),
-        PyBytes::new(py, raw_path.as_bytes()),
-    )?;
-    let query = request.uri.query().unwrap_or("");
-    scope.set_item(
-        intern!(py, "query_string"),
-        PyBytes::new(py, query.as_bytes()),
-    )?;
-    let headers = PyList::empty(py);
-    for (name, value) in &request.headers {
-        headers.append(PyTuple::new(
-            py,
-            [
-                PyBytes::new(py, name.as_str().as_bytes()),
-                PyBytes::new(py, value.as_bytes()),
-            ],
-        )?)?;
-    }
-    scope.set_item(intern!(py, "headers"), headers)?;
-    if let Some(forwarded) = &request.forwarded {
-        // A trusted proxy's view of the client and scheme (runtime/src/proxy.rs), as uvicorn applies it.
-        let scheme = if kind.to_str()? == "websocket" {
-            forwarded.websocket_scheme()
-        } else {
-            forwarded.scheme
-        };
-        if let Some(scheme) = scheme {
-            scope.set_item(intern!(py, "scheme"), scheme)?;
-        }
-    }
-    let forwarded_client = request.forwarded.as_ref().and_then(|f| f.client.as_ref());
-    match request.client {
-        _ if forwarded_client.is_some() => {
-            scope.set_item(intern!(py, "client"), forwarded_client)?;
-        }
-        Some(client) => {
-            let host = host_string(py, client.ip());
-            let client = PyTuple::new(
-                py,
-                [host.into_any(), client.port().into_pyobject(py)?.into_any()],
-            )?;
-            scope.set_item(intern!(py, "client"), client)?;
-        }
-        // A Unix socket peer: the template's None, as uvicorn reports it.
-        None => {}
-    }
-    if let Some(state) = loop_state {
-        scope.set_item(intern!(py, "state"), state.copy()?)?;
-    }
-    Ok(scope)
-}
-
-/// `"GET /path"`: how logs and task names call a request. Built by hand: `format!` cost ~1k
-/// instructions per request, for a name that is read only when something fails.
-pub fn request_name(request: &HttpRequest) -> String {
-    let (method, path) = (request.method.as_str(), request.uri.path());
-    let mut name = String::with_capacity(method.len() + 1 + path.len());
-    name.push_str(method);
-    name.push(' ');
-    name.push_str(path);
-    name
-}
-
 /// Builds the HTTP scope, the exchange and the `(scope, receive, send)` arguments for one request.
-pub fn prepare<'py>(
+pub(super) fn prepare<'py>(
     py: Python<'py>,
     shared: &Arc<LoopShared>,
     endpoint: &AsgiEndpoint,
