@@ -189,6 +189,25 @@ def test_oversize_message_closes_1009_and_the_handler_hears_it(serve):
     assert server.get("/plaintext").status == 200
 
 
+@pytest.mark.parametrize("then", ["close", "send"])
+def test_closing_or_sending_after_the_server_closed_the_connection_is_quiet(serve, then):
+    """A handler's cleanup (`finally: await websocket.close()`, or a last send) after the server closed the
+    connection itself (a message over --ws-max-size): close is a no-op and a send raises
+    WebSocketDisconnect(1006), as on a connection that broke; no error is logged. Both used to raise
+    RuntimeError("Unexpected ASGI message ... after the WebSocket was closed")."""
+    server = serve(APP, "--loops", "1", "--ws-max-size", "1000")
+    ws = connect_websocket(server.port, f"/cleanup?then={then}")
+    assert ws.status == 101
+    ws.send_text("x" * 2000)
+    assert ws.receive_close_code() == 1009
+    wait_for_log(server.get, f"cleanup {then} done")
+    if then == "send":
+        assert "cleanup send: disconnect 1006" in server.get("/log").json()["log"]
+    assert server.get("/plaintext").status == 200
+    assert "Unexpected ASGI message" not in server.read_stderr()
+    assert "Traceback" not in server.read_stderr()
+
+
 def test_app_exception_closes_1011_is_logged_and_serving_goes_on(serve):
     server = serve(APP, "--loops", "2", "--routing", "round-robin")
     ws = connect_websocket(server.port, "/boom")

@@ -132,6 +132,26 @@ async def disconnect(websocket: WebSocket):
         raise
 
 
+@api.websocket("/cleanup")
+async def cleanup(websocket: WebSocket, then: str):
+    """Iterates until the connection ends, then closes (or sends) in cleanup code, as apps do: after the
+    server closed the connection (1009 here) a close must be a no-op and a send raise WebSocketDisconnect,
+    neither an error."""
+    await websocket.accept()
+    try:
+        async for _ in websocket.iter_text():
+            pass
+    finally:
+        if then == "close":
+            await websocket.close()
+        else:
+            try:
+                await websocket.send_text("too late")
+            except WebSocketDisconnect as gone:
+                LOG.append(f"cleanup send: disconnect {gone.code}")
+        LOG.append(f"cleanup {then} done")
+
+
 @api.websocket("/boom")
 async def boom(websocket: WebSocket):
     await websocket.accept()

@@ -69,6 +69,10 @@ struct State {
     outgoing: mpsc::Sender<Message>,
     outgoing_receiver: Option<mpsc::Receiver<Message>>,
     client_key: String,
+    /// The server closed the open connection itself (`close_from_server`, `abandon`), not the app: the
+    /// app's later sends fail as on a connection that broke (OSError), its close is a no-op, as under
+    /// uvicorn, instead of the protocol error a send after its own close is.
+    closed_by_server: bool,
 }
 
 /// What the app passed to `send()`, read out of its Python objects before the state is locked.
@@ -204,6 +208,7 @@ impl WebSocketExchange {
         // `__index__`, `__eq__` on a key), which may call `receive()`/`send()` again.
         let outgoing = Self::outgoing(py, &kind, message)?;
         let mut state = self.lock();
+        let closed_by_server = state.closed_by_server;
         match (outgoing, &mut state.phase) {
             (
                 Outgoing::Accept {
@@ -287,6 +292,12 @@ impl WebSocketExchange {
                     reason: reason.into(),
                 }));
                 return self.enqueue(py, sender, close);
+            }
+            (Outgoing::Close { .. }, Phase::Closed) if closed_by_server => {
+                return ready(py, py.None().into_bound(py));
+            }
+            (Outgoing::Send(_), Phase::Closed) if closed_by_server => {
+                return Err(PyOSError::new_err("the WebSocket connection is closed"));
             }
             (_, Phase::Closed) => {
                 return Err(PyRuntimeError::new_err(format!(
@@ -491,7 +502,10 @@ impl WebSocketExchange {
     /// The client read nothing for `--send-timeout`: its socket is dropped without a close handshake and
     /// the app hears `websocket.disconnect` 1006 (abnormal closure), as for a connection that broke.
     fn abandon(&self, py: Python<'_>) {
-        self.lock().phase = Phase::Closed;
+        let mut state = self.lock();
+        state.phase = Phase::Closed;
+        state.closed_by_server = true;
+        drop(state);
         self.deliver(py, Event::Disconnect(1006));
     }
 
@@ -515,6 +529,7 @@ impl WebSocketExchange {
             return;
         }
         state.phase = Phase::Closed;
+        state.closed_by_server = true;
         let sender = state.outgoing.clone();
         drop(state);
         send_eventually(
@@ -658,6 +673,7 @@ pub(in crate::python) fn prepare<'py>(
             outgoing,
             outgoing_receiver: Some(outgoing_receiver),
             client_key,
+            closed_by_server: false,
         }),
         room: Notify::new(),
         shared: Arc::clone(shared),
