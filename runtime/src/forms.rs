@@ -16,7 +16,12 @@ use std::io::{Seek, SeekFrom, Write};
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 
-use crate::query::parse_query;
+use crate::query::{decode_component, raw_pairs};
+
+/// The longest part header section: from a delimiter's `--boundary` to the blank line ending the
+/// part's headers (and the longest preamble before the first delimiter). multer rescans what it holds
+/// of a header section for its end on every chunk, so this bounds that work, not only the memory.
+pub const MAX_PART_HEADER: usize = 16 * 1024;
 
 /// The bounds one form body is parsed under.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -193,16 +198,31 @@ where
 
 /// An urlencoded body already read whole.
 pub fn parse_urlencoded<E>(body: &[u8], limits: FormLimits) -> Result<Form, FormError<E>> {
-    let text = String::from_utf8_lossy(body);
+    urlencoded_fields(raw_pairs(&String::from_utf8_lossy(body)), limits)
+}
+
+/// The fields of still-encoded pairs, pulled one by one: a body of millions of pairs is refused at
+/// the first one past `max_fields`, having decoded no more than that.
+fn urlencoded_fields<'a, E>(
+    pairs: impl Iterator<Item = (&'a str, &'a str)>,
+    limits: FormLimits,
+) -> Result<Form, FormError<E>> {
     let mut form = Form::default();
-    for (name, value) in parse_query(&text) {
+    for (name, value) in pairs {
         if form.items.len() >= limits.max_fields {
             return Err(too_many_fields(limits));
         }
+        // A decoded value is at least a third of its raw length: past three times the limit it is
+        // refused without being decoded; below, by its decoded length (the limit is on the text).
+        if value.len() > limits.max_part_size.saturating_mul(3) {
+            return Err(part_too_large(limits));
+        }
+        let value = decode_component(value);
         if value.len() > limits.max_part_size {
             return Err(part_too_large(limits));
         }
-        form.items.push((name, FormValue::Text(value)));
+        form.items
+            .push((decode_component(name), FormValue::Text(value)));
     }
     Ok(form)
 }
@@ -232,6 +252,14 @@ where
 {
     let constraints = multer::Constraints::new()
         .size_limit(multer::SizeLimit::new().whole_stream(limits.max_body_size));
+    let mut guard = HeaderGuard::new(&boundary);
+    let body = body.map(move |chunk| match chunk {
+        Ok(chunk) => guard
+            .check(&chunk)
+            .map(|()| chunk)
+            .map_err(Guarded::Refused),
+        Err(err) => Err(Guarded::Body(err)),
+    });
     let mut multipart = multer::Multipart::with_constraints(body, boundary, constraints);
     let mut form = Form::default();
     let (mut fields, mut files) = (0, 0);
@@ -290,16 +318,169 @@ where
     Ok(form)
 }
 
-/// multer's error as ours: the body stream's own error comes back out of multer's box.
+/// multer's error as ours: the body stream's own error (or the guard's) comes back out of multer's box.
 fn from_multer<E: std::error::Error + Send + Sync + 'static>(err: multer::Error) -> FormError<E> {
     match err {
         multer::Error::StreamSizeExceeded { .. } => FormError::TooLarge,
-        multer::Error::StreamReadFailed(source) => match source.downcast::<E>() {
-            Ok(err) => FormError::Body(*err),
+        multer::Error::StreamReadFailed(source) => match source.downcast::<Guarded<E>>() {
+            Ok(guarded) => match *guarded {
+                Guarded::Body(err) => FormError::Body(err),
+                Guarded::Refused(message) => FormError::Invalid(message.to_owned()),
+            },
             Err(other) => FormError::Invalid(format!("Malformed multipart body: {other}")),
         },
         other => FormError::Invalid(format!("Malformed multipart body: {other}")),
     }
+}
+
+/// What the body stream handed to multer yields in place of a chunk: the body's own error, or the
+/// guard's refusal.
+#[derive(Debug)]
+enum Guarded<E> {
+    Body(E),
+    Refused(&'static str),
+}
+
+impl<E: fmt::Display> fmt::Display for Guarded<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Guarded::Body(err) => err.fmt(f),
+            Guarded::Refused(message) => f.write_str(message),
+        }
+    }
+}
+
+impl<E: fmt::Debug + fmt::Display> std::error::Error for Guarded<E> {}
+
+/// Where in the multipart grammar the guard is, as multer reads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Scan {
+    /// Before the first `--boundary`.
+    Preamble,
+    /// After a `--boundary`, up to the end of its line: `--` first closes the body.
+    DelimiterLine,
+    /// Up to the blank line after a part's headers.
+    Headers,
+    /// A part's data, up to the next `\r\n--boundary`.
+    Data,
+    /// Past the close delimiter: nothing more is looked at.
+    Done,
+}
+
+/// Checks each chunk before multer sees it, in one pass over the new bytes (a few bytes carried over
+/// between chunks): a part's header section (and the preamble) must end within `MAX_PART_HEADER`.
+/// Without it, a client trickling an endless header makes multer rescan all of it per chunk
+/// (quadratic CPU on the loop), bounded only by `--max-body-size`.
+struct HeaderGuard {
+    scan: Scan,
+    /// Bytes of the current preamble or header section so far.
+    seen: usize,
+    /// The tail of what was scanned in this state, for a match split across chunks.
+    carry: Vec<u8>,
+    /// The first two bytes after a `--boundary` (`--` closes the body).
+    line_start: Vec<u8>,
+    delimiter: memchr::memmem::Finder<'static>,
+    next_delimiter: memchr::memmem::Finder<'static>,
+    crlf: memchr::memmem::Finder<'static>,
+    blank_line: memchr::memmem::Finder<'static>,
+}
+
+impl HeaderGuard {
+    fn new(boundary: &str) -> Self {
+        let finder = |pattern: String| memchr::memmem::Finder::new(pattern.as_bytes()).into_owned();
+        HeaderGuard {
+            scan: Scan::Preamble,
+            seen: 0,
+            carry: Vec::new(),
+            line_start: Vec::new(),
+            delimiter: finder(format!("--{boundary}")),
+            next_delimiter: finder(format!("\r\n--{boundary}")),
+            crlf: finder("\r\n".into()),
+            blank_line: finder("\r\n\r\n".into()),
+        }
+    }
+
+    fn check(&mut self, mut rest: &[u8]) -> Result<(), &'static str> {
+        while !rest.is_empty() {
+            let finder = match self.scan {
+                Scan::Done => return Ok(()),
+                Scan::Preamble => &self.delimiter,
+                Scan::DelimiterLine => {
+                    let wanted = (2 - self.line_start.len()).min(rest.len());
+                    self.line_start.extend_from_slice(&rest[..wanted]);
+                    if self.line_start == b"--" {
+                        self.scan = Scan::Done;
+                        return Ok(());
+                    }
+                    &self.crlf
+                }
+                Scan::Headers => &self.blank_line,
+                Scan::Data => &self.next_delimiter,
+            };
+            let found = find_across(finder, &mut self.carry, rest);
+            let bounded = self.scan != Scan::Data;
+            if bounded {
+                self.seen += found.unwrap_or(rest.len());
+                if self.seen > MAX_PART_HEADER {
+                    let message = if self.scan == Scan::Preamble {
+                        "Multipart preamble too large."
+                    } else {
+                        "Part header too large."
+                    };
+                    self.scan = Scan::Done;
+                    return Err(message);
+                }
+            }
+            let Some(end) = found else {
+                return Ok(());
+            };
+            rest = &rest[end..];
+            self.scan = match self.scan {
+                Scan::Preamble | Scan::Data => Scan::DelimiterLine,
+                Scan::DelimiterLine => Scan::Headers,
+                Scan::Headers | Scan::Done => Scan::Data,
+            };
+            if self.scan == Scan::DelimiterLine {
+                self.seen = 0;
+                self.line_start.clear();
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where `finder`'s pattern ends in `rest` (how many of its bytes up to the match's end), looking also
+/// at matches begun in the previous chunks (`carry`, their tail), which it keeps up to date.
+fn find_across(
+    finder: &memchr::memmem::Finder<'_>,
+    carry: &mut Vec<u8>,
+    rest: &[u8],
+) -> Option<usize> {
+    let keep = finder.needle().len() - 1;
+    if !carry.is_empty() {
+        let mut window = carry.clone();
+        window.extend_from_slice(&rest[..rest.len().min(keep)]);
+        if let Some(at) = finder.find(&window) {
+            let end = (at + finder.needle().len()).saturating_sub(carry.len());
+            carry.clear();
+            return Some(end);
+        }
+    }
+    if let Some(at) = finder.find(rest) {
+        carry.clear();
+        return Some(at + finder.needle().len());
+    }
+    if rest.len() >= keep {
+        carry.clear();
+    } else {
+        carry.drain(
+            ..(carry.len() + rest.len())
+                .saturating_sub(keep)
+                .min(carry.len()),
+        );
+    }
+    carry.extend_from_slice(&rest[rest.len().saturating_sub(keep)..]);
+    None
 }
 
 /// A file part's bytes: kept in memory until they pass the threshold, then moved to an unlinked
@@ -537,6 +718,125 @@ mod tests {
             futures_util::stream::iter(vec![Ok(Bytes::from_static(b"--XyZ\r\n")), Err(Broken)]);
         let result = run(read(failing, Encoding::Multipart("XyZ".into()), limits()));
         assert!(matches!(result, Err(FormError::Body(Broken))));
+    }
+
+    #[test]
+    fn urlencoded_pairs_are_pulled_only_up_to_the_field_limit() {
+        // 16 MiB of `a&a&...` once built 8M pairs (~0.7 GB) before the limit was looked at.
+        let body = "a&".repeat(1_000_000);
+        let mut pulled = 0;
+        let pairs = raw_pairs(&body).inspect(|_| pulled += 1);
+        let result = urlencoded_fields::<Broken>(pairs, limits());
+        assert!(matches!(
+            result,
+            Err(FormError::Invalid(m)) if m == "Too many fields. Maximum number of fields is 1000."
+        ));
+        assert_eq!(pulled, 1001);
+    }
+
+    #[test]
+    fn an_urlencoded_value_is_limited_by_its_decoded_length() {
+        let mut small = limits();
+        small.max_part_size = 4;
+        let parse = |body: &[u8]| parse_urlencoded::<Broken>(body, small);
+        // 12 raw bytes, 4 decoded: under the limit.
+        let form = parse(b"a=%41%42%43%44").unwrap();
+        assert!(matches!(&form.items[..], [(_, FormValue::Text(t))] if t == "ABCD"));
+        for refused in [
+            &b"a=12345"[..],
+            b"a=%41%41%41%41%41",
+            b"a=%41%41%41%41%41%41%41%41",
+        ] {
+            assert!(
+                matches!(parse(refused), Err(FormError::Invalid(m)) if m.starts_with("Part exceeded")),
+                "{refused:?}"
+            );
+        }
+    }
+
+    /// A part whose header section (from after `--XyZ` to the end of the blank line) is `size` bytes.
+    fn part_with_header_section(size: usize) -> Vec<u8> {
+        let start = "\r\nContent-Disposition: form-data; name=\"a\"\r\nX-Pad: ";
+        let end = "\r\n\r\n";
+        let pad = "p".repeat(size - start.len() - end.len());
+        format!("--XyZ{start}{pad}{end}value\r\n--XyZ--\r\n").into_bytes()
+    }
+
+    #[test]
+    fn a_part_header_section_is_bounded() {
+        for chunk in [1, 7, 4096, 1 << 20] {
+            let form = parse(&part_with_header_section(MAX_PART_HEADER), chunk, limits()).unwrap();
+            assert!(
+                matches!(&form.items[..], [(n, FormValue::Text(t))] if n == "a" && t == "value")
+            );
+            let refused = parse(
+                &part_with_header_section(MAX_PART_HEADER + 1),
+                chunk,
+                limits(),
+            );
+            assert!(
+                matches!(&refused, Err(FormError::Invalid(m)) if m == "Part header too large."),
+                "{refused:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_trickled_endless_part_header_is_cut_off_at_the_limit() {
+        // The second part's header never ends: a client trickling it byte by byte made multer rescan
+        // everything it held per byte, up to --max-body-size.
+        let mut body = multipart(&[("first", None, b"1")]);
+        body.truncate(body.len() - b"--XyZ--\r\n".len());
+        body.extend_from_slice(b"--XyZ\r\nContent-Disposition: form-data; name=\"b\"\r\nX-Junk: ");
+        body.extend(std::iter::repeat_n(b'j', 4 * MAX_PART_HEADER));
+        body.extend_from_slice(b"\r\n\r\nvalue\r\n--XyZ--\r\n");
+        let pulled = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = pulled.clone();
+        let trickle = chunked(&body, 1).inspect(move |_| {
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        });
+        let result = run(read(trickle, Encoding::Multipart("XyZ".into()), limits()));
+        assert!(
+            matches!(&result, Err(FormError::Invalid(m)) if m == "Part header too large."),
+            "{result:?}"
+        );
+        let pulled = pulled.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(pulled < 200 + MAX_PART_HEADER, "{pulled} bytes read");
+        // The same before the first delimiter.
+        let mut preamble = vec![b'x'; MAX_PART_HEADER + 1];
+        preamble.extend_from_slice(&multipart(&[("a", None, b"1")]));
+        assert!(matches!(
+            parse(&preamble, 1000, limits()),
+            Err(FormError::Invalid(m)) if m == "Multipart preamble too large."
+        ));
+        preamble.drain(..64); // the first delimiter is counted with the preamble
+        assert!(parse(&preamble, 1000, limits()).is_ok());
+    }
+
+    #[test]
+    fn a_multipart_body_split_at_any_byte_parses_the_same() {
+        // A preamble, transport padding after a delimiter, data holding near-delimiters, an epilogue.
+        let body: &[u8] =
+            b"preamble\r\n--XyZ  \r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n\
+            one\r\n--XyZ\r\nContent-Disposition: form-data; name=\"f\"; filename=\"f.txt\"\r\n\
+            Content-Type: text/plain\r\n\r\n\r\n--Xy\r\n-\r\n\r\n--XyZ--\r\nepilogue --XyZ\r\n";
+        for at in 0..=body.len() {
+            let halves = vec![
+                Ok::<_, Broken>(Bytes::copy_from_slice(&body[..at])),
+                Ok(Bytes::copy_from_slice(&body[at..])),
+            ];
+            let form = run(read(
+                futures_util::stream::iter(halves),
+                Encoding::Multipart("XyZ".into()),
+                limits(),
+            ))
+            .unwrap_or_else(|err| panic!("split at {at}: {err}"));
+            let [(a, FormValue::Text(text)), (f, FormValue::File(file))] = &form.items[..] else {
+                panic!("split at {at}: {:?}", form.items);
+            };
+            assert_eq!((a.as_str(), text.as_str(), f.as_str()), ("a", "one", "f"));
+            assert!(matches!(&file.data, Spooled::Memory(c) if c.concat() == b"\r\n--Xy\r\n-\r\n"));
+        }
     }
 
     #[test]

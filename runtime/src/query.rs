@@ -46,14 +46,25 @@ pub fn percent_decode_path(raw: &str) -> String {
 
 /// The `name=value` pairs of a query string, decoded, in order, repeated names kept.
 pub fn parse_query(query: &str) -> Vec<(String, String)> {
+    raw_pairs(query)
+        .map(|(name, value)| (decode_component(name), decode_component(value)))
+        .collect()
+}
+
+/// The `name=value` pairs of a query string or urlencoded body, still encoded, lazily: a caller with a
+/// bound (a form's `max_fields`) stops pulling at it instead of having every pair of a 16 MiB
+/// `a&a&a...` body built first.
+pub fn raw_pairs(query: &str) -> impl Iterator<Item = (&str, &str)> {
     query
         .split('&')
         .filter(|pair| !pair.is_empty())
-        .map(|pair| {
-            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            (percent_decode(name, true), percent_decode(value, true))
-        })
-        .collect()
+        .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
+}
+
+/// A name or value of `raw_pairs`, decoded (`+` is a space). It is never shorter than a third of `raw`
+/// (an escape is 3 bytes for 1; replacing invalid UTF-8 only grows it).
+pub fn decode_component(raw: &str) -> String {
+    percent_decode(raw, true)
 }
 
 /// The `name=value` pairs of `Cookie` header values, in order.
@@ -105,6 +116,18 @@ mod tests {
             ]
         );
         assert!(parse_query("").is_empty());
+    }
+
+    #[test]
+    fn raw_pairs_are_lazy() {
+        let mut pulled = 0;
+        let first_two: Vec<_> = raw_pairs("a=%41&&b&c=3&d=4")
+            .inspect(|_| pulled += 1)
+            .take(2)
+            .collect();
+        assert_eq!(first_two, [("a", "%41"), ("b", "")]);
+        assert_eq!(pulled, 2);
+        assert_eq!(decode_component("%41+b"), "A b");
     }
 
     #[test]
