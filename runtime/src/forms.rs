@@ -5,10 +5,14 @@
 //!
 //! Invariants: every buffer is bounded — the whole body by `max_body_size`, a text field by
 //! `max_part_size`, the number of fields and of files by `max_fields`/`max_files` (Starlette's and
-//! python-multipart's defaults); a file part is in memory only up to `spool_threshold`. Malformed input
-//! is an error that names what is wrong (`FormError`), never a panic; nothing here knows about Python.
+//! python-multipart's defaults), a part's header section by `MAX_PART_HEADER` (checked in one pass
+//! before multer sees the bytes, so the work per byte is bounded too); urlencoded pairs are decoded
+//! one by one, never more than `max_fields + 1`; a file part is in memory only up to
+//! `spool_threshold`. Malformed input is an error that names what is wrong (`FormError`), never a
+//! panic; nothing here knows about Python.
 //!
-//! Over 500 lines: the tests (bodies fed in every chunking) are ~220 of them.
+//! Over 500 lines: the tests (bodies fed in every chunking) are ~340 of them; the header guard
+//! (`HeaderGuard`, ~150) is here because it mirrors how multer reads this module's bodies.
 
 use std::fmt;
 use std::io::{Seek, SeekFrom, Write};
