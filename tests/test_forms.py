@@ -4,6 +4,7 @@ app (tests/apps/forms_app.py), and over a real ``runtime serve`` socket: uploads
 malformed bodies."""
 
 import dataclasses
+import io
 import json
 import socket
 import typing
@@ -42,6 +43,7 @@ FORMS = [
     ("/upload", {"file": "just text"}, None),  # text where a file is expected
     ("/upload", {}, [("file", ("", b"", "application/octet-stream"))]),
     ("/bytes", {}, [("data", TXT), ("more", ("m1", b"1", "x/y")), ("more", ("m2", b"2", "x/y"))]),
+    ("/headers", {}, [("file", TXT)]),  # UploadFile.headers is case-insensitive
     ("/bytes", {"data": "as text"}, None),
     ("/bytes", {}, None),
     ("/optional", {}, None),
@@ -134,6 +136,21 @@ def test_upload_file_methods(both):
     ours, _ = both
     reply = send_form(ours, "/spool", {}, [("file", ("s.bin", b"0123456789", "application/x-thing"))])
     assert reply.json() == {"on_disk": False, "disk_size": None, "size": 10, "head": "0123", "length": 10}
+
+
+def test_upload_file_headers_are_case_insensitive_and_read_only():
+    from percore.datastructures import Headers, UploadFile
+
+    upload = UploadFile(io.BytesIO(b""), headers={"Content-Type": "text/plain", "x-a": "1"})
+    assert upload.content_type == "text/plain"
+    assert upload.headers["content-TYPE"] == upload.headers.get("CONTENT-TYPE") == "text/plain"
+    assert "X-A" in upload.headers and 1 not in upload.headers
+    assert list(upload.headers) == ["content-type", "x-a"] and len(upload.headers) == 2
+    assert upload.headers == {"content-type": "text/plain", "x-a": "1"}
+    assert Headers([("A", "1"), ("b", "2")]) == Headers({"a": "1", "B": "2"})
+    with pytest.raises(TypeError):
+        upload.headers["x-a"] = "2"  # type: ignore[index]
+    assert UploadFile(io.BytesIO(b"")).headers == {}
 
 
 def test_form_routes_are_configuration_checked():

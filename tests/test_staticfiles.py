@@ -344,6 +344,26 @@ def test_html_mode_redirects_a_directory_to_its_slash(servers):
     assert reference.headers["location"].endswith("/site/docs/?x=1")
 
 
+def test_a_root_mount_redirects_to_a_local_path(servers):
+    """`GET //docs` on a root mount: `Location: //docs/` would send the browser to the host "docs"."""
+    root, _, _ = servers
+    os.environ["PERCORE_TEST_STATIC"] = str(root)  # the servers fixture restores it
+    server = ServerProcess("tests.apps.static_app:root_api").start()
+    try:
+        for target, location in [
+            ("//docs", b"/docs/"),
+            ("///docs?x=1", b"/docs/?x=1"),
+            ("/./%64ocs", b"/docs/"),
+            ("/docs", b"/docs/"),
+        ]:
+            head = raw_get(server.port, target).partition(b"\r\n\r\n")[0].lower()
+            assert head.startswith(b"http/1.1 307"), (target, head)
+            assert b"\r\nlocation: " + location + b"\r\n" in head + b"\r\n", (target, head)
+        assert raw_get(server.port, "//docs/").endswith(b"<p>docs index</p>")
+    finally:
+        assert server.stop() == 0, server.stderr
+
+
 def test_static_requests_never_enter_python(servers):
     _, ours, _ = servers
     before = fetch(ours, "/calls").json()["calls"]

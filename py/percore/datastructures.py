@@ -1,4 +1,5 @@
-"""``percore.UploadFile``: a file of a ``multipart/form-data`` body, as Starlette's ``UploadFile``.
+"""``percore.UploadFile``: a file of a ``multipart/form-data`` body, as Starlette's ``UploadFile``, and
+``Headers``, its part's headers (case-insensitive, read-only, as Starlette's).
 
 The body was parsed in Rust as it arrived (``runtime/src/forms.rs``): a file up to 1 MiB is in memory
 (``file`` is an ``io.BytesIO``), a larger one was written there and then to an unlinked temporary file
@@ -8,13 +9,42 @@ The body was parsed in Rust as it arrived (``runtime/src/forms.rs``): a file up 
 from __future__ import annotations
 
 import io
+from collections.abc import Iterable, Iterator, Mapping
 from typing import BinaryIO
 
 from ._threadpool import run_in_threadpool
 
 
+class Headers(Mapping[str, str]):
+    """Header names to values, read-only; a name is found whatever its case (``headers["Content-Type"]``)
+    and listed in lower case. Built from a mapping or ``(name, value)`` pairs; a repeated name keeps the
+    last value."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None) -> None:
+        pairs = headers.items() if isinstance(headers, Mapping) else headers or ()
+        self._items = {name.lower(): value for name, value in pairs}
+
+    def __getitem__(self, name: str) -> str:
+        return self._items[name.lower()]
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name.lower() in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __repr__(self) -> str:
+        return f"Headers({self._items!r})"
+
+
 class UploadFile:
-    """An uploaded file: ``filename``, ``content_type``, ``headers`` (the part's, lower-case names),
+    """An uploaded file: ``filename``, ``content_type``, ``headers`` (the part's, a case-insensitive
+    ``Headers``),
     ``size`` and ``file`` (the contents, positioned at the start); ``await read()/seek()/write()/close()``.
     On disk, ``read``/``write``/``seek``/``close`` run on the thread pool so the loop is not held up."""
 
@@ -24,12 +54,12 @@ class UploadFile:
         *,
         size: int | None = None,
         filename: str | None = None,
-        headers: dict[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         self.file = file
         self.size = size
         self.filename = filename
-        self.headers = headers if headers is not None else {}
+        self.headers = Headers(headers)
 
     @property
     def content_type(self) -> str | None:
@@ -75,4 +105,4 @@ class UploadFile:
         return f"UploadFile(filename={self.filename!r}, size={self.size!r}, headers={self.headers!r})"
 
 
-__all__ = ["UploadFile"]
+__all__ = ["Headers", "UploadFile"]

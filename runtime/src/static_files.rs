@@ -108,8 +108,8 @@ pub enum Body {
 #[derive(Debug)]
 enum Lookup {
     File(Box<Opened>),
-    /// html mode: a directory with an `index.html` asked for without its trailing slash.
-    AddSlash,
+    /// html mode: a directory with an `index.html` asked for without its trailing slash: its path.
+    AddSlash(String),
     Missing,
 }
 
@@ -182,14 +182,18 @@ impl StaticFiles {
                 headers: text_headers(),
                 body: Body::Full(Bytes::from_static(b"Not Found")),
             }),
-            Lookup::AddSlash => Ok(Prepared {
+            Lookup::AddSlash(mut location) => Ok(Prepared {
                 status: StatusCode::TEMPORARY_REDIRECT,
                 headers: vec![(
                     header::LOCATION,
-                    // `raw_path` came from a valid request-target: it is a valid header value.
+                    // Percent-encoded, and the query came from a valid request-target: a valid value.
                     HeaderValue::from_str(&match query {
-                        Some(query) => format!("{raw_path}/?{query}"),
-                        None => format!("{raw_path}/"),
+                        Some(query) => {
+                            location.push('?');
+                            location.push_str(query);
+                            location
+                        }
+                        None => location,
                     })
                     .unwrap_or(HeaderValue::from_static("/")),
                 )],
@@ -217,7 +221,7 @@ impl StaticFiles {
                 if let Some((index, metadata)) = resolve_inside(root, &path.join("index.html")) {
                     if metadata.is_file() {
                         if !trailing_slash {
-                            return Lookup::AddSlash;
+                            return Lookup::AddSlash(self.slash_location(segments));
                         }
                         if let Some(found) = open_file(index, StatusCode::OK) {
                             return found;
@@ -228,6 +232,30 @@ impl StaticFiles {
             _ => {}
         }
         self.not_found_in(root)
+    }
+
+    /// The path of the directory `segments` name, with its trailing slash, for a redirect: rebuilt from
+    /// the mount's prefix and the decoded segments with exactly one leading slash, since the request's
+    /// own path may start with several ("//docs" on a root mount), which in `Location` would name
+    /// another host.
+    fn slash_location(&self, segments: &[Vec<u8>]) -> String {
+        let mut location = String::from("/");
+        let prefix = self.prefix.trim_start_matches('/');
+        if !prefix.is_empty() {
+            location.push_str(prefix);
+            location.push('/');
+        }
+        for segment in segments {
+            for &byte in segment {
+                if byte.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@".contains(&byte) {
+                    location.push(byte as char);
+                } else {
+                    location.push_str(&format!("%{byte:02X}"));
+                }
+            }
+            location.push('/');
+        }
+        location
     }
 
     /// html mode: the directory's `404.html` (sent with status 404), if there is one.
@@ -827,6 +855,25 @@ mod tests {
             header(&redirect, &header::LOCATION),
             Some("/static/sub/?v=1")
         );
+        // Rebuilt from the decoded segments: one leading slash, whatever the request's path.
+        let odd = tree.0.join("public").join("caf\u{e9} %");
+        std::fs::create_dir(&odd).unwrap();
+        std::fs::write(odd.join("index.html"), "<p>odd</p>").unwrap();
+        let root = StaticFiles::new(tree.0.join("public"), true, String::new());
+        for (path, location) in [
+            ("//sub", "/sub/"),
+            ("///sub", "/sub/"),
+            ("/./%73ub", "/sub/"),
+            ("/sub", "/sub/"),
+            ("//caf%C3%A9%20%25", "/caf%C3%A9%20%25/"),
+        ] {
+            let redirect = get(&root, path, &none);
+            assert_eq!(
+                (redirect.status, header(&redirect, &header::LOCATION)),
+                (StatusCode::TEMPORARY_REDIRECT, Some(location)),
+                "{path}"
+            );
+        }
         for path in [
             "/static/missing",
             "/static/out.txt",

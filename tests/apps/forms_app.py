@@ -103,6 +103,16 @@ def make(framework: str) -> Any:
             "length": len(whole),
         }
 
+    @app.post("/headers")
+    async def headers(file: UploadFile):
+        """The part's headers, looked up as a user writes them (any case)."""
+        return {
+            "content_type": file.headers["Content-Type"],
+            "disposition": file.headers.get("CONTENT-DISPOSITION"),
+            "has": ["Content-Type" in file.headers, "x-missing" in file.headers],
+            "names": sorted(file.headers.keys()),
+        }
+
     @app.post("/item")
     def item(item: Item):
         return dataclasses.asdict(item)

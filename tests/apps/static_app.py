@@ -26,3 +26,8 @@ async def count(request, call_next):
 @api.get("/calls")
 async def python_calls():
     return {"calls": calls[0]}
+
+
+# The same directory mounted at the root in html mode (test_a_root_mount_redirects_to_a_local_path).
+root_api = percore.App(openapi_url=None)
+root_api.mount("/", percore.StaticFiles(directory=ROOT, html=True))
