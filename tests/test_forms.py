@@ -6,8 +6,10 @@ malformed bodies."""
 import dataclasses
 import io
 import json
+import os
 import socket
 import typing
+from pathlib import Path
 
 import pytest
 from percore import _forms
@@ -15,6 +17,7 @@ from percore.params import _plain_converter
 from percore.testing import TestClient
 
 from .apps import forms_app
+from .test_websocket_limits import memory_kib, wait_for
 
 APP = "tests.apps.forms_app:api"
 
@@ -252,6 +255,9 @@ def test_malformed_and_oversized_bodies_are_refused_and_the_server_keeps_serving
         400,
         {"detail": "Too many fields. Maximum number of fields is 1000."},
     )
+    endless_header = b'--B\r\nContent-Disposition: form-data; name="username"\r\nX-Junk: ' + b"j" * 20_000
+    status, body = raw_request(server, multipart_head("/login", "B"), [endless_header, b"\r\n\r\nv\r\n--B--\r\n"])
+    assert (status, json.loads(body)) == (400, {"detail": "Part header too large."})
     long_field = b'--B\r\nContent-Disposition: form-data; name="username"\r\n\r\n' + b"u" * (1024 * 1024 + 1)
     status, body = raw_request(server, multipart_head("/login", "B"), [long_field, b"\r\n--B--\r\n"])
     assert (status, json.loads(body)) == (400, {"detail": "Part exceeded maximum size of 1024KB."})
@@ -284,15 +290,63 @@ def test_urlencoded_and_def_handlers_over_sockets(server):
     assert reply.json() == {"data": "hello\r\nworld", "more": [["m", "1"]]}
 
 
+def deleted_files_open(server) -> int:
+    """How many unlinked files the server process holds open: its spooled uploads (and its stderr)."""
+    count = 0
+    for entry in Path(f"/proc/{server.process.pid}/fd").iterdir():
+        try:
+            count += os.readlink(entry).endswith(" (deleted)")
+        except OSError:
+            pass  # closed while listed
+    return count
+
+
 def test_a_client_leaving_mid_upload_leaves_the_server_serving(server):
+    before = deleted_files_open(server)
     start = b'--B\r\nContent-Disposition: form-data; name="file"; filename="big"\r\n\r\n'
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
         sock.sendall(multipart_head("/spool", "B").encode())
         for chunk in (start, b"z" * 2_000_000):  # past the spooling threshold: a temporary file is open
             sock.sendall(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
-    # Gone before the end of the body: the parse is dropped (its temporary file closed); nothing answers it.
+        wait_for(lambda: deleted_files_open(server) == before + 1, "the upload was never spooled to disk")
+    # Gone before the end of the body: the parse is dropped, its temporary file closed; nothing answers it.
+    wait_for(lambda: deleted_files_open(server) == before, "the temporary file of the upload stayed open")
     reply = send_form(server_client(server), "/upload", {"note": "after"}, [("file", TXT)])
     assert reply.status == 200 and reply.json()["note"] == "after"
+
+
+def test_a_failing_upload_factory_closes_the_temporary_file():
+    """The UploadFile factory raising before it took the spooled file: the file is closed all the same."""
+    from .conftest import ServerProcess
+
+    server = ServerProcess("tests.apps.forms_app:factory_fails_api", "--loops", "1").start()
+    try:
+        before = deleted_files_open(server)
+        start = b'--B\r\nContent-Disposition: form-data; name="file"; filename="big"\r\n\r\n'
+        for _ in range(2):
+            status, _ = raw_request(server, multipart_head("/spool", "B"), [start, b"z" * 2_000_000, b"\r\n--B--\r\n"])
+            assert status == 500
+        wait_for(lambda: deleted_files_open(server) == before, "a failed upload's temporary file stayed open")
+        assert server.client().get("/ping").status == 200
+    finally:
+        assert server.stop() == 0, server.stderr
+    assert "the UploadFile factory failed" in server.stderr
+
+
+def test_a_body_of_millions_of_urlencoded_pairs_is_refused_without_building_them(server):
+    """8 MB of `a&a&...` (4M pairs): refused at pair 1001, with no memory spent on the 4M pairs."""
+    peak = memory_kib(server.process.pid, "VmHWM")
+    head = (
+        "POST /login HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+        "Content-Type: application/x-www-form-urlencoded\r\nConnection: close\r\n\r\n"
+    )
+    status, body = raw_request(server, head, [b"a&" * 500_000] * 8)
+    assert (status, json.loads(body)) == (400, {"detail": "Too many fields. Maximum number of fields is 1000."})
+    # Building the pairs took ~250 MB; the body itself is 8 MB (its buffers, at most a few times that).
+    grown = memory_kib(server.process.pid, "VmHWM") - peak
+    assert grown < 64 * 1024, f"the peak memory grew by {grown} KiB"
+    reply = send_form(server_client(server), "/login", {"username": "ada"}, None)
+    assert reply.status == 200 and reply.json()["username"] == "ada"
 
 
 def test_form_routes_behind_middleware():

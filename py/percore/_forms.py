@@ -47,11 +47,11 @@ def upload_file(
     headers: list[tuple[str, str]],
     size: int,
     data: bytes | None,
-    fd: int | None,
+    raw: io.FileIO | None,
 ) -> UploadFile:
-    """Called from Rust per uploaded file: its contents are ``data`` (in memory) or the open, unlinked
-    temporary file ``fd`` (spooled to disk), which the ``UploadFile`` then owns."""
-    file: Any = io.BytesIO(data) if fd is None else open(fd, "rb+")
+    """Called from Rust per uploaded file: its contents are ``data`` (in memory) or the unlinked temporary
+    file ``raw`` (spooled to disk, already a Python object: it closes itself if this fails)."""
+    file: Any = io.BytesIO(data) if raw is None else io.BufferedRandom(raw)
     part_headers: dict[str, str] = {}
     for key, value in headers:
         part_headers[key] = f"{part_headers[key]}, {value}" if key in part_headers else value

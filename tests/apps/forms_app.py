@@ -125,3 +125,32 @@ def make(framework: str) -> Any:
 
 
 api = make("percore")
+
+
+def _factory_fails() -> Any:
+    """An app whose ``UploadFile`` factory raises at once (tests/test_forms.py: a spooled upload's
+    temporary file is closed all the same)."""
+    import percore
+    from percore import _forms
+
+    def refuse(*args: Any) -> Any:
+        raise RuntimeError("the UploadFile factory failed")
+
+    original, _forms.upload_file = _forms.upload_file, refuse
+    try:
+        app = percore.App(openapi_url=None)
+
+        @app.post("/spool")
+        async def spool(file: percore.UploadFile):
+            return {"size": file.size}
+
+        @app.get("/ping")
+        async def ping():
+            return "pong"
+
+    finally:
+        _forms.upload_file = original
+    return app
+
+
+factory_fails_api = _factory_fails()

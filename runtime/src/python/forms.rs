@@ -7,7 +7,7 @@
 //! (unlinked) file, never read into memory here unless the handler asked for `bytes`.
 
 use std::io::Read;
-use std::os::fd::IntoRawFd;
+use std::os::fd::{AsRawFd, IntoRawFd};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -95,8 +95,8 @@ fn bad_request(message: &str) -> HttpResponse {
     HttpResponse::new(400, "application/json", format!("{{\"detail\":{message}}}"))
 }
 
-/// `factory(filename, content_type, headers, size, data, fd)`: an `UploadFile` of the part, its
-/// contents in memory (`data`) or in the open temporary file `fd` (which Python then owns).
+/// `factory(filename, content_type, headers, size, data, raw)`: an `UploadFile` of the part, its
+/// contents in memory (`data`) or in the temporary file, handed over as an `io.FileIO` (`raw`).
 pub(super) fn upload_file<'py>(
     py: Python<'py>,
     factory: &Bound<'py, PyAny>,
@@ -106,9 +106,19 @@ pub(super) fn upload_file<'py>(
     for (name, value) in &file.headers {
         headers.append(PyTuple::new(py, [name.as_str(), value.as_str()])?)?;
     }
-    let (data, fd) = match file.data {
+    let (data, raw) = match file.data {
         Spooled::Memory(chunks) => (Some(joined(py, &chunks, file.size)?), None),
-        Spooled::Disk(disk) => (None, Some(disk.into_raw_fd())),
+        Spooled::Disk(disk) => {
+            // The descriptor is Python's once the FileIO exists (a failing FileIO leaves it to its
+            // caller): until then `disk` owns it and closes it on an error; after, the FileIO does,
+            // also when the factory call fails.
+            let raw = py
+                .import(pyo3::intern!(py, "io"))?
+                .getattr(pyo3::intern!(py, "FileIO"))?
+                .call1((disk.as_raw_fd(), "rb+"))?;
+            let _ = disk.into_raw_fd();
+            (None, Some(raw))
+        }
     };
     factory.call1((
         file.filename,
@@ -116,7 +126,7 @@ pub(super) fn upload_file<'py>(
         headers,
         file.size,
         data,
-        fd,
+        raw,
     ))
 }
 
