@@ -308,7 +308,7 @@ def test_a_client_leaving_mid_upload_leaves_the_server_serving(server):
         sock.sendall(multipart_head("/spool", "B").encode())
         for chunk in (start, b"z" * 2_000_000):  # past the spooling threshold: a temporary file is open
             sock.sendall(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
-        wait_for(lambda: deleted_files_open(server) == before + 1, "the upload was never spooled to disk")
+        wait_for(lambda: deleted_files_open(server) > before, "the upload was never spooled to disk")
     # Gone before the end of the body: the parse is dropped, its temporary file closed; nothing answers it.
     wait_for(lambda: deleted_files_open(server) == before, "the temporary file of the upload stayed open")
     reply = send_form(server_client(server), "/upload", {"note": "after"}, [("file", TXT)])
