@@ -256,7 +256,9 @@ def test_malformed_and_oversized_bodies_are_refused_and_the_server_keeps_serving
         {"detail": "Too many fields. Maximum number of fields is 1000."},
     )
     endless_header = b'--B\r\nContent-Disposition: form-data; name="username"\r\nX-Junk: ' + b"j" * 20_000
-    status, body = raw_request(server, multipart_head("/login", "B"), [endless_header, b"\r\n\r\nv\r\n--B--\r\n"])
+    status, body = raw_request(
+        server, multipart_head("/login", "B"), [endless_header, b"\r\n\r\nv\r\n--B--\r\n"]
+    )
     assert (status, json.loads(body)) == (400, {"detail": "Part header too large."})
     long_field = b'--B\r\nContent-Disposition: form-data; name="username"\r\n\r\n' + b"u" * (1024 * 1024 + 1)
     status, body = raw_request(server, multipart_head("/login", "B"), [long_field, b"\r\n--B--\r\n"])
@@ -324,7 +326,9 @@ def test_a_failing_upload_factory_closes_the_temporary_file():
         before = deleted_files_open(server)
         start = b'--B\r\nContent-Disposition: form-data; name="file"; filename="big"\r\n\r\n'
         for _ in range(2):
-            status, _ = raw_request(server, multipart_head("/spool", "B"), [start, b"z" * 2_000_000, b"\r\n--B--\r\n"])
+            status, _ = raw_request(
+                server, multipart_head("/spool", "B"), [start, b"z" * 2_000_000, b"\r\n--B--\r\n"]
+            )
             assert status == 500
         wait_for(lambda: deleted_files_open(server) == before, "a failed upload's temporary file stayed open")
         assert server.client().get("/ping").status == 200
@@ -341,7 +345,10 @@ def test_a_body_of_millions_of_urlencoded_pairs_is_refused_without_building_them
         "Content-Type: application/x-www-form-urlencoded\r\nConnection: close\r\n\r\n"
     )
     status, body = raw_request(server, head, [b"a&" * 500_000] * 8)
-    assert (status, json.loads(body)) == (400, {"detail": "Too many fields. Maximum number of fields is 1000."})
+    assert (status, json.loads(body)) == (
+        400,
+        {"detail": "Too many fields. Maximum number of fields is 1000."},
+    )
     # Building the pairs took ~250 MB; the body itself is 8 MB (its buffers, at most a few times that).
     grown = memory_kib(server.process.pid, "VmHWM") - peak
     assert grown < 64 * 1024, f"the peak memory grew by {grown} KiB"

@@ -17,7 +17,7 @@
 //! - A body is read in chunks of at most `CHUNK` bytes, at most `STREAM_BUFFER` of them queued for a
 //!   slow client: memory per response is bounded whatever the file's size.
 //!
-//! Over 500 lines: the tests are ~370 of them; the rest is one request's lookup, conditional and range
+//! Over 500 lines: the tests are ~385 of them; the rest is one request's lookup, conditional and range
 //! handling.
 
 use std::ffi::OsStr;
