@@ -51,6 +51,16 @@ def test_round_robin_reaches_every_loop(serve, loops):
     assert seen == set(range(loops))
 
 
+def test_def_handlers_are_not_handed_to_another_loop(serve):
+    """A `def` handler runs on the shared sync pool whichever loop calls it, so the policies keep it on the
+    loop that read it (a hand-off would only add a hop): round-robin, which spreads one connection's
+    `async def` requests over every loop (above), leaves its `def` requests on the connection's loop."""
+    server = serve(APP, "--loops", "2", "--routing", "round-robin")
+    client = server.client()
+    seen = {client.get("/where-sync").json()["loop"] for _ in range(8)}
+    assert len(seen) == 1, seen
+
+
 def test_local_keeps_a_connection_on_the_loop_that_accepted_it(serve):
     server = serve(APP, "--loops", "2", "--routing", "local")
     client = server.client()

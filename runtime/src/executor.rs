@@ -80,6 +80,13 @@ pub trait Executor: 'static {
         false
     }
 
+    /// Whether `endpoint`'s work runs off the loop threads (a `def` handler on the shared sync pool; a
+    /// response made in Rust): then which loop calls it makes no difference, and the routing policy
+    /// keeps it on the loop that read it, where a hand-off would only add a hop.
+    fn runs_off_loop(_endpoint: &Self::Endpoint) -> bool {
+        false
+    }
+
     /// Runs `endpoint` for `request`. The returned future resolves on this thread. `request.in_flight`
     /// is to be kept until the future resolves, or longer while work for the request still runs.
     fn call(&self, endpoint: &Self::Endpoint, request: HttpRequest)

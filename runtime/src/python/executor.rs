@@ -254,6 +254,14 @@ impl PyExecutor {
 impl Executor for PyExecutor {
     type Endpoint = Endpoint;
 
+    fn runs_off_loop(endpoint: &Endpoint) -> bool {
+        match endpoint {
+            Endpoint::Native(native) => native.offload,
+            Endpoint::Const(_) | Endpoint::Static(_) => true,
+            Endpoint::Asgi(_) | Endpoint::WebSocket(_) => false,
+        }
+    }
+
     fn streams_request_body(endpoint: &Endpoint) -> bool {
         match endpoint {
             Endpoint::Asgi(_) => true,
