@@ -311,22 +311,17 @@ def ratio_pairs(names: list[str]) -> list[tuple[str, str]]:
     return [(mine, peer) for mine, peer in pairs if mine in names and peer in names]
 
 
-def request(
-    port: int,
-    method: str,
-    path: str,
-    body: tuple[bytes, str] | None,
-    timeout: float,
-    headers: dict[str, str] | None = None,
-) -> tuple[int, bytes]:
+def request(port: int, endpoint: Endpoint, timeout: float) -> tuple[int, bytes]:
+    """One request as wrk sends it for `endpoint`: its method, path, and its script's body and headers."""
+    body = request_body(endpoint.script)
     if TLS:
         context = ssl.create_default_context(cafile=CERTFILE)
         connection = http.client.HTTPSConnection("localhost", port, timeout=timeout, context=context)
     else:
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
-        sent = {**(headers or {}), **({"Content-Type": body[1]} if body is not None else {})}
-        connection.request(method, path, body=body and body[0], headers=sent)
+        headers = {**script_headers(endpoint.script), **({"Content-Type": body[1]} if body else {})}
+        connection.request(endpoint.method, endpoint.path, body=body and body[0], headers=headers)
         response = connection.getresponse()
         return response.status, response.read()
     finally:
@@ -360,14 +355,7 @@ def wait_until_serving(port: int, process: subprocess.Popen, endpoint: Endpoint,
         if process.poll() is not None:
             raise RuntimeError(f"server exited with {process.returncode} before answering")
         try:
-            request(
-                port,
-                endpoint.method,
-                endpoint.path,
-                request_body(endpoint.script),
-                timeout=2,
-                headers=script_headers(endpoint.script),
-            )
+            request(port, endpoint, timeout=2)
             return
         except (OSError, http.client.HTTPException):
             time.sleep(0.1)
@@ -556,14 +544,7 @@ def measure_round(contender: Contender, args, index: int, record: Record) -> Non
 def measure_endpoint(port: int, endpoint: Endpoint, args) -> tuple[dict, dict]:
     """The pre-flight request (must be 2xx), a --warmup s wrk run, then one measured --duration s run:
     the measured run's wrk figures, and a sample of the pre-flight response."""
-    status, body = request(
-        port,
-        endpoint.method,
-        endpoint.path,
-        request_body(endpoint.script),
-        timeout=10,
-        headers=script_headers(endpoint.script),
-    )
+    status, body = request(port, endpoint, timeout=10)
     if not 200 <= status < 300:
         raise RuntimeError(f"answered {status} before measuring: {body[:300]!r}")
     url = f"{'https' if TLS else 'http'}://127.0.0.1:{port}{endpoint.path}"
