@@ -239,6 +239,11 @@ class ServerProcess:
         self.stop_timeout = stop_timeout
         listen = ["--uds", str(uds)] if uds is not None else ["--port", str(self.port)]
         if server == "percore":
+            # PERCORE_TEST_LOOP=asyncio: run the servers of a test run on the --loop fallback (scripts/dev test
+            # runs the end-to-end server suites once more that way).
+            loop = os.environ.get("PERCORE_TEST_LOOP")
+            if loop and "--loop" not in args:
+                args = ("--loop", loop, *args)
             self.command = [*prefix, python, "-m", "percore", "serve", app, *listen, *args]
         else:  # the reference server, for side-by-side comparisons
             self.command = [*prefix, python, "-m", server, app, *listen, *args]

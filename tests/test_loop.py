@@ -3,19 +3,31 @@
 from __future__ import annotations
 
 import concurrent.futures
+import os
 
 import pytest
+from percore import App
+from percore.exceptions import ConfigurationError
+from percore.server import Server, ServerConfig
+
+from tests.conftest import run_cli
 
 APP = "tests.apps.runtime_app:api"
 
 
-@pytest.fixture(params=["local", "round-robin"])
+@pytest.fixture(
+    params=[(routing, loop) for routing in ("local", "round-robin") for loop in ("percore", "asyncio")]
+)
 def server(serve, request):
-    return serve(APP, "--loops", "2", "--routing", request.param)
+    routing, loop = request.param
+    server = serve(APP, "--loops", "2", "--routing", routing, "--loop", loop)
+    server.loop = loop
+    return server
 
 
 def test_handlers_see_their_running_loop_and_a_current_task(server):
     assert server.get("/asyncio").json() == {
+        "percore_loop": server.loop == "percore",
         "running": True,
         "same_loop": True,
         "loop_thread": True,
@@ -59,3 +71,21 @@ def test_request_tasks_in_reference_cycles_are_collected(serve):
     for _ in range(20):
         assert client.get("/timeout-500").status == 500
     assert client.get("/live-tasks").json()["tasks"] <= 2
+
+
+@pytest.mark.skipif(bool(os.environ.get("PERCORE_TEST_LOOP")), reason="PERCORE_TEST_LOOP chooses the loop")
+def test_the_default_loop_is_percores_and_the_banner_says_which(serve):
+    server = serve(APP, "--loops", "1")
+    assert server.get("/asyncio").json()["percore_loop"] is True
+    assert "| percore loop |" in server.read_stderr()
+    fallback = serve(APP, "--loops", "1", "--loop", "asyncio")
+    assert fallback.get("/asyncio").json()["percore_loop"] is False
+    assert "| asyncio loop |" in fallback.read_stderr()
+
+
+def test_an_unknown_loop_is_a_clear_error():
+    result = run_cli("serve", APP, "--loop", "uvloop")
+    assert result.returncode == 2
+    assert "--loop" in result.stderr and "invalid choice: 'uvloop'" in result.stderr
+    with pytest.raises(ConfigurationError, match="unknown event loop 'uvloop'"):
+        Server(App(), ServerConfig(loop="uvloop"))

@@ -11,6 +11,7 @@ from typing import Any
 
 from . import _about, _logging, _runtime, _supervisor
 from ._asgi import INTERFACES
+from ._loop import LOOPS
 from .exceptions import AppLoadError, ConfigurationError, PercoreError
 from .server import ServerConfig, serve
 
@@ -105,6 +106,13 @@ def _parser() -> argparse.ArgumentParser:
         "(default auto)",
     )
     run.add_argument("--routing", choices=ROUTING_POLICIES, default="local", help="default local")
+    run.add_argument(
+        "--loop",
+        choices=("auto", *LOOPS),
+        default="auto",
+        help="each loop thread's event loop: percore's own, with its reactor in Rust, or asyncio's selector "
+        "loop (default auto = percore)",
+    )
     run.add_argument(
         "--backlog",
         type=int,
@@ -280,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
             port=arguments.port,
             loops=arguments.loops,
             routing=arguments.routing,
+            loop=LOOPS[0] if arguments.loop == "auto" else arguments.loop,
             interface=arguments.interface,
             root_path=arguments.root_path,
             lifespan=not arguments.no_lifespan,

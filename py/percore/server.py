@@ -3,6 +3,7 @@ Ctrl-C or SIGTERM."""
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import sys
@@ -28,6 +29,9 @@ class ServerConfig:
     port: int = 8000
     loops: str = "auto"
     routing: str = "local"
+    # Each loop thread's event loop: "percore" (percore.EventLoop, reactor in Rust) or "asyncio"
+    # (asyncio's selector loop); see docs/event-loop.md.
+    loop: str = "percore"
     interface: str = "auto"
     root_path: str = ""
     lifespan: bool = True
@@ -96,6 +100,10 @@ class Server:
     def __init__(self, app: App | Any, config: ServerConfig | None = None) -> None:
         self.config = config = config or ServerConfig()
         self.interface = choose_interface(app, config.interface)
+        if config.loop not in _loop.LOOPS:
+            raise ConfigurationError(
+                f"unknown event loop {config.loop!r}: expected one of {', '.join(_loop.LOOPS)}"
+            )
         self._holds_pool = False  # between start() and join(): this server keeps the shared thread pool
         self._stop_requested: float | None = None  # time.monotonic() of the first stop()
         asgi = self.interface == "asgi"
@@ -105,7 +113,7 @@ class Server:
             port=config.port,
             loops=str(config.loops),
             routing=config.routing,
-            loop_factory=_loop.new_running_loop,
+            loop_factory=functools.partial(_loop.new_running_loop, config.loop),
             response_class=Response,
             on_error=log_handler_error,
             hooks=_hooks.RUNTIME_HOOKS,
@@ -188,7 +196,7 @@ class Server:
         return (
             f"percore {_runtime.__version__} | Python {version} ({build} build, GIL {gil} at runtime) | "
             f"{self.interface} app | {len(self.cores)} loop(s) pinned [{pins}]{reason} | "
-            f"routing {self._server.routing} | "
+            f"routing {self._server.routing} | {self.config.loop} loop | "
             f"{self.address}{metrics}"
         )
 

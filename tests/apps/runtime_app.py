@@ -139,6 +139,7 @@ async def asyncio_facts():
         "task": task_before is not None,
         "same_task": task_before is task_after,
         "task_loop": task_before.get_loop() is loop,
+        "percore_loop": isinstance(loop, percore.EventLoop),
     }
 
 

@@ -784,6 +784,30 @@ impl Reactor {
         Ok(())
     }
 
+    /// For the server's driver (python/driver.rs), about to wait in tokio: `park`, after clearing a
+    /// pending `stop()` (there is no `run_forever` to end; a stop only ends the current iteration, as
+    /// it does for asyncio's loop on a loop thread).
+    pub(super) fn park_outer(&self) -> Option<f64> {
+        let mut garbage = Garbage::new();
+        let mut state = self.lock();
+        state.stopping = false;
+        let timeout = self.park_locked(&mut state, &mut garbage);
+        drop(state);
+        drop(garbage);
+        timeout
+    }
+
+    /// For the server's driver: one iteration that does not wait (tokio did the waiting).
+    pub(super) fn step(&self, py: Python<'_>) -> PyResult<()> {
+        self.iterate(py, false)
+    }
+
+    /// For the server's driver: `(ready callbacks, timers in the heap)`.
+    pub(super) fn pending(&self) -> (usize, usize) {
+        let state = self.lock();
+        (state.ready.len(), state.timers.len())
+    }
+
     /// Puts callbacks an interrupted iteration did not run back at the front of the queue.
     fn requeue(&self, mut batch: VecDeque<Ready>) {
         let mut state = self.lock();
@@ -962,7 +986,7 @@ impl Reactor {
     }
 
     /// The epoll descriptor: readable when an iteration would find I/O ready.
-    fn fileno(&self) -> RawFd {
+    pub(super) fn fileno(&self) -> RawFd {
         self.poller.as_raw_fd()
     }
 
