@@ -114,6 +114,9 @@ DB_ENDPOINTS = [Endpoint("/db"), Endpoint("/queries?n=20"), Endpoint("/fortunes"
 HYPER = "hyper (pure Rust, the limit)"
 ROBYN = "Robyn"
 PERCORE = "percore {}, 1 loop ({})"  # app, build
+# `--db`: percore + Starlette once more on asyncio's selector loop (`--loop asyncio`), so that each run
+# shows what percore's own event loop (the default) is worth on the same app, interpreter and round.
+ASYNCIO_LOOP = " on --loop asyncio"
 BUILDS = [("PERCORE_PYTHON_NOGIL", "3.13t"), ("PERCORE_PYTHON_GIL", "3.13 GIL")]
 FRAMEWORKS = {"FastAPI": "benches.apps.fastapi_app:app", "Starlette": "benches.apps.starlette_app:app"}
 RSGI_APP = "benches.apps.rsgi_app:app"
@@ -180,9 +183,10 @@ def tls_flags(certificate: str = "--ssl-certfile", key: str = "--ssl-keyfile") -
     return [certificate, str(CERTFILE), key, str(KEYFILE)] if TLS else []
 
 
-def percore(python: str, app: str) -> list[str]:
+def percore(python: str, app: str, loop: str = "percore") -> list[str]:
     return [
         *(python, "-m", "percore", "serve", app, "--loops", "1", "--log-level", "warning", "--port", PORT),
+        *("--loop", loop),
         *tls_flags(),
     ]
 
@@ -253,6 +257,9 @@ def framework_contenders(framework, app, python, label, stack, peers, endpoints)
     found = []
     if python:
         found.append(Contender(PERCORE.format(framework, label), percore(python, app), endpoints))
+    if python and DB and framework == "Starlette":
+        name = PERCORE.format(framework, label) + ASYNCIO_LOOP
+        found.append(Contender(name, percore(python, app, loop="asyncio"), endpoints))
     if peers:
         found.append(Contender(stack.uvicorn.format(framework), uvicorn(peers, app, stack), endpoints))
         asgi = granian(peers, "asgi", app, stack)
@@ -302,6 +309,9 @@ def ratio_pairs(names: list[str]) -> list[tuple[str, str]]:
         pairs.append((native, stack.granian_rsgi))
         if DB:  # no raw-interface peer has a database app: native against the Starlette peer
             pairs.append((native, stack.uvicorn.format("Starlette")))
+            # percore's event loop against asyncio's, same server and app
+            starlette = PERCORE.format("Starlette", label)
+            pairs.append((starlette, starlette + ASYNCIO_LOOP))
         else:  # what a FastAPI user porting to the native API gains (issue 16's POST /depends: >= 5x)
             pairs.append((native, stack.uvicorn.format("FastAPI")))
             # and a Starlette user (issue 16's static 64 KiB file: >= 3x Starlette's StaticFiles on uvicorn)

@@ -6,7 +6,9 @@ round down but does not add CPU time to the server.
     python experiments/cpu_cost.py --variant main=/tmp/main-py:experiments.apps.work:api:/json \\
         --variant branch=:experiments.apps.work:api:/json --loops 1 --rounds 5 [--close] [-- wrk args]
 
-A variant is NAME=PYTHONPATH:MODULE:ATTR:PATH; an empty PYTHONPATH uses the installed percore. The server
+A variant is NAME=PYTHONPATH:MODULE:ATTR:PATH[ SERVER-ARGS...]; an empty PYTHONPATH uses the installed
+percore; arguments after the path go to `runtime serve` (e.g. `:benches.apps.db_starlette:app:/db --loop
+asyncio`). The server
 runs under this interpreter (`sys.executable`) from the repository root. `--close` sends `Connection:
 close` (a new connection per request: the accept path); otherwise keep-alive connections (`-c`).
 
@@ -43,11 +45,12 @@ def requests_of(output: str) -> int:
 
 
 def one_round(variant: str, args) -> tuple[float, float]:
-    pythonpath, module, attr, path = variant.split(":", 3)
+    pythonpath, module, attr, rest = variant.split(":", 3)
+    path, *server_args = rest.split()
     port = run.free_port()
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (pythonpath, str(ROOT)) if p))
     command = [sys.executable, "-m", "percore", "serve", f"{module}:{attr}", "--port", str(port)]
-    command += ["--loops", str(args.loops), "--routing", args.routing, "--log-level", "warning"]
+    command += ["--loops", str(args.loops), "--routing", args.routing, "--log-level", "warning", *server_args]
     process = subprocess.Popen(
         command,
         cwd=ROOT,

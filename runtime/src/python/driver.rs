@@ -172,8 +172,8 @@ impl Driver {
     /// Runs the loop for the life of the executor: one iteration whenever its epoll fd is readable, its
     /// next timer is due or `wake` says work was scheduled from outside.
     pub(super) async fn run(self: Rc<Self>) {
+        let mut timeout = Python::attach(|py| self.timeout(py));
         loop {
-            let timeout = Python::attach(|py| self.timeout(py));
             let Some(selector) = self.selector.borrow().clone() else {
                 return;
             };
@@ -194,7 +194,12 @@ impl Driver {
                     _ = sleep => {}
                 }
             }
-            Python::attach(|py| self.run_once(py));
+            // The iteration and the next timeout under one attach (nothing can run in between anyway:
+            // no await separates them).
+            timeout = Python::attach(|py| {
+                self.run_once(py);
+                self.timeout(py)
+            });
             // The loop's fds are level-triggered inside its epoll; tokio sees the epoll fd
             // edge-triggered, so only forget readiness once the inner epoll is really empty.
             if let Some(mut readiness) = readiness {
