@@ -368,6 +368,22 @@ def serve() -> Iterator:
                 assert code == 0, f"server exited with {code}:\n{server.stderr}"
 
 
+@pytest.fixture(scope="session")
+def pg_dsn() -> str:
+    """The DSN of the real PostgreSQL the database tests use (benches/db/pg.sh: TechEmpower's `world` and
+    `fortune` tables). Skipped without one; under CI, which always has one, a missing DSN fails instead."""
+    dsn = os.environ.get("PERCORE_TEST_PG_DSN")
+    if not dsn:
+        message = (
+            "no PostgreSQL: scripts/dev test starts one (benches/db/pg.sh) and exports PERCORE_TEST_PG_DSN; "
+            "outside it, export the DSN that `benches/db/pg.sh start` prints"
+        )
+        if os.environ.get("CI"):
+            pytest.fail(message)  # CI runs scripts/dev test, which always provides it
+        pytest.skip(message)
+    return dsn
+
+
 def wait_until_started(server: ServerProcess, endpoint: str, count: int = 1, timeout: float = 10.0) -> None:
     """Until `count` handlers of `endpoint` have begun, per the test app's /started counters
     (tests/apps/runtime_app.py): a fixed sleep raced a loaded machine."""

@@ -4,14 +4,11 @@ smoke run of what `scripts/dev bench --db` measures, not the benchmark. Served b
 so each loop opens its own pool (on_loop_start / the ASGI lifespan), with every driver installed here."""
 
 import html
-import os
 import re
 
 import pytest
 
 from .conftest import ServerProcess
-
-DSN = os.environ.get("PERCORE_TEST_PG_DSN")
 
 APPS = ["benches.apps.db_native:api", "benches.apps.db_starlette:app", "benches.apps.db_fastapi:app"]
 # Both on both builds (tests/requirements.txt; asyncpg is built from source on 3.13t).
@@ -35,19 +32,11 @@ EXTRA = (0, "Additional fortune added at request time.")
 
 
 @pytest.fixture(scope="module")
-def database():
+def database(pg_dsn):
     """A psycopg connection to the test PostgreSQL, to check what the apps answered against the tables."""
-    if not DSN:
-        message = (
-            "no PostgreSQL: scripts/dev test starts one (benches/db/pg.sh) and exports PERCORE_TEST_PG_DSN; "
-            "outside it, export the DSN that `benches/db/pg.sh start` prints"
-        )
-        if os.environ.get("CI"):
-            pytest.fail(message)  # CI runs scripts/dev test, which always provides it
-        pytest.skip(message)
     import psycopg
 
-    with psycopg.connect(DSN, autocommit=True) as connection:
+    with psycopg.connect(pg_dsn, autocommit=True) as connection:
         yield connection
 
 
@@ -68,8 +57,8 @@ def assert_worlds(database, worlds, count: int) -> None:
 
 @pytest.mark.parametrize("driver", DRIVERS)
 @pytest.mark.parametrize("app", APPS)
-def test_db_app_answers_every_endpoint(monkeypatch, database, app, driver):
-    monkeypatch.setenv("PERCORE_DB_DSN", DSN)
+def test_db_app_answers_every_endpoint(monkeypatch, pg_dsn, database, app, driver):
+    monkeypatch.setenv("PERCORE_DB_DSN", pg_dsn)
     monkeypatch.setenv("PERCORE_DB_DRIVER", driver)
     monkeypatch.setenv("PERCORE_DB_POOL", "2")
     # A generous start deadline: importing the pure-Python psycopg (it looks libpq up with ctypes, which
