@@ -19,6 +19,7 @@ mode (``set_debug(True)``) asyncio's checks (wrong thread, coroutine passed as c
 from __future__ import annotations
 
 import asyncio
+import functools
 import selectors
 import sys
 import threading
@@ -68,6 +69,9 @@ class EventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-define
         self._reactor = Reactor(self)
         self._percore_agen_hooks: tuple | None = None
         super().__init__(_ReactorSelector(self._reactor))
+        # asyncio's create_future is a Python frame around the C Future; a partial is called from C.
+        # (A cycle through the instance dict, collected with the loop.)
+        self.create_future = functools.partial(asyncio.Future, loop=self)
 
     # --- scheduling -------------------------------------------------------------------------------
 

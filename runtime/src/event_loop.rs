@@ -81,8 +81,18 @@ impl Poller {
     }
 
     /// Watches `fd` for exactly the given interests (replacing earlier ones); with neither, stops
-    /// watching it. A descriptor closed and reused behind our back is re-added instead of modified.
-    pub fn set_interest(&self, fd: RawFd, read: bool, write: bool) -> io::Result<()> {
+    /// watching it. `registered`: whether the caller has `fd` in the set already, so that the first
+    /// `epoll_ctl` is the right one (a database driver adds and removes its socket's reader on every
+    /// query: a MOD that fails before the ADD was one system call in three, measured with strace). A
+    /// descriptor closed and reused behind our back is re-added instead of modified, and the other way
+    /// round.
+    pub fn set_interest(
+        &self,
+        fd: RawFd,
+        read: bool,
+        write: bool,
+        registered: bool,
+    ) -> io::Result<()> {
         if fd < 0 {
             return Err(io::Error::from_raw_os_error(libc::EBADF));
         }
@@ -102,9 +112,14 @@ impl Poller {
         if write {
             events |= libc::EPOLLOUT as u32;
         }
-        match self.ctl(libc::EPOLL_CTL_MOD, fd, events, fd as u64) {
-            Err(err) if err.raw_os_error() == Some(libc::ENOENT) => {
-                self.ctl(libc::EPOLL_CTL_ADD, fd, events, fd as u64)
+        let (first, then, missing) = if registered {
+            (libc::EPOLL_CTL_MOD, libc::EPOLL_CTL_ADD, libc::ENOENT)
+        } else {
+            (libc::EPOLL_CTL_ADD, libc::EPOLL_CTL_MOD, libc::EEXIST)
+        };
+        match self.ctl(first, fd, events, fd as u64) {
+            Err(err) if err.raw_os_error() == Some(missing) => {
+                self.ctl(then, fd, events, fd as u64)
             }
             other => other,
         }
@@ -307,10 +322,39 @@ mod tests {
     }
 
     #[test]
+    fn a_wrong_registration_hint_still_sets_the_interest() {
+        // A descriptor closed and reused (the kernel dropped it from the set) or registered behind the
+        // caller's back: the other operation is tried.
+        let poller = Poller::new().unwrap();
+        let (mut a, b) = UnixStream::pair().unwrap();
+        poller
+            .set_interest(b.as_raw_fd(), true, false, true)
+            .unwrap();
+        poller
+            .set_interest(b.as_raw_fd(), true, true, false)
+            .unwrap();
+        a.write_all(b"x").unwrap();
+        let mut events = Vec::new();
+        poller
+            .wait(&mut events, Some(Duration::from_secs(5)))
+            .unwrap();
+        assert_eq!(
+            events,
+            [Event {
+                fd: b.as_raw_fd(),
+                readable: true,
+                writable: true
+            }]
+        );
+    }
+
+    #[test]
     fn readiness_is_level_triggered() {
         let poller = Poller::new().unwrap();
         let (mut a, b) = UnixStream::pair().unwrap();
-        poller.set_interest(b.as_raw_fd(), true, false).unwrap();
+        poller
+            .set_interest(b.as_raw_fd(), true, false, false)
+            .unwrap();
         let mut events = Vec::new();
         poller.wait(&mut events, Some(Duration::ZERO)).unwrap();
         assert!(events.is_empty());
@@ -335,9 +379,13 @@ mod tests {
         events.clear();
         poller.wait(&mut events, Some(Duration::ZERO)).unwrap();
         assert!(events.is_empty());
-        poller.set_interest(b.as_raw_fd(), false, false).unwrap();
+        poller
+            .set_interest(b.as_raw_fd(), false, false, true)
+            .unwrap();
         // Removing twice is harmless.
-        poller.set_interest(b.as_raw_fd(), false, false).unwrap();
+        poller
+            .set_interest(b.as_raw_fd(), false, false, true)
+            .unwrap();
     }
 
     #[test]
@@ -360,8 +408,8 @@ mod tests {
     #[test]
     fn bad_descriptors_are_errors() {
         let poller = Poller::new().unwrap();
-        assert!(poller.set_interest(-1, true, false).is_err());
-        assert!(poller.set_interest(1_000_000, true, false).is_err());
+        assert!(poller.set_interest(-1, true, false, false).is_err());
+        assert!(poller.set_interest(1_000_000, true, false, false).is_err());
     }
 
     #[test]

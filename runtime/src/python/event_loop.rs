@@ -561,6 +561,7 @@ impl Reactor {
             drop(handle);
             return Err(closed_error());
         }
+        let registered = state.io.contains_key(&fd);
         let watch = state.io.entry(fd).or_default();
         let slot = if write {
             &mut watch.writer
@@ -569,7 +570,7 @@ impl Reactor {
         };
         let old = slot.replace(handle);
         let (read, write_) = (watch.reader.is_some(), watch.writer.is_some());
-        if let Err(err) = self.poller.set_interest(fd, read, write_) {
+        if let Err(err) = self.poller.set_interest(fd, read, write_, registered) {
             // Undo: the registration did not happen.
             let watch = state.io.get_mut(&fd).expect("just inserted");
             let slot = if write {
@@ -619,7 +620,7 @@ impl Reactor {
             state.io.remove(&fd);
         }
         // The descriptor may already be closed (the kernel dropped it from the set): nothing to undo.
-        let _ = poller.set_interest(fd, read, write);
+        let _ = poller.set_interest(fd, read, write, true);
         true
     }
 
@@ -1027,7 +1028,7 @@ impl Reactor {
         let timers = state.timers.drain();
         let io = std::mem::take(&mut state.io);
         for fd in io.keys() {
-            let _ = self.poller.set_interest(*fd, false, false);
+            let _ = self.poller.set_interest(*fd, false, false, true);
         }
         drop(state);
         for timer in &timers {
