@@ -268,6 +268,49 @@ def test_a_bad_descriptor_is_a_clear_error_and_leaves_nothing_registered(loop):
         loop.add_reader(-1, print)
 
 
+def test_add_reader_takes_file_objects_and_refuses_a_transports_descriptor(any_loop):
+    # asyncio's checks (percore's loop makes them in Rust): the same errors, word for word.
+    a, b = socket.socketpair()
+    loop = any_loop
+    try:
+        got = []
+        assert loop.add_reader(b, got.append, "file object") is None
+        a.send(b"x")
+        loop.run_until_complete(asyncio.sleep(0.05))
+        assert got and got[0] == "file object"
+        assert loop.remove_reader(b) is True
+        assert loop.remove_reader(b.fileno()) is False
+        for bad in ("not a file", object()):
+            with pytest.raises(ValueError, match="Invalid file object: "):
+                loop.add_reader(bad, print)
+        with pytest.raises(ValueError, match="Invalid file descriptor: -1"):
+            loop.add_writer(-1, print)
+
+        async def connect():
+            return await loop.create_connection(asyncio.Protocol, sock=a)
+
+        transport, _ = loop.run_until_complete(connect())
+        for call in (
+            lambda: loop.add_reader(a.fileno(), print),
+            lambda: loop.add_writer(a, print),
+            lambda: loop.remove_reader(a.fileno()),
+            lambda: loop.remove_writer(a),
+        ):
+            with pytest.raises(RuntimeError, match=f"File descriptor .* is used by transport {transport!r}"):
+                call()
+        transport.close()  # a closing transport no longer owns it
+        assert loop.add_reader(a.fileno(), print) is None
+        assert loop.remove_reader(a.fileno()) is True
+        loop.run_until_complete(asyncio.sleep(0))
+    finally:
+        a.close()
+        b.close()
+    loop.close()
+    with pytest.raises(RuntimeError, match="Event loop is closed"):
+        loop.add_reader(0, print)
+    assert loop.remove_reader(0) is False
+
+
 async def _echo_via_streams() -> bytes:
     async def handle(reader, writer):
         writer.write(await reader.readline())

@@ -33,6 +33,8 @@ _T = TypeVar("_T")
 
 # Methods served straight by the reactor outside debug mode (see the module docstring).
 _FAST_PATH = ("call_soon", "call_later", "call_at", "call_soon_threadsafe", "time")
+# Served by the reactor in every mode, transport check included (asyncio's _ensure_fd_no_transport).
+_CHECKED_IO = ("add_reader", "remove_reader", "add_writer", "remove_writer")
 
 
 class _ReactorSelector:
@@ -72,6 +74,12 @@ class EventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-define
         # asyncio's create_future is a Python frame around the C Future; a partial is called from C.
         # (A cycle through the instance dict, collected with the loop.)
         self.create_future = functools.partial(asyncio.Future, loop=self)
+        # The public add_/remove_reader/writer (transport check included) straight to Rust, unless a
+        # subclass overrides them: database drivers call them around every query.
+        self._reactor.bind_transports(self._transports.data)
+        for name in _CHECKED_IO:
+            if getattr(type(self), name) is getattr(EventLoop, name):
+                self.__dict__[name] = getattr(self._reactor, f"{name}_checked")
 
     # --- scheduling -------------------------------------------------------------------------------
 
@@ -158,7 +166,8 @@ class EventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-define
     # --- file descriptors -------------------------------------------------------------------------
 
     # asyncio's public add_/remove_reader/writer check the descriptor is no transport's, then call the
-    # private ones below: the same, one Python frame shorter (database drivers call them on every wait).
+    # private ones below. __init__ binds the reactor's versions of these on the instance; these are for
+    # subclasses that call them through super().
     def add_reader(self, fd, callback, *args) -> None:
         self._ensure_fd_no_transport(fd)
         self._check_closed()

@@ -26,14 +26,14 @@ use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use pyo3::exceptions::{
-    PyKeyError, PyKeyboardInterrupt, PyRuntimeError, PySystemExit, PyTypeError,
+    PyKeyError, PyKeyboardInterrupt, PyRuntimeError, PySystemExit, PyTypeError, PyValueError,
 };
 use pyo3::gc::{PyTraverseError, PyVisit};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::pyclass::CompareOp;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyFloat, PyTuple};
+use pyo3::types::{PyDict, PyFloat, PyInt, PyTuple};
 
 use crate::event_loop::{monotonic, Event, Poller, TimerHeap};
 
@@ -474,6 +474,9 @@ pub(super) struct Reactor {
     cancelled_in_heap: Arc<AtomicIsize>,
     /// The loop's debug mode: callbacks then run through `_percore_run_debug` (timed, logged if slow).
     debug: AtomicBool,
+    /// `loop._transports.data`: fd -> weak reference to the transport that owns it (asyncio's
+    /// `WeakValueDictionary`), for the public `add_reader` & co. (`no_transport`).
+    transports: PyOnceLock<Py<PyDict>>,
 }
 
 fn closed_error() -> PyErr {
@@ -551,6 +554,21 @@ impl Reactor {
             self.poller.wake()?;
         }
         Ok(timer)
+    }
+
+    /// A new handle for `callback(*args)`, registered as `fd`'s reader or writer.
+    fn watch_new(
+        &self,
+        py: Python<'_>,
+        fd: RawFd,
+        callback: Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        write: bool,
+    ) -> PyResult<Py<Handle>> {
+        let call = Callback::new(py, &self.event_loop, callback, args, None)?;
+        let handle = Py::new(py, Handle { call })?;
+        self.watch(fd, handle.clone_ref(py), write)?;
+        Ok(handle)
     }
 
     /// Registers `handle` as `fd`'s reader or writer; the one it replaces is cancelled.
@@ -785,6 +803,48 @@ impl Reactor {
         Ok(())
     }
 
+    /// asyncio's `_ensure_fd_no_transport` and `selectors._fileobj_to_fd`, same errors: the descriptor
+    /// of `fileobj`, unless a transport that is not closing owns it.
+    fn no_transport(&self, py: Python<'_>, fileobj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
+        let invalid_object = || -> PyErr {
+            match fileobj.repr() {
+                Ok(repr) => PyValueError::new_err(format!("Invalid file object: {repr}")),
+                Err(err) => err,
+            }
+        };
+        let number = if fileobj.is_instance_of::<PyInt>() {
+            fileobj.clone()
+        } else {
+            fileobj
+                .call_method0(intern!(py, "fileno"))
+                .and_then(|n| py.get_type::<PyInt>().call1((n,)))
+                .map_err(|_| invalid_object())?
+        };
+        if let Some(transports) = self.transports.get(py) {
+            if let Some(reference) = transports.bind(py).get_item(&number)? {
+                let transport = reference.call0()?;
+                if !transport.is_none()
+                    && !transport
+                        .call_method0(intern!(py, "is_closing"))?
+                        .is_truthy()?
+                {
+                    return Err(PyRuntimeError::new_err(format!(
+                        "File descriptor {} is used by transport {}",
+                        fileobj.repr()?,
+                        transport.repr()?
+                    )));
+                }
+            }
+        }
+        let fd: i64 = number.extract()?;
+        match RawFd::try_from(fd) {
+            Ok(fd) if fd >= 0 => Ok(fd),
+            _ => Err(PyValueError::new_err(format!(
+                "Invalid file descriptor: {fd}"
+            ))),
+        }
+    }
+
     /// For the server's driver (python/driver.rs), about to wait in tokio: `park`, after clearing a
     /// pending `stop()` (there is no `run_forever` to end; a stop only ends the current iteration, as
     /// it does for asyncio's loop on a loop thread).
@@ -827,7 +887,51 @@ impl Reactor {
             event_loop,
             cancelled_in_heap: Arc::new(AtomicIsize::new(0)),
             debug: AtomicBool::new(false),
+            transports: PyOnceLock::new(),
         })
+    }
+
+    /// Gives the reactor `loop._transports.data` (see `add_reader_checked`); once.
+    fn bind_transports(&self, py: Python<'_>, data: Bound<'_, PyDict>) -> PyResult<()> {
+        self.transports
+            .set(py, data.unbind())
+            .map_err(|_| PyRuntimeError::new_err("transports already bound"))
+    }
+
+    /// asyncio's public `add_reader` (`_ensure_fd_no_transport`, then `_add_reader`) in one call:
+    /// database drivers add and remove their socket's reader around every query.
+    #[pyo3(signature = (fd, callback, *args))]
+    fn add_reader_checked(
+        &self,
+        py: Python<'_>,
+        fd: &Bound<'_, PyAny>,
+        callback: Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+    ) -> PyResult<()> {
+        let fd = self.no_transport(py, fd)?;
+        self.watch_new(py, fd, callback, args, false).map(drop)
+    }
+
+    #[pyo3(signature = (fd, callback, *args))]
+    fn add_writer_checked(
+        &self,
+        py: Python<'_>,
+        fd: &Bound<'_, PyAny>,
+        callback: Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+    ) -> PyResult<()> {
+        let fd = self.no_transport(py, fd)?;
+        self.watch_new(py, fd, callback, args, true).map(drop)
+    }
+
+    fn remove_reader_checked(&self, py: Python<'_>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let fd = self.no_transport(py, fd)?;
+        Ok(self.unwatch(fd, false))
+    }
+
+    fn remove_writer_checked(&self, py: Python<'_>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let fd = self.no_transport(py, fd)?;
+        Ok(self.unwatch(fd, true))
     }
 
     #[pyo3(signature = (callback, *args, context=None))]
@@ -891,10 +995,7 @@ impl Reactor {
         callback: Bound<'_, PyAny>,
         args: &Bound<'_, PyTuple>,
     ) -> PyResult<Py<Handle>> {
-        let call = Callback::new(py, &self.event_loop, callback, args, None)?;
-        let handle = Py::new(py, Handle { call })?;
-        self.watch(fd, handle.clone_ref(py), false)?;
-        Ok(handle)
+        self.watch_new(py, fd, callback, args, false)
     }
 
     #[pyo3(signature = (fd, callback, *args))]
@@ -905,10 +1006,7 @@ impl Reactor {
         callback: Bound<'_, PyAny>,
         args: &Bound<'_, PyTuple>,
     ) -> PyResult<Py<Handle>> {
-        let call = Callback::new(py, &self.event_loop, callback, args, None)?;
-        let handle = Py::new(py, Handle { call })?;
-        self.watch(fd, handle.clone_ref(py), true)?;
-        Ok(handle)
+        self.watch_new(py, fd, callback, args, true)
     }
 
     fn remove_reader(&self, fd: RawFd) -> bool {
