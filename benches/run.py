@@ -795,9 +795,18 @@ def main() -> int:
         "--realtime",
         choices=("auto", "on", "off"),
         default="auto",
-        help="run server and wrk under SCHED_FIFO (chrt -f 10); auto: when permitted (default)",
+        help="run server and wrk under SCHED_FIFO (chrt -f 10); auto: when permitted, except with --db "
+        "(default)",
     )
     args = parser.parse_args()
+    if args.realtime == "auto" and args.db:
+        # PostgreSQL shares core 0 with wrk and is not SCHED_FIFO: a FIFO wrk preempts its backends
+        # whenever it is runnable, so the database's share of the core follows each server's response
+        # pattern (and a FIFO server is capped at 95% of its core by RT throttling). Measured 2026-12-06,
+        # Starlette /db GIL, percore ÷ Granian ASGI: 1.00x with both FIFO, 1.27x with neither; the
+        # --db run of 4cd9730 (FIFO) put Granian ahead on 3.13t where CPU-us/request put percore 1.34x
+        # ahead (docs/benchmarks.md, "Database benchmark").
+        args.realtime = "off"
     if args.realtime != "off":
         allowed = (
             shutil.which("chrt") is not None and subprocess.run(["chrt", "-f", "10", "true"]).returncode == 0
