@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import time
 
 import pytest
 from percore import App
@@ -75,12 +76,19 @@ def test_request_tasks_in_reference_cycles_are_collected(serve):
 
 @pytest.mark.skipif(bool(os.environ.get("PERCORE_TEST_LOOP")), reason="PERCORE_TEST_LOOP chooses the loop")
 def test_the_default_loop_is_percores_and_the_banner_says_which(serve):
+    def banner(server) -> str:
+        # The banner is logged once the loops accept, which is when serve() returns: wait for the line.
+        deadline = time.monotonic() + 30
+        while "loop(s) pinned" not in server.read_stderr() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return server.read_stderr()
+
     server = serve(APP, "--loops", "1")
     assert server.get("/asyncio").json()["percore_loop"] is True
-    assert "| percore loop |" in server.read_stderr()
+    assert "| percore loop |" in banner(server)
     fallback = serve(APP, "--loops", "1", "--loop", "asyncio")
     assert fallback.get("/asyncio").json()["percore_loop"] is False
-    assert "| asyncio loop |" in fallback.read_stderr()
+    assert "| asyncio loop |" in banner(fallback)
 
 
 def test_an_unknown_loop_is_a_clear_error():
