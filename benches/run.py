@@ -28,7 +28,8 @@ the per-round ratios); benches/render.py turns it into markdown tables and PNG c
 benches/apps/db*.py against the PostgreSQL in PERCORE_DB_DSN, which scripts/dev bench --db starts with
 benches/db/pg.sh pinned to core 0 beside wrk): percore native, percore/uvicorn/Granian ASGI with the
 Starlette and FastAPI apps, on both builds; one pool of --db-pool connections per event loop, driver
---db-driver. Results go to <date>-<commit>-db.json and the database block of docs/benchmarks.md.
+--db-driver. Results go to <date>-<commit>-db.json and the database block of docs/benchmarks.md. Without
+SCHED_FIFO unless `--realtime on` (a FIFO wrk would starve the PostgreSQL beside it; see main()).
 """
 
 from __future__ import annotations
