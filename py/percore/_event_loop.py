@@ -75,7 +75,8 @@ class EventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-define
         # (A cycle through the instance dict, collected with the loop.)
         self.create_future = functools.partial(asyncio.Future, loop=self)
         # The public add_/remove_reader/writer (transport check included) straight to Rust, unless a
-        # subclass overrides them: database drivers call them around every query.
+        # subclass overrides them: database drivers call them around every query. (A subclass's super()
+        # call reaches asyncio's own, which check in Python and call the private ones below.)
         self._reactor.bind_transports(self._transports.data)
         for name in _CHECKED_IO:
             if getattr(type(self), name) is getattr(EventLoop, name):
@@ -164,31 +165,6 @@ class EventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-define
             del handle
 
     # --- file descriptors -------------------------------------------------------------------------
-
-    # asyncio's public add_/remove_reader/writer check the descriptor is no transport's, then call the
-    # private ones below. __init__ binds the reactor's versions of these on the instance; these are for
-    # subclasses that call them through super().
-    def add_reader(self, fd, callback, *args) -> None:
-        self._ensure_fd_no_transport(fd)
-        self._check_closed()
-        self._reactor.add_reader(selectors._fileobj_to_fd(fd), callback, *args)  # type: ignore[attr-defined]
-
-    def remove_reader(self, fd) -> bool:
-        self._ensure_fd_no_transport(fd)
-        if self.is_closed():
-            return False
-        return self._reactor.remove_reader(selectors._fileobj_to_fd(fd))  # type: ignore[attr-defined]
-
-    def add_writer(self, fd, callback, *args) -> None:
-        self._ensure_fd_no_transport(fd)
-        self._check_closed()
-        self._reactor.add_writer(selectors._fileobj_to_fd(fd), callback, *args)  # type: ignore[attr-defined]
-
-    def remove_writer(self, fd) -> bool:
-        self._ensure_fd_no_transport(fd)
-        if self.is_closed():
-            return False
-        return self._reactor.remove_writer(selectors._fileobj_to_fd(fd))  # type: ignore[attr-defined]
 
     def _add_reader(self, fd, callback, *args):
         self._check_closed()
