@@ -605,6 +605,18 @@ def round_ratios(records: dict[str, Record]) -> list[dict]:
     return found
 
 
+def settle_database() -> None:
+    """--db: the same database state before every contender. /updates leaves ~100,000 dead row versions
+    that autovacuum (and the checkpointer, for the pages it dirtied) would otherwise clean up during the
+    next contender's /db, on core 0 beside wrk; a VACUUM (which cancels a running autovacuum) and a
+    CHECKPOINT here do that work between contenders instead, while nothing is measured."""
+    command = ["psql", os.environ["PERCORE_DB_DSN"], "-X", "-q", "-v", "ON_ERROR_STOP=1"]
+    command += ["-c", "VACUUM ANALYZE world", "-c", "CHECKPOINT"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    if done.returncode != 0:
+        raise SystemExit(f"--db: VACUUM/CHECKPOINT between contenders failed: {done.stderr.strip()}")
+
+
 def measure(chosen: list[Contender], args) -> tuple[dict[str, Record], list[dict]]:
     """Every round (`round_order`), every contender in it (`measure_round`): the records, and per round
     its contender order and duration."""
@@ -622,6 +634,8 @@ def measure(chosen: list[Contender], args) -> tuple[dict[str, Record], list[dict
         print(f"round {index + 1}/{args.runs}", flush=True)
         for contender in order:
             print(f" {contender.name}", flush=True)
+            if DB:
+                settle_database()
             measure_round(contender, args, index, records[contender.name])
         seconds = round(time.monotonic() - started)
         rounds.append({"round": index + 1, "order": [c.name for c in order], "seconds": seconds})

@@ -244,6 +244,57 @@ def test_readers_and_writers_on_a_socketpair(any_loop):
         b.close()
 
 
+def test_a_reader_removed_and_added_again_in_one_callback_still_fires(any_loop):
+    """What a database driver does per query (psycopg: remove the reader after a reply, add it back for
+    the next query in the same callback), and the same with the descriptor closed and its number
+    reused by a new socket in between: the reactor defers dropping a descriptor from its epoll set to
+    the next wait, and must still watch the new socket."""
+    a, b = socket.socketpair()
+    c = d = None
+    try:
+        seen = []
+        done = any_loop.create_future()
+
+        def first():
+            nonlocal c, d
+            b.recv(1)
+            seen.append("first")
+            # Same descriptor, same callback: removed, then watched again.
+            any_loop.remove_reader(b)
+            any_loop.add_reader(b, second)
+            a.send(b"y")
+
+        def second():
+            nonlocal c, d
+            b.recv(1)
+            seen.append("second")
+            number = b.fileno()
+            any_loop.remove_reader(b)
+            a.close()
+            b.close()
+            c, d = socket.socketpair()
+            assert number in (c.fileno(), d.fileno()), "the new socketpair did not reuse the number"
+            new = c if c.fileno() == number else d
+            other = d if new is c else c
+            any_loop.add_reader(new, third, new)
+            other.send(b"z")
+
+        def third(sock):
+            assert sock.recv(1) == b"z"
+            seen.append("third")
+            any_loop.remove_reader(sock)
+            done.set_result(None)
+
+        any_loop.add_reader(b, first)
+        a.send(b"x")
+        any_loop.run_until_complete(done)
+        assert seen == ["first", "second", "third"]
+    finally:
+        for sock in (a, b, c, d):
+            if sock is not None:
+                sock.close()
+
+
 def test_replacing_a_reader_cancels_the_old_handle(loop):
     a, b = socket.socketpair()
     try:

@@ -114,6 +114,7 @@ start() {
 SELECT 'CREATE ROLE benchmarkdbuser LOGIN'
     WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'benchmarkdbuser') \gexec
 ALTER ROLE benchmarkdbuser PASSWORD 'benchmarkdbpass';
+GRANT pg_checkpoint TO benchmarkdbuser;
 SELECT 'CREATE DATABASE hello_world OWNER benchmarkdbuser'
     WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'hello_world') \gexec
 SQL
