@@ -119,6 +119,32 @@ def test_many_cancelled_timers_are_purged_and_the_rest_still_fire(loop):
     assert not any(h._scheduled for h in handles)
 
 
+def test_timers_cancelled_from_another_thread_as_they_fall_due_are_counted_exactly(loop):
+    """The reactor counts cancelled timers still in its heap to decide when to purge them. A cancel()
+    from another thread racing the loop taking the same timer out of the heap (truly parallel on 3.13t)
+    must not leave the count off by one: it used to, and the drift only grew, until every iteration
+    rebuilt the heap."""
+    batches, size = 300, 100
+    for _ in range(batches):
+        handles = [loop.call_at(loop.time(), lambda: None) for _ in range(size)]
+        go = threading.Event()
+
+        def cancel_all(handles=handles, go=go):
+            go.wait()
+            for handle in handles:
+                handle.cancel()
+
+        canceller = threading.Thread(target=cancel_all)
+        canceller.start()
+        go.set()
+        while canceller.is_alive():
+            loop._reactor.run_once(block=False)
+        canceller.join()
+        loop._reactor.run_once(block=False)
+        assert loop._reactor.counts()[1] == 0
+        assert loop._reactor.cancelled_timers() == 0
+
+
 def test_a_cancelled_timer_lets_go_of_its_callback_at_once(any_loop):
     # asyncio drops a cancelled handle's callback; the timer itself may wait in the heap for an hour.
     class Owner:

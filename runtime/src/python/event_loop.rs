@@ -30,7 +30,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
@@ -305,16 +305,42 @@ impl Handle {
 pub(super) struct TimerHandle {
     call: Callback,
     when: f64,
-    /// In the reactor's heap (not yet due, or cancelled and not yet purged).
-    scheduled: AtomicBool,
+    /// `OUT_OF_HEAP`, `IN_HEAP`, or `IN_HEAP_COUNTED` (cancelled, and counted in `cancelled_in_heap`):
+    /// one atomic, so that a `cancel()` from another thread racing the loop taking the timer out of the
+    /// heap either counts it and the loop uncounts it, or neither does (`leave_heap`).
+    heap: AtomicU8,
     /// The reactor's count of cancelled timers still in its heap.
     cancelled_in_heap: Arc<AtomicIsize>,
+}
+
+const OUT_OF_HEAP: u8 = 0;
+const IN_HEAP: u8 = 1;
+const IN_HEAP_COUNTED: u8 = 2;
+
+impl TimerHandle {
+    /// The reactor took it out of its heap (due, purged, or the loop closed): uncounts it if `cancel`
+    /// counted it.
+    fn leave_heap(&self) {
+        if self.heap.swap(OUT_OF_HEAP, Ordering::AcqRel) == IN_HEAP_COUNTED {
+            self.cancelled_in_heap.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
 
 #[pymethods]
 impl TimerHandle {
     fn cancel(&self) {
-        if self.call.cancel() && self.scheduled.load(Ordering::Acquire) {
+        if self.call.cancel()
+            && self
+                .heap
+                .compare_exchange(
+                    IN_HEAP,
+                    IN_HEAP_COUNTED,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_ok()
+        {
             self.cancelled_in_heap.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -342,7 +368,7 @@ impl TimerHandle {
 
     #[getter]
     fn _scheduled(&self) -> bool {
-        self.scheduled.load(Ordering::Acquire)
+        self.heap.load(Ordering::Acquire) != OUT_OF_HEAP
     }
 
     #[getter]
@@ -548,7 +574,7 @@ impl Reactor {
             TimerHandle {
                 call,
                 when,
-                scheduled: AtomicBool::new(true),
+                heap: AtomicU8::new(IN_HEAP),
                 cancelled_in_heap: self.cancelled_in_heap.clone(),
             },
         )?;
@@ -688,8 +714,7 @@ impl Reactor {
         let cancelled = self.cancelled_in_heap.load(Ordering::Relaxed).max(0) as usize;
         if state.timers.len() > MIN_CANCELLED_TO_PURGE && cancelled * 2 > state.timers.len() {
             for timer in state.timers.extract_if(|t| !t.get().call.cancelled()) {
-                timer.get().scheduled.store(false, Ordering::Release);
-                self.cancelled_in_heap.fetch_sub(1, Ordering::Relaxed);
+                timer.get().leave_heap();
                 garbage.push(timer.into_any());
             }
         }
@@ -699,8 +724,7 @@ impl Reactor {
             .is_some_and(|(_, t)| t.get().call.cancelled())
         {
             let timer = state.timers.pop().expect("peeked");
-            timer.get().scheduled.store(false, Ordering::Release);
-            self.cancelled_in_heap.fetch_sub(1, Ordering::Relaxed);
+            timer.get().leave_heap();
             garbage.push(timer.into_any());
         }
     }
@@ -798,7 +822,7 @@ impl Reactor {
                     break;
                 }
                 let timer = state.timers.pop().expect("peeked");
-                timer.get().scheduled.store(false, Ordering::Release);
+                timer.get().leave_heap();
                 state.ready.push_back(Ready::Timer(timer));
             }
             let spare = std::mem::take(&mut state.spare);
@@ -1145,6 +1169,11 @@ impl Reactor {
         timeout
     }
 
+    /// Cancelled timers still in the heap, as counted for purging (tests check it stays exact).
+    fn cancelled_timers(&self) -> isize {
+        self.cancelled_in_heap.load(Ordering::Relaxed)
+    }
+
     /// `(ready callbacks, timers in the heap, watched descriptors)`.
     fn counts(&self) -> (usize, usize, usize) {
         let state = self.lock();
@@ -1164,7 +1193,7 @@ impl Reactor {
         }
         drop(state);
         for timer in &timers {
-            timer.get().scheduled.store(false, Ordering::Release);
+            timer.get().leave_heap();
         }
         drop((ready, timers, io));
     }
