@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import errno
 import gc
 import os
 import signal
@@ -386,6 +387,119 @@ def test_add_reader_takes_file_objects_and_refuses_a_transports_descriptor(any_l
     with pytest.raises(RuntimeError, match="Event loop is closed"):
         loop.add_reader(0, print)
     assert loop.remove_reader(0) is False
+
+
+class _Recorder(asyncio.Protocol):
+    """What a transport tells its protocol, as futures and counters."""
+
+    def __init__(self, loop, fail_on=None):
+        self.data = bytearray()
+        self.types = set()
+        self.eof = loop.create_future()
+        self.lost = loop.create_future()
+        self.paused = self.resumed = 0
+        self.fail_on = fail_on
+
+    def data_received(self, data):
+        self.types.add(type(data))
+        self.data += data
+        if self.fail_on is not None and self.fail_on in self.data:
+            raise ValueError("the protocol gave up")
+
+    def eof_received(self):
+        self.eof.set_result(None)
+
+    def pause_writing(self):
+        self.paused += 1
+
+    def resume_writing(self):
+        self.resumed += 1
+
+    def connection_lost(self, exc):
+        self.lost.set_result(exc)
+
+
+async def _receive(loop, sock, size: int) -> bytes:
+    got = bytearray()
+    while len(got) < size:
+        chunk = await loop.sock_recv(sock, 65536)
+        assert chunk, "the other end closed early"
+        got += chunk
+    return bytes(got)
+
+
+def test_a_socket_transport_streams_both_ways_with_flow_control(any_loop):
+    """percore's transport (its read and first send are Rust) against asyncio's: every kind of data
+    `write` takes, a write bigger than the socket buffer (sent partly, the rest buffered, the protocol
+    paused and resumed), reads delivered as bytes, EOF, a clean close."""
+    from percore._transport import SocketTransport
+
+    a, b = socket.socketpair()
+    b.setblocking(False)
+    big = bytes(range(256)) * 8192  # 2 MiB: more than a socketpair buffers
+
+    async def main():
+        transport, protocol = await any_loop.create_connection(lambda: _Recorder(any_loop), sock=a)
+        assert isinstance(transport, SocketTransport) == (type(any_loop) is not asyncio.SelectorEventLoop)
+        transport.write(b"head")
+        transport.write(bytearray(b"-"))
+        transport.write(memoryview(b"0123456789")[2:7])
+        transport.write(b"")
+        transport.write(big)
+        assert transport.get_write_buffer_size() > 0 and protocol.paused == 1
+        with pytest.raises(TypeError):
+            transport.write("text")
+        expected = b"head-23456" + big
+        assert await _receive(any_loop, b, len(expected)) == expected
+        await asyncio.sleep(0)
+        assert transport.get_write_buffer_size() == 0 and protocol.resumed == 1
+        await any_loop.sock_sendall(b, b"x" * 300_000)
+        b.shutdown(socket.SHUT_WR)
+        await protocol.eof
+        assert protocol.data == b"x" * 300_000 and protocol.types == {bytes}
+        assert await protocol.lost is None  # eof_received returned None: the transport closed
+        assert transport.is_closing()
+
+    try:
+        any_loop.run_until_complete(main())
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_socket_transport_reports_a_reset_and_a_failing_protocol_like_asyncios(any_loop):
+    errors = []
+    any_loop.set_exception_handler(lambda loop, context: errors.append(context))
+
+    async def reset():
+        listener = socket.create_server(("127.0.0.1", 0))
+        transport, protocol = await any_loop.create_connection(
+            lambda: _Recorder(any_loop), *listener.getsockname()
+        )
+        peer, _ = listener.accept()
+        listener.close()
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+        peer.close()  # linger 0: a reset
+        exc = await protocol.lost
+        assert isinstance(exc, ConnectionResetError) and exc.errno == errno.ECONNRESET
+        assert transport.is_closing()
+
+    async def failing_protocol():
+        a, b = socket.socketpair()
+        with a, b:
+            transport, protocol = await any_loop.create_connection(
+                lambda: _Recorder(any_loop, fail_on=b"!"), sock=a
+            )
+            b.sendall(b"fine!")
+            exc = await protocol.lost
+            assert isinstance(exc, ValueError) and transport.is_closing()
+            transport.write(b"after the end")  # ignored, as asyncio does (counted, then logged)
+
+    any_loop.run_until_complete(reset())
+    # asyncio logs a reset only in debug mode; a failing protocol always goes to the handler.
+    any_loop.run_until_complete(failing_protocol())
+    assert [c["message"] for c in errors] == ["Fatal error: protocol.data_received() call failed."]
+    assert isinstance(errors[0]["exception"], ValueError)
 
 
 async def _echo_via_streams() -> bytes:

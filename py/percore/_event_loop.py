@@ -28,6 +28,7 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 from ._runtime import Reactor
+from ._transport import SocketTransport
 
 _T = TypeVar("_T")
 
@@ -81,6 +82,11 @@ class EventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-define
         for name in _CHECKED_IO:
             if getattr(type(self), name) is getattr(EventLoop, name):
                 self.__dict__[name] = getattr(self._reactor, f"{name}_checked")
+
+    def _make_socket_transport(self, sock, protocol, waiter=None, *, extra=None, server=None):
+        # asyncio's, with the transport whose read and first send are Rust (percore/_transport.py).
+        self._ensure_fd_no_transport(sock)
+        return SocketTransport(self, sock, protocol, waiter, extra, server)
 
     # --- scheduling -------------------------------------------------------------------------------
 

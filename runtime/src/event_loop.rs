@@ -11,7 +11,8 @@
 //!   `loop.time()` values and deadlines computed in Python agree with the heap's.
 //! - Timers with equal deadlines fire in the order they were scheduled (a sequence number breaks ties).
 //!
-//! All `unsafe` of the event loop lives in this module: the epoll/eventfd/clock system calls.
+//! All `unsafe` of the event loop lives in this module: the epoll/eventfd/clock system calls, and the
+//! `recv`/`send` of its socket transports (`python/transport.rs`).
 #![allow(unsafe_code)]
 
 use std::cmp::Ordering;
@@ -179,6 +180,28 @@ impl Poller {
         let mut value: u64 = 0;
         // SAFETY: reads 8 bytes into a live u64. Non-blocking: EAGAIN when already drained.
         unsafe { libc::read(self.wake.as_raw_fd(), (&mut value as *mut u64).cast(), 8) };
+    }
+}
+
+/// `recv(fd, buf)`: what `socket.recv` does, without a Python object per call.
+pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for writes of its length for the duration of the call.
+    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// `send(fd, data)`; no SIGPIPE (a peer that went away is EPIPE, as under Python, which ignores it).
+pub fn send(fd: RawFd, data: &[u8]) -> io::Result<usize> {
+    // SAFETY: `data` is valid for reads of its length for the duration of the call.
+    let n = unsafe { libc::send(fd, data.as_ptr().cast(), data.len(), libc::MSG_NOSIGNAL) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
     }
 }
 

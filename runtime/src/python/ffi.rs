@@ -31,6 +31,37 @@ pub(super) fn is_coroutine(value: &Bound<'_, PyAny>) -> bool {
     unsafe { ffi::PyCoro_CheckExact(value.as_ptr()) != 0 }
 }
 
+/// `body` over the bytes of `object` when it exposes a C-contiguous buffer (bytes, bytearray, a
+/// contiguous memoryview: what `socket.send` accepts, format ignored, as its `y*`); None otherwise, with
+/// no exception left set.
+pub(super) fn with_contiguous_bytes<R>(
+    object: &Bound<'_, PyAny>,
+    body: impl FnOnce(&[u8]) -> R,
+) -> Option<R> {
+    let mut view = std::mem::MaybeUninit::<ffi::Py_buffer>::uninit();
+    // SAFETY: attached, live object; on success `view` is filled in and must be released below.
+    if unsafe { ffi::PyObject_GetBuffer(object.as_ptr(), view.as_mut_ptr(), ffi::PyBUF_SIMPLE) }
+        != 0
+    {
+        // SAFETY: attached; clears the error PyObject_GetBuffer set.
+        unsafe { ffi::PyErr_Clear() };
+        return None;
+    }
+    // SAFETY: PyObject_GetBuffer succeeded, so `view` is initialised.
+    let mut view = unsafe { view.assume_init() };
+    let bytes = if view.len == 0 || view.buf.is_null() {
+        &[][..]
+    } else {
+        // SAFETY: PyBUF_SIMPLE: `buf` points to `len` contiguous bytes, valid until released; the
+        // slice does not outlive `body`.
+        unsafe { std::slice::from_raw_parts(view.buf as *const u8, view.len as usize) }
+    };
+    let result = body(bytes);
+    // SAFETY: the view obtained above, released once.
+    unsafe { ffi::PyBuffer_Release(&mut view) };
+    Some(result)
+}
+
 /// A fresh copy of the thread's current `contextvars.Context`.
 pub(super) fn copy_context(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
     // SAFETY: attached; returns a new reference or NULL with an exception set.

@@ -23,6 +23,7 @@ mod serialize;
 mod server;
 mod sync_pool;
 mod task;
+mod transport;
 
 use pyo3::prelude::*;
 
@@ -86,6 +87,8 @@ fn _runtime(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<event_loop::Reactor>()?;
     m.add_class::<event_loop::Handle>()?;
     m.add_class::<event_loop::TimerHandle>()?;
+    m.add_function(wrap_pyfunction!(transport::socket_read_ready, m)?)?;
+    m.add_function(wrap_pyfunction!(transport::socket_write, m)?)?;
     m.add_function(wrap_pyfunction!(current_request_task, m)?)?;
     m.add_function(wrap_pyfunction!(dumps, m)?)?;
     m.add_function(wrap_pyfunction!(available_cores, m)?)?;

@@ -1,0 +1,34 @@
+"""Socket transports of percore's event loop.
+
+``SocketTransport`` is asyncio's ``_SelectorSocketTransport`` (TCP and Unix stream sockets without TLS,
+for ``create_connection``, ``create_server``, ``open_connection`` & co.) with its two hot paths in Rust
+(``runtime/src/python/transport.rs``): the reader callback that ``recv``s into a ``data_received``
+protocol, and the first ``send`` of ``write``. Everything else — buffering and the writer callback, flow
+control, ``write_eof``, ``close``/``abort``, sendfile, ``get_extra_info``, buffered protocols — is
+asyncio's own code, and the Rust paths hand every unusual case to it.
+"""
+
+from __future__ import annotations
+
+import functools
+from asyncio import protocols, selector_events
+
+from ._runtime import socket_read_ready, socket_write
+
+
+class SocketTransport(selector_events._SelectorSocketTransport):  # type: ignore[name-defined,misc]
+    # asyncio's write, for what the Rust path does not send at once (called with the transport's state
+    # untouched, or with the part the socket did not take).
+    _python_write = selector_events._SelectorSocketTransport.write
+
+    def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None) -> None:
+        # Before asyncio's __init__, which schedules add_reader(fd, self._read_ready). (Each partial
+        # refers back to the transport: a cycle, like the protocol's, collected with it.)
+        self._read_ready = functools.partial(socket_read_ready, self)
+        self.write = functools.partial(socket_write, self)
+        super().__init__(loop, sock, protocol, waiter, extra, server)
+
+    def set_protocol(self, protocol) -> None:
+        super().set_protocol(protocol)
+        # A BufferedProtocol reads through asyncio's get_buffer path.
+        self._percore_buffered = isinstance(protocol, protocols.BufferedProtocol)
