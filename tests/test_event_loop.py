@@ -459,10 +459,16 @@ def test_a_socket_transport_streams_both_ways_with_flow_control(any_loop):
         assert protocol.data == b"x" * 300_000 and protocol.types == {bytes}
         assert await protocol.lost is None  # eof_received returned None: the transport closed
         assert transport.is_closing()
+        # Nothing keeps it in a cycle once the connection is lost: freed by reference counting.
+        freed = weakref.ref(transport)
+        del transport
+        assert freed() is None
 
+    gc.disable()
     try:
         any_loop.run_until_complete(main())
     finally:
+        gc.enable()
         a.close()
         b.close()
 

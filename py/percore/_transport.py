@@ -32,3 +32,12 @@ class SocketTransport(selector_events._SelectorSocketTransport):  # type: ignore
         super().set_protocol(protocol)
         # A BufferedProtocol reads through asyncio's get_buffer path.
         self._percore_buffered = isinstance(protocol, protocols.BufferedProtocol)
+
+    def _call_connection_lost(self, exc) -> None:
+        try:
+            super()._call_connection_lost(exc)
+        finally:
+            # Break the cycle through the partials: asyncio's own methods take over, and after the end
+            # they only count and drop writes.
+            self.__dict__.pop("_read_ready", None)
+            self.__dict__.pop("write", None)
