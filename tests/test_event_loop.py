@@ -7,6 +7,7 @@ clock: a broken wake-up hangs, and pytest-timeout turns that into a failure.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import contextvars
 import errno
@@ -441,14 +442,15 @@ def test_a_socket_transport_streams_both_ways_with_flow_control(any_loop):
     async def main():
         transport, protocol = await any_loop.create_connection(lambda: _Recorder(any_loop), sock=a)
         assert isinstance(transport, SocketTransport) == (type(any_loop) is not asyncio.SelectorEventLoop)
+        for wrong in ("text", array.array("B", b"buffer, but not a type write takes")):
+            with pytest.raises(TypeError, match="bytes, bytearray, or memoryview"):
+                transport.write(wrong)
         transport.write(b"head")
         transport.write(bytearray(b"-"))
         transport.write(memoryview(b"0123456789")[2:7])
         transport.write(b"")
         transport.write(big)
         assert transport.get_write_buffer_size() > 0 and protocol.paused == 1
-        with pytest.raises(TypeError):
-            transport.write("text")
         expected = b"head-23456" + big
         assert await _receive(any_loop, b, len(expected)) == expected
         await asyncio.sleep(0)

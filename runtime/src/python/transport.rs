@@ -21,7 +21,7 @@ use std::os::fd::RawFd;
 use pyo3::exceptions::{PyKeyboardInterrupt, PyOSError, PySystemExit};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyMemoryView, PySlice};
+use pyo3::types::{PyByteArray, PyBytes, PyMemoryView, PySlice};
 
 use super::ffi::with_contiguous_bytes;
 use crate::event_loop::{recv, send};
@@ -114,7 +114,11 @@ pub(super) fn socket_read_ready(transport: &Bound<'_, PyAny>) -> PyResult<()> {
 #[pyfunction]
 pub(super) fn socket_write(transport: &Bound<'_, PyAny>, data: &Bound<'_, PyAny>) -> PyResult<()> {
     let py = transport.py();
-    let quiet = !transport.getattr(intern!(py, "_eof"))?.is_truthy()?
+    // asyncio takes these three types only (TypeError otherwise, from its own `write`).
+    let quiet = (data.is_instance_of::<PyBytes>()
+        || data.is_instance_of::<PyByteArray>()
+        || data.is_instance_of::<PyMemoryView>())
+        && !transport.getattr(intern!(py, "_eof"))?.is_truthy()?
         && transport.getattr(intern!(py, "_empty_waiter"))?.is_none()
         && !transport.getattr(intern!(py, "_conn_lost"))?.is_truthy()?
         && !transport.getattr(intern!(py, "_buffer"))?.is_truthy()?;
