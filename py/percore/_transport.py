@@ -23,7 +23,7 @@ class SocketTransport(selector_events._SelectorSocketTransport):  # type: ignore
 
     def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None) -> None:
         # Before asyncio's __init__, which schedules add_reader(fd, self._read_ready). (Each partial
-        # refers back to the transport: a cycle, like the protocol's, collected with it.)
+        # refers back to the transport: a cycle until the connection is lost, see below.)
         self._read_ready = functools.partial(socket_read_ready, self)
         self.write = functools.partial(socket_write, self)
         super().__init__(loop, sock, protocol, waiter, extra, server)
