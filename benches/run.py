@@ -381,6 +381,8 @@ def parse_wrk(output: str) -> dict:
     if rate is None:
         raise RuntimeError(f"wrk printed no Requests/sec:\n{output}")
     result = {"requests_per_second": float(rate.group(1))}
+    completed = re.search(r"(\d+) requests in", output)
+    result["requests"] = int(completed.group(1)) if completed else 0
     for percentile in ("50", "75", "90", "99"):
         match = re.search(rf"^\s+{percentile}%\s+([\d.]+)(us|ms|s)\s*$", output, re.M)
         if match:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -43,21 +42,6 @@ def cpu_seconds(pid: int) -> float:
     return total / TICKS
 
 
-def wrk(args, port: int, seconds: int) -> str:
-    url = f"http://127.0.0.1:{port}{args.path}"
-    command = [
-        *args.wrk_rt.split(),
-        "taskset",
-        "-c",
-        "0",
-        "wrk",
-        "-t1",
-        f"-c{args.connections}",
-        f"-d{seconds}s",
-    ]
-    return subprocess.run([*command, url], capture_output=True, text=True).stdout
-
-
 def one_round(command: str, args) -> tuple[float, float, float]:
     port = run.free_port()
     argv = [*args.server_rt.split(), "taskset", "-c", "1", *command.replace("PORT", str(port)).split()]
@@ -66,14 +50,13 @@ def one_round(command: str, args) -> tuple[float, float, float]:
     )
     try:
         run.wait_until_serving(port, process, run.Endpoint(args.path))
-        wrk(args, port, args.warmup)
+        url = f"http://127.0.0.1:{port}{args.path}"
+        run.wrk(url, None, args.warmup, args.connections)
         cpu, start = cpu_seconds(process.pid), time.monotonic()
-        output = wrk(args, port, args.duration)
+        requests = run.wrk(url, None, args.duration, args.connections)["requests"]
         cpu, elapsed = cpu_seconds(process.pid) - cpu, time.monotonic() - start
-        match = re.search(r"(\d+) requests in", output)
-        requests = int(match.group(1)) if match else 0
         if not requests:
-            raise RuntimeError(f"wrk completed no request:\n{output}")
+            raise RuntimeError("wrk completed no request")
         return requests / elapsed, cpu / elapsed, cpu / requests * 1e6
     finally:
         process.terminate()
@@ -93,6 +76,7 @@ def main() -> int:
     parser.add_argument("--server-rt", default="", help="prefix for the server, e.g. 'chrt -f 10'")
     parser.add_argument("--wrk-rt", default="", help="prefix for wrk, e.g. 'chrt -f 10'")
     args = parser.parse_args()
+    run.REALTIME[:] = args.wrk_rt.split()  # run.wrk's prefix (pinned to run.LOAD_CORE, core 0)
     variants = dict(v.split("=", 1) for v in args.variant)
     results: dict[str, list[tuple[float, float, float]]] = {name: [] for name in variants}
     for index in range(args.rounds):
