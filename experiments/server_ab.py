@@ -1,5 +1,6 @@
 """Any servers side by side, interleaved rounds: req/s, the server's CPU use (of its core) and CPU time per
-request (utime + stime of the server and its child processes, from /proc, ÷ requests wrk completed).
+request (utime + stime of the server and its child processes, from /proc, ÷ requests wrk completed) and the
+kernel's share of it (stime).
 
     python experiments/server_ab.py \\
         "percore=PY -m percore serve benches.apps.db_starlette:app --loops 1 --port PORT" \\
@@ -32,17 +33,17 @@ import run  # noqa: E402  (free_port, wait_until_serving, Endpoint)
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid: int) -> float:
-    """CPU time of `pid` and its direct children (Granian's worker process on GIL builds)."""
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """(user, system) CPU time of `pid` and its direct children (Granian's worker process on GIL builds)."""
     children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    total = 0
+    user = system = 0
     for process in [pid, *map(int, children)]:
         fields = Path(f"/proc/{process}/stat").read_text().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])
-    return total / TICKS
+        user, system = user + int(fields[11]), system + int(fields[12])
+    return user / TICKS, system / TICKS
 
 
-def one_round(command: str, args) -> tuple[float, float, float]:
+def one_round(command: str, args) -> tuple[float, float, float, float]:
     port = run.free_port()
     argv = [*args.server_rt.split(), "taskset", "-c", "1", *command.replace("PORT", str(port)).split()]
     process = subprocess.Popen(
@@ -52,15 +53,21 @@ def one_round(command: str, args) -> tuple[float, float, float]:
         run.wait_until_serving(port, process, run.Endpoint(args.path))
         url = f"http://127.0.0.1:{port}{args.path}"
         run.wrk(url, None, args.warmup, args.connections)
-        cpu, start = cpu_seconds(process.pid), time.monotonic()
+        (user, system), start = cpu_seconds(process.pid), time.monotonic()
         requests = run.wrk(url, None, args.duration, args.connections)["requests"]
-        cpu, elapsed = cpu_seconds(process.pid) - cpu, time.monotonic() - start
+        (user_end, system_end), elapsed = cpu_seconds(process.pid), time.monotonic() - start
         if not requests:
             raise RuntimeError("wrk completed no request")
-        return requests / elapsed, cpu / elapsed, cpu / requests * 1e6
+        user, system = user_end - user, system_end - system
+        cpu = user + system
+        return requests / elapsed, cpu / elapsed, cpu / requests * 1e6, system / cpu if cpu else 0.0
     finally:
         process.terminate()
         process.wait()
+
+
+def describe(rps: float, use: float, cost: float, system: float) -> str:
+    return f"{rps:8.0f} req/s  CPU use {use:4.2f}  {cost:7.1f} CPU-µs/request ({system:4.0%} system)"
 
 
 def main() -> int:
@@ -78,18 +85,15 @@ def main() -> int:
     args = parser.parse_args()
     run.REALTIME[:] = args.wrk_rt.split()  # run.wrk's prefix (pinned to run.LOAD_CORE, core 0)
     variants = dict(v.split("=", 1) for v in args.variant)
-    results: dict[str, list[tuple[float, float, float]]] = {name: [] for name in variants}
+    results: dict[str, list[tuple[float, float, float, float]]] = {name: [] for name in variants}
     for index in range(args.rounds):
         for name, command in variants.items():
-            rps, use, cost = one_round(command, args)
-            results[name].append((rps, use, cost))
-            print(
-                f"round {index + 1}: {name:14} {rps:8.0f} req/s  CPU use {use:4.2f}  {cost:7.1f} CPU-µs/request"
-            )
+            row = one_round(command, args)
+            results[name].append(row)
+            print(f"round {index + 1}: {name:14} {describe(*row)}")
     print(f"\n{args.path}, {args.connections} connections, {args.rounds} rounds of {args.duration} s")
     for name, rows in results.items():
-        rps, use, cost = (statistics.median(row[i] for row in rows) for i in range(3))
-        print(f"{name:14} median {rps:8.0f} req/s  CPU use {use:4.2f}  {cost:7.1f} CPU-µs/request")
+        print(f"{name:14} median {describe(*(statistics.median(row[i] for row in rows) for i in range(4)))}")
     return 0
 
 

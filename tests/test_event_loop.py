@@ -72,6 +72,58 @@ def test_callbacks_run_in_fifo_order_and_new_ones_wait_for_the_next_iteration(an
     assert seen == ["first", "second", "scheduled by first"]
 
 
+@pytest.fixture
+def readable_socket():
+    """`(a, b)`, a connected socket pair with one byte waiting on `b`."""
+    a, b = socket.socketpair()
+    a.send(b"x")
+    yield a, b
+    a.close()
+    b.close()
+
+
+def test_callbacks_queued_before_io_run_before_its_callbacks(any_loop, readable_socket):
+    """asyncio's order within an iteration, which code relies on: a `sock_accept` cancelled by a
+    callback queued before the connection's readiness is seen must not take the connection (CPython's
+    test_sock_accept_racing). percore's loop may follow an iteration that ran I/O callbacks with one
+    that does not poll, but never runs I/O ahead of what was queued."""
+    _, b = readable_socket
+    seen = []
+
+    def on_readable():
+        b.recv(1)
+        any_loop.remove_reader(b)
+        seen.append("io")
+        any_loop.call_soon(seen.append, "scheduled by io")
+        any_loop.call_soon(any_loop.stop)
+
+    any_loop.add_reader(b, on_readable)
+    any_loop.call_soon(seen.append, "queued before")
+    any_loop.run_forever()
+    assert seen == ["queued before", "io", "scheduled by io"]
+
+
+def test_stop_from_an_io_callback_leaves_what_it_scheduled_for_the_next_run(any_loop, readable_socket):
+    """`stop()` ends `run_forever` after the current iteration: the iteration without a poll that
+    percore's loop may add after I/O callbacks must not run when a stop is pending."""
+    _, b = readable_socket
+    seen = []
+
+    def on_readable():
+        b.recv(1)
+        any_loop.remove_reader(b)
+        seen.append("io")
+        any_loop.stop()
+        any_loop.call_soon(seen.append, "scheduled by io")
+
+    any_loop.add_reader(b, on_readable)
+    any_loop.run_forever()
+    assert seen == ["io"]
+    any_loop.call_soon(any_loop.stop)
+    any_loop.run_forever()
+    assert seen == ["io", "scheduled by io"]
+
+
 def test_a_cancelled_handle_never_runs(any_loop):
     seen = []
     handle = any_loop.call_soon(seen.append, "cancelled")
