@@ -13,8 +13,9 @@
 //!   that does not poll: to asyncio code it is an iteration whose zero-timeout poll found nothing, a
 //!   schedule asyncio's loop can produce too. It is where uvloop gets its speed on a database: the
 //!   reply (an I/O callback wakes the task) and the next query (the task's step sends it) take one
-//!   `epoll_wait`, not two (asyncpg `/queries?n=20`: recv per `epoll_wait` 2.0 -> 4.2, CPU per request
-//!   -12%, see docs/event-loop.md). Only one: I/O is never starved for more than one extra iteration.
+//!   `epoll_wait`, not two (asyncpg, GIL: `recv` per `epoll_wait` 2.0 -> 4.8 on `/queries?n=20`; CPU
+//!   per request -11% there, -21% on `/db`; docs/event-loop.md). Only one: I/O waits for at most one
+//!   iteration more than under asyncio's loop.
 //!   The order within an iteration stays asyncio's: callbacks queued before the poll run before the
 //!   I/O callbacks (CPython's test_sock_accept_racing cancels a `sock_accept` this way; uvloop's order,
 //!   I/O first, fails it).
