@@ -13,6 +13,7 @@ import contextvars
 import errno
 import gc
 import os
+import select
 import signal
 import socket
 import ssl
@@ -82,6 +83,19 @@ def readable_socket():
     b.close()
 
 
+def _read_once(loop, sock, seen, *then):
+    """A reader on `sock` that reads its byte, removes itself, records "io" and calls each of `then`."""
+
+    def on_readable():
+        sock.recv(1)
+        loop.remove_reader(sock)
+        seen.append("io")
+        for call in then:
+            call()
+
+    loop.add_reader(sock, on_readable)
+
+
 def test_callbacks_queued_before_io_run_before_its_callbacks(any_loop, readable_socket):
     """asyncio's order within an iteration, which code relies on: a `sock_accept` cancelled by a
     callback queued before the connection's readiness is seen must not take the connection (CPython's
@@ -89,15 +103,13 @@ def test_callbacks_queued_before_io_run_before_its_callbacks(any_loop, readable_
     that does not poll, but never runs I/O ahead of what was queued."""
     _, b = readable_socket
     seen = []
-
-    def on_readable():
-        b.recv(1)
-        any_loop.remove_reader(b)
-        seen.append("io")
-        any_loop.call_soon(seen.append, "scheduled by io")
-        any_loop.call_soon(any_loop.stop)
-
-    any_loop.add_reader(b, on_readable)
+    _read_once(
+        any_loop,
+        b,
+        seen,
+        lambda: any_loop.call_soon(seen.append, "scheduled by io"),
+        lambda: any_loop.call_soon(any_loop.stop),
+    )
     any_loop.call_soon(seen.append, "queued before")
     any_loop.run_forever()
     assert seen == ["queued before", "io", "scheduled by io"]
@@ -108,20 +120,70 @@ def test_stop_from_an_io_callback_leaves_what_it_scheduled_for_the_next_run(any_
     percore's loop may add after I/O callbacks must not run when a stop is pending."""
     _, b = readable_socket
     seen = []
-
-    def on_readable():
-        b.recv(1)
-        any_loop.remove_reader(b)
-        seen.append("io")
-        any_loop.stop()
-        any_loop.call_soon(seen.append, "scheduled by io")
-
-    any_loop.add_reader(b, on_readable)
+    _read_once(any_loop, b, seen, any_loop.stop, lambda: any_loop.call_soon(seen.append, "scheduled by io"))
     any_loop.run_forever()
     assert seen == ["io"]
     any_loop.call_soon(any_loop.stop)
     any_loop.run_forever()
     assert seen == ["io", "scheduled by io"]
+
+
+def test_run_once_is_one_iteration_even_after_io(any_loop, readable_socket):
+    """`loop._run_once()` is exactly asyncio's iteration: what an I/O callback schedules waits for the
+    next call (percore's extra iteration without a poll is `run_forever`'s and the server's)."""
+    _, b = readable_socket
+    seen = []
+    _read_once(any_loop, b, seen, lambda: any_loop.call_soon(seen.append, "scheduled by io"))
+    any_loop._run_once()
+    assert seen == ["io"]
+    any_loop._run_once()
+    assert seen == ["io", "scheduled by io"]
+
+
+def test_a_descriptor_that_stays_ready_is_called_every_other_iteration_while_busy(loop, readable_socket):
+    """After an iteration with I/O, percore's loop runs the callbacks it left ready without polling
+    (asyncio's loop would poll and call this never-drained reader in every iteration); but only one
+    such iteration, so I/O is never starved."""
+    _, b = readable_socket
+    reader_calls, steps = [], []
+
+    def step():
+        steps.append(len(reader_calls))
+        if len(steps) < 10:
+            loop.call_soon(step)
+        else:
+            loop.stop()
+
+    loop.add_reader(b, reader_calls.append, None)  # never reads: level-triggered, always ready
+    loop.call_soon(step)
+    loop.run_forever()
+    # Iteration 1 polls (reader + step 1), iteration 2 does not (step 2), and so on.
+    assert steps == [0, 1, 1, 2, 2, 3, 3, 4, 4, 5]
+
+
+def test_a_socket_closed_in_the_iteration_without_a_poll_leaves_the_epoll_set(loop, readable_socket):
+    """asyncio's transports remove their reader in an I/O callback (EOF) and close the socket in the
+    next iteration, which may be the one that skips the poll: the descriptor must still leave the
+    reactor's epoll set before the close, or a duplicate of it (a forked child) keeps it there and
+    the loop wakes for a socket it no longer watches."""
+    _, b = readable_socket
+    duplicate = b.dup()
+    try:
+
+        def close():
+            b.close()
+            loop.stop()
+
+        def on_readable():
+            loop.remove_reader(b)
+            loop.call_soon(close)
+
+        loop.add_reader(b, on_readable)
+        loop.run_forever()
+        assert b.fileno() == -1
+        assert select.select([loop._reactor.fileno()], [], [], 0)[0] == []
+    finally:
+        duplicate.close()
 
 
 def test_a_cancelled_handle_never_runs(any_loop):

@@ -10,8 +10,10 @@
 //! - One iteration runs exactly the callbacks that were ready when it started (after I/O and due timers
 //!   are queued), in FIFO order; callbacks they schedule run in the next iteration — asyncio's order.
 //! - An iteration that ran I/O callbacks or timers and left callbacks ready is followed at once by one
-//!   that does not poll: to asyncio code it is an iteration whose zero-timeout poll found nothing, a
-//!   schedule asyncio's loop can produce too. It is where uvloop gets its speed on a database: the
+//!   that does not poll: to asyncio code it is an iteration whose zero-timeout poll found nothing. For
+//!   I/O that becomes ready meanwhile, asyncio's loop produces that schedule too; a descriptor that
+//!   stays ready (level-triggered, not drained) has its callback run every other iteration instead of
+//!   every one while callbacks keep the loop busy. It is where uvloop gets its speed on a database: the
 //!   reply (an I/O callback wakes the task) and the next query (the task's step sends it) take one
 //!   `epoll_wait`, not two (asyncpg, GIL: `recv` per `epoll_wait` 2.0 -> 4.8 on `/queries?n=20`; CPU
 //!   per request -11% there, -21% on `/db`; docs/event-loop.md). Only one: I/O waits for at most one
@@ -801,11 +803,12 @@ impl Reactor {
                 Poll::Block => self
                     .park_locked(&mut state, &mut garbage)
                     .map(Duration::from_secs_f64),
-                Poll::Now => {
+                // Skip flushes too: a transport removes its reader in an I/O callback (EOF) and
+                // closes the socket in the next iteration, which may be this one.
+                Poll::Now | Poll::Skip => {
                     Self::flush_lapsed(&mut state, &self.poller);
                     Some(Duration::ZERO)
                 }
-                Poll::Skip => Some(Duration::ZERO),
             };
             (timeout, std::mem::take(&mut state.events))
         };
