@@ -876,6 +876,25 @@ def test_debug_mode_checks_callbacks(loop):
     assert loop.call_soon.__self__ is loop._reactor  # the fast path is back
 
 
+def test_futures_and_tasks_record_their_origin_only_in_debug_mode(any_loop):
+    async def nothing():
+        pass
+
+    def created():
+        future, task = any_loop.create_future(), any_loop.create_task(nothing())
+        any_loop.run_until_complete(task)
+        return future._source_traceback is not None, task._source_traceback is not None
+
+    assert any_loop.get_debug() is False
+    assert created() == (False, False)
+    any_loop.set_debug(True)
+    assert any_loop.get_debug() is True
+    assert created() == (True, True)
+    any_loop.set_debug(False)
+    assert any_loop.get_debug() is False
+    assert created() == (False, False)
+
+
 def test_anyio_on_our_loop():
     anyio = pytest.importorskip("anyio")
 

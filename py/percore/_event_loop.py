@@ -12,7 +12,8 @@ Usable on its own, as uvloop's loop is: ``percore.run(main())``, ``percore.new_e
 or ``asyncio.set_event_loop_policy(percore.EventLoopPolicy())``. See docs/event-loop.md.
 
 Outside debug mode ``call_soon``, ``call_later``, ``call_at``, ``call_soon_threadsafe`` and ``time`` are
-the reactor's own methods, bound on the instance, so futures and tasks call Rust directly; in debug
+the reactor's own methods, bound on the instance, so futures and tasks call Rust directly (and
+``get_debug``, which every new future calls, is ``bool``, False without a Python frame); in debug
 mode (``set_debug(True)``) asyncio's checks (wrong thread, coroutine passed as callback) run first.
 """
 
@@ -92,11 +93,14 @@ class EventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-define
 
     def _bind_fast_path(self) -> None:
         if self._debug:
-            for name in _FAST_PATH:
+            for name in (*_FAST_PATH, "get_debug"):
                 self.__dict__.pop(name, None)
         else:
             for name in _FAST_PATH:
                 self.__dict__[name] = getattr(self._reactor, name)
+            # Every Future and Task asks its loop get_debug() when created (one per database query): asyncio's
+            # is a Python frame, `bool()` is False from C (and immortal: no refcount traffic between loops).
+            self.__dict__["get_debug"] = bool
 
     def set_debug(self, enabled: bool) -> None:
         super().set_debug(enabled)
