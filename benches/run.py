@@ -376,13 +376,29 @@ def wait_until_serving(port: int, process: subprocess.Popen, endpoint: Endpoint,
 LATENCY_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
 
+def completed_requests(output: str) -> int:
+    """The requests wrk completed ("N requests in ..."); 0 when it printed none."""
+    completed = re.search(r"(\d+) requests in", output)
+    return int(completed.group(1)) if completed else 0
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """(user, system) CPU time of `pid`, every thread, and its direct children (Granian's worker process on
+    GIL builds), from /proc: what experiments/server_ab.py and cpu_cost.py divide by completed requests."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    user = system = 0
+    for process in [pid, *map(int, children)]:
+        fields = Path(f"/proc/{process}/stat").read_text().rsplit(")", 1)[1].split()
+        user, system = user + int(fields[11]), system + int(fields[12])
+    ticks = os.sysconf("SC_CLK_TCK")
+    return user / ticks, system / ticks
+
+
 def parse_wrk(output: str) -> dict:
     rate = re.search(r"Requests/sec:\s+([\d.]+)", output)
     if rate is None:
         raise RuntimeError(f"wrk printed no Requests/sec:\n{output}")
-    result = {"requests_per_second": float(rate.group(1))}
-    completed = re.search(r"(\d+) requests in", output)
-    result["requests"] = int(completed.group(1)) if completed else 0
+    result = {"requests_per_second": float(rate.group(1)), "requests": completed_requests(output)}
     for percentile in ("50", "75", "90", "99"):
         match = re.search(rf"^\s+{percentile}%\s+([\d.]+)(us|ms|s)\s*$", output, re.M)
         if match:

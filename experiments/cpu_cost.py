@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -29,19 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benches"))
 
-import run  # noqa: E402  (free_port, wait_until_serving, stop)
-
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime (all threads)
-
-
-def requests_of(output: str) -> int:
-    match = re.search(r"(\d+) requests in", output)
-    return int(match.group(1)) if match else 0
+import run  # noqa: E402  (free_port, wait_until_serving, stop, cpu_seconds, completed_requests)
 
 
 def one_round(variant: str, args) -> tuple[float, float]:
@@ -65,12 +52,12 @@ def one_round(variant: str, args) -> tuple[float, float]:
         if args.close:
             wrk[1:1] = ["-H", "Connection: close"]
         subprocess.run([*wrk[:-2], "-d1s", wrk[-1]], capture_output=True)  # warm-up
-        before = cpu_seconds(process.pid)
+        before = sum(run.cpu_seconds(process.pid))
         output = subprocess.run(wrk, capture_output=True, text=True).stdout
-        used = cpu_seconds(process.pid) - before
+        used = sum(run.cpu_seconds(process.pid)) - before
     finally:
         run.stop(process)
-    done = requests_of(output)
+    done = run.completed_requests(output)
     return (used / done * 1e6 if done else float("nan")), done / args.duration
 
 

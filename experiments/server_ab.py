@@ -18,7 +18,6 @@ question of how SCHED_FIFO distorts the database benchmark (docs/benchmarks.md, 
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
@@ -28,19 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benches"))
 
-import run  # noqa: E402  (free_port, wait_until_serving, Endpoint)
-
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> tuple[float, float]:
-    """(user, system) CPU time of `pid` and its direct children (Granian's worker process on GIL builds)."""
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    user = system = 0
-    for process in [pid, *map(int, children)]:
-        fields = Path(f"/proc/{process}/stat").read_text().rsplit(")", 1)[1].split()
-        user, system = user + int(fields[11]), system + int(fields[12])
-    return user / TICKS, system / TICKS
+import run  # noqa: E402  (free_port, wait_until_serving, Endpoint, cpu_seconds)
 
 
 def one_round(command: str, args) -> tuple[float, float, float, float]:
@@ -53,9 +40,9 @@ def one_round(command: str, args) -> tuple[float, float, float, float]:
         run.wait_until_serving(port, process, run.Endpoint(args.path))
         url = f"http://127.0.0.1:{port}{args.path}"
         run.wrk(url, None, args.warmup, args.connections)
-        (user, system), start = cpu_seconds(process.pid), time.monotonic()
+        (user, system), start = run.cpu_seconds(process.pid), time.monotonic()
         requests = run.wrk(url, None, args.duration, args.connections)["requests"]
-        (user_end, system_end), elapsed = cpu_seconds(process.pid), time.monotonic() - start
+        (user_end, system_end), elapsed = run.cpu_seconds(process.pid), time.monotonic() - start
         if not requests:
             raise RuntimeError("wrk completed no request")
         user, system = user_end - user, system_end - system
