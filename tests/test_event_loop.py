@@ -876,6 +876,28 @@ def test_debug_mode_checks_callbacks(loop):
     assert loop.call_soon.__self__ is loop._reactor  # the fast path is back
 
 
+@pytest.mark.parametrize("factory", list(FACTORIES.values()), ids=list(FACTORIES))
+def test_a_closed_loop_holds_no_descriptor(factory):
+    # A test suite makes and closes a loop per test: what a loop opened must be closed by close(), not
+    # when the cycle collector gets to it (percore's reactor held its epoll fd and eventfd until then).
+    def open_descriptors():
+        return len(os.listdir("/proc/self/fd"))
+
+    gc.collect()
+    gc.disable()
+    try:
+        before = open_descriptors()
+        loops = [factory() for _ in range(20)]
+        for loop in loops:
+            loop.run_until_complete(asyncio.sleep(0))
+            loop.close()
+        assert open_descriptors() == before
+        with pytest.raises(RuntimeError, match="closed"):
+            loops[0].call_soon_threadsafe(print)
+    finally:
+        gc.enable()
+
+
 def test_futures_and_tasks_record_their_origin_only_in_debug_mode(any_loop):
     async def nothing():
         pass

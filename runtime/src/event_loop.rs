@@ -7,6 +7,11 @@
 //!   written for).
 //! - `Poller::wake` is the only thing other threads do to a poller; it is async-signal- and thread-safe
 //!   (one `write` to an eventfd). The eventfd is drained inside `wait` and never reported as an event.
+//! - `Poller::close` closes both descriptors at once (a closed loop must not hold them until the cycle
+//!   collector frees it: 128 closed loops used up a 256-descriptor limit on 3.13t); afterwards every
+//!   operation fails with `EBADF`. A descriptor number is reused by the next `open`, so the caller
+//!   must make sure no other thread is inside a `wait`, `wake` or `set_interest` while it closes (the
+//!   reactor closes under the lock those run under, never during a wait).
 //! - `monotonic()` is `CLOCK_MONOTONIC` in seconds, the same clock as Python's `time.monotonic()`, so
 //!   `loop.time()` values and deadlines computed in Python agree with the heap's.
 //! - Timers with equal deadlines fire in the order they were scheduled (a sequence number breaks ties).
@@ -18,7 +23,8 @@
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicI32, Ordering as AtomicOrdering};
 use std::time::Duration;
 
 /// The epoll token of the wake-up eventfd (file descriptors are never negative).
@@ -33,11 +39,16 @@ pub struct Event {
     pub writable: bool,
 }
 
-/// An epoll instance and the eventfd that interrupts its `wait`.
+/// An epoll instance and the eventfd that interrupts its `wait`; both owned (closed by `close` or on
+/// drop), `-1` once closed.
 #[derive(Debug)]
 pub struct Poller {
-    epoll: OwnedFd,
-    wake: OwnedFd,
+    epoll: AtomicI32,
+    wake: AtomicI32,
+}
+
+fn closed() -> io::Error {
+    io::Error::from_raw_os_error(libc::EBADF)
 }
 
 fn check(result: libc::c_int) -> io::Result<libc::c_int> {
@@ -59,25 +70,51 @@ impl Poller {
                 libc::EFD_CLOEXEC | libc::EFD_NONBLOCK,
             ))?)
         };
-        let poller = Self { epoll, wake };
+        let wake_fd = wake.as_raw_fd();
+        let poller = Self {
+            epoll: AtomicI32::new(epoll.into_raw_fd()),
+            wake: AtomicI32::new(wake.into_raw_fd()),
+        };
+        // On error `poller` is dropped, which closes both.
         poller.ctl(
             libc::EPOLL_CTL_ADD,
-            poller.wake.as_raw_fd(),
+            wake_fd,
             libc::EPOLLIN as u32,
             WAKE_TOKEN,
         )?;
         Ok(poller)
     }
 
-    /// The epoll descriptor: readable when `wait` would report something (for an outer reactor).
+    /// The epoll descriptor: readable when `wait` would report something (for an outer reactor); -1
+    /// once closed.
     pub fn as_raw_fd(&self) -> RawFd {
-        self.epoll.as_raw_fd()
+        self.epoll.load(AtomicOrdering::Acquire)
+    }
+
+    fn live(fd: &AtomicI32) -> io::Result<RawFd> {
+        match fd.load(AtomicOrdering::Acquire) {
+            -1 => Err(closed()),
+            fd => Ok(fd),
+        }
+    }
+
+    /// Closes the epoll descriptor and the eventfd (idempotent). See the module doc for the caller's
+    /// side of it: no `wait`, `wake` or `set_interest` in progress on another thread.
+    pub fn close(&self) {
+        for fd in [&self.epoll, &self.wake] {
+            let old = fd.swap(-1, AtomicOrdering::AcqRel);
+            if old >= 0 {
+                // SAFETY: `old` was ours and nothing else closes it (the swap hands it out once).
+                drop(unsafe { OwnedFd::from_raw_fd(old) });
+            }
+        }
     }
 
     fn ctl(&self, op: libc::c_int, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
+        let epoll = Self::live(&self.epoll)?;
         let mut event = libc::epoll_event { events, u64: token };
         // SAFETY: `event` outlives the call; the kernel validates `fd`.
-        check(unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), op, fd, &mut event) })?;
+        check(unsafe { libc::epoll_ctl(epoll, op, fd, &mut event) })?;
         Ok(())
     }
 
@@ -136,14 +173,10 @@ impl Poller {
             None => -1,
             Some(t) => t.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as libc::c_int,
         };
+        let epoll = Self::live(&self.epoll)?;
         // SAFETY: `raw` has room for CAPACITY entries and outlives the call.
         let n = check(unsafe {
-            libc::epoll_wait(
-                self.epoll.as_raw_fd(),
-                raw.as_mut_ptr(),
-                CAPACITY as libc::c_int,
-                millis,
-            )
+            libc::epoll_wait(epoll, raw.as_mut_ptr(), CAPACITY as libc::c_int, millis)
         })?;
         for event in &raw[..n as usize] {
             let (bits, token) = (event.events, event.u64);
@@ -163,9 +196,10 @@ impl Poller {
 
     /// Interrupts a `wait` in progress (or makes the next one return at once). Thread-safe.
     pub fn wake(&self) -> io::Result<()> {
+        let wake = Self::live(&self.wake)?;
         let one: u64 = 1;
         // SAFETY: writes 8 bytes from a live u64.
-        let n = unsafe { libc::write(self.wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        let n = unsafe { libc::write(wake, (&one as *const u64).cast(), 8) };
         if n < 0 {
             let err = io::Error::last_os_error();
             // EAGAIN: the counter is saturated, so a wake-up is pending anyway.
@@ -177,9 +211,18 @@ impl Poller {
     }
 
     fn drain_wake(&self) {
+        let Ok(wake) = Self::live(&self.wake) else {
+            return;
+        };
         let mut value: u64 = 0;
         // SAFETY: reads 8 bytes into a live u64. Non-blocking: EAGAIN when already drained.
-        unsafe { libc::read(self.wake.as_raw_fd(), (&mut value as *mut u64).cast(), 8) };
+        unsafe { libc::read(wake, (&mut value as *mut u64).cast(), 8) };
+    }
+}
+
+impl Drop for Poller {
+    fn drop(&mut self) {
+        self.close();
     }
 }
 
@@ -369,6 +412,26 @@ mod tests {
                 writable: true
             }]
         );
+    }
+
+    #[test]
+    fn a_closed_poller_refuses_every_operation() {
+        let poller = Poller::new().unwrap();
+        let (_a, b) = UnixStream::pair().unwrap();
+        assert!(poller.as_raw_fd() >= 0);
+        poller.close();
+        poller.close(); // idempotent
+        assert_eq!(poller.as_raw_fd(), -1);
+        let ebadf = |result: io::Result<()>| result.unwrap_err().raw_os_error();
+        assert_eq!(
+            ebadf(poller.set_interest(b.as_raw_fd(), true, false, false)),
+            Some(libc::EBADF)
+        );
+        assert_eq!(
+            ebadf(poller.wait(&mut Vec::new(), Some(Duration::ZERO))),
+            Some(libc::EBADF)
+        );
+        assert_eq!(ebadf(poller.wake()), Some(libc::EBADF));
     }
 
     #[test]

@@ -26,7 +26,9 @@
 //!   taken out under the lock are dropped after it is released.
 //! - `call_soon_threadsafe` may run on any thread (and on 3.13t truly in parallel): all shared state is
 //!   behind the lock, and it wakes the poller only if the loop is blocked in (or about to block in) it;
-//!   the loop decides to block under the same lock, so no wake-up is lost.
+//!   the loop decides to block under the same lock, so no wake-up is lost. The wake-up itself is
+//!   written under the lock too: `close` closes the poller's descriptors under it (at once, not when
+//!   the collector frees the loop), and a descriptor number is reused by the next `open`.
 //! - Errors in callbacks go to the loop's exception handler; `SystemExit` and `KeyboardInterrupt`
 //!   propagate out of `run_once` and the callbacks not yet run stay queued, as in asyncio.
 //! - A descriptor whose last reader/writer is removed leaves the epoll set before the next wait, not at
@@ -521,6 +523,9 @@ struct State {
     stopping: bool,
     /// The loop is blocked in (or has decided to block in) `Poller::wait`.
     sleeping: bool,
+    /// An iteration is between deciding to poll and having polled: `close` leaves the poller's
+    /// descriptors to that iteration (no descriptor is closed while a wait uses it).
+    polling: bool,
     closed: bool,
 }
 
@@ -561,9 +566,8 @@ impl Reactor {
             return Err(closed_error());
         }
         state.ready.push_back(ready);
-        let wake = wake && state.sleeping;
-        drop(state);
-        if wake {
+        if wake && state.sleeping {
+            // Under the lock: `close` closes the eventfd under it too.
             self.poller.wake()?;
         }
         Ok(())
@@ -610,11 +614,11 @@ impl Reactor {
         }
         state.timers.push(when, entry);
         // A new earliest deadline must shorten a wait in progress (a timer set from another thread).
-        let wake = state.sleeping && state.timers.peek().is_some_and(|(w, _)| w == when);
-        drop(state);
-        if wake {
+        // Under the lock: `close` closes the eventfd under it too.
+        if state.sleeping && state.timers.peek().is_some_and(|(w, _)| w == when) {
             self.poller.wake()?;
         }
+        drop(state);
         Ok(timer)
     }
 
@@ -810,6 +814,7 @@ impl Reactor {
                     Some(Duration::ZERO)
                 }
             };
+            state.polling = !matches!(poll, Poll::Skip);
             (timeout, std::mem::take(&mut state.events))
         };
         drop(garbage);
@@ -827,7 +832,10 @@ impl Reactor {
         let mut batch = {
             let mut state = self.lock();
             state.sleeping = false;
+            state.polling = false;
             if state.closed {
+                // Closed during the wait (from another thread): the descriptors were left to us.
+                self.poller.close();
                 return Err(closed_error());
             }
             for event in &events {
@@ -1188,12 +1196,17 @@ impl Reactor {
         self.lock().stopping
     }
 
-    /// Interrupts a blocking wait (for signals; thread-safe).
+    /// Interrupts a blocking wait (for signals; thread-safe). Nothing once closed, as asyncio's
+    /// `_write_to_self` does nothing then.
     fn wakeup(&self) -> PyResult<()> {
-        Ok(self.poller.wake()?)
+        let state = self.lock();
+        if !state.closed {
+            self.poller.wake()?;
+        }
+        Ok(())
     }
 
-    /// The epoll descriptor: readable when an iteration would find I/O ready.
+    /// The epoll descriptor: readable when an iteration would find I/O ready (-1 once closed).
     pub(super) fn fileno(&self) -> RawFd {
         self.poller.as_raw_fd()
     }
@@ -1232,16 +1245,26 @@ impl Reactor {
         (state.ready.len(), state.timers.len(), state.io.len())
     }
 
-    /// Drops every queued callback, timer and registration; later scheduling raises RuntimeError.
+    /// Drops every queued callback, timer and registration and closes the epoll descriptor and the
+    /// eventfd (at once, not when the collector frees the loop); later scheduling raises RuntimeError.
     fn close(&self) {
         let mut state = self.lock();
         state.closed = true;
         let ready = std::mem::take(&mut state.ready);
         let timers = state.timers.drain();
-        Self::flush_lapsed(&mut state, &self.poller);
         let io = std::mem::take(&mut state.io);
-        for fd in io.keys() {
-            let _ = self.poller.set_interest(*fd, false, false, true);
+        if state.polling {
+            // Another thread is in `wait` (only a direct call can close a running loop): unregister,
+            // wake it, and that iteration closes the descriptors when it takes the lock again.
+            Self::flush_lapsed(&mut state, &self.poller);
+            for fd in io.keys() {
+                let _ = self.poller.set_interest(*fd, false, false, true);
+            }
+            let _ = self.poller.wake();
+        } else {
+            // Closing the epoll descriptor drops every registration with it.
+            state.lapsed.clear();
+            self.poller.close();
         }
         drop(state);
         for timer in &timers {
