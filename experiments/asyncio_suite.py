@@ -69,8 +69,13 @@ def last_line(text: str) -> str:
 def run_child(loop: str, module: str) -> None:
     """In the subprocess: run one module, print one JSON line of results."""
     import faulthandler
+    import signal
 
     faulthandler.enable()
+    # Launched in the background (a script's `cmd &`), SIGINT arrives ignored, and Python then installs no
+    # handler: the tests that interrupt themselves (test_runners, `_thread.interrupt_main()`) would wait
+    # forever, on either loop, until the module's timeout.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     if loop == "percore":
         patch_asyncio_with_percore()
     suite = unittest.defaultTestLoader.loadTestsFromName(f"test.test_asyncio.{module}")
