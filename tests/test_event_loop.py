@@ -624,6 +624,86 @@ def test_a_socket_transport_reports_a_reset_and_a_failing_protocol_like_asyncios
     assert isinstance(errors[0]["exception"], ValueError)
 
 
+def test_small_writes_of_an_iteration_leave_together_after_its_callbacks(loop):
+    """percore's transport queues a small write made while the loop runs callbacks and sends it once
+    they are done (as uvloop does), so the queries a burst of task steps writes reach the database
+    back to back: none has left while the other callbacks of the iteration run, all have after."""
+    pairs = [socket.socketpair() for _ in range(3)]
+    peers = [peer for _, peer in pairs]
+
+    async def main():
+        transports = []
+        for ours, _ in pairs:
+            transport, _ = await loop.create_connection(lambda: _Recorder(loop), sock=ours)
+            transports.append(transport)
+        readable_meanwhile = []
+
+        def write(i):
+            transports[i].write(b"query %d;" % i)
+            transports[i].write(b" and more")  # joins the queued one, in order
+            readable_meanwhile.append(select.select(peers, [], [], 0)[0])
+
+        for i in range(3):
+            loop.call_soon(write, i)
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert readable_meanwhile == [[], [], []]
+        assert [t.get_write_buffer_size() for t in transports] == [0, 0, 0]
+        return [await _receive(loop, peer, len(b"query 0; and more")) for peer in peers]
+
+    try:
+        assert loop.run_until_complete(main()) == [b"query %d; and more" % i for i in range(3)]
+    finally:
+        for ours, peer in pairs:
+            ours.close()
+            peer.close()
+
+
+@pytest.mark.parametrize("end", ["close", "abort", "write_eof"])
+def test_what_is_written_just_before_the_end_is_delivered(any_loop, end):
+    # Written, then ended in the same callback: asyncio has sent it by then; percore's queued write
+    # must still arrive (close and write_eof wait for the buffer, abort sends what was queued).
+    ours, peer = socket.socketpair()
+    peer.settimeout(5)
+
+    async def main():
+        transport, _ = await any_loop.create_connection(lambda: _Recorder(any_loop), sock=ours)
+
+        def last_words():
+            transport.write(b"last words")
+            getattr(transport, end)()
+
+        any_loop.call_soon(last_words)
+        await asyncio.sleep(0.05)
+        return transport
+
+    try:
+        any_loop.run_until_complete(main())
+        received = b""
+        while chunk := peer.recv(100):
+            received += chunk
+        assert received == b"last words"
+    finally:
+        ours.close()
+        peer.close()
+
+
+def test_a_write_to_a_closed_peer_ends_the_connection_with_its_error(any_loop):
+    ours, peer = socket.socketpair()
+
+    async def main():
+        transport, protocol = await any_loop.create_connection(lambda: _Recorder(any_loop), sock=ours)
+        peer.close()
+        transport.write(b"nobody listens")  # before the loop reads the end
+        exc = await protocol.lost
+        assert isinstance(exc, BrokenPipeError) and transport.is_closing()
+
+    try:
+        any_loop.run_until_complete(main())
+    finally:
+        ours.close()
+
+
 async def _echo_via_streams() -> bytes:
     async def handle(reader, writer):
         writer.write(await reader.readline())

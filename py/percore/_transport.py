@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 from asyncio import protocols, selector_events
 
-from ._runtime import socket_read_ready, socket_write
+from ._runtime import socket_flush, socket_read_ready, socket_write
 
 
 class SocketTransport(selector_events._SelectorSocketTransport):  # type: ignore[name-defined,misc]
@@ -25,8 +25,23 @@ class SocketTransport(selector_events._SelectorSocketTransport):  # type: ignore
         # Before asyncio's __init__, which schedules add_reader(fd, self._read_ready). (Each partial
         # refers back to the transport: a cycle until the connection is lost, see below.)
         self._read_ready = functools.partial(socket_read_ready, self)
-        self.write = functools.partial(socket_write, self)
+        # A small write made while the loop runs callbacks waits in `_buffer` until they are done, and
+        # `_percore_flush` sends it then (see socket_write): a burst of them leaves back to back.
+        self.write = functools.partial(socket_write, self, loop._reactor)
+        self._percore_flush = functools.partial(socket_flush, self)
         super().__init__(loop, sock, protocol, waiter, extra, server)
+
+    def _force_close(self, exc) -> None:
+        # abort(): a write still queued for the end of the iteration had, for asyncio, been handed to
+        # the kernel already, which delivers it before the connection's end. Best effort, as there.
+        if exc is None and self._buffer and not self._conn_lost:
+            try:
+                for data in self._buffer:
+                    if self._sock.send(data) < len(data):
+                        break
+            except OSError:
+                pass
+        super()._force_close(exc)
 
     def set_protocol(self, protocol) -> None:
         super().set_protocol(protocol)
@@ -41,3 +56,4 @@ class SocketTransport(selector_events._SelectorSocketTransport):  # type: ignore
             # they only count and drop writes.
             self.__dict__.pop("_read_ready", None)
             self.__dict__.pop("write", None)
+            self.__dict__.pop("_percore_flush", None)

@@ -89,6 +89,7 @@ fn _runtime(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<event_loop::TimerHandle>()?;
     m.add_function(wrap_pyfunction!(transport::socket_read_ready, m)?)?;
     m.add_function(wrap_pyfunction!(transport::socket_write, m)?)?;
+    m.add_function(wrap_pyfunction!(transport::socket_flush, m)?)?;
     m.add_function(wrap_pyfunction!(current_request_task, m)?)?;
     m.add_function(wrap_pyfunction!(dumps, m)?)?;
     m.add_function(wrap_pyfunction!(available_cores, m)?)?;
