@@ -659,6 +659,19 @@ def test_small_writes_of_an_iteration_leave_together_after_its_callbacks(loop):
             peer.close()
 
 
+def _run_then_read_to_the_end(loop, main, ours, peer) -> bytes:
+    """Runs `main`, then returns what `peer` receives until the other end is done; closes both."""
+    try:
+        loop.run_until_complete(main)
+        received = b""
+        while chunk := peer.recv(100):
+            received += chunk
+        return received
+    finally:
+        ours.close()
+        peer.close()
+
+
 @pytest.mark.parametrize("end", ["close", "abort", "write_eof"])
 def test_what_is_written_just_before_the_end_is_delivered(any_loop, end):
     # Written, then ended in the same callback: asyncio has sent it by then; percore's queued write
@@ -677,15 +690,60 @@ def test_what_is_written_just_before_the_end_is_delivered(any_loop, end):
         await asyncio.sleep(0.05)
         return transport
 
+    assert _run_then_read_to_the_end(any_loop, main(), ours, peer) == b"last words"
+
+
+def test_a_protocol_writing_from_resume_writing_leaves_no_writer_behind(any_loop):
+    # The writer callback empties the buffer and resumes the protocol, which writes again (TLS does):
+    # once that is sent, nothing may stay registered for an empty buffer (it would fire, and fail,
+    # on every iteration).
+    errors = []
+    any_loop.set_exception_handler(lambda loop, context: errors.append(context))
+    a, b = socket.socketpair()
+    b.setblocking(False)
+    big = b"x" * (4 * 1024 * 1024)
+
+    class Refill(_Recorder):
+        def resume_writing(self):
+            super().resume_writing()
+            self.transport.write(b"after the pause")
+
+    async def main():
+        transport, protocol = await any_loop.create_connection(lambda: Refill(any_loop), sock=a)
+        protocol.transport = transport
+        transport.write(big)
+        assert protocol.paused == 1
+        received = await _receive(any_loop, b, len(big) + len(b"after the pause"))
+        for _ in range(5):
+            await asyncio.sleep(0.01)
+        return received, protocol.resumed, transport.get_write_buffer_size()
+
     try:
-        any_loop.run_until_complete(main())
-        received = b""
-        while chunk := peer.recv(100):
-            received += chunk
-        assert received == b"last words"
+        received, resumed, buffered = any_loop.run_until_complete(main())
+        assert received.endswith(b"after the pause") and resumed == 1 and buffered == 0
+        assert errors == []
     finally:
-        ours.close()
-        peer.close()
+        a.close()
+        b.close()
+
+
+def test_a_reply_written_before_the_protocol_fails_is_delivered(any_loop):
+    ours, peer = socket.socketpair()
+    peer.settimeout(5)
+
+    class ReplyThenFail(_Recorder):
+        def data_received(self, data):
+            self.transport.write(b"bad request")
+            raise ValueError("the protocol gave up")
+
+    async def main():
+        transport, protocol = await any_loop.create_connection(lambda: ReplyThenFail(any_loop), sock=ours)
+        protocol.transport = transport
+        peer.sendall(b"?")
+        assert isinstance(await protocol.lost, ValueError)
+
+    any_loop.set_exception_handler(lambda loop, context: None)
+    assert _run_then_read_to_the_end(any_loop, main(), ours, peer) == b"bad request"
 
 
 def test_a_write_to_a_closed_peer_ends_the_connection_with_its_error(any_loop):

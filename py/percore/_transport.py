@@ -28,13 +28,17 @@ class SocketTransport(selector_events._SelectorSocketTransport):  # type: ignore
         # A small write made while the loop runs callbacks waits in `_buffer` until they are done, and
         # `_percore_flush` sends it then (see socket_write): a burst of them leaves back to back.
         self.write = functools.partial(socket_write, self, loop._reactor)
-        self._percore_flush = functools.partial(socket_flush, self)
+        self._percore_flush = functools.partial(socket_flush, self, loop._reactor)
+        # Bytes in `_buffer` queued by socket_write in this iteration (not left by a full socket).
+        self._percore_queued = 0
         super().__init__(loop, sock, protocol, waiter, extra, server)
 
     def _force_close(self, exc) -> None:
-        # abort(): a write still queued for the end of the iteration had, for asyncio, been handed to
-        # the kernel already, which delivers it before the connection's end. Best effort, as there.
-        if exc is None and self._buffer and not self._conn_lost:
+        # abort(), or a protocol that wrote a reply and then failed: what was queued in this iteration
+        # had, for asyncio, been handed to the kernel already, which delivers it before the end. Best
+        # effort, as there; data a full socket left buffered is dropped, as asyncio drops it.
+        if self._percore_queued and self._buffer and not self._conn_lost:
+            self._percore_queued = 0
             try:
                 for data in self._buffer:
                     if self._sock.send(data) < len(data):

@@ -44,13 +44,14 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use pyo3::exceptions::{
-    PyKeyError, PyKeyboardInterrupt, PyRuntimeError, PySystemExit, PyTypeError, PyValueError,
+    PyException, PyKeyError, PyKeyboardInterrupt, PyRuntimeError, PySystemExit, PyTypeError,
+    PyValueError,
 };
 use pyo3::gc::{PyTraverseError, PyVisit};
 use pyo3::intern;
@@ -547,9 +548,17 @@ pub(super) struct Reactor {
     /// `loop._transports.data`: fd -> weak reference to the transport that owns it (asyncio's
     /// `WeakValueDictionary`), for the public `add_reader` & co. (`no_transport`).
     transports: PyOnceLock<Py<PyDict>>,
-    /// The loop thread is running an iteration's callbacks: a transport's small write made now is
-    /// queued and sent after them (`after_callbacks`, python/transport.rs).
-    in_callbacks: AtomicBool,
+    /// `thread_token()` of the thread running an iteration's callbacks, 0 otherwise: a transport's
+    /// small write made by it now is queued and sent after them (`after_callbacks`,
+    /// python/transport.rs); one from another thread (asyncio's transports are not thread-safe, but a
+    /// misuse must not leave data unsent) is not.
+    in_callbacks: AtomicUsize,
+}
+
+/// A number unique to the calling thread among live threads, never 0 (the address of a thread-local).
+fn thread_token() -> usize {
+    thread_local!(static TOKEN: u8 = const { 0 });
+    TOKEN.with(|token| token as *const u8 as usize)
 }
 
 fn closed_error() -> PyErr {
@@ -905,7 +914,7 @@ impl Reactor {
             }
         }
         let debug = self.debug.load(Ordering::Relaxed);
-        self.in_callbacks.store(true, Ordering::Relaxed);
+        self.in_callbacks.store(thread_token(), Ordering::Relaxed);
         let mut failed = None;
         while let Some(ready) = batch.pop_front() {
             let ran = if debug {
@@ -919,12 +928,13 @@ impl Reactor {
                 break;
             }
         }
-        self.in_callbacks.store(false, Ordering::Relaxed);
-        self.run_after_callbacks(py);
+        self.in_callbacks.store(0, Ordering::Relaxed);
+        let flushed = self.run_after_callbacks(py);
         if let Some(err) = failed {
             self.requeue(batch);
             return Err(err);
         }
+        flushed?;
         let mut state = self.lock();
         if state.spare.capacity() == 0 {
             state.spare = batch;
@@ -1001,7 +1011,13 @@ impl Reactor {
     /// Whether the loop thread is running an iteration's callbacks (for python/transport.rs: writes
     /// made then are sent together after them).
     pub(super) fn running_callbacks(&self) -> bool {
-        self.in_callbacks.load(Ordering::Relaxed)
+        self.in_callbacks.load(Ordering::Relaxed) == thread_token()
+    }
+
+    /// Removes `fd`'s writer, if it has one (python/transport.rs: a flush that emptied a buffer a
+    /// writer callback was registered for, as asyncio's `_write_ready` does when it empties one).
+    pub(super) fn drop_writer(&self, fd: RawFd) -> bool {
+        self.unwatch(fd, true)
     }
 
     /// Queues `callback()` for when the running iteration's callbacks are done (before its next
@@ -1009,7 +1025,7 @@ impl Reactor {
     /// does (its `_exec_queued_writes`): sent at once, each at the end of its own task step, a
     /// burst of database queries reached PostgreSQL's core 46 us apart (median, asyncpg
     /// `/queries`), which went idle between them and had to be woken by an inter-processor interrupt
-    /// each time (9.7 per request against uvloop's 4.4; docs/benchmarks.md).
+    /// each time (8.8-10 per request against uvloop's 4.4; docs/benchmarks.md).
     pub(super) fn after_callbacks(&self, callback: Py<PyAny>) -> PyResult<()> {
         let mut state = self.lock();
         if state.closed {
@@ -1022,11 +1038,17 @@ impl Reactor {
     }
 
     /// Runs what `after_callbacks` queued; an exception goes to the loop's exception handler, as a
-    /// callback's would.
-    fn run_after_callbacks(&self, py: Python<'_>) {
+    /// callback's would, except `KeyboardInterrupt` and `SystemExit` (any non-`Exception`), which
+    /// leave the iteration once the rest has run, as they do from a callback.
+    fn run_after_callbacks(&self, py: Python<'_>) -> PyResult<()> {
         let after = std::mem::take(&mut self.lock().after);
+        let mut escaping = None;
         for callback in after {
             if let Err(err) = callback.bind(py).call0() {
+                if !err.is_instance_of::<PyException>(py) {
+                    escaping.get_or_insert(err);
+                    continue;
+                }
                 let context = PyDict::new(py);
                 let reported = context
                     .set_item("message", "Exception in a transport's queued write")
@@ -1041,6 +1063,7 @@ impl Reactor {
                 }
             }
         }
+        escaping.map_or(Ok(()), Err)
     }
 
     /// Puts callbacks an interrupted iteration did not run back at the front of the queue.
@@ -1062,7 +1085,7 @@ impl Reactor {
             cancelled_in_heap: Arc::new(AtomicIsize::new(0)),
             debug: AtomicBool::new(false),
             transports: PyOnceLock::new(),
-            in_callbacks: AtomicBool::new(false),
+            in_callbacks: AtomicUsize::new(0),
         })
     }
 

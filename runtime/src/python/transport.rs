@@ -16,9 +16,11 @@
 //!   `_buffer`, so asyncio's code sees it as buffered data) and sent by `socket_flush` once they are
 //!   done (`Reactor::after_callbacks`), as uvloop queues its writes: a burst of database queries then
 //!   leaves back to back instead of one per task step, and the database's core is woken once per
-//!   burst (asyncpg `/queries?n=20`: 1.09x req/s, -9% CPU per request; docs/event-loop.md, "Queued
-//!   writes"). Between the write and the flush the buffer is non-empty with no writer registered;
-//!   every iteration that ran callbacks ends with the flush, which restores asyncio's invariant.
+//!   burst (asyncpg `/queries?n=20`: inter-processor interrupts per request 8.8 -> ~4, uvloop's
+//!   count; docs/event-loop.md, "Queued writes"). `_percore_queued` counts the queued bytes. Between
+//!   the write and the flush the buffer is non-empty with no writer registered; every iteration that
+//!   ran callbacks ends with the flush, which restores asyncio's invariant (and removes a writer left
+//!   for an emptied buffer).
 //! - The read buffer is per thread (each loop thread reads its own sockets) and is not borrowed while
 //!   Python runs (`data_received` gets a copy).
 
@@ -132,13 +134,38 @@ pub(super) fn socket_write(
 ) -> PyResult<()> {
     let py = transport.py();
     // asyncio takes these three types only (TypeError otherwise, from its own `write`).
-    let quiet = (data.is_instance_of::<PyBytes>()
+    let fine = (data.is_instance_of::<PyBytes>()
         || data.is_instance_of::<PyByteArray>()
         || data.is_instance_of::<PyMemoryView>())
         && !transport.getattr(intern!(py, "_eof"))?.is_truthy()?
         && transport.getattr(intern!(py, "_empty_waiter"))?.is_none()
-        && !transport.getattr(intern!(py, "_conn_lost"))?.is_truthy()?
-        && !transport.getattr(intern!(py, "_buffer"))?.is_truthy()?;
+        && !transport.getattr(intern!(py, "_conn_lost"))?.is_truthy()?;
+    let queued: usize = transport
+        .getattr(intern!(py, "_percore_queued"))?
+        .extract()?;
+    if fine && queued > 0 {
+        // Behind a write queued in this iteration: for asyncio both had been sent at once. A small one
+        // joins the queue (a copy: the caller may reuse its buffer); a big one flushes the queue now
+        // and goes on as asyncio's write, so that flow control (pause_writing, and so `drain()`)
+        // sees it at once.
+        let high_water: usize = transport.getattr(intern!(py, "_high_water"))?.extract()?;
+        let room = QUEUED_WRITE_MAX.min(high_water).saturating_sub(queued);
+        let copy = with_contiguous_bytes(data, |bytes| {
+            (bytes.len() <= room).then(|| (PyBytes::new(py, bytes).into_any(), bytes.len()))
+        })
+        .flatten();
+        match copy {
+            Some((copy, len)) => {
+                transport
+                    .getattr(intern!(py, "_buffer"))?
+                    .call_method1(intern!(py, "append"), (copy,))?;
+                transport.setattr(intern!(py, "_percore_queued"), queued + len)?;
+                return Ok(());
+            }
+            None => socket_flush(transport, reactor)?,
+        }
+    }
+    let quiet = fine && !transport.getattr(intern!(py, "_buffer"))?.is_truthy()?;
     let mut rest = data.clone();
     if quiet && reactor.get().running_callbacks() {
         // Into asyncio's own buffer (so `get_write_buffer_size`, `close`, `write_eof` and a second
@@ -161,7 +188,9 @@ pub(super) fn socket_write(
             reactor.get().after_callbacks(flush.unbind())?;
             transport
                 .getattr(intern!(py, "_buffer"))?
-                .call_method1(intern!(py, "append"), (queued,))?;
+                .call_method1(intern!(py, "append"), (&queued,))?;
+            let len = queued.len()?;
+            transport.setattr(intern!(py, "_percore_queued"), len)?;
             return Ok(());
         }
     }
@@ -193,8 +222,12 @@ pub(super) fn socket_write(
 /// `_write_ready` (a partial send, an error, a `close()` or `write_eof()` waiting for the buffer) and
 /// its writer callback for what is left, exactly as if `write` had found the socket full.
 #[pyfunction]
-pub(super) fn socket_flush(transport: &Bound<'_, PyAny>) -> PyResult<()> {
+pub(super) fn socket_flush(
+    transport: &Bound<'_, PyAny>,
+    reactor: &Bound<'_, Reactor>,
+) -> PyResult<()> {
     let py = transport.py();
+    transport.setattr(intern!(py, "_percore_queued"), 0)?;
     let buffer = transport.getattr(intern!(py, "_buffer"))?;
     // Already sent (`writelines` writes the whole buffer at once) or dropped (`abort`, an error).
     if !buffer.is_truthy()? || transport.getattr(intern!(py, "_conn_lost"))?.is_truthy()? {
@@ -211,6 +244,10 @@ pub(super) fn socket_flush(transport: &Bound<'_, PyAny>) -> PyResult<()> {
         match sent {
             Some((Ok(n), len)) if n == len => {
                 buffer.call_method0(intern!(py, "clear"))?;
+                // A writer may be registered all the same: a protocol that writes from
+                // `resume_writing`, called by the writer callback that had just emptied the buffer
+                // (TLS does). Empty buffer, no writer: asyncio's own rule.
+                reactor.get().drop_writer(fd);
                 if transport
                     .getattr(intern!(py, "_protocol_paused"))?
                     .is_truthy()?
@@ -236,11 +273,14 @@ pub(super) fn socket_flush(transport: &Bound<'_, PyAny>) -> PyResult<()> {
     }
     transport.call_method0(intern!(py, "_write_ready"))?;
     if buffer.is_truthy()? && !transport.getattr(intern!(py, "_conn_lost"))?.is_truthy()? {
-        return add_writer(transport, fd);
+        add_writer(transport, fd)?;
+        // What asyncio's `write` would have done with what the socket did not take.
+        transport.call_method0(intern!(py, "_maybe_pause_protocol"))?;
     }
     Ok(())
 }
 
+/// asyncio's `_add_writer(fd, transport._write_ready)` (replacing one already registered).
 fn add_writer(transport: &Bound<'_, PyAny>, fd: RawFd) -> PyResult<()> {
     let py = transport.py();
     let write_ready = transport.getattr(intern!(py, "_write_ready"))?;
