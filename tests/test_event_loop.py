@@ -674,8 +674,9 @@ def _run_then_read_to_the_end(loop, main, ours, peer) -> bytes:
 
 @pytest.mark.parametrize("end", ["close", "abort", "write_eof"])
 def test_what_is_written_just_before_the_end_is_delivered(any_loop, end):
-    # Written, then ended in the same callback: asyncio has sent it by then; percore's queued write
-    # must still arrive (close and write_eof wait for the buffer, abort sends what was queued).
+    # Written, then ended in the same callback: asyncio has sent it by then; percore's queued writes
+    # must still arrive (close and write_eof wait for the buffer, abort sends what was queued), and an
+    # empty write among them (h11 writes one per response) must not stay in the buffer for ever.
     ours, peer = socket.socketpair()
     peer.settimeout(5)
 
@@ -683,7 +684,9 @@ def test_what_is_written_just_before_the_end_is_delivered(any_loop, end):
         transport, _ = await any_loop.create_connection(lambda: _Recorder(any_loop), sock=ours)
 
         def last_words():
-            transport.write(b"last words")
+            transport.write(b"last ")
+            transport.write(b"")
+            transport.write(bytearray(b"words"))
             getattr(transport, end)()
 
         any_loop.call_soon(last_words)

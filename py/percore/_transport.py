@@ -33,6 +33,12 @@ class SocketTransport(selector_events._SelectorSocketTransport):  # type: ignore
         self._percore_queued = 0
         super().__init__(loop, sock, protocol, waiter, extra, server)
 
+    def writelines(self, list_of_data) -> None:
+        # asyncio's sends the whole buffer at once, what socket_write queued included; what it leaves
+        # is a full socket's backlog.
+        self._percore_queued = 0
+        super().writelines(list_of_data)
+
     def _force_close(self, exc) -> None:
         # abort(), or a protocol that wrote a reply and then failed: what was queued in this iteration
         # had, for asyncio, been handed to the kernel already, which delivers it before the end. Best

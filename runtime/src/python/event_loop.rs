@@ -50,8 +50,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use pyo3::exceptions::{
-    PyException, PyKeyError, PyKeyboardInterrupt, PyRuntimeError, PySystemExit, PyTypeError,
-    PyValueError,
+    PyKeyError, PyKeyboardInterrupt, PyRuntimeError, PySystemExit, PyTypeError, PyValueError,
 };
 use pyo3::gc::{PyTraverseError, PyVisit};
 use pyo3::intern;
@@ -1038,14 +1037,16 @@ impl Reactor {
     }
 
     /// Runs what `after_callbacks` queued; an exception goes to the loop's exception handler, as a
-    /// callback's would, except `KeyboardInterrupt` and `SystemExit` (any non-`Exception`), which
-    /// leave the iteration once the rest has run, as they do from a callback.
+    /// callback's would, except `KeyboardInterrupt` and `SystemExit`, which leave the iteration once
+    /// the rest has run, as they do from a callback.
     fn run_after_callbacks(&self, py: Python<'_>) -> PyResult<()> {
         let after = std::mem::take(&mut self.lock().after);
         let mut escaping = None;
         for callback in after {
             if let Err(err) = callback.bind(py).call0() {
-                if !err.is_instance_of::<PyException>(py) {
+                if err.is_instance_of::<PyKeyboardInterrupt>(py)
+                    || err.is_instance_of::<PySystemExit>(py)
+                {
                     escaping.get_or_insert(err);
                     continue;
                 }

@@ -144,25 +144,28 @@ pub(super) fn socket_write(
         .getattr(intern!(py, "_percore_queued"))?
         .extract()?;
     if fine && queued > 0 {
-        // Behind a write queued in this iteration: for asyncio both had been sent at once. A small one
-        // joins the queue (a copy: the caller may reuse its buffer); a big one flushes the queue now
-        // and goes on as asyncio's write, so that flow control (pause_writing, and so `drain()`)
-        // sees it at once.
-        let high_water: usize = transport.getattr(intern!(py, "_high_water"))?.extract()?;
-        let room = QUEUED_WRITE_MAX.min(high_water).saturating_sub(queued);
+        // Behind a write queued in this iteration: for asyncio both had been sent at once. It joins
+        // the queue as a copy (the caller may reuse its buffer), and, as asyncio's `write` does with
+        // what it buffers, the protocol is paused at once if that is more than the high-water mark
+        // (so `write(big); await drain()` waits for the flush). Empty: nothing, as in asyncio.
         let copy = with_contiguous_bytes(data, |bytes| {
-            (bytes.len() <= room).then(|| (PyBytes::new(py, bytes).into_any(), bytes.len()))
-        })
-        .flatten();
+            (!bytes.is_empty()).then(|| (PyBytes::new(py, bytes).into_any(), bytes.len()))
+        });
         match copy {
-            Some((copy, len)) => {
+            Some(Some((copy, len))) => {
                 transport
                     .getattr(intern!(py, "_buffer"))?
                     .call_method1(intern!(py, "append"), (copy,))?;
                 transport.setattr(intern!(py, "_percore_queued"), queued + len)?;
+                let high_water: usize = transport.getattr(intern!(py, "_high_water"))?.extract()?;
+                if queued + len > high_water {
+                    transport.call_method0(intern!(py, "_maybe_pause_protocol"))?;
+                }
                 return Ok(());
             }
-            None => socket_flush(transport, reactor)?,
+            Some(None) => return Ok(()),
+            // Not a contiguous buffer: asyncio's write decides.
+            None => {}
         }
     }
     let quiet = fine && !transport.getattr(intern!(py, "_buffer"))?.is_truthy()?;
