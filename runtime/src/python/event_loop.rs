@@ -170,12 +170,7 @@ impl Callback {
         let result = context_run(py)?.call1(run_args.bind(py));
         match result {
             Ok(_) => Ok(()),
-            Err(err)
-                if err.is_instance_of::<PySystemExit>(py)
-                    || err.is_instance_of::<PyKeyboardInterrupt>(py) =>
-            {
-                Err(err)
-            }
+            Err(err) if leaves_the_loop(py, &err) => Err(err),
             Err(err) => {
                 self.event_loop.bind(py).call_method1(
                     intern!(py, "_percore_callback_error"),
@@ -558,6 +553,12 @@ pub(super) struct Reactor {
 fn thread_token() -> usize {
     thread_local!(static TOKEN: u8 = const { 0 });
     TOKEN.with(|token| token as *const u8 as usize)
+}
+
+/// asyncio's rule for an exception out of a callback: `SystemExit` and `KeyboardInterrupt` leave the
+/// loop (`run_once`), anything else goes to the exception handler.
+pub(super) fn leaves_the_loop(py: Python<'_>, err: &PyErr) -> bool {
+    err.is_instance_of::<PySystemExit>(py) || err.is_instance_of::<PyKeyboardInterrupt>(py)
 }
 
 fn closed_error() -> PyErr {
@@ -1044,9 +1045,7 @@ impl Reactor {
         let mut escaping = None;
         for callback in after {
             if let Err(err) = callback.bind(py).call0() {
-                if err.is_instance_of::<PyKeyboardInterrupt>(py)
-                    || err.is_instance_of::<PySystemExit>(py)
-                {
+                if leaves_the_loop(py, &err) {
                     escaping.get_or_insert(err);
                     continue;
                 }

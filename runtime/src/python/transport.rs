@@ -27,12 +27,12 @@
 use std::cell::RefCell;
 use std::os::fd::RawFd;
 
-use pyo3::exceptions::{PyKeyboardInterrupt, PyOSError, PySystemExit};
+use pyo3::exceptions::PyOSError;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyMemoryView, PySlice};
 
-use super::event_loop::Reactor;
+use super::event_loop::{leaves_the_loop, Reactor};
 use super::ffi::with_contiguous_bytes;
 use crate::event_loop::{recv, send};
 
@@ -55,7 +55,7 @@ fn os_error(err: &std::io::Error) -> PyErr {
 /// `SystemExit` and `KeyboardInterrupt` propagate; anything else is the transport's fatal error.
 fn fatal(transport: &Bound<'_, PyAny>, err: PyErr, message: &str) -> PyResult<()> {
     let py = transport.py();
-    if err.is_instance_of::<PySystemExit>(py) || err.is_instance_of::<PyKeyboardInterrupt>(py) {
+    if leaves_the_loop(py, &err) {
         return Err(err);
     }
     transport.call_method1(intern!(py, "_fatal_error"), (err.into_value(py), message))?;
@@ -145,17 +145,14 @@ pub(super) fn socket_write(
         .extract()?;
     if fine && queued > 0 {
         // Behind a write queued in this iteration: for asyncio both had been sent at once. It joins
-        // the queue as a copy (the caller may reuse its buffer), and, as asyncio's `write` does with
+        // the queue (`owned_bytes`), and, as asyncio's `write` does with
         // what it buffers, the protocol is paused at once if that is more than the high-water mark
         // (so `write(big); await drain()` waits for the flush). Empty: nothing, as in asyncio.
-        let copy = with_contiguous_bytes(data, |bytes| {
-            (!bytes.is_empty()).then(|| (PyBytes::new(py, bytes).into_any(), bytes.len()))
-        });
-        match copy {
-            Some(Some((copy, len))) => {
+        match owned_bytes(data, usize::MAX) {
+            Some(Some((owned, len))) => {
                 transport
                     .getattr(intern!(py, "_buffer"))?
-                    .call_method1(intern!(py, "append"), (copy,))?;
+                    .call_method1(intern!(py, "append"), (owned,))?;
                 transport.setattr(intern!(py, "_percore_queued"), queued + len)?;
                 let high_water: usize = transport.getattr(intern!(py, "_high_water"))?.extract()?;
                 if queued + len > high_water {
@@ -175,24 +172,12 @@ pub(super) fn socket_write(
         // write see it), as a `bytes` copy: the caller may reuse its buffer once `write` returns. No
         // flow control to apply: at most QUEUED_WRITE_MAX and the high-water mark.
         let high_water: usize = transport.getattr(intern!(py, "_high_water"))?.extract()?;
-        let limit = QUEUED_WRITE_MAX.min(high_water);
-        let queued = if data.is_instance_of::<PyBytes>() {
-            let len = data.len()?;
-            (len > 0 && len <= limit).then(|| data.clone())
-        } else {
-            with_contiguous_bytes(data, |bytes| {
-                (!bytes.is_empty() && bytes.len() <= limit)
-                    .then(|| PyBytes::new(py, bytes).into_any())
-            })
-            .flatten()
-        };
-        if let Some(queued) = queued {
+        if let Some((queued, len)) = owned_bytes(data, QUEUED_WRITE_MAX.min(high_water)).flatten() {
             let flush = transport.getattr(intern!(py, "_percore_flush"))?;
             reactor.get().after_callbacks(flush.unbind())?;
             transport
                 .getattr(intern!(py, "_buffer"))?
-                .call_method1(intern!(py, "append"), (&queued,))?;
-            let len = queued.len()?;
+                .call_method1(intern!(py, "append"), (queued,))?;
             transport.setattr(intern!(py, "_percore_queued"), len)?;
             return Ok(());
         }
@@ -207,13 +192,7 @@ pub(super) fn socket_write(
             if n == len {
                 return Ok(());
             }
-            // asyncio's own `memoryview(data)[n:]`.
-            rest = PyMemoryView::from(data)?.get_item(PySlice::new(
-                py,
-                n as isize,
-                len as isize,
-                1,
-            ))?;
+            rest = unsent(data, n, len)?;
         }
     }
     transport.call_method1(intern!(py, "_python_write"), (rest,))?;
@@ -260,14 +239,8 @@ pub(super) fn socket_flush(
                 return Ok(());
             }
             Some((Ok(n), len)) => {
-                // asyncio's `memoryview(data)[n:]`, then its writer callback for the rest.
-                let rest = PyMemoryView::from(&item)?.get_item(PySlice::new(
-                    py,
-                    n as isize,
-                    len as isize,
-                    1,
-                ))?;
-                buffer.set_item(0, rest)?;
+                // The rest waits for asyncio's writer callback.
+                buffer.set_item(0, unsent(&item, n, len)?)?;
                 return add_writer(transport, fd);
             }
             // Nothing sent: asyncio's `_write_ready` below meets the same error and handles it.
@@ -281,6 +254,32 @@ pub(super) fn socket_flush(
         transport.call_method0(intern!(py, "_maybe_pause_protocol"))?;
     }
     Ok(())
+}
+
+/// `data` as a `bytes` the transport can keep (itself if it is one, else a copy: the caller may reuse
+/// its buffer once `write` returns) and its length; `Some(None)` when empty or longer than `limit`,
+/// `None` when it is not a contiguous buffer.
+fn owned_bytes<'py>(
+    data: &Bound<'py, PyAny>,
+    limit: usize,
+) -> Option<Option<(Bound<'py, PyAny>, usize)>> {
+    let py = data.py();
+    with_contiguous_bytes(data, |bytes| {
+        let len = bytes.len();
+        (len > 0 && len <= limit).then(|| {
+            let owned = if data.is_instance_of::<PyBytes>() {
+                data.clone()
+            } else {
+                PyBytes::new(py, bytes).into_any()
+            };
+            (owned, len)
+        })
+    })
+}
+
+/// What a send of `n` of `data`'s `len` bytes left: asyncio's own `memoryview(data)[n:]`.
+fn unsent<'py>(data: &Bound<'py, PyAny>, n: usize, len: usize) -> PyResult<Bound<'py, PyAny>> {
+    PyMemoryView::from(data)?.get_item(PySlice::new(data.py(), n as isize, len as isize, 1))
 }
 
 /// asyncio's `_add_writer(fd, transport._write_ready)` (replacing one already registered).
