@@ -274,7 +274,9 @@ def test_a_cancelled_timer_lets_go_of_its_callback_at_once(any_loop):
     assert alive() is not None
     timer.cancel()
     assert alive() is None
-    assert timer._callback is None and timer._args is None and timer.get_context() is not None
+    assert timer._callback is None and timer._args is None
+    if sys.version_info >= (3, 12):  # get_context() is new in 3.12
+        assert timer.get_context() is not None
 
 
 @pytest.mark.parametrize("debug", [False, True])
@@ -557,7 +559,8 @@ def test_a_socket_transport_streams_both_ways_with_flow_control(any_loop):
         transport, protocol = await any_loop.create_connection(lambda: _Recorder(any_loop), sock=a)
         assert isinstance(transport, SocketTransport) == (type(any_loop) is not asyncio.SelectorEventLoop)
         for wrong in ("text", array.array("B", b"buffer, but not a type write takes")):
-            with pytest.raises(TypeError, match="bytes, bytearray, or memoryview"):
+            # asyncio's own messages (3.12+ and 3.11)
+            with pytest.raises(TypeError, match=r"bytes, bytearray, or memoryview|bytes-like object"):
                 transport.write(wrong)
         transport.write(b"head")
         transport.write(bytearray(b"-"))
@@ -575,10 +578,11 @@ def test_a_socket_transport_streams_both_ways_with_flow_control(any_loop):
         assert protocol.data == b"x" * 300_000 and protocol.types == {bytes}
         assert await protocol.lost is None  # eof_received returned None: the transport closed
         assert transport.is_closing()
-        # Nothing keeps it in a cycle once the connection is lost: freed by reference counting.
+        # Nothing keeps it in a cycle once the connection is lost: freed by reference counting. (3.11's
+        # asyncio keeps one of its own, `_read_ready_cb`, on either loop.)
         freed = weakref.ref(transport)
         del transport
-        assert freed() is None
+        assert freed() is None or sys.version_info < (3, 12)
 
     gc.disable()
     try:
@@ -624,6 +628,9 @@ def test_a_socket_transport_reports_a_reset_and_a_failing_protocol_like_asyncios
     assert isinstance(errors[0]["exception"], ValueError)
 
 
+@pytest.mark.skipif(
+    sys.version_info < (3, 12), reason="3.11's write buffer is a bytearray: writes are not queued"
+)
 def test_small_writes_of_an_iteration_leave_together_after_its_callbacks(loop):
     """percore's transport queues a small write made while the loop runs callbacks and sends it once
     they are done (as uvloop does), so the queries a burst of task steps writes reach the database
@@ -976,7 +983,8 @@ def test_percore_run_and_asyncio_runners_use_our_loop():
         return type(asyncio.get_running_loop())
 
     assert percore.run(which()) is percore.EventLoop
-    assert asyncio.run(which(), loop_factory=percore.new_event_loop) is percore.EventLoop
+    if sys.version_info >= (3, 12):  # asyncio.run's loop_factory is new in 3.12
+        assert asyncio.run(which(), loop_factory=percore.new_event_loop) is percore.EventLoop
     with asyncio.Runner(loop_factory=percore.new_event_loop) as runner:
         assert runner.run(which()) is percore.EventLoop
     policy = asyncio.get_event_loop_policy()

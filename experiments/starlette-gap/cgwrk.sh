@@ -1,6 +1,6 @@
 #!/bin/bash
 # usage: cgwrk.sh <name> <port> <secs> <path> -- server command...
-# Server under callgrind (collection off); warm-up with the sequential client; then collect during a
+# Server under callgrind (collection off; CALLGRIND_ARGS adds options, e.g. --cache-sim=yes); warm-up with the sequential client; then collect during a
 # wrk -c64 run of <secs>; prints Ir per request (all threads of the traced processes).
 set -u
 name=$1 port=$2 secs=$3 path=$4; shift 5
@@ -8,7 +8,7 @@ here=$(cd "$(dirname "$0")" && pwd); out=$here/out; mkdir -p "$out"
 rm -f $out/$name.*
 # PYTHON: any interpreter (the client is plain http.client), e.g. the venv of the server under test.
 CLIENT="${PYTHON:-python3} $here/client.py"
-PYTHONHASHSEED=${PYTHONHASHSEED:-0} setsid valgrind --tool=callgrind --instr-atstart=no --trace-children=yes \
+PYTHONHASHSEED=${PYTHONHASHSEED:-0} setsid valgrind --tool=callgrind ${CALLGRIND_ARGS:-} --instr-atstart=no --trace-children=yes \
   --callgrind-out-file=$out/$name.%p "$@" > $out/$name.log 2>&1 &
 vpid=$!
 for i in $(seq 1 600); do

@@ -11,9 +11,14 @@ asyncio's own code, and the Rust paths hand every unusual case to it.
 from __future__ import annotations
 
 import functools
+import sys
 from asyncio import protocols, selector_events
 
-from ._runtime import socket_flush, socket_read_ready, socket_write
+from ._runtime import SocketIo, socket_flush, socket_read_ready, socket_write
+
+# asyncio's write buffer is a deque of buffers from 3.12 on (a bytearray before): small writes are queued
+# in it until the iteration's callbacks are done only there.
+_QUEUES_WRITES = sys.version_info >= (3, 12)
 
 
 class SocketTransport(selector_events._SelectorSocketTransport):  # type: ignore[name-defined,misc]
@@ -22,29 +27,55 @@ class SocketTransport(selector_events._SelectorSocketTransport):  # type: ignore
     _python_write = selector_events._SelectorSocketTransport.write
 
     def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None) -> None:
-        # Before asyncio's __init__, which schedules add_reader(fd, self._read_ready). (Each partial
-        # refers back to the transport: a cycle until the connection is lost, see below.)
-        self._read_ready = functools.partial(socket_read_ready, self)
-        # A small write made while the loop runs callbacks waits in `_buffer` until they are done, and
-        # `_percore_flush` sends it then (see socket_write): a burst of them leaves back to back.
-        self.write = functools.partial(socket_write, self, loop._reactor)
-        self._percore_flush = functools.partial(socket_flush, self, loop._reactor)
-        # Bytes in `_buffer` queued by socket_write in this iteration (not left by a full socket).
-        self._percore_queued = 0
+        # Before asyncio's __init__, which sets the protocol and schedules add_reader(fd, self._read_ready).
+        # `_percore_io` keeps what the Rust paths would otherwise read from attributes on every call; the
+        # methods below that change those keep it true. (Each partial refers back to the transport: a cycle
+        # until the connection is lost, see below.)
+        io = self._percore_io = SocketIo(loop._reactor, sock.fileno(), self.max_size, _QUEUES_WRITES)
+        self._read_ready = functools.partial(socket_read_ready, self, io)
+        # A small write made while the loop runs callbacks waits in `_buffer` until they are done, and the
+        # flush sends it then (see socket_write): a burst of them leaves back to back.
+        self.write = functools.partial(socket_write, self, io)
+        io.set_flush(functools.partial(socket_flush, self, io))
         super().__init__(loop, sock, protocol, waiter, extra, server)
+
+    def set_protocol(self, protocol) -> None:
+        super().set_protocol(protocol)
+        # The Rust reader calls the protocol's data_received, bound once (as uvloop's transports do); a
+        # BufferedProtocol, or an object without it, reads through asyncio's own code.
+        buffered = isinstance(protocol, protocols.BufferedProtocol)
+        self._percore_io.set_protocol(None if buffered else getattr(protocol, "data_received", None))
+
+    def _set_write_buffer_limits(self, high=None, low=None) -> None:
+        super()._set_write_buffer_limits(high, low)
+        self._percore_io.set_high_water(self._high_water)
+
+    def write_eof(self) -> None:
+        try:
+            super().write_eof()
+        finally:
+            self._percore_io.set_eof(self._eof)
+
+    def _make_empty_waiter(self):
+        waiter = super()._make_empty_waiter()
+        self._percore_io.set_sendfile(True)
+        return waiter
+
+    def _reset_empty_waiter(self) -> None:
+        super()._reset_empty_waiter()
+        self._percore_io.set_sendfile(False)
 
     def writelines(self, list_of_data) -> None:
         # asyncio's sends the whole buffer at once, what socket_write queued included; what it leaves
         # is a full socket's backlog.
-        self._percore_queued = 0
+        self._percore_io.take_queued()
         super().writelines(list_of_data)
 
     def _force_close(self, exc) -> None:
         # abort(), or a protocol that wrote a reply and then failed: what was queued in this iteration
         # had, for asyncio, been handed to the kernel already, which delivers it before the end. Best
         # effort, as there; data a full socket left buffered is dropped, as asyncio drops it.
-        if self._percore_queued and self._buffer and not self._conn_lost:
-            self._percore_queued = 0
+        if self._percore_io.take_queued() and self._buffer and not self._conn_lost:
             try:
                 for data in self._buffer:
                     if self._sock.send(data) < len(data):
@@ -52,11 +83,6 @@ class SocketTransport(selector_events._SelectorSocketTransport):  # type: ignore
             except OSError:
                 pass
         super()._force_close(exc)
-
-    def set_protocol(self, protocol) -> None:
-        super().set_protocol(protocol)
-        # A BufferedProtocol reads through asyncio's get_buffer path.
-        self._percore_buffered = isinstance(protocol, protocols.BufferedProtocol)
 
     def _call_connection_lost(self, exc) -> None:
         try:
@@ -66,4 +92,4 @@ class SocketTransport(selector_events._SelectorSocketTransport):  # type: ignore
             # they only count and drop writes.
             self.__dict__.pop("_read_ready", None)
             self.__dict__.pop("write", None)
-            self.__dict__.pop("_percore_flush", None)
+            self._percore_io.clear()

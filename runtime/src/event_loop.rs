@@ -21,8 +21,10 @@
 #![allow(unsafe_code)]
 
 use std::cmp::Ordering;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
+use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicI32, Ordering as AtomicOrdering};
 use std::time::Duration;
@@ -167,7 +169,9 @@ impl Poller {
     /// An interrupted wait (a signal) returns `ErrorKind::Interrupted` so the caller can run handlers.
     pub fn wait(&self, events: &mut Vec<Event>, timeout: Option<Duration>) -> io::Result<()> {
         const CAPACITY: usize = 256;
-        let mut raw = [libc::epoll_event { events: 0, u64: 0 }; CAPACITY];
+        // Left uninitialised: the kernel fills the first `n`, only those are read. (Zeroing 3 KiB per
+        // wait was `rep stosb` in every iteration of the loop.)
+        let mut raw = [const { MaybeUninit::<libc::epoll_event>::uninit() }; CAPACITY];
         // Round up: waking a millisecond early would find the timer not yet due and spin.
         let millis = match timeout {
             None => -1,
@@ -176,9 +180,16 @@ impl Poller {
         let epoll = Self::live(&self.epoll)?;
         // SAFETY: `raw` has room for CAPACITY entries and outlives the call.
         let n = check(unsafe {
-            libc::epoll_wait(epoll, raw.as_mut_ptr(), CAPACITY as libc::c_int, millis)
+            libc::epoll_wait(
+                epoll,
+                raw.as_mut_ptr().cast(),
+                CAPACITY as libc::c_int,
+                millis,
+            )
         })?;
         for event in &raw[..n as usize] {
+            // SAFETY: epoll_wait initialised the first `n` entries.
+            let event = unsafe { event.assume_init_read() };
             let (bits, token) = (event.events, event.u64);
             if token == WAKE_TOKEN {
                 self.drain_wake();
@@ -225,6 +236,32 @@ impl Drop for Poller {
         self.close();
     }
 }
+
+/// The hasher of maps keyed by file descriptor ([`FdMap`]). std's default, SipHash, resists keys an
+/// attacker picks, which descriptors are not, and cost ~10 instructions per byte plus setup on every
+/// readiness event and reader change (callgrind: 9 k instructions per asyncpg `/queries` request); a
+/// multiply spreads a small integer over all 64 bits (hashbrown takes a control byte from the top).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FdHasher(u64);
+
+impl Hasher for FdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(byte)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_i32(&mut self, n: i32) {
+        self.0 = (u64::from(n as u32) ^ self.0).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+/// A map keyed by file descriptor.
+pub type FdMap<V> = HashMap<RawFd, V, BuildHasherDefault<FdHasher>>;
 
 /// `recv(fd, buf)`: what `socket.recv` does, without a Python object per call.
 pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
@@ -385,6 +422,23 @@ mod tests {
         let removed = heap.extract_if(|i| i % 2 == 0);
         assert_eq!(removed.len(), 5);
         assert_eq!(heap.peek().map(|(w, _)| w), Some(2.0));
+    }
+
+    #[test]
+    fn descriptor_maps_keep_every_key_apart() {
+        let mut map = FdMap::default();
+        for fd in -1..5000 {
+            map.insert(fd, fd * 2);
+        }
+        assert_eq!(map.len(), 5001);
+        assert!((-1..5000).all(|fd| map.get(&fd) == Some(&(fd * 2))));
+        let hash = |fd: RawFd| {
+            let mut hasher = FdHasher::default();
+            std::hash::Hash::hash(&fd, &mut hasher);
+            hasher.finish()
+        };
+        // Neighbouring descriptors differ in the top bits too (hashbrown's control byte).
+        assert_ne!(hash(3) >> 57, hash(4) >> 57);
     }
 
     #[test]

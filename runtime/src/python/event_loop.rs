@@ -42,7 +42,7 @@
 //!   readable), as for any epoll user that closes before removing. asyncio's transports close a socket
 //!   one iteration after removing its reader, so they never meet this.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -59,7 +59,7 @@ use pyo3::pyclass::CompareOp;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyFloat, PyInt, PyTuple};
 
-use crate::event_loop::{monotonic, Event, Poller, TimerHeap};
+use crate::event_loop::{monotonic, Event, FdMap, Poller, TimerHeap};
 
 /// asyncio's cap on one wait (`base_events.MAXIMUM_SELECT_TIMEOUT`).
 const MAXIMUM_WAIT: f64 = 24.0 * 3600.0;
@@ -510,7 +510,7 @@ struct State {
     /// An empty deque kept to swap with `ready` at the start of an iteration (no allocation).
     spare: VecDeque<Ready>,
     timers: TimerHeap<Py<TimerHandle>>,
-    io: HashMap<RawFd, Watch>,
+    io: FdMap<Watch>,
     events: Vec<Event>,
     /// Descriptors whose last reader/writer went away in this iteration: still in the epoll set until
     /// `flush_lapsed`, before the next wait. See `unwatch_locked`.

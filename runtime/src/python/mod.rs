@@ -87,6 +87,7 @@ fn _runtime(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<event_loop::Reactor>()?;
     m.add_class::<event_loop::Handle>()?;
     m.add_class::<event_loop::TimerHandle>()?;
+    m.add_class::<transport::SocketIo>()?;
     m.add_function(wrap_pyfunction!(transport::socket_read_ready, m)?)?;
     m.add_function(wrap_pyfunction!(transport::socket_write, m)?)?;
     m.add_function(wrap_pyfunction!(transport::socket_flush, m)?)?;

@@ -17,20 +17,33 @@
 //!   done (`Reactor::after_callbacks`), as uvloop queues its writes: a burst of database queries then
 //!   leaves back to back instead of one per task step, and the database's core is woken once per
 //!   burst (asyncpg `/queries?n=20`: inter-processor interrupts per request 8.8 -> ~4, uvloop's
-//!   count; docs/event-loop.md, "Queued writes"). `_percore_queued` counts the queued bytes. Between
+//!   count; docs/event-loop.md, "Queued writes"). `SocketIo::queued` counts the queued bytes. Between
 //!   the write and the flush the buffer is non-empty with no writer registered; every iteration that
 //!   ran callbacks ends with the flush, which restores asyncio's invariant (and removes a writer left
 //!   for an emptied buffer).
+//! - What the hot paths would otherwise read from the transport's attributes on every call is kept in
+//!   its `SocketIo` (descriptor, read size, the protocol's bound `data_received` as uvloop keeps it,
+//!   the high-water mark, `write_eof` and sendfile, the queued byte count). Each attribute read is a
+//!   type lookup and a dict lookup, ~190 instructions: callgrind counted ~25 of them per asyncpg
+//!   query, 4% of all instructions of `/queries?n=20`. `percore._transport.SocketTransport` keeps it
+//!   true by overriding the methods that change those (`set_protocol`, `_set_write_buffer_limits`,
+//!   `write_eof`, `_make_empty_waiter`, `_reset_empty_waiter`); what asyncio changes inline in many
+//!   places (`_conn_lost`, `_closing`, `_buffer`) is still read from the transport.
+//! - Writes are queued only where asyncio's `_buffer` is a deque of buffers (3.12+); on 3.11 it is a
+//!   `bytearray` and every write is sent at once, as before queued writes existed.
 //! - The read buffer is per thread (each loop thread reads its own sockets) and is not borrowed while
 //!   Python runs (`data_received` gets a copy).
 
 use std::cell::RefCell;
 use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 use pyo3::exceptions::PyOSError;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyMemoryView, PySlice};
+use pyo3::{PyTraverseError, PyVisit};
 
 use super::event_loop::{leaves_the_loop, Reactor};
 use super::ffi::with_contiguous_bytes;
@@ -62,29 +75,146 @@ fn fatal(transport: &Bound<'_, PyAny>, err: PyErr, message: &str) -> PyResult<()
     Ok(())
 }
 
+/// A socket transport's state for its Rust hot paths (see the module's invariants); one per
+/// transport, made by `SocketTransport.__init__` before asyncio's (which sets the protocol).
+#[pyclass(module = "percore._runtime", frozen)]
+pub(crate) struct SocketIo {
+    reactor: Py<Reactor>,
+    fd: RawFd,
+    /// asyncio's `max_size`: at most this much per `recv`.
+    max_size: usize,
+    /// Whether small writes may be queued (asyncio's `_buffer` is a deque: 3.12+).
+    queues: bool,
+    /// Bytes in `_buffer` queued by `socket_write` in this iteration (not left by a full socket).
+    queued: AtomicUsize,
+    /// asyncio's `_high_water`.
+    high_water: AtomicUsize,
+    /// asyncio's `_eof` (`write_eof` was called).
+    eof: AtomicBool,
+    /// asyncio's `_empty_waiter is not None` (a sendfile is in progress).
+    sendfile: AtomicBool,
+    /// The protocol's bound `data_received`; None for a buffered protocol (or one without it): then
+    /// asyncio's own reader runs.
+    data_received: Mutex<Option<Py<PyAny>>>,
+    /// `socket_flush` bound to the transport and this state, queued after the iteration's callbacks
+    /// when a write is queued; None once the connection is lost.
+    flush: Mutex<Option<Py<PyAny>>>,
+}
+
+fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl SocketIo {
+    fn data_received(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        locked(&self.data_received)
+            .as_ref()
+            .map(|callback| callback.clone_ref(py))
+    }
+
+    fn flush(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        locked(&self.flush)
+            .as_ref()
+            .map(|flush| flush.clone_ref(py))
+    }
+}
+
+#[pymethods]
+impl SocketIo {
+    #[new]
+    fn new(reactor: Py<Reactor>, fd: RawFd, max_size: usize, queues: bool) -> Self {
+        Self {
+            reactor,
+            fd,
+            max_size: max_size.max(1),
+            queues,
+            queued: AtomicUsize::new(0),
+            high_water: AtomicUsize::new(0),
+            eof: AtomicBool::new(false),
+            sendfile: AtomicBool::new(false),
+            data_received: Mutex::new(None),
+            flush: Mutex::new(None),
+        }
+    }
+
+    /// The new protocol's bound `data_received`, or None to leave reading to asyncio.
+    fn set_protocol(&self, data_received: Option<Py<PyAny>>) {
+        let old = std::mem::replace(&mut *locked(&self.data_received), data_received);
+        drop(old); // after the lock: a finalizer may run
+    }
+
+    fn set_flush(&self, flush: Option<Py<PyAny>>) {
+        let old = std::mem::replace(&mut *locked(&self.flush), flush);
+        drop(old);
+    }
+
+    fn set_high_water(&self, high_water: usize) {
+        self.high_water.store(high_water, Ordering::Relaxed);
+    }
+
+    fn set_eof(&self, eof: bool) {
+        self.eof.store(eof, Ordering::Relaxed);
+    }
+
+    fn set_sendfile(&self, in_progress: bool) {
+        self.sendfile.store(in_progress, Ordering::Relaxed);
+    }
+
+    /// The queued byte count, reset to 0 (`writelines` sends the whole buffer; `abort` the queue).
+    fn take_queued(&self) -> usize {
+        self.queued.swap(0, Ordering::Relaxed)
+    }
+
+    /// Drops the references back to the transport (the connection is lost).
+    fn clear(&self) {
+        self.__clear__();
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.reactor)?;
+        // Never block in the collector: a busy lock only delays collection.
+        if let Ok(callback) = self.data_received.try_lock() {
+            visit.call(&*callback)?;
+        }
+        if let Ok(flush) = self.flush.try_lock() {
+            visit.call(&*flush)?;
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        let taken = (
+            locked(&self.data_received).take(),
+            locked(&self.flush).take(),
+        );
+        drop(taken);
+    }
+}
+
 /// The transport's reader callback (asyncio's `_read_ready`).
 #[pyfunction]
-pub(super) fn socket_read_ready(transport: &Bound<'_, PyAny>) -> PyResult<()> {
+pub(super) fn socket_read_ready(
+    transport: &Bound<'_, PyAny>,
+    io: &Bound<'_, SocketIo>,
+) -> PyResult<()> {
     let py = transport.py();
     if transport.getattr(intern!(py, "_conn_lost"))?.is_truthy()? {
         return Ok(());
     }
-    if transport
-        .getattr(intern!(py, "_percore_buffered"))?
-        .is_truthy()?
-    {
-        transport.call_method0(intern!(py, "_read_ready__get_buffer"))?;
+    let io = io.get();
+    let Some(data_received) = io.data_received(py) else {
+        // A buffered protocol (asyncio's get_buffer path), or one without data_received.
+        transport.getattr(intern!(py, "_read_ready_cb"))?.call0()?;
         return Ok(());
-    }
-    let fd: RawFd = transport.getattr(intern!(py, "_sock_fd"))?.extract()?;
-    let max_size: usize = transport.getattr(intern!(py, "max_size"))?.extract()?;
+    };
     let read = READ_BUFFER.with(|buffer| {
         let mut buffer = buffer.borrow_mut();
-        let size = max_size.max(1);
-        if buffer.len() < size {
-            buffer.resize(size, 0);
+        if buffer.len() < io.max_size {
+            buffer.resize(io.max_size, 0);
         }
-        recv(fd, &mut buffer[..size]).map(|n| PyBytes::new(py, &buffer[..n]))
+        recv(io.fd, &mut buffer[..io.max_size]).map(|n| PyBytes::new(py, &buffer[..n]))
     });
     let data = match read {
         Ok(data) => data,
@@ -108,8 +238,7 @@ pub(super) fn socket_read_ready(transport: &Bound<'_, PyAny>) -> PyResult<()> {
         transport.call_method0(intern!(py, "_read_ready__on_eof"))?;
         return Ok(());
     }
-    let protocol = transport.getattr(intern!(py, "_protocol"))?;
-    match protocol.call_method1(intern!(py, "data_received"), (data,)) {
+    match data_received.bind(py).call1((data,)) {
         Ok(_) => Ok(()),
         Err(err) => fatal(
             transport,
@@ -129,33 +258,34 @@ const QUEUED_WRITE_MAX: usize = 16 * 1024;
 #[pyfunction]
 pub(super) fn socket_write(
     transport: &Bound<'_, PyAny>,
-    reactor: &Bound<'_, Reactor>,
+    io: &Bound<'_, SocketIo>,
     data: &Bound<'_, PyAny>,
 ) -> PyResult<()> {
     let py = transport.py();
+    let io = io.get();
     // asyncio takes these three types only (TypeError otherwise, from its own `write`).
     let fine = (data.is_instance_of::<PyBytes>()
         || data.is_instance_of::<PyByteArray>()
         || data.is_instance_of::<PyMemoryView>())
-        && !transport.getattr(intern!(py, "_eof"))?.is_truthy()?
-        && transport.getattr(intern!(py, "_empty_waiter"))?.is_none()
+        && !io.eof.load(Ordering::Relaxed)
+        && !io.sendfile.load(Ordering::Relaxed)
         && !transport.getattr(intern!(py, "_conn_lost"))?.is_truthy()?;
-    let queued: usize = transport
-        .getattr(intern!(py, "_percore_queued"))?
-        .extract()?;
-    if fine && queued > 0 {
+    if !fine {
+        transport.call_method1(intern!(py, "_python_write"), (data,))?;
+        return Ok(());
+    }
+    let buffer = transport.getattr(intern!(py, "_buffer"))?;
+    let queued = io.queued.load(Ordering::Relaxed);
+    if queued > 0 {
         // Behind a write queued in this iteration: for asyncio both had been sent at once. It joins
         // the queue (`owned_bytes`), and, as asyncio's `write` does with
         // what it buffers, the protocol is paused at once if that is more than the high-water mark
         // (so `write(big); await drain()` waits for the flush). Empty: nothing, as in asyncio.
         match owned_bytes(data, usize::MAX) {
             Some(Some((owned, len))) => {
-                transport
-                    .getattr(intern!(py, "_buffer"))?
-                    .call_method1(intern!(py, "append"), (owned,))?;
-                transport.setattr(intern!(py, "_percore_queued"), queued + len)?;
-                let high_water: usize = transport.getattr(intern!(py, "_high_water"))?.extract()?;
-                if queued + len > high_water {
+                buffer.call_method1(intern!(py, "append"), (owned,))?;
+                io.queued.store(queued + len, Ordering::Relaxed);
+                if queued + len > io.high_water.load(Ordering::Relaxed) {
                     transport.call_method0(intern!(py, "_maybe_pause_protocol"))?;
                 }
                 return Ok(());
@@ -165,27 +295,23 @@ pub(super) fn socket_write(
             None => {}
         }
     }
-    let quiet = fine && !transport.getattr(intern!(py, "_buffer"))?.is_truthy()?;
-    let mut rest = data.clone();
-    if quiet && reactor.get().running_callbacks() {
+    let quiet = !buffer.is_truthy()?;
+    if quiet && io.queues && io.reactor.get().running_callbacks() {
         // Into asyncio's own buffer (so `get_write_buffer_size`, `close`, `write_eof` and a second
         // write see it), as a `bytes` copy: the caller may reuse its buffer once `write` returns. No
         // flow control to apply: at most QUEUED_WRITE_MAX and the high-water mark.
-        let high_water: usize = transport.getattr(intern!(py, "_high_water"))?.extract()?;
-        if let Some((queued, len)) = owned_bytes(data, QUEUED_WRITE_MAX.min(high_water)).flatten() {
-            let flush = transport.getattr(intern!(py, "_percore_flush"))?;
-            reactor.get().after_callbacks(flush.unbind())?;
-            transport
-                .getattr(intern!(py, "_buffer"))?
-                .call_method1(intern!(py, "append"), (queued,))?;
-            transport.setattr(intern!(py, "_percore_queued"), len)?;
+        let limit = QUEUED_WRITE_MAX.min(io.high_water.load(Ordering::Relaxed));
+        if let (Some(flush), Some(Some((owned, len)))) = (io.flush(py), owned_bytes(data, limit)) {
+            io.reactor.get().after_callbacks(flush)?;
+            buffer.call_method1(intern!(py, "append"), (owned,))?;
+            io.queued.store(len, Ordering::Relaxed);
             return Ok(());
         }
     }
+    let mut rest = data.clone();
     if quiet {
-        let fd: RawFd = transport.getattr(intern!(py, "_sock_fd"))?.extract()?;
         let sent = with_contiguous_bytes(data, |bytes| {
-            (!bytes.is_empty()).then(|| (send(fd, bytes), bytes.len()))
+            (!bytes.is_empty()).then(|| (send(io.fd, bytes), bytes.len()))
         })
         .flatten();
         if let Some((Ok(n), len)) = sent {
@@ -204,22 +330,20 @@ pub(super) fn socket_write(
 /// `_write_ready` (a partial send, an error, a `close()` or `write_eof()` waiting for the buffer) and
 /// its writer callback for what is left, exactly as if `write` had found the socket full.
 #[pyfunction]
-pub(super) fn socket_flush(
-    transport: &Bound<'_, PyAny>,
-    reactor: &Bound<'_, Reactor>,
-) -> PyResult<()> {
+pub(super) fn socket_flush(transport: &Bound<'_, PyAny>, io: &Bound<'_, SocketIo>) -> PyResult<()> {
     let py = transport.py();
-    transport.setattr(intern!(py, "_percore_queued"), 0)?;
+    let io = io.get();
+    io.queued.store(0, Ordering::Relaxed);
     let buffer = transport.getattr(intern!(py, "_buffer"))?;
     // Already sent (`writelines` writes the whole buffer at once) or dropped (`abort`, an error).
     if !buffer.is_truthy()? || transport.getattr(intern!(py, "_conn_lost"))?.is_truthy()? {
         return Ok(());
     }
-    let fd: RawFd = transport.getattr(intern!(py, "_sock_fd"))?.extract()?;
+    let fd = io.fd;
     let simple = buffer.len()? == 1
-        && !transport.getattr(intern!(py, "_closing"))?.is_truthy()?
-        && !transport.getattr(intern!(py, "_eof"))?.is_truthy()?
-        && transport.getattr(intern!(py, "_empty_waiter"))?.is_none();
+        && !io.eof.load(Ordering::Relaxed)
+        && !io.sendfile.load(Ordering::Relaxed)
+        && !transport.getattr(intern!(py, "_closing"))?.is_truthy()?;
     if simple {
         let item = buffer.get_item(0)?;
         let sent = with_contiguous_bytes(&item, |bytes| (send(fd, bytes), bytes.len()));
@@ -229,7 +353,7 @@ pub(super) fn socket_flush(
                 // A writer may be registered all the same: a protocol that writes from
                 // `resume_writing`, called by the writer callback that had just emptied the buffer
                 // (TLS does). Empty buffer, no writer: asyncio's own rule.
-                reactor.get().drop_writer(fd);
+                io.reactor.get().drop_writer(fd);
                 if transport
                     .getattr(intern!(py, "_protocol_paused"))?
                     .is_truthy()?
