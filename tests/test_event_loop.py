@@ -772,6 +772,91 @@ def test_a_write_to_a_closed_peer_ends_the_connection_with_its_error(any_loop):
         ours.close()
 
 
+def test_a_protocol_may_bind_its_data_received_after_connection_made(any_loop):
+    """The reader looks `data_received` up on every read, as asyncio does: a protocol that binds it in
+    connection_made (after the transport took the protocol) gets its data."""
+    ours, peer = socket.socketpair()
+
+    class LateBinding(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.got = bytearray()
+            self.data_received = self.got.extend
+
+    async def main():
+        transport, protocol = await any_loop.create_connection(LateBinding, sock=ours)
+        peer.sendall(b"hello")
+        for _ in range(100):
+            if protocol.got:
+                break
+            await asyncio.sleep(0.01)
+        assert protocol.got == b"hello"
+        transport.close()
+
+    try:
+        any_loop.run_until_complete(main())
+    finally:
+        peer.close()
+
+
+def test_write_buffer_limits_take_any_number_asyncio_takes(any_loop):
+    ours, peer = socket.socketpair()
+
+    async def main():
+        transport, _ = await any_loop.create_connection(lambda: _Recorder(any_loop), sock=ours)
+        transport.set_write_buffer_limits(high=float("inf"), low=0)
+        transport.write(b"x" * 1000)
+        transport.set_write_buffer_limits(low=1000.5)  # high: 4 * low = 4002.0
+        assert transport.get_write_buffer_limits() == (1000.5, 4002.0)
+        transport.set_write_buffer_limits(high=2**70, low=0)
+        transport.write(b"y" * 1000)
+        assert await _receive(any_loop, peer, 2000) == b"x" * 1000 + b"y" * 1000
+        transport.close()
+
+    peer.setblocking(False)
+    try:
+        any_loop.run_until_complete(main())
+    finally:
+        peer.close()
+
+
+def test_a_write_kept_from_before_the_end_never_reaches_a_reused_descriptor(any_loop):
+    """asyncio ends a connection closed with data buffered once the buffer drains, with `_conn_lost` still
+    0; the descriptor number then goes to the next socket. A `write` kept from before must not send there."""
+    ours, peer = socket.socketpair()
+    number = ours.fileno()
+    reported = []
+    any_loop.set_exception_handler(lambda loop, context: reported.append(context))
+
+    async def main():
+        transport, protocol = await any_loop.create_connection(lambda: _Recorder(any_loop), sock=ours)
+        write = transport.write
+        transport.write(b"x" * 2_000_000)  # more than a socketpair takes: buffered
+        transport.close()
+        await _receive(any_loop, peer, 2_000_000)
+        assert await protocol.lost is None
+        reused = socket.socketpair()
+        try:
+            assert number in (reused[0].fileno(), reused[1].fileno())
+            try:
+                write(b"secret")
+            except AttributeError:
+                pass  # asyncio's own write after the end (its socket is gone)
+            await asyncio.sleep(0.01)
+            for sock in reused:
+                sock.setblocking(False)
+                with pytest.raises(BlockingIOError):
+                    sock.recv(100)
+        finally:
+            for sock in reused:
+                sock.close()
+
+    peer.setblocking(False)
+    try:
+        any_loop.run_until_complete(main())
+    finally:
+        peer.close()
+
+
 async def _echo_via_streams() -> bytes:
     async def handle(reader, writer):
         writer.write(await reader.readline())

@@ -149,9 +149,9 @@ class EventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-define
 
     def _percore_callback_error(self, handle, exc: BaseException) -> None:
         """Called by the reactor when a callback raised (asyncio's ``Handle._run``)."""
-        if sys.version_info >= (3, 12):
+        if sys.version_info >= (3, 13):
             source = format_helpers._format_callback_source(handle._callback, handle._args, debug=self._debug)
-        else:  # no `debug` before 3.12
+        else:  # no `debug` before 3.13
             source = format_helpers._format_callback_source(handle._callback, handle._args)
         context = {"message": f"Exception in callback {source}", "exception": exc, "handle": handle}
         if handle._source_traceback:

@@ -29,8 +29,8 @@ class SocketTransport(selector_events._SelectorSocketTransport):  # type: ignore
     def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None) -> None:
         # Before asyncio's __init__, which sets the protocol and schedules add_reader(fd, self._read_ready).
         # `_percore_io` keeps what the Rust paths would otherwise read from attributes on every call; the
-        # methods below that change those keep it true. (Each partial refers back to the transport: a cycle
-        # until the connection is lost, see below.)
+        # methods below that change those keep it true (`max_size` is read here, once). (Each partial refers
+        # back to the transport: a cycle until the connection is lost, see below.)
         io = self._percore_io = SocketIo(loop._reactor, sock.fileno(), self.max_size, _QUEUES_WRITES)
         self._read_ready = functools.partial(socket_read_ready, self, io)
         # A small write made while the loop runs callbacks waits in `_buffer` until they are done, and the
@@ -41,14 +41,14 @@ class SocketTransport(selector_events._SelectorSocketTransport):  # type: ignore
 
     def set_protocol(self, protocol) -> None:
         super().set_protocol(protocol)
-        # The Rust reader calls the protocol's data_received, bound once (as uvloop's transports do); a
-        # BufferedProtocol, or an object without it, reads through asyncio's own code.
+        # The Rust reader calls protocol.data_received; a BufferedProtocol reads through asyncio's own code.
         buffered = isinstance(protocol, protocols.BufferedProtocol)
-        self._percore_io.set_protocol(None if buffered else getattr(protocol, "data_received", None))
+        self._percore_io.set_protocol(None if buffered else protocol)
 
     def _set_write_buffer_limits(self, high=None, low=None) -> None:
         super()._set_write_buffer_limits(high, low)
-        self._percore_io.set_high_water(self._high_water)
+        # asyncio takes any number (float("inf") included): compared with byte counts, its floor is the same.
+        self._percore_io.set_high_water(int(min(self._high_water, sys.maxsize)))
 
     def write_eof(self) -> None:
         try:

@@ -7,7 +7,8 @@
 //! with the same system calls per query).
 //!
 //! Invariants:
-//! - Semantics are asyncio's `_read_ready__data_received` and `write`, line for line; every case off
+//! - Semantics are asyncio's `_read_ready__data_received` and `write`, line for line (but for a
+//!   `max_size` set on one transport after it was made, which is not seen); every case off
 //!   the hot path (a buffered protocol, a closed or closing transport, data already buffered, a partial
 //!   or failed send, a `write_eof`, sendfile in progress, a type `send` does not take) is handed to
 //!   asyncio's own Python code with the transport's state untouched, so it decides as it always did.
@@ -22,13 +23,15 @@
 //!   ran callbacks ends with the flush, which restores asyncio's invariant (and removes a writer left
 //!   for an emptied buffer).
 //! - What the hot paths would otherwise read from the transport's attributes on every call is kept in
-//!   its `SocketIo` (descriptor, read size, the protocol's bound `data_received` as uvloop keeps it,
-//!   the high-water mark, `write_eof` and sendfile, the queued byte count). Each attribute read is a
+//!   its `SocketIo` (descriptor, the protocol, the high-water mark, `write_eof` and sendfile, the
+//!   queued byte count; `max_size` as it was when the transport was made). Each attribute read is a
 //!   type lookup and a dict lookup, ~190 instructions: callgrind counted ~25 of them per asyncpg
 //!   query, 4% of all instructions of `/queries?n=20`. `percore._transport.SocketTransport` keeps it
 //!   true by overriding the methods that change those (`set_protocol`, `_set_write_buffer_limits`,
 //!   `write_eof`, `_make_empty_waiter`, `_reset_empty_waiter`); what asyncio changes inline in many
-//!   places (`_conn_lost`, `_closing`, `_buffer`) is still read from the transport.
+//!   places (`_conn_lost`, `_closing`, `_buffer`) is still read from the transport. Once the
+//!   connection is lost the state is dead (`clear`): a `write` kept from before goes to asyncio's own
+//!   code, never to the descriptor number, which the kernel may have given to another socket.
 //! - Writes are queued only where asyncio's `_buffer` is a deque of buffers (3.12+); on 3.11 it is a
 //!   `bytearray` and every write is sent at once, as before queued writes existed.
 //! - The read buffer is per thread (each loop thread reads its own sockets) and is not borrowed while
@@ -93,9 +96,12 @@ pub(crate) struct SocketIo {
     eof: AtomicBool,
     /// asyncio's `_empty_waiter is not None` (a sendfile is in progress).
     sendfile: AtomicBool,
-    /// The protocol's bound `data_received`; None for a buffered protocol (or one without it): then
-    /// asyncio's own reader runs.
-    data_received: Mutex<Option<Py<PyAny>>>,
+    /// The protocol, when it is read with `data_received` (looked up on every read, as asyncio
+    /// does: a protocol may rebind it, in `connection_made` say); None for a buffered protocol:
+    /// then asyncio's own reader runs.
+    protocol: Mutex<Option<Py<PyAny>>>,
+    /// The connection is lost (`clear`): every path hands over to asyncio's code.
+    lost: AtomicBool,
     /// `socket_flush` bound to the transport and this state, queued after the iteration's callbacks
     /// when a write is queued; None once the connection is lost.
     flush: Mutex<Option<Py<PyAny>>>,
@@ -108,10 +114,14 @@ fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl SocketIo {
-    fn data_received(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        locked(&self.data_received)
+    fn protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        locked(&self.protocol)
             .as_ref()
-            .map(|callback| callback.clone_ref(py))
+            .map(|protocol| protocol.clone_ref(py))
+    }
+
+    fn lost(&self) -> bool {
+        self.lost.load(Ordering::Acquire)
     }
 
     fn flush(&self, py: Python<'_>) -> Option<Py<PyAny>> {
@@ -134,14 +144,16 @@ impl SocketIo {
             high_water: AtomicUsize::new(0),
             eof: AtomicBool::new(false),
             sendfile: AtomicBool::new(false),
-            data_received: Mutex::new(None),
+            protocol: Mutex::new(None),
+            lost: AtomicBool::new(false),
             flush: Mutex::new(None),
         }
     }
 
-    /// The new protocol's bound `data_received`, or None to leave reading to asyncio.
-    fn set_protocol(&self, data_received: Option<Py<PyAny>>) {
-        let old = std::mem::replace(&mut *locked(&self.data_received), data_received);
+    /// The new protocol if it reads with `data_received`, None to leave reading to asyncio (a
+    /// buffered protocol).
+    fn set_protocol(&self, protocol: Option<Py<PyAny>>) {
+        let old = std::mem::replace(&mut *locked(&self.protocol), protocol);
         drop(old); // after the lock: a finalizer may run
     }
 
@@ -167,16 +179,17 @@ impl SocketIo {
         self.queued.swap(0, Ordering::Relaxed)
     }
 
-    /// Drops the references back to the transport (the connection is lost).
+    /// The connection is lost: the state is dead, and drops its references back to the transport.
     fn clear(&self) {
+        self.lost.store(true, Ordering::Release);
         self.__clear__();
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         visit.call(&self.reactor)?;
         // Never block in the collector: a busy lock only delays collection.
-        if let Ok(callback) = self.data_received.try_lock() {
-            visit.call(&*callback)?;
+        if let Ok(protocol) = self.protocol.try_lock() {
+            visit.call(&*protocol)?;
         }
         if let Ok(flush) = self.flush.try_lock() {
             visit.call(&*flush)?;
@@ -185,10 +198,7 @@ impl SocketIo {
     }
 
     fn __clear__(&self) {
-        let taken = (
-            locked(&self.data_received).take(),
-            locked(&self.flush).take(),
-        );
+        let taken = (locked(&self.protocol).take(), locked(&self.flush).take());
         drop(taken);
     }
 }
@@ -204,8 +214,12 @@ pub(super) fn socket_read_ready(
         return Ok(());
     }
     let io = io.get();
-    let Some(data_received) = io.data_received(py) else {
-        // A buffered protocol (asyncio's get_buffer path), or one without data_received.
+    if io.lost() {
+        // A reader callback kept from before the end: asyncio's reader was removed with it.
+        return Ok(());
+    }
+    let Some(protocol) = io.protocol(py) else {
+        // A buffered protocol: asyncio's get_buffer path.
         transport.getattr(intern!(py, "_read_ready_cb"))?.call0()?;
         return Ok(());
     };
@@ -238,7 +252,10 @@ pub(super) fn socket_read_ready(
         transport.call_method0(intern!(py, "_read_ready__on_eof"))?;
         return Ok(());
     }
-    match data_received.bind(py).call1((data,)) {
+    match protocol
+        .bind(py)
+        .call_method1(intern!(py, "data_received"), (data,))
+    {
         Ok(_) => Ok(()),
         Err(err) => fatal(
             transport,
@@ -264,9 +281,10 @@ pub(super) fn socket_write(
     let py = transport.py();
     let io = io.get();
     // asyncio takes these three types only (TypeError otherwise, from its own `write`).
-    let fine = (data.is_instance_of::<PyBytes>()
-        || data.is_instance_of::<PyByteArray>()
-        || data.is_instance_of::<PyMemoryView>())
+    let fine = !io.lost()
+        && (data.is_instance_of::<PyBytes>()
+            || data.is_instance_of::<PyByteArray>()
+            || data.is_instance_of::<PyMemoryView>())
         && !io.eof.load(Ordering::Relaxed)
         && !io.sendfile.load(Ordering::Relaxed)
         && !transport.getattr(intern!(py, "_conn_lost"))?.is_truthy()?;
@@ -276,6 +294,13 @@ pub(super) fn socket_write(
     }
     let buffer = transport.getattr(intern!(py, "_buffer"))?;
     let queued = io.queued.load(Ordering::Relaxed);
+    let in_callbacks = io.reactor.get().running_callbacks();
+    if queued > 0 && !in_callbacks {
+        // Another thread (or the loop outside its callbacks) behind a queued write: asyncio's
+        // write buffers it behind the queue, and the pending flush sends both.
+        transport.call_method1(intern!(py, "_python_write"), (data,))?;
+        return Ok(());
+    }
     if queued > 0 {
         // Behind a write queued in this iteration: for asyncio both had been sent at once. It joins
         // the queue (`owned_bytes`), and, as asyncio's `write` does with
@@ -296,16 +321,18 @@ pub(super) fn socket_write(
         }
     }
     let quiet = !buffer.is_truthy()?;
-    if quiet && io.queues && io.reactor.get().running_callbacks() {
+    if quiet && io.queues && in_callbacks {
         // Into asyncio's own buffer (so `get_write_buffer_size`, `close`, `write_eof` and a second
         // write see it), as a `bytes` copy: the caller may reuse its buffer once `write` returns. No
         // flow control to apply: at most QUEUED_WRITE_MAX and the high-water mark.
         let limit = QUEUED_WRITE_MAX.min(io.high_water.load(Ordering::Relaxed));
-        if let (Some(flush), Some(Some((owned, len)))) = (io.flush(py), owned_bytes(data, limit)) {
-            io.reactor.get().after_callbacks(flush)?;
-            buffer.call_method1(intern!(py, "append"), (owned,))?;
-            io.queued.store(len, Ordering::Relaxed);
-            return Ok(());
+        if let Some(flush) = io.flush(py) {
+            if let Some(Some((owned, len))) = owned_bytes(data, limit) {
+                io.reactor.get().after_callbacks(flush)?;
+                buffer.call_method1(intern!(py, "append"), (owned,))?;
+                io.queued.store(len, Ordering::Relaxed);
+                return Ok(());
+            }
         }
     }
     let mut rest = data.clone();
@@ -334,6 +361,9 @@ pub(super) fn socket_flush(transport: &Bound<'_, PyAny>, io: &Bound<'_, SocketIo
     let py = transport.py();
     let io = io.get();
     io.queued.store(0, Ordering::Relaxed);
+    if io.lost() {
+        return Ok(());
+    }
     let buffer = transport.getattr(intern!(py, "_buffer"))?;
     // Already sent (`writelines` writes the whole buffer at once) or dropped (`abort`, an error).
     if !buffer.is_truthy()? || transport.getattr(intern!(py, "_conn_lost"))?.is_truthy()? {
