@@ -772,6 +772,34 @@ def test_a_write_to_a_closed_peer_ends_the_connection_with_its_error(any_loop):
         ours.close()
 
 
+@pytest.mark.parametrize("method", ["call_soon", "call_soon_threadsafe"])
+def test_call_soon_takes_the_arguments_asyncio_takes(any_loop, method):
+    """percore binds a builtin that parses `(callback, *args, context=None)` itself."""
+    call_soon = getattr(any_loop, method)
+    var = contextvars.ContextVar("var", default="unset")
+    seen = []
+
+    def record(*args):
+        seen.append((args, var.get()))
+
+    with pytest.raises(TypeError, match="callback"):
+        call_soon()
+    with pytest.raises(TypeError, match="unexpected keyword argument 'bogus'"):
+        call_soon(record, bogus=1)
+    context = contextvars.copy_context()
+    context.run(var.set, "given")
+    var.set("current")
+    call_soon(record, 1, "two", context=context)
+    call_soon(record, context=None)
+    handle = call_soon(record, 3)
+    var.set("later")  # the copy was taken at the call
+    assert handle._args == (3,) and handle._callback is record
+    any_loop.call_soon(any_loop.stop)
+    any_loop.run_forever()
+    assert seen == [((1, "two"), "given"), ((), "current"), ((3,), "current")]
+    var.set("unset")
+
+
 def test_a_protocol_may_bind_its_data_received_after_connection_made(any_loop):
     """The reader looks `data_received` up on every read, as asyncio does: a protocol that binds it in
     connection_made (after the transport took the protocol) gets its data."""

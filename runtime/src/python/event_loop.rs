@@ -59,6 +59,7 @@ use pyo3::pyclass::CompareOp;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyFloat, PyInt, PyTuple};
 
+use super::ffi::{copy_context, soon_builtin, Soon};
 use crate::event_loop::{monotonic, Event, FdMap, Poller, TimerHeap};
 
 /// asyncio's cap on one wait (`base_events.MAXIMUM_SELECT_TIMEOUT`).
@@ -81,13 +82,6 @@ struct Callback {
     /// Where it was scheduled from: set by the Python side in debug mode only (asyncio's
     /// `Handle._source_traceback`).
     source_traceback: OnceLock<Py<PyAny>>,
-}
-
-fn copy_context(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
-    static COPY_CONTEXT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    COPY_CONTEXT
-        .import(py, "contextvars", "copy_context")?
-        .call0()
 }
 
 /// `contextvars.Context.run`, the unbound method: `run(context, callback, *args)`.
@@ -116,17 +110,25 @@ impl Callback {
             _ => copy_context(py)?,
         };
         let mut items = Vec::with_capacity(args.len() + 2);
-        items.push(context.clone());
+        items.push(context);
         items.push(callback);
         items.extend(args.iter());
-        let run_args = PyTuple::new(py, items)?.unbind();
-        Ok(Self {
-            run_args: Mutex::new(Some(run_args)),
-            context: context.unbind(),
+        Ok(Self::from_run_args(event_loop, PyTuple::new(py, items)?))
+    }
+
+    /// The call `run_args` = `(context, callback, *args)` says.
+    fn from_run_args(event_loop: &Py<PyAny>, run_args: Bound<'_, PyTuple>) -> Self {
+        let py = run_args.py();
+        let context = run_args
+            .get_item(0)
+            .map_or_else(|_| py.None(), Bound::unbind);
+        Self {
+            run_args: Mutex::new(Some(run_args.unbind())),
+            context,
             event_loop: event_loop.clone_ref(py),
             cancelled: AtomicBool::new(false),
             source_traceback: OnceLock::new(),
-        })
+        }
     }
 
     fn cancelled(&self) -> bool {
@@ -597,9 +599,33 @@ impl Reactor {
         threadsafe: bool,
     ) -> PyResult<Py<Handle>> {
         let call = Callback::new(py, &self.event_loop, callback, args, context)?;
+        self.soon_handle(py, call, threadsafe)
+    }
+
+    fn soon_handle(
+        &self,
+        py: Python<'_>,
+        call: Callback,
+        threadsafe: bool,
+    ) -> PyResult<Py<Handle>> {
         let handle = Py::new(py, Handle { call })?;
         self.push(Ready::Soon(handle.clone_ref(py)), threadsafe)?;
         Ok(handle)
+    }
+
+    /// The Rust side of the loop's `call_soon` builtin (`ffi::soon_builtin`).
+    fn soon_builtin_call<'py>(
+        reactor: &Bound<'py, PyAny>,
+        run_args: Bound<'py, PyTuple>,
+        threadsafe: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = reactor.py();
+        let reactor = reactor.cast::<Reactor>()?.get();
+        let call = Callback::from_run_args(&reactor.event_loop, run_args);
+        Ok(reactor
+            .soon_handle(py, call, threadsafe)?
+            .into_bound(py)
+            .into_any())
     }
 
     fn timer(
@@ -1130,6 +1156,20 @@ impl Reactor {
     fn remove_writer_checked(&self, py: Python<'_>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
         let fd = self.no_transport(py, fd)?;
         Ok(self.unwatch(fd, true))
+    }
+
+    /// `call_soon` (`threadsafe`: `call_soon_threadsafe`) as a builtin that parses its arguments
+    /// itself (`ffi::soon_builtin`): what the loop binds as its own in its fast path.
+    fn soon_function<'py>(slf: &Bound<'py, Self>, threadsafe: bool) -> PyResult<Bound<'py, PyAny>> {
+        if threadsafe {
+            soon_builtin(slf.as_any(), Soon::Threadsafe, |reactor, run_args| {
+                Reactor::soon_builtin_call(reactor, run_args, true)
+            })
+        } else {
+            soon_builtin(slf.as_any(), Soon::Soon, |reactor, run_args| {
+                Reactor::soon_builtin_call(reactor, run_args, false)
+            })
+        }
     }
 
     #[pyo3(signature = (callback, *args, context=None))]
