@@ -12,6 +12,7 @@ import asyncio
 import contextvars
 import errno
 import gc
+import inspect
 import os
 import select
 import signal
@@ -786,18 +787,39 @@ def test_call_soon_takes_the_arguments_asyncio_takes(any_loop, method):
         call_soon()
     with pytest.raises(TypeError, match="unexpected keyword argument 'bogus'"):
         call_soon(record, bogus=1)
+    with pytest.raises(TypeError, match="multiple values for argument 'callback'"):
+        call_soon(record, callback=record)
+    assert list(inspect.signature(call_soon).parameters)[:3] == ["callback", "args", "context"]
     context = contextvars.copy_context()
     context.run(var.set, "given")
     var.set("current")
     call_soon(record, 1, "two", context=context)
     call_soon(record, context=None)
+    call_soon(callback=record)
     handle = call_soon(record, 3)
     var.set("later")  # the copy was taken at the call
     assert handle._args == (3,) and handle._callback is record
     any_loop.call_soon(any_loop.stop)
     any_loop.run_forever()
-    assert seen == [((1, "two"), "given"), ((), "current"), ((3,), "current")]
+    assert seen == [((1, "two"), "given"), ((), "current"), ((), "current"), ((3,), "current")]
     var.set("unset")
+
+
+@pytest.mark.parametrize("method", ["call_soon", "call_soon_threadsafe"])
+def test_a_closed_loop_refusing_a_call_keeps_nothing_of_it(any_loop, method):
+    call_soon = getattr(any_loop, method)
+    any_loop.close()
+
+    class Callback:
+        def __call__(self):
+            pass
+
+    callback = Callback()
+    alive = weakref.ref(callback)
+    with pytest.raises(RuntimeError, match="closed"):
+        call_soon(callback, object())
+    del callback
+    assert alive() is None
 
 
 def test_a_protocol_may_bind_its_data_received_after_connection_made(any_loop):

@@ -97,10 +97,12 @@ class EventLoop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-define
                 self.__dict__.pop(name, None)
         else:
             for name in _FAST_PATH:
-                self.__dict__[name] = getattr(self._reactor, name)
-            # Builtins that parse their arguments themselves: every Future and Task callback comes this way.
-            self.__dict__["call_soon"] = self._reactor.soon_function(False)
-            self.__dict__["call_soon_threadsafe"] = self._reactor.soon_function(True)
+                if name in ("call_soon", "call_soon_threadsafe"):
+                    # Builtins that parse their arguments themselves: every Future and Task callback comes
+                    # this way.
+                    self.__dict__[name] = self._reactor.soon_function(name == "call_soon_threadsafe")
+                else:
+                    self.__dict__[name] = getattr(self._reactor, name)
             # Every Future and Task asks its loop get_debug() when created (one per database query): asyncio's
             # is a Python frame, `bool()` is False from C (and immortal: no refcount traffic between loops).
             self.__dict__["get_debug"] = bool

@@ -184,8 +184,8 @@ pub(super) enum Soon {
     Threadsafe = 1,
 }
 
-/// The Rust side of each `Soon` kind, set by the first `soon_builtin` of that kind (always the same
-/// function: the event loop's).
+/// The Rust side of each `Soon` kind: the `call` of the first `soon_builtin` of that kind (later
+/// ones are ignored; the event loop passes the same function every time).
 static SOON_CALLS: [OnceLock<SoonCall>; 2] = [OnceLock::new(), OnceLock::new()];
 
 /// A `PyMethodDef` as a static: CPython only reads it (the pointer it takes is `*mut` for history).
@@ -195,6 +195,7 @@ unsafe impl Sync for MethodDef {}
 
 const fn soon_def(
     name: &'static std::ffi::CStr,
+    doc: &'static std::ffi::CStr,
     entry: ffi::PyCFunctionFastWithKeywords,
 ) -> MethodDef {
     MethodDef(ffi::PyMethodDef {
@@ -203,13 +204,21 @@ const fn soon_def(
             PyCFunctionFastWithKeywords: entry,
         },
         ml_flags: ffi::METH_FASTCALL | ffi::METH_KEYWORDS,
-        ml_doc: std::ptr::null(),
+        ml_doc: doc.as_ptr(),
     })
 }
 
 static SOON_DEFS: [MethodDef; 2] = [
-    soon_def(c"call_soon", soon_entry::<0>),
-    soon_def(c"call_soon_threadsafe", soon_entry::<1>),
+    soon_def(
+        c"call_soon",
+        c"call_soon($self, callback, *args, context=None)\n--\n\nasyncio's loop.call_soon.",
+        soon_entry::<0>,
+    ),
+    soon_def(
+        c"call_soon_threadsafe",
+        c"call_soon_threadsafe($self, callback, *args, context=None)\n--\n\nasyncio's loop.call_soon_threadsafe.",
+        soon_entry::<1>,
+    ),
 ];
 
 /// `call` as a builtin bound to `owner`, called the way CPython calls C functions
@@ -243,32 +252,33 @@ unsafe extern "C" fn soon_entry<const KIND: usize>(
     nargs: ffi::Py_ssize_t,
     kwnames: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
-    // A panic must not unwind into C: it becomes an exception, as PyO3's own entry points do.
-    let outcome = std::panic::catch_unwind(|| {
-        // SAFETY: CPython calls this attached to the interpreter.
-        let py = unsafe { Python::assume_attached() };
-        // SAFETY: CPython passes `nargs` positional arguments, then one value per name in
-        // `kwnames` (a tuple of str, or NULL), all borrowed for the duration of the call; `owner`
-        // is the object the builtin was made with.
-        unsafe { soon_parse::<KIND>(py, owner, args, nargs, kwnames) }
-    });
-    // SAFETY: attached (see above).
-    let py = unsafe { Python::assume_attached() };
-    let result = outcome.unwrap_or_else(|panic| {
-        let message = panic
-            .downcast_ref::<&str>()
-            .map(|message| (*message).to_owned())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "a panic in call_soon".to_owned());
-        Err(pyo3::panic::PanicException::new_err(message))
-    });
-    match result {
-        Ok(handle) => handle.into_ptr(),
-        Err(err) => {
-            err.restore(py);
-            std::ptr::null_mut()
+    // `attach`, not `assume_attached`: PyO3 then knows the thread is attached, so what the call
+    // drops (a handle a closed loop refused, say) is released here and not left in its deferred pool
+    // until some later PyO3 call (a closed loop fed in a loop grew by 200 MiB that way). Attached
+    // already, this is a counter increment. A panic must not unwind into C: it becomes an exception.
+    Python::attach(|py| {
+        let outcome = std::panic::catch_unwind(|| {
+            // SAFETY: CPython passes `nargs` positional arguments, then one value per name in
+            // `kwnames` (a tuple of str, or NULL), all borrowed for the duration of the call; `owner`
+            // is the object the builtin was made with.
+            unsafe { soon_parse::<KIND>(py, owner, args, nargs, kwnames) }
+        });
+        let result = outcome.unwrap_or_else(|panic| {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|message| (*message).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic in call_soon".to_owned());
+            Err(pyo3::panic::PanicException::new_err(message))
+        });
+        match result {
+            Ok(handle) => handle.into_ptr(),
+            Err(err) => {
+                err.restore(py);
+                std::ptr::null_mut()
+            }
         }
-    }
+    })
 }
 
 /// `soon_entry`'s work. SAFETY (caller): as documented there.
@@ -285,22 +295,28 @@ unsafe fn soon_parse<'py, const KIND: usize>(
         "call_soon_threadsafe"
     };
     let positional = usize::try_from(nargs).unwrap_or(0);
-    if positional == 0 {
-        return Err(pyo3::exceptions::PyTypeError::new_err(format!(
-            "{name}() missing 1 required positional argument: 'callback'"
-        )));
-    }
+    let mut callback = None;
     let mut context = None;
     if !kwnames.is_null() {
         // SAFETY: CPython's calling convention makes `kwnames` a tuple of str (hence the unchecked
         // cast), borrowed for the call.
         let names = unsafe { Borrowed::from_ptr(py, kwnames).cast_unchecked::<PyTuple>() };
         for (index, keyword) in names.iter().enumerate() {
-            let expected = pyo3::intern!(py, "context");
-            // CPython's callers pass the interned name: one pointer compare.
-            if keyword.is(expected) || keyword.eq(expected)? {
-                // SAFETY: the value of keyword `index` follows the positional arguments.
-                context = Some(unsafe { Borrowed::from_ptr(py, *args.add(positional + index)) });
+            // SAFETY: the value of keyword `index` follows the positional arguments.
+            let value = unsafe { Borrowed::from_ptr(py, *args.add(positional + index)) };
+            // Compared as CPython's own argument parsing does, by value, not with `__eq__`.
+            // SAFETY: `keyword` is a str; the other argument a static C string.
+            let is = |expected: &std::ffi::CStr| unsafe {
+                ffi::PyUnicode_CompareWithASCIIString(keyword.as_ptr(), expected.as_ptr()) == 0
+            };
+            if is(c"context") {
+                context = Some(value);
+            } else if is(c"callback") && positional == 0 {
+                callback = Some(value);
+            } else if is(c"callback") {
+                return Err(pyo3::exceptions::PyTypeError::new_err(format!(
+                    "{name}() got multiple values for argument 'callback'"
+                )));
             } else {
                 return Err(pyo3::exceptions::PyTypeError::new_err(format!(
                     "{name}() got an unexpected keyword argument '{keyword}'"
@@ -308,18 +324,29 @@ unsafe fn soon_parse<'py, const KIND: usize>(
             }
         }
     }
+    if positional == 0 && callback.is_none() {
+        return Err(pyo3::exceptions::PyTypeError::new_err(format!(
+            "{name}() missing 1 required positional argument: 'callback'"
+        )));
+    }
     let context = match context {
         Some(context) if !context.is_none() => context.to_owned(),
         _ => copy_context(py)?,
     };
-    // SAFETY: a new tuple of positional + 1 items, each set exactly once below before it is used.
+    // `(context, callback, *args)`: `callback` is the first positional argument unless it came as a
+    // keyword (then there are no others).
+    let size = positional.max(1) + 1;
+    // SAFETY: a new tuple of `size` items, each set exactly once below before it is used.
     let call = unsafe {
-        Bound::from_owned_ptr_or_err(py, ffi::PyTuple_New(nargs + 1))?
+        Bound::from_owned_ptr_or_err(py, ffi::PyTuple_New(size as ffi::Py_ssize_t))?
             .cast_into_unchecked::<PyTuple>()
     };
     // SAFETY: PyTuple_SET_ITEM steals a reference: each item is a new one (`into_ptr`, Py_NewRef).
     unsafe {
         ffi::PyTuple_SET_ITEM(call.as_ptr(), 0, context.into_ptr());
+        if let Some(callback) = callback {
+            ffi::PyTuple_SET_ITEM(call.as_ptr(), 1, callback.to_owned().into_ptr());
+        }
         for index in 0..positional {
             let item = *args.add(index);
             ffi::PyTuple_SET_ITEM(
