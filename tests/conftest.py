@@ -207,6 +207,29 @@ class Client:
         self.connection.close()
 
 
+def native_stacks(pid: int, frames: int = 25) -> str:
+    """The native stack of every thread of process `pid` (gdb, when installed), `frames` deep: what a server
+    that hangs was doing, for the failure message (CI runs once; a hang seen there must explain itself)."""
+    try:
+        dump = subprocess.run(
+            ["gdb", "-p", str(pid), "-batch", "-ex", "thread apply all bt"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return f"(no native stacks: {err!r})"
+    kept, depth = [], 0
+    for line in dump.splitlines():
+        if line.startswith("Thread "):
+            kept.append(line)
+            depth = 0
+        elif line.startswith("#") and depth < frames:
+            kept.append("  " + line[:240])
+            depth += 1
+    return "native stacks (gdb):\n" + "\n".join(kept)
+
+
 class ServerProcess:
     """`python -m percore serve APP` (or a reference server) in a subprocess, stopped with SIGTERM: the one
     helper for every test that runs a server, the `--workers` supervisor included (tests/test_workers.py).
@@ -254,7 +277,8 @@ class ServerProcess:
         """Starts the process without waiting for it to listen."""
         check_tier(f"a server ({' '.join(self.command)})")
         pythonpath = [*map(str, self.path), str(ROOT), os.environ.get("PYTHONPATH", "")]
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(pythonpath))
+        # PYTHONFAULTHANDLER: a server stuck at stop() is sent SIGABRT, which then prints its threads' stacks.
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(pythonpath), PYTHONFAULTHANDLER="1")
         # stderr to a file by default, not a pipe read only at the end: a server that logs more than a pipe
         # holds (~64 KiB of tracebacks) would block in its log call and stop answering. O_APPEND: the server
         # shares the file offset read_stderr() moves, and must not write over what it wrote before.
@@ -319,10 +343,16 @@ class ServerProcess:
         try:
             self.stderr = self._wait(timeout)
         except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.stderr = self._wait(None)
+            native = native_stacks(self.process.pid)
+            # PYTHONFAULTHANDLER (set at launch): SIGABRT prints every thread's Python stack to stderr.
+            self.process.send_signal(signal.SIGABRT)
+            try:
+                self.stderr = self._wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.stderr = self._wait(None)
             raise AssertionError(
-                f"server did not exit within {timeout}s of SIGTERM:\n{self.stderr}"
+                f"server did not exit within {timeout}s of SIGTERM:\n{self.stderr}\n{native}"
             ) from None
         return self.process.returncode
 
