@@ -202,6 +202,7 @@ def test_a_second_signal_forces_exit(serve):
         code = server.process.wait(timeout=5)
         assert time.monotonic() - started < 2
         assert code == 128 + signal.SIGTERM
+        assert "WARNING percore: second signal: exiting without waiting" in server.read_stderr()
         with pytest.raises(Exception):  # noqa: B017 - the connection just drops
             stuck.result(timeout=5)
 

@@ -4,6 +4,7 @@ Ctrl-C or SIGTERM."""
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import signal
 import sys
@@ -16,7 +17,7 @@ from typing import Any
 
 from . import _hooks, _loop, _open_files, _runtime, _threadpool
 from ._asgi import Lifespan, choose_interface
-from ._logging import log_handler_error, logger
+from ._logging import BackgroundStreamHandler, log_handler_error, logger
 from ._supervisor import DEFAULT_SHUTDOWN_TIMEOUT
 from .app import App
 from .exceptions import ConfigurationError
@@ -235,13 +236,9 @@ def serve(
     limit = server.config.limit_max_requests
     if limit is not None and limit < 1:
         raise ConfigurationError(f"--limit-max-requests must be at least 1, got {limit}")
-    previous = None
-    if threading.current_thread() is threading.main_thread():
-        # Both installed explicitly (as uvicorn does), before the port opens, so either signal stops the
-        # server cleanly at any point: Python installs its SIGINT handler only when SIGINT was not ignored
-        # at startup, and a server started in the background by a non-interactive shell, by `nohup` or by
-        # some supervisors inherits it ignored.
-        previous = {sig: signal.signal(sig, _raise_keyboard_interrupt) for sig in STOP_SIGNALS}
+    signals = _StopSignals() if threading.current_thread() is threading.main_thread() else None
+    if signals is not None:
+        signals.install()
     open_files = _open_files.raise_limit()
     try:
         server.start()
@@ -249,8 +246,10 @@ def serve(
         logger.info("%s", server.banner())
         if on_ready is not None:
             on_ready()
-        # Short waits so the main thread returns to Python and runs signal handlers promptly.
-        while not server.wait(0.2):
+        # Short waits so the main thread returns to Python, runs signal handlers and sees what they recorded.
+        while signals is None or signals.received is None:
+            if server.wait(0.2):
+                break
             if limit is None or server.responses < limit:
                 continue
             if on_request_limit is None:
@@ -261,33 +260,75 @@ def serve(
             logger.info("served %d responses (--limit-max-requests %d): recycling", server.responses, limit)
             on_request_limit()
             limit = None
-    except KeyboardInterrupt:
-        logger.info("stopping: finishing in-flight requests (signal again to force)")
-        if previous is not None:
-            for sig in STOP_SIGNALS:
-                signal.signal(sig, _force_exit)
+        if signals is not None and signals.received is not None:
+            logger.info("stopping: finishing in-flight requests (signal again to force)")
     finally:
         server.stop()
         # In slices, so a second signal is handled while the loops drain.
         while not server.wait(0.1):
             pass
         server.join()
-        if previous is not None:
-            for sig, handler in previous.items():
-                if handler is not None:  # None: set outside Python, cannot be put back
-                    signal.signal(sig, handler)
+        if signals is not None:
+            signals.restore()
     logger.info("stopped")
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-def _raise_keyboard_interrupt(signum, frame):
-    raise KeyboardInterrupt
+class _StopSignals:
+    """SIGINT and SIGTERM while ``serve`` runs: the first asks for a graceful stop, the second exits at once.
+
+    Both handlers are installed explicitly (as uvicorn does), before the port opens, so either signal stops
+    the server cleanly at any point: Python installs its SIGINT handler only when SIGINT was not ignored at
+    startup, and a server started in the background by a non-interactive shell, by ``nohup`` or by some
+    supervisors inherits it ignored.
+
+    The first signal is only recorded (``received``), never raised: Python runs a handler on the main thread
+    between any two bytecodes, and an exception raised there (``KeyboardInterrupt``, what Python's own SIGINT
+    handler raises) can land in a lock's ``__enter__`` just after the lock was taken, leaving it held. The
+    main thread then blocked forever on its next log line (the log queue's lock): a server that never exited
+    after SIGTERM (CI, 3.13t, a signal that came while the banner was being logged). ``serve`` looks at
+    ``received`` every 0.2 s instead, as uvicorn's ``handle_exit`` and our ``--workers`` supervisor do."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in STOP_SIGNALS}
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            if handler is not None:  # None: set outside Python, cannot be put back
+                signal.signal(sig, handler)
+        self._previous = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received is None:
+            self.received = signum
+        else:
+            _force_exit(signum)
 
 
-def _force_exit(signum, frame):
-    logger.warning("second signal: exiting without waiting for in-flight requests")
+def _force_exit(signum: int) -> None:
+    """The second signal: the lines already queued, one warning, and exit, taking no lock on the way (this
+    runs inside whatever the main thread was doing, possibly logging with the log queue's lock held)."""
     for handler in logger.handlers:
-        handler.flush()
+        if isinstance(handler, BackgroundStreamHandler):
+            handler.flush()  # waits (bounded) for the writer thread; takes no lock
+    record = logger.makeRecord(
+        logger.name,
+        logging.WARNING,
+        __file__,
+        0,
+        "second signal: exiting without waiting for in-flight requests",
+        (),
+        None,
+    )
+    line = logger.handlers[0].format(record) if logger.handlers else record.getMessage()
+    try:  # straight to the descriptor: sys.stderr's own buffer may be mid-write on this very thread
+        os.write(sys.stderr.fileno(), (line + "\n").encode("utf-8", "backslashreplace"))
+    except (AttributeError, OSError, ValueError):
+        pass
     os._exit(128 + signum)
