@@ -18,6 +18,7 @@ import http.client
 import inspect
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -33,6 +34,8 @@ from typing import Literal
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+# Servers run from ROOT: a hung one is sent SIGABRT (ServerProcess.stop) and must not leave a core file there.
+resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
 FREE_THREADED = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
 BUILD = "free-threaded" if FREE_THREADED else "gil"
 
@@ -215,7 +218,7 @@ def native_stacks(pid: int, frames: int = 25) -> str:
             ["gdb", "-p", str(pid), "-batch", "-ex", "thread apply all bt"],
             capture_output=True,
             text=True,
-            timeout=60,
+            timeout=30,
         ).stdout
     except (OSError, subprocess.TimeoutExpired) as err:
         return f"(no native stacks: {err!r})"
@@ -347,7 +350,7 @@ class ServerProcess:
             # PYTHONFAULTHANDLER (set at launch): SIGABRT prints every thread's Python stack to stderr.
             self.process.send_signal(signal.SIGABRT)
             try:
-                self.stderr = self._wait(10)
+                self.stderr = self._wait(5)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.stderr = self._wait(None)

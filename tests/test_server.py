@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import signal
+import subprocess
 import time
 
 import pytest
@@ -203,6 +204,29 @@ def test_a_second_signal_forces_exit(serve):
         assert time.monotonic() - started < 2
         assert code == 128 + signal.SIGTERM
         assert "WARNING percore: second signal: exiting without waiting" in server.read_stderr()
+        with pytest.raises(Exception):  # noqa: B017 - the connection just drops
+            stuck.result(timeout=5)
+
+
+def test_a_second_signal_exits_even_when_nobody_reads_stderr(serve):
+    """The forced exit writes its warning only if stderr has room: a full pipe nobody reads (a stalled log
+    reader) must not hold the exit the second signal asks for."""
+    server = serve(APP, "--loops", "1", "--shutdown-timeout", "30", stderr="pipe")  # read only by stop()
+    client = server.client()
+    for _ in range(300):  # ~300 tracebacks: several times what a pipe buffers
+        assert client.get("/boom").status == 500
+    client.close()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        stuck = pool.submit(server.get, "/cancellable")  # sleeps 5 s: would hold a graceful stop
+        wait_until_started(server, "cancellable")
+        server.process.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        server.process.send_signal(signal.SIGTERM)
+        try:
+            code = server.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            code = None
+        assert code == 128 + signal.SIGTERM
         with pytest.raises(Exception):  # noqa: B017 - the connection just drops
             stuck.result(timeout=5)
 

@@ -59,12 +59,15 @@ def test_a_signal_as_soon_as_the_port_opens_stops_the_server_cleanly():
     thread is still starting up or logging, and must stop the server like any other (exit 0, "stopped")."""
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGTERM):
         server = ServerProcess(APP, "--loops", "2").launch()
-        deadline = time.monotonic() + 30
-        while not server.accepts():
-            assert server.process.poll() is None and time.monotonic() < deadline, server.read_stderr()
-            time.sleep(0.005)
-        server.process.send_signal(signum)
-        assert wait_for_exit(server) == 0, server.read_stderr()
+        try:
+            deadline = time.monotonic() + 30
+            while not server.accepts():
+                assert server.process.poll() is None and time.monotonic() < deadline, server.read_stderr()
+                time.sleep(0.005)
+            server.process.send_signal(signum)
+        finally:
+            code = wait_for_exit(server)  # killed after 20 s
+        assert code == 0, server.read_stderr()
         assert "INFO percore: stopped" in server.read_stderr()
 
 

@@ -64,7 +64,12 @@ class BackgroundStreamHandler(logging.Handler):
                 self.lines.task_done()
 
     def flush(self) -> None:
-        deadline = time.monotonic() + FLUSH_SECONDS
+        self.drain(FLUSH_SECONDS)
+
+    def drain(self, seconds: float) -> None:
+        """Waits up to ``seconds`` for the lines queued so far to be written; takes no lock (a signal handler
+        may call it while its own thread holds the queue's)."""
+        deadline = time.monotonic() + seconds
         while self.lines.unfinished_tasks and time.monotonic() < deadline:
             time.sleep(0.005)
 

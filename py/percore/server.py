@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import select
 import signal
 import sys
 import sysconfig
@@ -274,6 +275,8 @@ def serve(
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: How long a forced exit waits for the log writer to write the lines queued before it.
+FORCE_EXIT_DRAIN = 0.5
 
 
 class _StopSignals:
@@ -312,23 +315,29 @@ class _StopSignals:
 
 
 def _force_exit(signum: int) -> None:
-    """The second signal: the lines already queued, one warning, and exit, taking no lock on the way (this
-    runs inside whatever the main thread was doing, possibly logging with the log queue's lock held)."""
-    for handler in logger.handlers:
-        if isinstance(handler, BackgroundStreamHandler):
-            handler.flush()  # waits (bounded) for the writer thread; takes no lock
-    record = logger.makeRecord(
-        logger.name,
-        logging.WARNING,
-        __file__,
-        0,
-        "second signal: exiting without waiting for in-flight requests",
-        (),
-        None,
-    )
-    line = logger.handlers[0].format(record) if logger.handlers else record.getMessage()
-    try:  # straight to the descriptor: sys.stderr's own buffer may be mid-write on this very thread
-        os.write(sys.stderr.fileno(), (line + "\n").encode("utf-8", "backslashreplace"))
-    except (AttributeError, OSError, ValueError):
-        pass
-    os._exit(128 + signum)
+    """The second signal: the lines already queued, one warning, and exit. It runs inside whatever the main
+    thread was doing (possibly logging, with the log queue's lock held), so it takes no lock, waits at most
+    `FORCE_EXIT_DRAIN` for the log writer, writes only if stderr has room (a stderr nobody reads must not hold
+    the exit), and exits whatever happens on the way."""
+    try:
+        for handler in logger.handlers:
+            if isinstance(handler, BackgroundStreamHandler):
+                handler.drain(FORCE_EXIT_DRAIN)  # takes no lock
+        record = logger.makeRecord(
+            logger.name,
+            logging.WARNING,
+            __file__,
+            0,
+            "second signal: exiting without waiting for in-flight requests",
+            (),
+            None,
+        )
+        logger.filter(record)  # a --workers worker's "worker N: " prefix
+        line = logger.handlers[0].format(record) if logger.handlers else record.getMessage()
+        fd = sys.stderr.fileno()
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        if poller.poll(0):  # room for a line (a pipe: a free page): the write does not block
+            os.write(fd, (line + "\n").encode("utf-8", "backslashreplace"))
+    finally:  # whatever was raised on the way: exit
+        os._exit(128 + signum)
