@@ -237,8 +237,8 @@ def serve(
     limit = server.config.limit_max_requests
     if limit is not None and limit < 1:
         raise ConfigurationError(f"--limit-max-requests must be at least 1, got {limit}")
-    signals = _StopSignals() if threading.current_thread() is threading.main_thread() else None
-    if signals is not None:
+    signals = _StopSignals()  # nothing is received off the main thread, where no handler can be installed
+    if threading.current_thread() is threading.main_thread():
         signals.install()
     open_files = _open_files.raise_limit()
     try:
@@ -248,7 +248,7 @@ def serve(
         if on_ready is not None:
             on_ready()
         # Short waits so the main thread returns to Python, runs signal handlers and sees what they recorded.
-        while signals is None or signals.received is None:
+        while signals.received is None:
             if server.wait(0.2):
                 break
             if limit is None or server.responses < limit:
@@ -261,7 +261,7 @@ def serve(
             logger.info("served %d responses (--limit-max-requests %d): recycling", server.responses, limit)
             on_request_limit()
             limit = None
-        if signals is not None and signals.received is not None:
+        if signals.received is not None:
             logger.info("stopping: finishing in-flight requests (signal again to force)")
     finally:
         server.stop()
@@ -269,8 +269,7 @@ def serve(
         while not server.wait(0.1):
             pass
         server.join()
-        if signals is not None:
-            signals.restore()
+        signals.restore()
     logger.info("stopped")
 
 
