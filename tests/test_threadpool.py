@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import signal
 import time
 
 import pytest
@@ -78,6 +79,35 @@ def test_the_last_server_to_stop_shuts_the_pool_down():
     assert pool._shutdown
     with TestClient(api) as third:
         assert third.get("/executor").json()["id"] != id(pool)
+
+
+def test_a_job_stuck_past_the_shutdown_deadline_does_not_hold_the_exit(tmp_path):
+    """SIGTERM while a `to_thread` job runs on: the server stops within its --shutdown-timeout and the
+    process exits without the job, after the app's `atexit` functions. The interpreter's exit joins the
+    pool's threads, so it used to wait for the job for as long as it ran (here up to its own 60 s deadline)
+    after logging "stopped"."""
+    (tmp_path / "app_with_atexit.py").write_text(
+        "import atexit, sys\n"
+        "from tests.apps.threadpool_app import api\n"
+        "atexit.register(lambda: print('the app atexit ran', file=sys.stderr, flush=True))\n"
+    )
+    server = ServerProcess("app_with_atexit:api", "--loops", "1", "--shutdown-timeout", "1", path=(tmp_path,))
+    server.start()
+    try:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            stuck = pool.submit(lambda: server.client(timeout=DEADLINE + 10).get("/offload"))
+            wait_for(lambda: server.get("/spinning").json()["spinning"], "the job to start")
+            server.process.send_signal(signal.SIGTERM)
+            code = server.process.wait(timeout=DEADLINE)
+            stuck.exception(
+                timeout=DEADLINE
+            )  # cancelled at the deadline: an error reply or a dropped connection
+    finally:
+        server.stop()
+    assert code == 0, server.stderr
+    assert "thread pool: jobs still running" in server.stderr
+    assert "INFO percore: stopped" in server.stderr
+    assert "the app atexit ran" in server.stderr
 
 
 @pytest.mark.parametrize(

@@ -513,6 +513,20 @@ def test_limit_max_requests_stops_a_single_server_after_that_many_responses():
     assert "served 5 responses (--limit-max-requests 5): stopping" in server.stderr
 
 
+def test_a_stop_signal_that_comes_with_the_last_allowed_response_stops_for_the_signal():
+    """A signal received while the main thread waited on the loops is acted on first: the server stops for
+    the signal, not for the request limit reached in the same wait (a --workers worker would otherwise ask
+    its stopping supervisor for a replacement)."""
+    server = ServerProcess(WORKERS_APP, "--loops", "1", "--limit-max-requests", "1").start()
+    try:
+        assert server.get("/sigterm-self").status == 200
+        assert server.process.wait(timeout=20) == 0
+    finally:
+        server.stop()
+    assert "stopping: finishing in-flight requests" in server.stderr
+    assert "--limit-max-requests" not in server.stderr
+
+
 @pytest.mark.parametrize("transport", ["tcp", "uds"])
 def test_limit_max_requests_recycles_workers_without_losing_a_connection(tmp_path, transport):
     # The supervisor holds the listening sockets (TCP: one per loop of each worker; --uds: the one socket)

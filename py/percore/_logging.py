@@ -94,10 +94,15 @@ def write_lines(stream, text: str) -> None:
         data = data[os.write(fd, data) :]
 
 
-def write_error_line(text: str) -> None:
-    """``text`` as one line on stderr, after the log lines queued before it (``runtime: error: ...``)."""
+def flush() -> None:
+    """Writes the log lines queued so far (each handler waits a bounded time for its writer)."""
     for handler in logger.handlers:
         handler.flush()
+
+
+def write_error_line(text: str) -> None:
+    """``text`` as one line on stderr, after the log lines queued before it (``runtime: error: ...``)."""
+    flush()
     write_lines(sys.stderr, text + "\n")
 
 

@@ -18,7 +18,9 @@ the process's mask, so offloaded work runs on every core instead of on top of th
 
 Lifetime: every ``Server.start`` holds the pool and ``Server.join`` lets go of it; the last one shuts it
 down once its loops have stopped — queued jobs are cancelled, running ones are waited for up to a timeout
-(what ``asyncio.run`` does with its default executor). A later server gets a fresh pool.
+(what ``asyncio.run`` does with its default executor). A later server gets a fresh pool. A job still running
+past that timeout is ``stranded()``: the interpreter's exit joins the pool's threads and would wait for it
+however long it runs, so ``runtime serve`` exits without it (``cli.main``).
 
 Invariant: at most one live pool per process; a loop's default executor is the pool that was live when the
 loop was created, and a loop closing never shuts the shared pool down (``_loop`` detaches it first).
@@ -47,6 +49,8 @@ EXTRA_THREADS = 4
 _lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
 _holders = 0
+#: The shutdown of the last pool released with jobs still running past the timeout (None: none was).
+_stranded_shutdown: threading.Thread | None = None
 
 
 def size(mask: set[int]) -> int:
@@ -74,21 +78,33 @@ def acquire() -> None:
 def release(timeout: float) -> None:
     """A server has stopped; the last one shuts the pool down, waiting up to ``timeout`` seconds for jobs
     still running (queued ones are cancelled)."""
-    global _holders, _pool
+    global _holders, _pool, _stranded_shutdown
     with _lock:
         _holders = max(0, _holders - 1)
         if _holders > 0 or _pool is None:
             return
         pool, _pool = _pool, None
     # In a thread, so a job that never returns cannot hold the stop forever (as asyncio.run's
-    # shutdown_default_executor); the interpreter still joins its thread at exit.
+    # shutdown_default_executor); the interpreter would still join its threads at exit (cli.main does not
+    # let it: `stranded()`).
     waiter = threading.Thread(
         target=pool.shutdown, kwargs={"wait": True, "cancel_futures": True}, name="percore-pool-shutdown"
     )
     waiter.start()
     waiter.join(timeout)
     if waiter.is_alive():
-        logger.warning("thread pool: jobs still running %.1fs after the server stopped; not waiting", timeout)
+        _stranded_shutdown = waiter
+        logger.warning(
+            "thread pool: jobs still running at the shutdown deadline (%.1fs after the loops stopped); "
+            "not waiting for them",
+            timeout,
+        )
+
+
+def stranded() -> bool:
+    """Whether jobs of a released pool still run past its timeout (the interpreter's exit would wait for
+    them)."""
+    return _stranded_shutdown is not None and _stranded_shutdown.is_alive()
 
 
 async def run_in_threadpool(func: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import importlib
 import inspect
 import os
 import sys
 from typing import Any
 
-from . import _about, _logging, _runtime, _supervisor
+from . import _about, _logging, _runtime, _supervisor, _threadpool
 from ._asgi import INTERFACES
 from ._loop import LOOPS
 from .exceptions import AppLoadError, ConfigurationError, PercoreError
@@ -250,6 +251,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``runtime ...``: returns the exit code, but exits the process itself when a thread-pool job outlived
+    the server's shutdown deadline (see `_exit_without_stranded_jobs`)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     arguments = _parser().parse_args(argv)
     _logging.configure(arguments.log_level)
@@ -319,12 +322,35 @@ def main(argv: list[str] | None = None) -> int:
             limit_max_requests=arguments.limit_max_requests,
         )
         serve(app, config, on_ready, on_request_limit)
+        code = 0
     except PercoreError as error:
         if arguments.log_level == "debug" and error.__cause__ is not None:
             _logging.logger.exception("details")
         _logging.write_error_line(f"runtime: error: {error}")
-        return 1
-    return 0
+        code = 1
+    if _threadpool.stranded():
+        _exit_without_stranded_jobs(code)
+    return code
+
+
+def _exit_without_stranded_jobs(code: int) -> None:
+    """Exits now: a ``to_thread`` job still runs past the shutdown deadline (``_threadpool.release`` warned).
+
+    Why: the interpreter's exit joins the thread pool's threads (``concurrent.futures`` registers that with
+    ``threading._register_atexit``), so the process would wait for the job for as long as it runs (uvicorn's
+    does). The deadline is what the server promises; past it, exit without the job, as a --workers
+    supervisor's kill does for a worker. The app's ``atexit`` functions still run (``logging.shutdown``,
+    multiprocessing's children, exporters' buffers): only the join is skipped."""
+    try:
+        _logging.flush()
+        atexit._run_exitfuncs()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (AttributeError, OSError, ValueError):  # None, closed or a broken pipe: nothing to save
+                pass
+    finally:  # whatever was raised on the way (a second Ctrl-C included): exit
+        os._exit(code)
 
 
 def _supervise(argv: list[str], arguments: argparse.Namespace) -> int:

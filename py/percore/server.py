@@ -249,7 +249,9 @@ def serve(
             on_ready()
         # Short waits so the main thread returns to Python, runs signal handlers and sees what they recorded.
         while signals.received is None:
-            if server.wait(0.2):
+            # A signal that came during the wait is acted on before the request limit: a stopping server
+            # neither recycles nor says it stops for --limit-max-requests.
+            if server.wait(0.2) or signals.received is not None:
                 break
             if limit is None or server.responses < limit:
                 continue

@@ -3,6 +3,7 @@
 import asyncio
 import json
 import os
+import signal
 import threading
 import time
 
@@ -57,3 +58,12 @@ async def asgi(scope, receive, send):
         {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]}
     )
     await send({"type": "http.response.body", "body": body})
+
+
+@api.get("/sigterm-self")
+async def sigterm_self():
+    """Sends SIGTERM to this process and answers: the signal comes while the main thread waits on the loops
+    (0.2 s slices that do not look at signals), so the response is almost always counted before the main
+    thread sees the signal."""
+    os.kill(os.getpid(), signal.SIGTERM)
+    return {"pid": os.getpid()}
