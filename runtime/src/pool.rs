@@ -15,8 +15,9 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
@@ -30,7 +31,7 @@ use crate::routing::{Chooser, LoadTable};
 use crate::server::{self, AsyncListener};
 
 /// How long cancelled request work may take to unwind at shutdown before the loop shuts down anyway.
-const CANCEL_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+const CANCEL_GRACE: Duration = Duration::from_secs(1);
 
 /// Why a pool did not start.
 #[derive(Debug)]
@@ -115,6 +116,7 @@ impl std::error::Error for LoopStartError {
 /// A started pool. `stop` asks every loop to shut down; `join` waits for them.
 pub struct RunningPool {
     threads: Vec<JoinHandle<()>>,
+    finished: FinishSignal,
     metrics_thread: Option<JoinHandle<()>>,
     stop: watch::Sender<bool>,
     /// Where the pool accepts connections.
@@ -137,9 +139,10 @@ impl RunningPool {
         self.metrics.responses()
     }
 
-    /// Whether every loop thread has ended.
-    pub fn is_finished(&self) -> bool {
-        self.threads.iter().all(|t| t.is_finished())
+    /// What `FinishSignal::wait` waits on: every loop's work done (held apart from the pool, so a waiter
+    /// does not keep the pool, and whatever guards it, locked while it waits).
+    pub fn finish_signal(&self) -> FinishSignal {
+        self.finished.clone()
     }
 
     /// Stops the pool (if not yet asked) and waits for every thread; removes a `--uds` socket file.
@@ -149,6 +152,52 @@ impl RunningPool {
             let _ = thread.join();
         }
         drop(self.socket_file);
+    }
+}
+
+/// Wakes whoever waits for the pool to finish when the last loop thread's work ends, instead of their
+/// polling `is_finished` (the server's main thread woke every 20 ms for that, for the server's whole life).
+#[derive(Clone)]
+pub struct FinishSignal(Arc<(Mutex<usize>, Condvar)>, usize);
+
+impl FinishSignal {
+    fn new(loops: usize) -> Self {
+        FinishSignal(Arc::new((Mutex::new(0), Condvar::new())), loops)
+    }
+
+    /// Waits up to `timeout` for every loop thread's work to end; true once it has (the threads may still
+    /// be exiting: `RunningPool::join` waits for that).
+    pub fn wait(&self, timeout: Duration) -> bool {
+        let (ended, changed) = &*self.0;
+        let deadline = Instant::now().checked_add(timeout); // None: longer than the clock can count
+        let mut count = ended.lock().unwrap_or_else(|e| e.into_inner());
+        while *count < self.1 {
+            count = match deadline {
+                None => changed.wait(count).unwrap_or_else(|e| e.into_inner()),
+                Some(deadline) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return false;
+                    }
+                    changed
+                        .wait_timeout(count, left)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
+                }
+            };
+        }
+        true
+    }
+}
+
+/// Counts a loop thread as ended when dropped: at the end of its closure, panics included.
+struct EndsLoop(FinishSignal);
+
+impl Drop for EndsLoop {
+    fn drop(&mut self) {
+        let (ended, changed) = &*(self.0).0;
+        *ended.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        changed.notify_all();
     }
 }
 
@@ -189,7 +238,9 @@ pub fn start<F: ExecutorFactory>(
     let shared = Arc::new(Shared::new(router, endpoints, config, senders));
     let (ready_tx, ready_rx) = mpsc::channel::<(usize, Result<(), LoopStartError>)>();
     let mut threads = Vec::with_capacity(loops);
+    let finished = FinishSignal::new(loops);
     for ((index, listener), jobs) in bound.listeners.into_iter().enumerate().zip(receivers) {
+        let ends = EndsLoop(finished.clone());
         let shared = Arc::clone(&shared);
         let factory = Arc::clone(&factory);
         let stop = stop.subscribe();
@@ -198,6 +249,7 @@ pub fn start<F: ExecutorFactory>(
         let thread = std::thread::Builder::new()
             .name(format!("percore-loop-{index}"))
             .spawn(move || {
+                let _ends = ends;
                 let core = shared.config.cores[index];
                 core_affinity::set_for_current(core_affinity::CoreId { id: core });
                 let mut run = Some((shared, listener, jobs, stop, ready));
@@ -213,6 +265,7 @@ pub fn start<F: ExecutorFactory>(
     drop(ready_tx);
     let mut pool = RunningPool {
         threads,
+        finished,
         metrics_thread: None,
         stop,
         local_addr,

@@ -289,6 +289,20 @@ fn stop_finishes_in_flight_requests_and_joins_quickly() {
 }
 
 #[test]
+fn the_finish_signal_wakes_a_waiter_once_every_loop_has_ended() {
+    let pool = start(2, RoutingPolicy::RoundRobin);
+    let finished = pool.finish_signal();
+    assert!(
+        !finished.wait(Duration::from_millis(50)),
+        "the loops are still serving"
+    );
+    let waiter = std::thread::spawn(move || finished.wait(Duration::from_secs(30)));
+    pool.stop();
+    assert!(waiter.join().unwrap(), "both loops ended after stop()");
+    pool.join();
+}
+
+#[test]
 fn a_busy_port_is_reported() {
     let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = holder.local_addr().unwrap().port();

@@ -328,19 +328,15 @@ impl Server {
 
     /// Waits up to `timeout` seconds for the pool to stop; True once every loop has exited.
     fn wait(&self, py: Python<'_>, timeout: f64) -> bool {
-        let deadline = Instant::now() + Duration::from_secs_f64(timeout.max(0.0));
-        py.detach(|| loop {
-            let finished = self
-                .running
-                .lock()
-                .unwrap()
-                .as_ref()
-                .is_none_or(RunningPool::is_finished);
-            if finished || Instant::now() >= deadline {
-                return finished;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        })
+        // The signal, not the pool: `stop()` from another thread must not wait behind this lock.
+        let signal = self
+            .running
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(RunningPool::finish_signal);
+        let timeout = Duration::try_from_secs_f64(timeout.max(0.0)).unwrap_or(Duration::MAX);
+        signal.is_none_or(|signal| py.detach(|| signal.wait(timeout)))
     }
 
     /// Asks every loop to stop accepting, finish in-flight requests and exit.
