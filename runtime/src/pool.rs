@@ -155,23 +155,29 @@ impl RunningPool {
     }
 }
 
-/// Wakes whoever waits for the pool to finish when the last loop thread's work ends, instead of their
-/// polling `is_finished` (the server's main thread woke every 20 ms for that, for the server's whole life).
+/// Tells waiters when the last loop thread's work has ended, so a waiter sleeps until then (or its
+/// deadline) instead of polling the threads: the server's main thread waits on it for the server's life.
 #[derive(Clone)]
-pub struct FinishSignal(Arc<(Mutex<usize>, Condvar)>, usize);
+pub struct FinishSignal {
+    ended: Arc<(Mutex<usize>, Condvar)>,
+    loops: usize,
+}
 
 impl FinishSignal {
     fn new(loops: usize) -> Self {
-        FinishSignal(Arc::new((Mutex::new(0), Condvar::new())), loops)
+        FinishSignal {
+            ended: Arc::new((Mutex::new(0), Condvar::new())),
+            loops,
+        }
     }
 
     /// Waits up to `timeout` for every loop thread's work to end; true once it has (the threads may still
     /// be exiting: `RunningPool::join` waits for that).
     pub fn wait(&self, timeout: Duration) -> bool {
-        let (ended, changed) = &*self.0;
+        let (ended, changed) = &*self.ended;
         let deadline = Instant::now().checked_add(timeout); // None: longer than the clock can count
         let mut count = ended.lock().unwrap_or_else(|e| e.into_inner());
-        while *count < self.1 {
+        while *count < self.loops {
             count = match deadline {
                 None => changed.wait(count).unwrap_or_else(|e| e.into_inner()),
                 Some(deadline) => {
@@ -195,7 +201,7 @@ struct EndsLoop(FinishSignal);
 
 impl Drop for EndsLoop {
     fn drop(&mut self) {
-        let (ended, changed) = &*(self.0).0;
+        let (ended, changed) = &*self.0.ended;
         *ended.lock().unwrap_or_else(|e| e.into_inner()) += 1;
         changed.notify_all();
     }

@@ -326,7 +326,8 @@ impl Server {
             .map_or(0, RunningPool::responses)
     }
 
-    /// Waits up to `timeout` seconds for the pool to stop; True once every loop has exited.
+    /// Waits up to `timeout` seconds for the pool to stop; True once every loop's work has ended (`join`
+    /// waits for the threads themselves).
     fn wait(&self, py: Python<'_>, timeout: f64) -> bool {
         // The signal, not the pool: `stop()` from another thread must not wait behind this lock.
         let signal = self
